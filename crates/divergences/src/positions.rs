@@ -1,0 +1,143 @@
+//! Divergences at positions: student and teacher logits `[N, V]`, one value per position.
+
+use burn::tensor::{Int, Tensor};
+
+use crate::backend::DivergenceBackend;
+use crate::buckets::{TeacherLogits, float, primitive};
+use crate::check;
+use crate::chunks::Rows;
+use crate::error::{DivergenceError, Result};
+use crate::kind::DivergenceOptions;
+
+/// The teacher side of a divergence, as tensors of rank `D` (2 for positions `[N, ·]`,
+/// 3 for sequences `[B, T, ·]`). Gradients never flow into it.
+#[derive(Debug, Clone)]
+pub enum Teacher<B: DivergenceBackend, const D: usize> {
+    /// Full teacher logits, the student's shape.
+    Logits(Tensor<B, D>),
+    /// A precomputed top-k, as returned by served teachers: token ids and their log-probs,
+    /// both of the student's shape with the vocabulary axis replaced by `k`. The support is
+    /// these `k` tokens plus a tail bucket with mass `1 − Σ exp(log_probs)` (floored at 1e-12).
+    TopK {
+        /// Token ids, distinct within a position.
+        ids: Tensor<B, D, Int>,
+        /// The teacher's log-probabilities at `ids`, used as given (no temperature).
+        log_probs: Tensor<B, D>,
+    },
+}
+
+impl<B: DivergenceBackend, const D: usize> Teacher<B, D> {
+    /// Checks the teacher against the student's shape and vocabulary.
+    fn validate(&self, student: &[usize]) -> Result<()> {
+        match self {
+            Teacher::Logits(t) => check::same_shape("teacher logits", student, &t.dims()),
+            Teacher::TopK { ids, log_probs } => {
+                let ids_shape = ids.dims();
+                let mut expected = student.to_vec();
+                expected[D - 1] = ids_shape[D - 1];
+                check::same_shape("teacher top-k ids", &expected, &ids_shape)?;
+                check::same_shape("teacher top-k log-probs", &expected, &log_probs.dims())?;
+                check::non_empty("teacher top-k ids", &ids_shape)?;
+                check::ids_in_vocab(ids, student[D - 1])?;
+                check::finite("teacher top-k log-probs", log_probs)
+            }
+        }
+    }
+
+    /// Flattens the leading axes: `[…, X] → [N, X]` as backend primitives.
+    fn into_rows(self) -> TeacherLogits<B> {
+        match self {
+            Teacher::Logits(t) => TeacherLogits::Logits(primitive(flatten(t))),
+            Teacher::TopK { ids, log_probs } => TeacherLogits::TopK {
+                ids: flatten(ids).into_primitive(),
+                log_probs: primitive(flatten(log_probs)),
+            },
+        }
+    }
+}
+
+fn flatten<B: DivergenceBackend, const D: usize, K>(t: Tensor<B, D, K>) -> Tensor<B, 2, K>
+where
+    K: burn::tensor::BasicOps<B>,
+{
+    let dims = t.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    t.reshape([rows, dims[D - 1]])
+}
+
+/// The divergence at each selected row of `student` (any rank, vocabulary last), checked.
+pub(crate) fn divergence_at<B: DivergenceBackend, const D: usize>(
+    student: Tensor<B, D>,
+    teacher: Teacher<B, D>,
+    rows: Rows,
+    options: DivergenceOptions,
+) -> Result<Tensor<B, 1>> {
+    let options = options.validated()?;
+    let dims = student.dims();
+    check::non_empty("student logits", &dims)?;
+    teacher.validate(&dims)?;
+    options.support.top_k(dims[D - 1])?;
+    let values = float(B::divergence_rows(
+        primitive(flatten(student)),
+        teacher.into_rows(),
+        rows,
+        options,
+    ));
+    check::finite("divergence", &values)?;
+    Ok(values)
+}
+
+/// `D(p_T(·|n) ‖ p_S(·|n))` at every position `n` of student logits `[N, V]`: output `[N]`.
+///
+/// Gradients flow into `student` only, through a closed-form backward evaluated in chunks of
+/// `options.chunk_size` positions. Errors: shape mismatch (e.g. another vocabulary), empty
+/// input, invalid options, or a non-finite result (NaN or infinite logits).
+pub fn divergence<B: DivergenceBackend>(
+    student: Tensor<B, 2>,
+    teacher: Teacher<B, 2>,
+    options: DivergenceOptions,
+) -> Result<Tensor<B, 1>> {
+    divergence_at(student, teacher, Rows::All, options)
+}
+
+/// `log softmax(z_n / τ)[ids_n]` for logits `[N, V]` and ids `[N]`: the log-probability of
+/// exactly the given tokens, output `[N]`. Backward: `(onehot(id) − p) / τ`, chunked.
+pub fn token_log_probs<B: DivergenceBackend>(
+    logits: Tensor<B, 2>,
+    ids: Tensor<B, 1, Int>,
+    temperature: f64,
+    chunk_size: usize,
+) -> Result<Tensor<B, 1>> {
+    token_log_probs_at(logits, ids, Rows::All, temperature, chunk_size)
+}
+
+pub(crate) fn token_log_probs_at<B: DivergenceBackend, const D: usize>(
+    logits: Tensor<B, D>,
+    ids: Tensor<B, 1, Int>,
+    rows: Rows,
+    temperature: f64,
+    chunk_size: usize,
+) -> Result<Tensor<B, 1>> {
+    let temperature = check::positive("temperature", temperature)?;
+    if chunk_size == 0 {
+        return Err(DivergenceError::InvalidParameter {
+            name: "chunk_size",
+            value: 0.0,
+            expected: "at least 1 position per chunk",
+        });
+    }
+    let dims = logits.dims();
+    check::non_empty("logits", &dims)?;
+    let positions = dims[..D - 1].iter().product::<usize>();
+    check::same_shape("token ids", &[positions], &ids.dims())?;
+    check::ids_in_vocab(&ids, dims[D - 1])?;
+    let values = float(B::token_log_probs(
+        primitive(flatten(logits)),
+        ids.into_primitive(),
+        rows,
+        temperature,
+        chunk_size,
+    ));
+    check::finite("token log-prob", &values)?;
+    Ok(values)
+}
