@@ -75,7 +75,7 @@ impl DistillationLoss {
             None => per_token.clone(),
         };
         Ok(LossOutput {
-            loss: reduce_unchecked(clipped, mask.float(), self.reduction),
+            loss: reduce_unchecked(clipped, mask, self.reduction),
             per_token,
             tokens,
         })

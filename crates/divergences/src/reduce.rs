@@ -27,20 +27,21 @@ pub fn reduce<B: Backend>(
     reduction: Reduction,
 ) -> Result<Tensor<B, 1>> {
     check::same_shape("mask", &per_token.dims(), &mask.dims())?;
-    let m = mask.float();
-    if m.clone().sum().into_scalar().elem::<f64>() == 0.0 {
+    if mask.clone().int().sum().into_scalar().elem::<i64>() == 0 {
         return Err(DivergenceError::EmptyMask);
     }
-    Ok(reduce_unchecked(per_token, m, reduction))
+    Ok(reduce_unchecked(per_token, mask, reduction))
 }
 
-/// [`reduce`] for a float mask already known to select something.
+/// [`reduce`] for a mask already known to select something. Off-mask values are replaced by
+/// zero (not multiplied by it), so padding holding NaN cannot leak in.
 pub(crate) fn reduce_unchecked<B: Backend>(
     per_token: Tensor<B, 2>,
-    mask: Tensor<B, 2>,
+    mask: Tensor<B, 2, Bool>,
     reduction: Reduction,
 ) -> Tensor<B, 1> {
-    let masked = per_token * mask.clone();
+    let masked = per_token.mask_fill(mask.clone().bool_not(), 0.0);
+    let mask = mask.float();
     match reduction {
         Reduction::Sum => masked.sum(),
         Reduction::TokenMean => masked.sum() / mask.sum(),

@@ -129,10 +129,10 @@ impl SampledTokenLoss {
         check::same_shape("teacher log-probs", &dims, &teacher_log_probs.dims())?;
         check::same_shape("mask", &dims, &mask.dims())?;
         let tokens = check::mask_rows(&mask)?.count(dims[0] * dims[1]);
-        let mask = mask.float();
-        // Off-mask positions may hold anything (padding); zero them before any arithmetic.
-        let student = student_log_probs * mask.clone();
-        let teacher = teacher_log_probs.detach() * mask.clone();
+        // Off-mask positions may hold anything (padding): replace them before any arithmetic.
+        let off = mask.clone().bool_not();
+        let student = student_log_probs.mask_fill(off.clone(), 0.0);
+        let teacher = teacher_log_probs.detach().mask_fill(off, 0.0);
         check::finite("student log-probs", &student)?;
         check::finite("teacher log-probs", &teacher)?;
         let per_token = match self.objective {
@@ -149,8 +149,8 @@ impl SampledTokenLoss {
             None => per_token,
         };
         Ok(LossOutput {
-            loss: reduce_unchecked(clipped, mask.clone(), self.reduction),
-            per_token: Estimator::K3.estimate(student, teacher).detach() * mask,
+            loss: reduce_unchecked(clipped, mask, self.reduction),
+            per_token: Estimator::K3.estimate(student, teacher).detach(),
             tokens,
         })
     }

@@ -110,7 +110,9 @@ pub fn buckets(logp: &[f64], ids: &[usize]) -> Vec<f64> {
         .filter(|i| !ids.contains(i))
         .map(|i| logp[i])
         .collect();
-    out.push(lse(&rest));
+    if !rest.is_empty() {
+        out.push(lse(&rest));
+    }
     out
 }
 

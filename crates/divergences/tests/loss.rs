@@ -1,0 +1,106 @@
+//! The sequence loss: masks, per-token clipping and reductions.
+
+mod common;
+
+use burn::tensor::{Bool, Tensor, TensorData};
+use common::*;
+use opd_divergences::{
+    DistillationLoss, Divergence, DivergenceOptions, Reduction, Teacher, divergence,
+};
+
+fn setup() -> (Mat, Mat, Tensor<B, 2, Bool>) {
+    let zs = Mat::random(6, 7, 3.0, 51);
+    let zt = Mat::random(6, 7, 3.0, 52);
+    let mask = Tensor::from_data(
+        TensorData::new(vec![true, true, true, true, false, false], [2, 3]),
+        &device(),
+    );
+    (zs, zt, mask)
+}
+
+fn per_row(zs: &Mat, zt: &Mat) -> Vec<f64> {
+    to_vec(
+        divergence(
+            zs.tensor::<Plain>(),
+            Teacher::Logits(zt.tensor()),
+            DivergenceOptions::new(Divergence::ReverseKl),
+        )
+        .unwrap(),
+    )
+}
+
+fn loss(zs: &Mat, zt: &Mat, mask: Tensor<B, 2, Bool>, l: DistillationLoss) -> (f64, Vec<f64>) {
+    let student = zs.tensor::<B>().reshape([2, 3, 7]).require_grad();
+    let out = l
+        .forward(
+            student.clone(),
+            Teacher::Logits(zt.tensor::<B>().reshape([2, 3, 7])),
+            mask,
+        )
+        .unwrap();
+    let value = to_vec(out.loss.clone())[0];
+    let grads = out.loss.backward();
+    (value, to_vec(student.grad(&grads).unwrap()))
+}
+
+#[test]
+fn reductions_follow_their_formulas() {
+    let (zs, zt, mask) = setup();
+    let d = per_row(&zs, &zt);
+    let base = DistillationLoss::new(DivergenceOptions::new(Divergence::ReverseKl));
+    let token_mean = (d[0] + d[1] + d[2] + d[3]) / 4.0;
+    let sequence_mean = ((d[0] + d[1] + d[2]) / 3.0 + d[3]) / 2.0;
+    let sum = d[0] + d[1] + d[2] + d[3];
+    for (reduction, expected) in [
+        (Reduction::TokenMean, token_mean),
+        (Reduction::SequenceMean, sequence_mean),
+        (Reduction::Sum, sum),
+    ] {
+        let (value, _) = loss(&zs, &zt, mask.clone(), base.with_reduction(reduction));
+        assert!(
+            (value - expected).abs() < 1e-5,
+            "{reduction:?}: {value} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn clipped_tokens_get_no_gradient() {
+    let (zs, zt, mask) = setup();
+    let d = per_row(&zs, &zt);
+    let mut sorted = d[..4].to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let clip = (sorted[1] + sorted[2]) / 2.0; // two tokens above, two below
+    let (value, grad) = loss(
+        &zs,
+        &zt,
+        mask,
+        DistillationLoss::new(DivergenceOptions::new(Divergence::ReverseKl)).with_token_clip(clip),
+    );
+    let expected: f64 = d[..4].iter().map(|x| x.min(clip)).sum::<f64>() / 4.0;
+    assert!((value - expected).abs() < 1e-5);
+    for (row, &v) in d[..4].iter().enumerate() {
+        let g = &grad[row * 7..(row + 1) * 7];
+        let norm: f64 = g.iter().map(|x| x * x).sum();
+        assert_eq!(
+            norm == 0.0,
+            v > clip,
+            "row {row}: value {v}, clip {clip}, |g|² {norm}"
+        );
+    }
+}
+
+#[test]
+fn masked_and_full_masks_agree_on_the_selected_tokens() {
+    let (zs, zt, _) = setup();
+    let all = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; 6], [2, 3]), &device());
+    let (value, _) = loss(
+        &zs,
+        &zt,
+        all,
+        DistillationLoss::new(DivergenceOptions::new(Divergence::ReverseKl))
+            .with_reduction(Reduction::Sum),
+    );
+    let d = per_row(&zs, &zt);
+    assert!((value - d.iter().sum::<f64>()).abs() < 1e-5);
+}
