@@ -26,13 +26,19 @@ const START_SIGMA: f32 = 0.5;
 
 /// The outcomes `x_i`, evenly spaced on [−6, 6].
 fn grid() -> Vec<f32> {
-    (0..GRID).map(|i| -6.0 + 12.0 * i as f32 / (GRID - 1) as f32).collect()
+    (0..GRID)
+        .map(|i| -6.0 + 12.0 * i as f32 / (GRID - 1) as f32)
+        .collect()
 }
 
 /// Logits of a discretized Gaussian: `−(x − μ)² / (2σ²)`, `σ = exp(log_sigma)`.
 fn gaussian_logits(x: &Tensor<B, 1>, mu: Tensor<B, 1>, log_sigma: Tensor<B, 1>) -> Tensor<B, 2> {
     let var = log_sigma.mul_scalar(2.0).exp();
-    (x.clone() - mu).powi_scalar(2).div(var.mul_scalar(2.0)).neg().unsqueeze()
+    (x.clone() - mu)
+        .powi_scalar(2)
+        .div(var.mul_scalar(2.0))
+        .neg()
+        .unsqueeze()
 }
 
 /// The teacher: 0.5·N(−2.5, 0.6²) + 0.5·N(2.5, 0.6²), as log-probability logits.
@@ -88,7 +94,9 @@ fn fit(name: &'static str, d: Divergence, x: &[f32], teacher: &[f32]) -> Fit {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| "bimodal.png".into());
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bimodal.png".into());
     let x = grid();
     let teacher = teacher_logits(&x);
     let teacher_probs: Vec<f32> = {
@@ -109,7 +117,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "divergence", "μ", "σ", "final D", "mass x<0", "mass x>0"
     );
     for f in &fits {
-        let left: f32 = f.probs.iter().zip(&x).filter(|(_, x)| **x < 0.0).map(|(p, _)| p).sum();
+        let left: f32 = f
+            .probs
+            .iter()
+            .zip(&x)
+            .filter(|(_, x)| **x < 0.0)
+            .map(|(p, _)| p)
+            .sum();
         let behaviour = if left.min(1.0 - left) < 0.05 {
             "locks onto one peak (mode seeking)"
         } else {
@@ -117,7 +131,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         println!(
             "{:<12} {:>8.3} {:>8.3} {:>10.4} {:>10.3} {:>10.3}  {behaviour}",
-            f.name, f.mu, f.sigma, f.value, left, 1.0 - left
+            f.name,
+            f.mu,
+            f.sigma,
+            f.value,
+            left,
+            1.0 - left
         );
     }
     plot(&out, &x, &teacher_probs, &fits)?;
@@ -133,13 +152,21 @@ fn register_font() -> bool {
         "/Library/Fonts/Arial.ttf",
         "C:\\Windows\\Fonts\\arial.ttf",
     ];
-    candidates.iter().find_map(|p| std::fs::read(p).ok()).is_some_and(|bytes| {
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-    })
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .is_some_and(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
 }
 
-fn plot(path: &str, x: &[f32], teacher: &[f32], fits: &[Fit]) -> Result<(), Box<dyn std::error::Error>> {
+fn plot(
+    path: &str,
+    x: &[f32],
+    teacher: &[f32],
+    fits: &[Fit],
+) -> Result<(), Box<dyn std::error::Error>> {
     let with_text = register_font();
     if !with_text {
         eprintln!("no TrueType font found: the plot is drawn without text");
@@ -153,7 +180,10 @@ fn plot(path: &str, x: &[f32], teacher: &[f32], fits: &[Fit]) -> Result<(), Box<
         .cloned()
         .fold(0.0f32, f32::max);
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(15).x_label_area_size(35).y_label_area_size(55);
+    builder
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55);
     if with_text {
         builder.caption("two-peaked teacher, one-peaked student", ("sans-serif", 24));
     }
@@ -165,9 +195,11 @@ fn plot(path: &str, x: &[f32], teacher: &[f32], fits: &[Fit]) -> Result<(), Box<
         mesh.x_labels(0).y_labels(0);
     }
     mesh.draw()?;
-    let series = [(BLACK, teacher)]
-        .into_iter()
-        .chain([RED, BLUE, GREEN].into_iter().zip(fits.iter().map(|f| f.probs.as_slice())));
+    let series = [(BLACK, teacher)].into_iter().chain(
+        [RED, BLUE, GREEN]
+            .into_iter()
+            .zip(fits.iter().map(|f| f.probs.as_slice())),
+    );
     let names = ["teacher"].into_iter().chain(fits.iter().map(|f| f.name));
     for ((color, probs), name) in series.zip(names) {
         let line = chart.draw_series(LineSeries::new(
@@ -175,8 +207,9 @@ fn plot(path: &str, x: &[f32], teacher: &[f32], fits: &[Fit]) -> Result<(), Box<
             color.stroke_width(3),
         ))?;
         if with_text {
-            line.label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            line.label(name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         }
     }
     if with_text {

@@ -12,7 +12,7 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
-use burn::tensor::{Int, Tensor, backend::Backend, ops::FloatTensor, ops::IntTensor};
+use burn::tensor::{Int, Tensor, backend::Backend, ops::FloatTensor, ops::IntTensor, s};
 
 use crate::buckets::{self, Buckets, TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};
@@ -108,7 +108,7 @@ fn assemble<B: Backend>(
 fn upstream<B: Backend>(grad_out: &Tensor<B, 1>, chunk: &Chunk) -> Tensor<B, 2> {
     grad_out
         .clone()
-        .slice([chunk.out_start..chunk.out_start + chunk.len])
+        .slice(s![chunk.out_start..chunk.out_start + chunk.len])
         .unsqueeze_dim(1)
 }
 

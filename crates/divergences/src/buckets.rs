@@ -179,24 +179,30 @@ impl<B: Backend> Buckets<B> {
 
     /// `∂D/∂z_S`, shape `[c, V]`, including the `1/τ` of the temperature.
     pub(crate) fn gradient(self, divergence: Divergence, temperature: f64) -> Tensor<B, 2> {
-        let vocab = self.log_p_student.dims()[1];
-        let expand = |x: Tensor<B, 2>| match &self.ids {
-            Some(ids) => expand(x, ids, vocab),
-            None => x,
-        };
-        let p = self.log_p_student.clone().exp();
-        let (s, t) = (self.student, self.teacher);
-        let grad = match divergence.resolved() {
-            // p_S(j) (1 − p̃_T(b)/p̃_S(b)) summed against Σ_b p̃_T(b): written in log space.
-            Divergence::ForwardKl => {
+        let Self {
+            log_p_student,
+            student: s,
+            teacher: t,
+            ids,
+        } = self;
+        let vocab = log_p_student.dims()[1];
+        let p = log_p_student.clone().exp();
+        let grad = match (divergence.resolved(), &ids) {
+            (Divergence::ForwardKl, None) => p - t.exp(),
+            // p_S(j) Σ_b p̃_T(b) − p_S(j) p̃_T(b(j)) / p̃_S(b(j)), the ratio taken in log space.
+            (Divergence::ForwardKl, Some(ids)) => {
                 let teacher_mass = t.clone().exp().sum_dim(1);
-                p * teacher_mass - (self.log_p_student + expand(t - s)).exp()
+                let ratio = expand(t - s, ids, vocab);
+                p * teacher_mass - (log_p_student + ratio).exp()
             }
-            Divergence::ReverseKl => centred(p, s.clone(), expand(s.clone() - t.clone()), s - t),
-            Divergence::Jsd { beta } => {
+            (Divergence::ReverseKl, _) => {
+                let h = s.clone() - t;
+                centred(p, s, h, ids.as_ref())
+            }
+            (Divergence::Jsd { beta }, _) => {
                 let m = mixture(&s, &t, beta);
                 let h = (s.clone() - m).mul_scalar(1.0 - beta);
-                centred(p, s, expand(h.clone()), h)
+                centred(p, s, h, ids.as_ref())
             }
         };
         if temperature == 1.0 {
@@ -207,15 +213,25 @@ impl<B: Backend> Buckets<B> {
     }
 }
 
-/// `p ⊙ (H − Σ_b p̃_S(b) h_b)` with `H` the expanded `h`.
+/// `p ⊙ (H − Σ_b p̃_S(b) h_b)`: `H` is `h` spread over the vocabulary and
+/// `p̃_S = exp(bucket_log_p)` (on the full support, `p` itself).
 fn centred<B: Backend>(
     p: Tensor<B, 2>,
     bucket_log_p: Tensor<B, 2>,
-    expanded_h: Tensor<B, 2>,
     h: Tensor<B, 2>,
+    ids: Option<&Tensor<B, 2, Int>>,
 ) -> Tensor<B, 2> {
-    let mean = (bucket_log_p.exp() * h).sum_dim(1);
-    p * (expanded_h - mean)
+    match ids {
+        None => {
+            let mean = (p.clone() * h.clone()).sum_dim(1);
+            p * (h - mean)
+        }
+        Some(ids) => {
+            let vocab = p.dims()[1];
+            let mean = (bucket_log_p.exp() * h.clone()).sum_dim(1);
+            p * (expand(h, ids, vocab) - mean)
+        }
+    }
 }
 
 /// `log m = log(β p_T + (1−β) p_S)` in log space.

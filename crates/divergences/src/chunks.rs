@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
 
 use crate::buckets::{TeacherChunk, TeacherLogits, float};
 
@@ -71,7 +71,7 @@ impl Chunk {
         K: burn::tensor::BasicOps<B>,
     {
         match &self.source {
-            Source::Range(start) => t.slice([*start..*start + self.len]),
+            Source::Range(start) => t.slice(s![*start..*start + self.len]),
             Source::Indices(idx) => {
                 let device = t.device();
                 t.select(0, indices(idx, &device))
@@ -85,7 +85,7 @@ impl Chunk {
         K: burn::tensor::BasicOps<B>,
     {
         match &self.source {
-            Source::Range(start) => t.slice([*start..*start + self.len]),
+            Source::Range(start) => t.slice(s![*start..*start + self.len]),
             Source::Indices(idx) => {
                 let device = t.device();
                 t.select(0, indices(idx, &device))
@@ -100,7 +100,7 @@ impl Chunk {
         values: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         match &self.source {
-            Source::Range(start) => target.slice_assign([*start..*start + self.len], values),
+            Source::Range(start) => target.slice_assign(s![*start..*start + self.len], values),
             Source::Indices(idx) => {
                 let device = target.device();
                 target.select_assign(

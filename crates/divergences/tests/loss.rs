@@ -1,5 +1,8 @@
 //! The sequence loss: masks, per-token clipping and reductions.
 
+// Rows, weights and ids are parallel arrays: indexing them together reads best.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use burn::tensor::{Bool, Tensor, TensorData};

@@ -8,8 +8,7 @@ use burn::backend::{Autodiff, Wgpu};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use common::*;
 use opd_divergences::{
-    Divergence, DivergenceBackend, DivergenceOptions, Support, Teacher, divergence,
-    token_log_probs,
+    Divergence, DivergenceBackend, DivergenceOptions, Support, Teacher, divergence, token_log_probs,
 };
 
 type G = Autodiff<Wgpu>;
@@ -35,13 +34,36 @@ fn run<BK: DivergenceBackend + burn::tensor::backend::AutodiffBackend>(
 fn divergences_match_flex_on_wgpu() {
     let zs = Mat::random(9, 257, 4.0, 1);
     let zt = Mat::random(9, 257, 4.0, 2);
-    for d in [Divergence::ForwardKl, Divergence::ReverseKl, Divergence::Jsd { beta: 0.5 }] {
-        for support in [Support::Full, Support::TeacherTopK(16), Support::StudentTopK(16)] {
-            let options = DivergenceOptions::new(d).with_support(support).with_temperature(0.8).with_chunk_size(4);
+    for d in [
+        Divergence::ForwardKl,
+        Divergence::ReverseKl,
+        Divergence::Jsd { beta: 0.5 },
+    ] {
+        for support in [
+            Support::Full,
+            Support::TeacherTopK(16),
+            Support::StudentTopK(16),
+        ] {
+            let options = DivergenceOptions::new(d)
+                .with_support(support)
+                .with_temperature(0.8)
+                .with_chunk_size(4);
             let (v_flex, g_flex) = run::<B>(&zs, &zt, options);
             let (v_gpu, g_gpu) = run::<G>(&zs, &zt, options);
-            assert_close(&format!("{d:?} {support:?} values"), &v_gpu, &v_flex, 1e-5, 1e-4);
-            assert_close(&format!("{d:?} {support:?} gradients"), &g_gpu, &g_flex, 1e-6, 1e-4);
+            assert_close(
+                &format!("{d:?} {support:?} values"),
+                &v_gpu,
+                &v_flex,
+                1e-5,
+                1e-4,
+            );
+            assert_close(
+                &format!("{d:?} {support:?} gradients"),
+                &g_gpu,
+                &g_flex,
+                1e-6,
+                1e-4,
+            );
         }
     }
 }

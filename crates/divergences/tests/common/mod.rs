@@ -39,7 +39,7 @@ impl Mat {
         )
     }
     /// Rounds to f32, so the reference sees exactly what the tensors hold.
-    pub fn as_f32(mut self) -> Self {
+    pub fn rounded_to_f32(mut self) -> Self {
         self.data.iter_mut().for_each(|x| *x = *x as f32 as f64);
         self
     }
