@@ -42,6 +42,9 @@ mod buckets;
 mod check;
 mod chunks;
 mod error;
+#[cfg(feature = "flex")]
+mod flex;
+pub mod generic;
 mod kind;
 mod loss;
 mod positions;

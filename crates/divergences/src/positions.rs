@@ -79,8 +79,8 @@ pub(crate) fn divergence_at<B: DivergenceBackend, const D: usize>(
     options.support.top_k(dims[D - 1])?;
     let values = float(B::divergence_rows(
         primitive(flatten(student)),
-        teacher.into_rows(),
-        rows,
+        &teacher.into_rows(),
+        &rows,
         options,
     ));
     check::finite("divergence", &values)?;
@@ -134,7 +134,7 @@ pub(crate) fn token_log_probs_at<B: DivergenceBackend, const D: usize>(
     let values = float(B::token_log_probs(
         primitive(flatten(logits)),
         ids.into_primitive(),
-        rows,
+        &rows,
         temperature,
         chunk_size,
     ));
