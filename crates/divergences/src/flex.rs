@@ -14,7 +14,7 @@ use crate::backend::DivergenceBackend;
 use crate::buckets::TeacherLogits;
 use crate::chunks::Rows;
 use crate::generic;
-use crate::kind::{Divergence, DivergenceOptions};
+use crate::kind::{Divergence, DivergenceOptions, Support};
 
 impl DivergenceBackend for Flex {
     fn divergence_rows(
@@ -151,7 +151,7 @@ fn gradient_rows(
     FlexTensor::from_data(TensorData::new(grad, [total, vocab]))
 }
 
-/// Inputs of the fused full-vocabulary kernel.
+/// Inputs of the fused kernel: full teacher logits, full or top-k support.
 struct Fused<'a> {
     student: &'a [f32],
     teacher: &'a [f32],
@@ -159,6 +159,8 @@ struct Fused<'a> {
     rows: Vec<usize>,
     divergence: Divergence,
     inv_tau: f32,
+    /// `k` and whether the teacher (else the student) picks the support; `None`: full.
+    top_k: Option<(usize, bool)>,
 }
 
 impl<'a> Fused<'a> {
@@ -175,7 +177,11 @@ impl<'a> Fused<'a> {
         let [total, vocab] = dims[..] else {
             return None;
         };
-        options.support.top_k(vocab).ok()?.is_none().then_some(())?;
+        let top_k = options
+            .support
+            .top_k(vocab)
+            .ok()?
+            .map(|k| (k, !matches!(options.support, Support::StudentTopK(_))));
         Some(Self {
             student: student.as_slice::<f32>()?,
             teacher: teacher.as_slice::<f32>()?,
@@ -183,12 +189,17 @@ impl<'a> Fused<'a> {
             rows: row_list(rows, total),
             divergence: options.divergence.resolved(),
             inv_tau: (1.0 / options.temperature) as f32,
+            top_k,
         })
     }
 
-    fn row(&self, r: usize) -> Row<'_> {
+    fn logits(&self, r: usize) -> (&[f32], &[f32]) {
         let range = r * self.vocab..(r + 1) * self.vocab;
-        let (zs, zt) = (&self.student[range.clone()], &self.teacher[range]);
+        (&self.student[range.clone()], &self.teacher[range])
+    }
+
+    fn row(&self, r: usize) -> Row<'_> {
+        let (zs, zt) = self.logits(r);
         Row {
             zs,
             zt,
@@ -198,15 +209,162 @@ impl<'a> Fused<'a> {
         }
     }
 
+    fn top_k_row(&self, r: usize, k: usize, by_teacher: bool) -> TopKRow<'_> {
+        let (zs, zt) = self.logits(r);
+        TopKRow::new(zs, zt, k, by_teacher, self.inv_tau)
+    }
+
     fn values(&self) -> Vec<f32> {
-        per_row(&self.rows, |r| self.row(r).value(self.divergence) as f32)
+        per_row(&self.rows, |r| match self.top_k {
+            None => self.row(r).value(self.divergence) as f32,
+            Some((k, by_teacher)) => self.top_k_row(r, k, by_teacher).value(self.divergence),
+        })
     }
 
     fn gradient(&self, grad_out: &[f32]) -> FlexTensor {
         let total = self.student.len() / self.vocab;
-        gradient_rows(total, self.vocab, &self.rows, grad_out, |r, g, out| {
-            self.row(r).gradient(self.divergence, g, out)
+        gradient_rows(
+            total,
+            self.vocab,
+            &self.rows,
+            grad_out,
+            |r, g, out| match self.top_k {
+                None => self.row(r).gradient(self.divergence, g, out),
+                Some((k, by_teacher)) => {
+                    self.top_k_row(r, k, by_teacher)
+                        .gradient(self.divergence, g, out)
+                }
+            },
+        )
+    }
+}
+
+/// One position on a top-k support: bucket log-probs `[x(v_1..v_k), x(tail)]` of both models.
+struct TopKRow<'a> {
+    zs: &'a [f32],
+    inv_tau: f32,
+    ids: Vec<usize>,
+    lse_s: f32,
+    student: Vec<f32>,
+    teacher: Vec<f32>,
+}
+
+impl<'a> TopKRow<'a> {
+    fn new(zs: &'a [f32], zt: &'a [f32], k: usize, by_teacher: bool, inv_tau: f32) -> Self {
+        let ids = top_k_ids(if by_teacher { zt } else { zs }, k);
+        let mut selected = vec![false; zs.len()];
+        ids.iter().for_each(|&i| selected[i] = true);
+        let (student, lse_s) = buckets(zs, &ids, &selected, inv_tau);
+        let (teacher, _) = buckets(zt, &ids, &selected, inv_tau);
+        Self {
+            zs,
+            inv_tau,
+            ids,
+            lse_s,
+            student,
+            teacher,
+        }
+    }
+
+    fn value(&self, divergence: Divergence) -> f32 {
+        let terms = self.student.iter().zip(&self.teacher);
+        terms
+            .map(|(&s, &t)| term(divergence, s, t) as f64)
+            .sum::<f64>() as f32
+    }
+
+    /// Writes `g ∂D/∂z_S`: `p_S(j) (h_{b(j)} − Σ_b p̃_S(b) h_b)`, forward KL in log space.
+    fn gradient(&self, divergence: Divergence, g: f32, out: &mut [f32]) {
+        let scale = g * self.inv_tau;
+        let tail = self.ids.len();
+        let (inv_tau, lse_s) = (self.inv_tau, self.lse_s);
+        let log_p = |z: f32| z * inv_tau - lse_s;
+        if let Divergence::ForwardKl = divergence {
+            let teacher_mass: f32 = self.teacher.iter().map(|&t| exp(t)).sum();
+            let shift = self.teacher[tail] - self.student[tail];
+            for (o, &z) in out.iter_mut().zip(self.zs) {
+                let s = log_p(z);
+                *o = scale * (exp(s) * teacher_mass - exp(s + shift));
+            }
+            for (b, &i) in self.ids.iter().enumerate() {
+                out[i] = scale * (exp(self.student[b]) * teacher_mass - exp(self.teacher[b]));
+            }
+            return;
+        }
+        let h: Vec<f32> = self
+            .student
+            .iter()
+            .zip(&self.teacher)
+            .map(|(&s, &t)| score(divergence, s, t))
+            .collect();
+        let mean: f32 = self.student.iter().zip(&h).map(|(&s, &h)| exp(s) * h).sum();
+        let tail_factor = h[tail] - mean;
+        for (o, &z) in out.iter_mut().zip(self.zs) {
+            *o = scale * exp(log_p(z)) * tail_factor;
+        }
+        for (b, &i) in self.ids.iter().enumerate() {
+            out[i] = scale * exp(self.student[b]) * (h[b] - mean);
+        }
+    }
+}
+
+/// The `k` largest entries' indices (ties broken by position).
+fn top_k_ids(z: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<u32> = (0..z.len() as u32).collect();
+    let order = |a: &u32, b: &u32| z[*b as usize].total_cmp(&z[*a as usize]).then(a.cmp(b));
+    idx.select_nth_unstable_by(k - 1, order);
+    idx[..k].iter().map(|&i| i as usize).collect()
+}
+
+/// Bucket log-probs `[u_i − lse for i in ids] ++ [lse_tail − lse]` of `u = z / τ`, and `lse`.
+/// The tail's log-mass is a log-sum-exp over the complement (its own max), never `1 − Σ p`.
+fn buckets(z: &[f32], ids: &[usize], selected: &[bool], inv_tau: f32) -> (Vec<f32>, f32) {
+    let masked = |x: f32, sel: bool| if sel { f32::NEG_INFINITY } else { x };
+    let tail_max = z
+        .iter()
+        .zip(selected)
+        .fold(f32::NEG_INFINITY, |m, (&x, &sel)| m.max(masked(x, sel)))
+        * inv_tau;
+    let tail_sum: f32 = z
+        .iter()
+        .zip(selected)
+        .map(|(&x, &sel)| {
+            if sel {
+                0.0
+            } else {
+                exp(x * inv_tau - tail_max)
+            }
         })
+        .sum();
+    let mut out: Vec<f32> = ids.iter().map(|&i| z[i] * inv_tau).collect();
+    out.push(tail_max + tail_sum.ln());
+    let max = out.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = max + out.iter().map(|&x| exp(x - max)).sum::<f32>().ln();
+    out.iter_mut().for_each(|x| *x -= lse);
+    (out, lse)
+}
+
+/// One bucket's contribution to the divergence.
+fn term(divergence: Divergence, s: f32, t: f32) -> f32 {
+    match divergence {
+        Divergence::ForwardKl => exp(t) * (t - s),
+        Divergence::ReverseKl => exp(s) * (s - t),
+        Divergence::Jsd { beta } => {
+            let (b, c) = (beta as f32, 1.0 - beta as f32);
+            let m = (b * exp(t) + c * exp(s)).ln();
+            b * exp(t) * (t - m) + c * exp(s) * (s - m)
+        }
+    }
+}
+
+/// `h = ∂D/∂p̃_S` up to a constant, for reverse KL and JSD.
+fn score(divergence: Divergence, s: f32, t: f32) -> f32 {
+    match divergence {
+        Divergence::Jsd { beta } => {
+            let (b, c) = (beta as f32, 1.0 - beta as f32);
+            c * (s - (b * exp(t) + c * exp(s)).ln())
+        }
+        _ => s - t,
     }
 }
 
@@ -247,7 +405,10 @@ impl Row<'_> {
     }
 
     fn sum(&self, term: impl Fn(f32, f32) -> f32) -> f64 {
-        self.log_probs().map(|(s, t)| term(s, t) as f64).sum()
+        let (inv_tau, lse_s, lse_t) = (self.inv_tau, self.lse_s, self.lse_t);
+        sum_pairs(self.zs, self.zt, |zs, zt| {
+            term(zs * inv_tau - lse_s, zt * inv_tau - lse_t)
+        })
     }
 
     /// Writes `g ∂D/∂z_S` into `out` (the closed forms of [`Divergence`]).
@@ -334,9 +495,47 @@ impl<'a> TokenKernel<'a> {
 
 /// `log Σ_v exp(z_v / τ)`, stable.
 fn log_sum_exp(z: &[f32], inv_tau: f32) -> f32 {
-    let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * inv_tau;
-    let sum: f32 = z.iter().map(|&x| exp(x * inv_tau - max)).sum();
-    max + sum.ln()
+    let max = max(z) * inv_tau;
+    let sum = sum_pairs(z, z, |x, _| exp(x * inv_tau - max));
+    max + (sum as f32).ln()
+}
+
+/// Independent accumulators: float reductions only vectorize when the order is ours to choose.
+const LANES: usize = 16;
+/// Elements summed in f32 before the partial sum moves to the f64 total.
+const BLOCK: usize = 1024;
+
+/// `Σ_i f(a_i, b_i)` over equal-length slices, in `LANES` f32 lanes per block of `BLOCK`
+/// elements and an f64 total: vectorized, and accurate over 152k terms.
+fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut total = 0f64;
+    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let (a_lanes, a_rest) = a.as_chunks::<LANES>();
+        let (b_lanes, b_rest) = b.as_chunks::<LANES>();
+        let mut acc = [0f32; LANES];
+        for (x, y) in a_lanes.iter().zip(b_lanes) {
+            for l in 0..LANES {
+                acc[l] += f(x[l], y[l]);
+            }
+        }
+        let rest: f32 = a_rest.iter().zip(b_rest).map(|(&x, &y)| f(x, y)).sum();
+        total += (acc.iter().sum::<f32>() + rest) as f64;
+    }
+    total
+}
+
+/// `max_i z_i`, in `LANES` independent lanes.
+fn max(z: &[f32]) -> f32 {
+    let (lanes, rest) = z.as_chunks::<LANES>();
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for x in lanes {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
 /// `e^x` for `x ≤ 88`, within 2 ulp (Cephes `expf`): `2^n · e^r` with `|r| ≤ ln2 / 2`.

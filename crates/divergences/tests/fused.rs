@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, TensorPrimitive};
 use common::*;
 use opd_divergences::{
-    Divergence, DivergenceBackend, DivergenceOptions, Rows, TeacherLogits, generic,
+    Divergence, DivergenceBackend, DivergenceOptions, Rows, Support, TeacherLogits, generic,
 };
 
 fn prim(m: &Mat) -> burn::backend::flex::FlexTensor {
@@ -39,9 +39,16 @@ fn fused_kernels_match_the_portable_path() {
             Divergence::ReverseKl,
             Divergence::Jsd { beta: 0.3 },
         ] {
-            for tau in [1.0, 0.6] {
+            for (tau, support) in [
+                (1.0, Support::Full),
+                (0.6, Support::Full),
+                (1.0, Support::TeacherTopK(7)),
+                (0.7, Support::StudentTopK(1)),
+                (1.3, Support::TeacherTopK(299)),
+            ] {
                 let options = DivergenceOptions::new(d)
                     .with_temperature(tau)
+                    .with_support(support)
                     .with_chunk_size(2);
                 let fused = vals(Plain::divergence_rows(prim(&zs), &teacher, &rows, options));
                 let portable = vals(generic::divergence_rows::<Plain>(
@@ -51,7 +58,7 @@ fn fused_kernels_match_the_portable_path() {
                     options,
                 ));
                 assert_close(
-                    &format!("{d:?} τ={tau} values"),
+                    &format!("{d:?} {support:?} τ={tau} values"),
                     &fused,
                     &portable,
                     1e-5,
@@ -79,7 +86,7 @@ fn fused_kernels_match_the_portable_path() {
                     g(),
                 ));
                 assert_close(
-                    &format!("{d:?} τ={tau} gradients"),
+                    &format!("{d:?} {support:?} τ={tau} gradients"),
                     &fused,
                     &portable,
                     1e-6,
