@@ -64,14 +64,18 @@ pub trait DivergenceBackend: Backend {
     }
 
     /// The backward of [`DivergenceBackend::token_log_probs`]: `Σ_r g_r (onehot(id_r) − p_r) / τ`.
+    /// `values` is the forward's output, from which a kernel may recover each row's
+    /// log-normalizer (`lse = z_id / τ − value`) instead of recomputing it.
     fn token_log_probs_backward(
         logits: FloatTensor<Self>,
         ids: IntTensor<Self>,
         rows: &Rows,
         temperature: f64,
         chunk_size: usize,
+        values: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
+        let _ = values;
         generic::token_log_probs_backward::<Self>(
             logits,
             ids,
@@ -109,16 +113,30 @@ impl<B: DivergenceBackend> Backward<B, 1> for DivergenceBackward {
 struct TokenLogProbBackward;
 
 impl<B: DivergenceBackend> Backward<B, 1> for TokenLogProbBackward {
-    type State = (FloatTensor<B>, IntTensor<B>, Rows, f64, usize);
+    type State = (
+        FloatTensor<B>,
+        IntTensor<B>,
+        Rows,
+        f64,
+        usize,
+        FloatTensor<B>,
+    );
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [Some(logits_node)] = ops.parents else {
             return;
         };
-        let (logits, ids, rows, temperature, chunk_size) = ops.state;
+        let (logits, ids, rows, temperature, chunk_size, values) = ops.state;
         let grad_out = grads.consume::<B>(&ops.node);
-        let grad =
-            B::token_log_probs_backward(logits, ids, &rows, temperature, chunk_size, grad_out);
+        let grad = B::token_log_probs_backward(
+            logits,
+            ids,
+            &rows,
+            temperature,
+            chunk_size,
+            values,
+            grad_out,
+        );
         grads.register::<B>(logits_node.id, grad);
     }
 }
@@ -171,7 +189,14 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish(
-                (logits.primitive, ids, rows.clone(), temperature, chunk_size),
+                (
+                    logits.primitive,
+                    ids,
+                    rows.clone(),
+                    temperature,
+                    chunk_size,
+                    output.clone(),
+                ),
                 output,
             ),
             OpsKind::UnTracked(prep) => prep.finish(output),

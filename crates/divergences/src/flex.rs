@@ -66,11 +66,12 @@ impl DivergenceBackend for Flex {
         rows: &Rows,
         temperature: f64,
         chunk_size: usize,
+        values: FloatTensor<Self>,
         grad_out: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let kernel = TokenKernel::new(&logits, &ids, rows, temperature);
-        match (kernel, grad_out.as_slice::<f32>()) {
-            (Some(kernel), Some(g)) => kernel.gradient(g),
+        match (kernel, values.as_slice::<f32>(), grad_out.as_slice::<f32>()) {
+            (Some(kernel), Some(v), Some(g)) => kernel.gradient(v, g),
             _ => generic::token_log_probs_backward::<Self>(
                 logits,
                 ids,
@@ -480,10 +481,16 @@ impl<'a> TokenKernel<'a> {
         })
     }
 
-    fn gradient(&self, grad_out: &[f32]) -> FlexTensor {
+    /// The gradient, each row's `lse` recovered from the forward's `values`.
+    fn gradient(&self, values: &[f32], grad_out: &[f32]) -> FlexTensor {
         let total = self.logits.len() / self.vocab;
+        let mut lse = vec![0f32; total];
+        for (&r, &v) in self.rows.iter().zip(values) {
+            lse[r] = self.logits[r * self.vocab + self.ids[r] as usize] * self.inv_tau - v;
+        }
         gradient_rows(total, self.vocab, &self.rows, grad_out, |r, g, out| {
-            let (z, id, lse) = self.row(r);
+            let z = &self.logits[r * self.vocab..(r + 1) * self.vocab];
+            let (id, lse) = (self.ids[r] as usize, lse[r]);
             let scale = g * self.inv_tau;
             for (o, &z) in out.iter_mut().zip(z) {
                 *o = -scale * exp(z * self.inv_tau - lse);

@@ -117,12 +117,14 @@ fn fused_kernels_match_the_portable_path() {
                 .into_primitive()
                 .tensor()
         };
+        let values = Plain::token_log_probs(prim(&zs), ids.clone(), &rows, 0.8, 2);
         let fused = grads(Plain::token_log_probs_backward(
             prim(&zs),
             ids.clone(),
             &rows,
             0.8,
             2,
+            values.clone(),
             g(),
         ));
         let portable = grads(generic::token_log_probs_backward::<Plain>(

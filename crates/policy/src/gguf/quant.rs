@@ -115,8 +115,14 @@ fn dequantize_q4k(block: &[u8], out: &mut Vec<f32>) {
     for (group, qs) in block[16..144].chunks_exact(32).enumerate() {
         let (sc_lo, m_lo) = scale_min_k4(2 * group, scales);
         let (sc_hi, m_hi) = scale_min_k4(2 * group + 1, scales);
-        out.extend(qs.iter().map(|&q| d * sc_lo * (q & 0xF) as f32 - dmin * m_lo));
-        out.extend(qs.iter().map(|&q| d * sc_hi * (q >> 4) as f32 - dmin * m_hi));
+        out.extend(
+            qs.iter()
+                .map(|&q| d * sc_lo * (q & 0xF) as f32 - dmin * m_lo),
+        );
+        out.extend(
+            qs.iter()
+                .map(|&q| d * sc_hi * (q >> 4) as f32 - dmin * m_hi),
+        );
     }
 }
 

@@ -151,7 +151,9 @@ impl<'a> Cursor<'a> {
         let n = self.u64(what)?;
         let remaining = (self.bytes.len() - self.pos) as u64;
         if n.saturating_mul(min_item_bytes.max(1) as u64) > remaining {
-            return Err(self.corrupt(format!("{what} = {n} exceeds the file's remaining {remaining} bytes")));
+            return Err(self.corrupt(format!(
+                "{what} = {n} exceeds the file's remaining {remaining} bytes"
+            )));
         }
         Ok(n as usize)
     }
@@ -184,7 +186,9 @@ impl<'a> Cursor<'a> {
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            other => return Err(self.corrupt(format!("metadata `{key}` has unknown value type {other}"))),
+            other => {
+                return Err(self.corrupt(format!("metadata `{key}` has unknown value type {other}")));
+            }
         })
     }
 }
@@ -241,9 +245,13 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)? as usize;
             if n_dims > 4 {
-                return Err(c.corrupt(format!("tensor `{name}` has {n_dims} dimensions (at most 4)")));
+                return Err(c.corrupt(format!(
+                    "tensor `{name}` has {n_dims} dimensions (at most 4)"
+                )));
             }
-            let dims = (0..n_dims).map(|_| c.u64(&name)).collect::<Result<Vec<_>>>()?;
+            let dims = (0..n_dims)
+                .map(|_| c.u64(&name))
+                .collect::<Result<Vec<_>>>()?;
             let type_id = c.u32(&name)?;
             let offset = c.u64(&name)?;
             entries.push((name, dims, type_id, offset));
@@ -305,18 +313,25 @@ impl GgufFile {
 
     /// A tensor dequantized to f32, row-major with [`TensorInfo::shape`].
     pub fn dequantize(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let info = self.tensor(name).ok_or_else(|| PolicyError::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?;
-        Ok((info.ggml_type.dequantize(self.data(info), info.len()), info.shape()))
+        let info = self
+            .tensor(name)
+            .ok_or_else(|| PolicyError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        Ok((
+            info.ggml_type.dequantize(self.data(info), info.len()),
+            info.shape(),
+        ))
     }
 
     /// A metadata value, or an error naming the missing key.
     pub fn get(&self, key: &str) -> Result<&Value> {
-        self.metadata.get(key).ok_or_else(|| PolicyError::MissingField {
-            path: self.path.clone(),
-            field: key.to_string(),
-        })
+        self.metadata
+            .get(key)
+            .ok_or_else(|| PolicyError::MissingField {
+                path: self.path.clone(),
+                field: key.to_string(),
+            })
     }
 }
