@@ -55,7 +55,9 @@ impl GgmlType {
     /// Bytes taken by `elements` values, or `None` if that is not a whole number of blocks.
     pub fn byte_size(self, elements: u64) -> Option<u64> {
         let (per_block, bytes) = self.block();
-        (elements % per_block == 0).then(|| elements / per_block * bytes)
+        elements
+            .is_multiple_of(per_block)
+            .then(|| elements / per_block * bytes)
     }
 
     /// Dequantizes `data` holding `elements` values (its size checked by the reader).
