@@ -52,12 +52,14 @@ impl GgmlType {
         }
     }
 
-    /// Bytes taken by `elements` values, or `None` if that is not a whole number of blocks.
+    /// Bytes taken by `elements` values, or `None` if that is not a whole number of blocks
+    /// or overflows.
     pub fn byte_size(self, elements: u64) -> Option<u64> {
         let (per_block, bytes) = self.block();
         elements
             .is_multiple_of(per_block)
-            .then(|| elements / per_block * bytes)
+            .then(|| (elements / per_block).checked_mul(bytes))
+            .flatten()
     }
 
     /// Dequantizes `data` holding `elements` values (its size checked by the reader).
