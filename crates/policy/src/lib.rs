@@ -8,6 +8,9 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+mod load_gguf;
+pub mod model;
 
 pub use config::{Llama3RopeScaling, LlamaConfig};
 pub use error::{PolicyError, Result};
+pub use model::Llama;
