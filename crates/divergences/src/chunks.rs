@@ -65,22 +65,8 @@ impl Chunk {
         matches!(self.source, Source::Range(0)) && self.len == total
     }
 
-    /// The chunk's rows of `t`.
-    pub(crate) fn take<B: Backend, K>(&self, t: Tensor<B, 2, K>) -> Tensor<B, 2, K>
-    where
-        K: burn::tensor::BasicOps<B>,
-    {
-        match &self.source {
-            Source::Range(start) => t.slice(s![*start..*start + self.len]),
-            Source::Indices(idx) => {
-                let device = t.device();
-                t.select(0, indices(idx, &device))
-            }
-        }
-    }
-
-    /// The chunk's rows of a 1-D tensor.
-    pub(crate) fn take_1d<B: Backend, K>(&self, t: Tensor<B, 1, K>) -> Tensor<B, 1, K>
+    /// The chunk's rows (along the first axis) of `t`.
+    pub(crate) fn take<B: Backend, const D: usize, K>(&self, t: Tensor<B, D, K>) -> Tensor<B, D, K>
     where
         K: burn::tensor::BasicOps<B>,
     {

@@ -76,7 +76,7 @@ pub fn token_log_probs<B: Backend>(
         .map(|chunk| {
             buckets::token_log_probs(
                 chunk.take(logits.clone()),
-                chunk.take_1d(ids.clone()),
+                chunk.take(ids.clone()),
                 temperature,
             )
         })
@@ -101,7 +101,7 @@ pub fn token_log_probs_backward<B: Backend>(
     primitive(assemble(total, vocab, &logits.device(), &chunks, |chunk| {
         buckets::token_log_prob_gradient(
             chunk.take(logits.clone()),
-            chunk.take_1d(ids.clone()),
+            chunk.take(ids.clone()),
             temperature,
         ) * upstream(&grad_out, chunk)
     }))

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use opd_divergences::{Divergence, DivergenceOptions, Support, Teacher, divergence};
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 
 fn values(zs: &Mat, zt: &Mat, options: DivergenceOptions) -> Vec<f64> {
     to_vec(
@@ -40,7 +41,8 @@ fn logits() -> impl Strategy<Value = (usize, usize, f64, u64, u64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // A fixed seed: CI sees the same cases every run.
+    #![proptest_config(ProptestConfig { cases: 64, rng_seed: RngSeed::Fixed(20261122), ..ProptestConfig::default() })]
 
     #[test]
     fn non_negative_and_zero_iff_equal((rows, vocab, scale, a, b) in logits(), d in divergence_strategy()) {
@@ -112,12 +114,12 @@ proptest! {
             let small = reference(zs.row(r), zt.row(r), RefDiv::Jsd(1e-6), RefSupport::Full, 1.0) / 1e-6;
             prop_assert!((small - fkl).abs() <= 1e-3 * (1.0 + fkl), "{small} vs {fkl}");
         }
-        // And ours at β = 1e-3 already sits within O(β) of it.
+        // And ours agrees with that reference at small β, where the two terms nearly cancel.
         let ours = values(&zs, &zt, DivergenceOptions::new(Divergence::Jsd { beta: 1e-3 }));
-        let fkl = values(&zs, &zt, DivergenceOptions::new(Divergence::ForwardKl));
-        for (j, f) in ours.iter().zip(fkl) {
-            prop_assert!((j / 1e-3 - f).abs() <= 0.03 * (1.0 + f), "{} vs {f}", j / 1e-3);
-        }
+        let expected: Vec<f64> = (0..rows)
+            .map(|r| reference(zs.row(r), zt.row(r), RefDiv::Jsd(1e-3), RefSupport::Full, 1.0))
+            .collect();
+        assert_close("JSD at β = 1e-3", &ours, &expected, 1e-6, 1e-3);
     }
 
     #[test]

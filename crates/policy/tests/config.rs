@@ -1,20 +1,12 @@
 //! Model configuration from Hugging Face `config.json` and from GGUF metadata.
 
-use std::path::Path;
+mod common;
 
-use opd_policy::gguf::GgufFile;
 use opd_policy::{LlamaConfig, PolicyError};
 
 #[test]
 fn smollm2_config_from_gguf() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
-    let config = LlamaConfig::from_gguf(&GgufFile::open(path).unwrap()).unwrap();
+    let config = LlamaConfig::from_gguf(&common::smollm2()).unwrap();
     assert_eq!(
         config,
         LlamaConfig {

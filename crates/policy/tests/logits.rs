@@ -2,22 +2,14 @@
 //! which runs the GGUF weights as stored with llama.cpp's interleaved RoPE: agreement checks
 //! the forward pass and the q/k un-permutation together.
 
-use std::path::Path;
+mod common;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use opd_policy::Llama;
-use opd_policy::gguf::GgufFile;
 
 #[test]
 fn smollm2_logits_match_the_numpy_reference() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/smollm2_logits.json")).unwrap();
     let tokens: Vec<i64> = fixture["tokens"]
@@ -27,8 +19,7 @@ fn smollm2_logits_match_the_numpy_reference() {
         .map(|t| t.as_i64().unwrap())
         .collect();
     let device = Default::default();
-    let (model, config) =
-        Llama::<Flex>::from_gguf(&GgufFile::open(path).unwrap(), &device).unwrap();
+    let (model, config) = Llama::<Flex>::from_gguf(&common::smollm2(), &device).unwrap();
     let ids = Tensor::<Flex, 2, Int>::from_data(
         TensorData::new(tokens.clone(), [1, tokens.len()]),
         &device,

@@ -1,26 +1,14 @@
 //! SmolLM2 end to end: the tokenizer rebuilt from GGUF metadata, and a greedy chat answer.
 
-use std::path::Path;
+mod common;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use opd_policy::gguf::GgufFile;
 use opd_policy::{Llama, tokenizer};
-
-fn model_file() -> GgufFile {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
-    GgufFile::open(path).unwrap()
-}
 
 #[test]
 fn tokenizer_from_gguf_metadata() {
-    let tok = tokenizer::from_gguf(&model_file()).unwrap();
+    let tok = tokenizer::from_gguf(&common::smollm2()).unwrap();
     let enc = tok
         .encode("<|im_start|>user\nWhat is 2024?<|im_end|>", false)
         .unwrap();
@@ -45,7 +33,7 @@ fn tokenizer_from_gguf_metadata() {
 
 #[test]
 fn greedy_chat_answer_names_paris() {
-    let file = model_file();
+    let file = common::smollm2();
     let tok = tokenizer::from_gguf(&file).unwrap();
     let device = Default::default();
     let (model, _) = Llama::<Flex>::from_gguf(&file, &device).unwrap();

