@@ -71,8 +71,7 @@ pub struct Llama<B: Backend> {
     pub norm: RmsNorm<B>,
     /// Output projection `d → V`; `None` when tied to the embedding.
     pub lm_head: Option<Linear<B>>,
-    rope_theta: f64,
-    /// Llama-3 scaled inverse frequencies, when the config asks for them.
+    /// RoPE inverse frequencies `θ^(−2i/hd)`, Llama-3 scaled when the config asks for it.
     inv_freq: Vec<f64>,
 }
 
@@ -235,11 +234,6 @@ impl<B: Backend> Llama<B> {
             None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
         }
     }
-
-    /// RoPE base `θ` of this model.
-    pub fn rope_theta(&self) -> f64 {
-        self.rope_theta
-    }
 }
 
 /// Builds a model from named weights in Hugging Face layout (`[out, in]` matrices).
@@ -304,7 +298,6 @@ impl<B: Backend> Builder<'_, B> {
             layers,
             norm,
             lm_head,
-            rope_theta: self.config.rope_theta,
             inv_freq: inverse_frequencies(self.config),
         }
     }
