@@ -5,30 +5,10 @@
 mod common;
 
 use burn::backend::{Autodiff, Wgpu};
-use burn::tensor::{Tensor, TensorData, backend::Backend};
 use common::*;
-use opd_divergences::{
-    Divergence, DivergenceBackend, DivergenceOptions, Support, Teacher, divergence, token_log_probs,
-};
+use opd_divergences::{Divergence, DivergenceOptions, Support, token_log_probs};
 
 type G = Autodiff<Wgpu>;
-
-fn on<BK: Backend>(m: &Mat) -> Tensor<BK, 2> {
-    let data: Vec<f32> = m.data.iter().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(data, [m.rows, m.cols]), &Default::default())
-}
-
-fn run<BK: DivergenceBackend + burn::tensor::backend::AutodiffBackend>(
-    zs: &Mat,
-    zt: &Mat,
-    options: DivergenceOptions,
-) -> (Vec<f64>, Vec<f64>) {
-    let student = on::<BK>(zs).require_grad();
-    let d = divergence(student.clone(), Teacher::Logits(on::<BK>(zt)), options).unwrap();
-    let values = to_vec(d.clone());
-    let grads = d.sum().backward();
-    (values, to_vec(student.grad(&grads).unwrap()))
-}
 
 #[test]
 fn divergences_match_flex_on_wgpu() {
@@ -48,8 +28,8 @@ fn divergences_match_flex_on_wgpu() {
                 .with_support(support)
                 .with_temperature(0.8)
                 .with_chunk_size(4);
-            let (v_flex, g_flex) = run::<B>(&zs, &zt, options);
-            let (v_gpu, g_gpu) = run::<G>(&zs, &zt, options);
+            let (v_flex, g_flex) = values_and_gradient::<B>(&zs, &zt, options);
+            let (v_gpu, g_gpu) = values_and_gradient::<G>(&zs, &zt, options);
             assert_close(
                 &format!("{d:?} {support:?} values"),
                 &v_gpu,
@@ -72,7 +52,13 @@ fn divergences_match_flex_on_wgpu() {
 fn token_log_probs_match_flex_on_wgpu() {
     let z = Mat::random(5, 100, 3.0, 3);
     let ids = vec![0i64, 99, 50, 7, 7];
-    let flex = token_log_probs(on::<B>(&z), int_tensor::<B, 1>(ids.clone(), [5]), 1.0, 2).unwrap();
-    let gpu = token_log_probs(on::<G>(&z), int_tensor::<G, 1>(ids, [5]), 1.0, 2).unwrap();
+    let flex = token_log_probs(
+        z.tensor::<B>(),
+        int_tensor::<B, 1>(ids.clone(), [5]),
+        1.0,
+        2,
+    )
+    .unwrap();
+    let gpu = token_log_probs(z.tensor::<G>(), int_tensor::<G, 1>(ids, [5]), 1.0, 2).unwrap();
     assert_close("token log-probs", &to_vec(gpu), &to_vec(flex), 1e-5, 1e-5);
 }

@@ -45,6 +45,23 @@ impl Mat {
     }
 }
 
+/// Divergence values per row and the gradient of their sum w.r.t. the student logits.
+pub fn values_and_gradient<BK>(
+    zs: &Mat,
+    zt: &Mat,
+    options: opd_divergences::DivergenceOptions,
+) -> (Vec<f64>, Vec<f64>)
+where
+    BK: opd_divergences::DivergenceBackend + burn::tensor::backend::AutodiffBackend,
+{
+    let student = zs.tensor::<BK>().require_grad();
+    let teacher = opd_divergences::Teacher::Logits(zt.tensor::<BK>());
+    let d = opd_divergences::divergence(student.clone(), teacher, options).unwrap();
+    let values = to_vec(d.clone());
+    let grads = d.sum().backward();
+    (values, to_vec(student.grad(&grads).unwrap()))
+}
+
 pub fn to_vec<BK: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f64> {
     t.into_data()
         .convert::<f32>()
