@@ -21,9 +21,42 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+/// Which member of the Llama family: decides biases, q/k norms and the names used on save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama 2/3, SmolLM2, Mistral-style decoders (`model_type = "llama"`).
+    Llama,
+    /// Qwen2: biases on q, k, v.
+    Qwen2,
+    /// Qwen3: RMSNorm on queries and keys per head.
+    Qwen3,
+}
+
+impl Architecture {
+    /// The Hugging Face `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The Hugging Face model class.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
 /// The architecture of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// Which member of the family.
+    pub architecture: Architecture,
     /// Vocabulary size `V`.
     pub vocab_size: usize,
     /// Residual width `d`.
@@ -101,10 +134,18 @@ impl LlamaConfig {
             .or_else(|| hf.architectures.as_ref().and_then(|a| a.first().cloned()))
             .unwrap_or_default()
             .to_lowercase();
-        let (attention_bias, qk_norm) = match model_type.as_str() {
-            "llama" | "llamaforcausallm" | "mistral" => (hf.attention_bias.unwrap_or(false), false),
-            "qwen2" | "qwen2forcausallm" => (true, false),
-            "qwen3" | "qwen3forcausallm" => (hf.attention_bias.unwrap_or(false), true),
+        let (architecture, attention_bias, qk_norm) = match model_type.as_str() {
+            "llama" | "llamaforcausallm" | "mistral" => (
+                Architecture::Llama,
+                hf.attention_bias.unwrap_or(false),
+                false,
+            ),
+            "qwen2" | "qwen2forcausallm" => (Architecture::Qwen2, true, false),
+            "qwen3" | "qwen3forcausallm" => (
+                Architecture::Qwen3,
+                hf.attention_bias.unwrap_or(false),
+                true,
+            ),
             other => {
                 return Err(PolicyError::Unsupported {
                     path: path.to_path_buf(),
@@ -130,6 +171,7 @@ impl LlamaConfig {
             }
         };
         Self {
+            architecture,
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
             intermediate_size: hf.intermediate_size,
@@ -158,10 +200,10 @@ impl LlamaConfig {
             .as_str()
             .ok_or_else(|| missing(file, "general.architecture"))?
             .to_string();
-        let (attention_bias, qk_norm) = match arch.as_str() {
-            "llama" => (false, false),
-            "qwen2" => (true, false),
-            "qwen3" => (false, true),
+        let (architecture, attention_bias, qk_norm) = match arch.as_str() {
+            "llama" => (Architecture::Llama, false, false),
+            "qwen2" => (Architecture::Qwen2, true, false),
+            "qwen3" => (Architecture::Qwen3, false, true),
             other => {
                 return Err(PolicyError::Unsupported {
                     path: file.path.clone(),
@@ -194,6 +236,7 @@ impl LlamaConfig {
                 .ok_or_else(|| missing(file, "tokenizer.ggml.tokens"))?,
         };
         Self {
+            architecture,
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: uint("feed_forward_length")?,
@@ -251,5 +294,40 @@ fn missing(file: &GgufFile, field: &str) -> PolicyError {
     PolicyError::MissingField {
         path: file.path.clone(),
         field: field.to_string(),
+    }
+}
+
+impl LlamaConfig {
+    /// The Hugging Face `config.json` of this architecture (what `transformers` loads).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let rope_scaling = self.rope_scaling.map(|s| {
+            serde_json::json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "high_freq_factor": s.high_freq_factor,
+                "low_freq_factor": s.low_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            })
+        });
+        serde_json::json!({
+            "architectures": [self.architecture.class_name()],
+            "model_type": self.architecture.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
+        })
     }
 }

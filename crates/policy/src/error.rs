@@ -45,6 +45,12 @@ pub enum PolicyError {
         /// The tensor's name.
         name: String,
     },
+    /// Text could not be tokenized or decoded.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A chat template failed to compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
 }
 
 /// Result alias of this crate.

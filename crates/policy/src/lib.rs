@@ -1,19 +1,50 @@
 //! # opd-policy
 //!
-//! The policy layer of opd: reading real checkpoints. So far: the GGUF reader ([`gguf`]): the
-//! container (metadata and tensor directory, every length checked against the file) and
-//! dequantization of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K to f32; and the model
-//! configuration ([`LlamaConfig`]) from a Hugging Face `config.json` or GGUF metadata; the
-//! model ([`Llama`]) in burn, loaded from GGUF; and tokenizers ([`tokenizer`]) from
-//! `tokenizer.json` or GGUF metadata.
+//! The policy layer of opd: real Llama-family checkpoints in burn.
+//!
+//! - [`Llama`]: the model (Llama 2/3, SmolLM2, Qwen2, Qwen3) with a KV cache, left-padded
+//!   batches and LoRA adapters; the [`Policy`] trait is what the layers above use.
+//! - Weights from GGUF ([`gguf`]: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K dequantized)
+//!   and Hugging Face folders (sharded safetensors, F32/F16/BF16), saved back as the latter.
+//! - [`ChatTokenizer`]: the `tokenizers` pipeline from `tokenizer.json` or GGUF metadata,
+//!   special token ids, and the chat template rendered with minijinja.
+//! - [`params`]: frozen snapshots and EMA updates for teachers.
+//!
+//! ```no_run
+//! use burn::backend::Flex;
+//! use opd_policy::{Message, Policy};
+//!
+//! let device = Default::default();
+//! let (model, tokenizer) = opd_policy::load::<Flex>("models/SmolLM2-135M-Instruct.Q4_1.gguf", &device)?;
+//! let prompt = tokenizer.apply_chat_template(&[Message::user("What is 2 + 2?")], true)?;
+//! let ids = tokenizer.encode(&prompt)?;
+//! assert_eq!(model.vocab_size(), 49_152);
+//! # Ok::<(), opd_policy::PolicyError>(())
+//! ```
 
+pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod kv_cache;
 mod load_gguf;
+pub mod lora;
 pub mod model;
+pub mod params;
+pub mod policy;
+pub mod rope;
+pub mod safetensors;
 pub mod tokenizer;
+mod weights;
 
-pub use config::{Llama3RopeScaling, LlamaConfig};
+pub use chat::{ChatTemplate, Message};
+pub use checkpoint::{load, save};
+pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};
 pub use error::{PolicyError, Result};
+pub use kv_cache::KvCache;
+pub use lora::{LoraConfig, LoraTarget};
 pub use model::Llama;
+pub use policy::Policy;
+pub use safetensors::SaveDtype;
+pub use tokenizer::{ChatTokenizer, SpecialTokens};

@@ -1,13 +1,16 @@
-//! Building a [`Llama`] from a GGUF file: names mapped to Hugging Face layout, q/k rows
-//! un-permuted from llama.cpp's interleaved-RoPE order so that one `rotate_half` RoPE serves
-//! both formats.
+//! GGUF files as a weight source: llama.cpp names mapped to Hugging Face names, and the q/k
+//! rows of `llama` files un-permuted from llama.cpp's interleaved-RoPE order so that one
+//! `rotate_half` RoPE serves both formats (qwen2/qwen3 files keep Hugging Face's order).
+
+use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-use crate::config::LlamaConfig;
-use crate::error::{PolicyError, Result};
+use crate::config::{Architecture, LlamaConfig};
+use crate::error::Result;
 use crate::gguf::GgufFile;
-use crate::model::{Block, Builder, Llama, Mlp};
+use crate::model::Llama;
+use crate::weights::WeightSource;
 
 /// Undoes llama.cpp's q/k permutation: rows of each head are stored as `[hd/2, 2]` pairs,
 /// Hugging Face keeps them as `[2, hd/2]` halves.
@@ -27,115 +30,82 @@ fn unpermute(values: Vec<f32>, heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// The llama.cpp name of a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let module = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{module}.{kind}"))
+}
+
+/// A GGUF file read through Hugging Face names.
+struct GgufSource<'a> {
+    file: &'a GgufFile,
+    config: &'a LlamaConfig,
+    /// Whether q/k rows are in llama.cpp's permuted order (`general.architecture = llama`).
+    permuted: bool,
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        let Some(gguf) = gguf_name(name) else {
+            return Ok(None);
+        };
+        if self.file.tensor(&gguf).is_none() {
+            return Ok(None);
+        }
+        let (mut values, shape) = self.file.dequantize(&gguf)?;
+        let heads = match name.rsplit('.').nth(1) {
+            Some("q_proj") => self.config.num_attention_heads,
+            Some("k_proj") => self.config.num_key_value_heads,
+            _ => 0,
+        };
+        let rows_per_head = 2 * (self.config.head_dim / 2);
+        if self.permuted && heads > 0 && shape.first() == Some(&(heads * rows_per_head)) {
+            let cols = shape.get(1).copied().unwrap_or(1);
+            values = unpermute(values, heads, cols);
+        }
+        Ok(Some((values, shape)))
+    }
+}
+
 impl<B: Backend> Llama<B> {
     /// Loads a model from a GGUF file (dequantizing every tensor to f32).
-    pub fn from_gguf(file: &GgufFile, device: &B::Device) -> Result<(Self, LlamaConfig)> {
+    pub fn from_gguf(file: &GgufFile, device: &B::Device) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
-        let b = Builder::<B> {
+        let source = GgufSource {
+            file,
             config: &config,
-            device,
+            permuted: config.architecture == Architecture::Llama,
         };
-        let load = |name: &str, expected: &[usize]| -> Result<Vec<f32>> {
-            let (values, shape) = file.dequantize(name)?;
-            if shape != expected {
-                return Err(PolicyError::Corrupt {
-                    path: file.path.clone(),
-                    detail: format!(
-                        "tensor `{name}` has shape {shape:?}, the config implies {expected:?}"
-                    ),
-                });
-            }
-            Ok(values)
-        };
-        let (d, hd) = (config.hidden_size, config.head_dim);
-        let (q_out, kv_out) = (
-            config.num_attention_heads * hd,
-            config.num_key_value_heads * hd,
-        );
-        let linear =
-            |name: &str, out: usize, inp: usize, permute_heads: Option<usize>| -> Result<_> {
-                let mut w = load(name, &[out, inp])?;
-                if let Some(heads) = permute_heads {
-                    w = unpermute(w, heads, inp);
-                }
-                let bias_name = name.replace(".weight", ".bias");
-                let bias = match file.tensor(&bias_name) {
-                    Some(_) => Some(b.tensor(load(&bias_name, &[out])?, [out])),
-                    None => None,
-                };
-                Ok(b.linear(b.tensor(w, [out, inp]), bias))
-            };
-        let norm = |name: &str, size: usize| -> Result<_> {
-            Ok(b.norm(b.tensor(load(name, &[size])?, [size])))
-        };
-        let layers = (0..config.num_hidden_layers)
-            .map(|l| {
-                let p = format!("blk.{l}.");
-                // Qwen3 GGUF files keep Hugging Face's row order (llama.cpp uses NEOX RoPE there).
-                let permute = |heads| (!config.qk_norm && !config.attention_bias).then_some(heads);
-                let qk_norm = if config.qk_norm {
-                    Some([
-                        norm(&format!("{p}attn_q_norm.weight"), hd)?,
-                        norm(&format!("{p}attn_k_norm.weight"), hd)?,
-                    ])
-                } else {
-                    None
-                };
-                Ok(Block {
-                    input_layernorm: norm(&format!("{p}attn_norm.weight"), d)?,
-                    self_attn: b.attention(
-                        [
-                            linear(
-                                &format!("{p}attn_q.weight"),
-                                q_out,
-                                d,
-                                permute(config.num_attention_heads),
-                            )?,
-                            linear(
-                                &format!("{p}attn_k.weight"),
-                                kv_out,
-                                d,
-                                permute(config.num_key_value_heads),
-                            )?,
-                            linear(&format!("{p}attn_v.weight"), kv_out, d, None)?,
-                            linear(&format!("{p}attn_output.weight"), d, q_out, None)?,
-                        ],
-                        qk_norm,
-                    ),
-                    post_attention_layernorm: norm(&format!("{p}ffn_norm.weight"), d)?,
-                    mlp: Mlp {
-                        gate_proj: linear(
-                            &format!("{p}ffn_gate.weight"),
-                            config.intermediate_size,
-                            d,
-                            None,
-                        )?,
-                        up_proj: linear(
-                            &format!("{p}ffn_up.weight"),
-                            config.intermediate_size,
-                            d,
-                            None,
-                        )?,
-                        down_proj: linear(
-                            &format!("{p}ffn_down.weight"),
-                            d,
-                            config.intermediate_size,
-                            None,
-                        )?,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let embedding = b.tensor(
-            load("token_embd.weight", &[config.vocab_size, d])?,
-            [config.vocab_size, d],
-        );
-        let lm_head = match config.tie_word_embeddings {
-            true => None,
-            false => Some(linear("output.weight", config.vocab_size, d, None)?),
-        };
-        let model = b.model(embedding, layers, norm("output_norm.weight", d)?, lm_head);
-        Ok((model, config))
+        Self::from_source(&config, &source, device)
     }
 }
 
@@ -154,5 +124,25 @@ mod tests {
         ];
         let hf: Vec<f32> = (0..8).flat_map(|i| [i as f32; 2]).collect();
         assert_eq!(super::unpermute(stored, 2, 2), hf);
+    }
+
+    #[test]
+    fn hugging_face_names_map_to_llama_cpp_names() {
+        for (hf, gguf) in [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.layers.3.self_attn.q_proj.bias", "blk.3.attn_q.bias"),
+            (
+                "model.layers.12.mlp.down_proj.weight",
+                "blk.12.ffn_down.weight",
+            ),
+            (
+                "model.layers.0.self_attn.k_norm.weight",
+                "blk.0.attn_k_norm.weight",
+            ),
+            ("lm_head.weight", "output.weight"),
+        ] {
+            assert_eq!(super::gguf_name(hf).as_deref(), Some(gguf));
+        }
+        assert_eq!(super::gguf_name("model.layers.0.unknown.weight"), None);
     }
 }

@@ -1,6 +1,6 @@
 //! A Llama-family decoder in burn (Llama 2/3, SmolLM2, Qwen2, Qwen3): RMSNorm, RoPE in the
 //! Hugging Face `rotate_half` convention, grouped-query attention, SwiGLU MLP, tied or separate
-//! output embedding.
+//! output embedding, optional LoRA adapters, and a KV cache for incremental decoding.
 //!
 //! ```text
 //! h_0 = E[ids]
@@ -9,24 +9,29 @@
 //! logits = W_out · n(h_L)                                            W_out = E when tied
 //! ```
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::config::LlamaConfig;
+use crate::kv_cache::{KvCache, SlotLayout};
+use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
+use crate::rope::RopeTables;
 
 /// Attention with grouped key/value heads and rotary positions.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query projection, `d → H·hd`.
-    pub q_proj: Linear<B>,
+    pub q_proj: LoraLinear<B>,
     /// Key projection, `d → KV·hd`.
-    pub k_proj: Linear<B>,
+    pub k_proj: LoraLinear<B>,
     /// Value projection, `d → KV·hd`.
-    pub v_proj: Linear<B>,
+    pub v_proj: LoraLinear<B>,
     /// Output projection, `H·hd → d`.
-    pub o_proj: Linear<B>,
+    pub o_proj: LoraLinear<B>,
     /// Per-head RMSNorm of queries (Qwen3).
     pub q_norm: Option<RmsNorm<B>>,
     /// Per-head RMSNorm of keys (Qwen3).
@@ -40,11 +45,11 @@ pub struct Attention<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// Gate projection.
-    pub gate_proj: Linear<B>,
+    pub gate_proj: LoraLinear<B>,
     /// Up projection.
-    pub up_proj: Linear<B>,
+    pub up_proj: LoraLinear<B>,
     /// Down projection.
-    pub down_proj: Linear<B>,
+    pub down_proj: LoraLinear<B>,
 }
 
 /// One pre-norm decoder block.
@@ -71,83 +76,26 @@ pub struct Llama<B: Backend> {
     pub norm: RmsNorm<B>,
     /// Output projection `d → V`; `None` when tied to the embedding.
     pub lm_head: Option<Linear<B>>,
-    /// RoPE inverse frequencies `θ^(−2i/hd)`, Llama-3 scaled when the config asks for it.
+    /// The architecture.
+    #[module(skip)]
+    pub config: LlamaConfig,
+    /// RoPE inverse frequencies (see [`crate::rope::inverse_frequencies`]).
+    #[module(skip)]
     inv_freq: Vec<f64>,
 }
 
-/// RoPE tables for positions `0..len`: `(cos, sin)`, each `[len, hd/2]`.
-fn rope_tables<B: Backend>(inv_freq: &[f64], len: usize, device: &B::Device) -> [Tensor<B, 2>; 2] {
-    let half = inv_freq.len();
-    let angles: Vec<f64> = (0..len)
-        .flat_map(|p| inv_freq.iter().map(move |f| p as f64 * f))
-        .collect();
-    let table = |f: fn(f64) -> f64| {
-        let v: Vec<f32> = angles.iter().map(|&a| f(a) as f32).collect();
-        Tensor::from_data(TensorData::new(v, [len, half]), device)
-    };
-    [table(f64::cos), table(f64::sin)]
-}
-
-/// `x·cos + rotate_half(x)·sin` on `[B, heads, T, hd]`, `rotate_half(x) = [−x₂, x₁]`.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
-    let hd = x.dims()[3];
-    let (cos, sin) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>());
-    let x1 = x.clone().slice(s![.., .., .., 0..hd / 2]);
-    let x2 = x.slice(s![.., .., .., hd / 2..hd]);
-    Tensor::cat(
-        vec![
-            x1.clone() * cos.clone() - x2.clone() * sin.clone(),
-            x2 * cos + x1 * sin,
-        ],
-        3,
-    )
-}
-
-/// Additive causal mask `[T, T]`: 0 on and below the diagonal, −∞ above.
-fn causal_mask<B: Backend>(len: usize, device: &B::Device) -> Tensor<B, 2> {
-    let v: Vec<f32> = (0..len * len)
-        .map(|i| {
-            if i % len > i / len {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(v, [len, len]), device)
-}
-
-/// Inverse frequencies `θ^(−2i/hd)`, with Llama-3 scaling when configured.
-pub(crate) fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
-    let hd = config.head_dim as f64;
-    (0..config.head_dim / 2)
-        .map(|i| config.rope_theta.powf(-((2 * i) as f64) / hd))
-        .map(|f| match config.rope_scaling {
-            None => f,
-            Some(s) => {
-                let wavelen = 2.0 * std::f64::consts::PI / f;
-                let original = s.original_max_position_embeddings as f64;
-                let (low, high) = (original / s.low_freq_factor, original / s.high_freq_factor);
-                if wavelen < high {
-                    f
-                } else if wavelen > low {
-                    f / s.factor
-                } else {
-                    let smooth = (original / wavelen - s.low_freq_factor)
-                        / (s.high_freq_factor - s.low_freq_factor);
-                    (1.0 - smooth) * f / s.factor + smooth * f
-                }
-            }
-        })
-        .collect()
+/// What one attention call sees besides its input: positions and the padding mask.
+struct Context<B: Backend> {
+    rope: RopeTables<B>,
+    padding_mask: Option<Tensor<B, 4, Bool>>,
 }
 
 impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &[Tensor<B, 2>; 2],
-        mask: &Tensor<B, 2>,
+        context: &Context<B>,
+        cache: Option<&mut Option<[Tensor<B, 4>; 2]>>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
@@ -161,22 +109,34 @@ impl<B: Backend> Attention<B> {
         let q = heads(self.q_proj.forward(x.clone()), self.heads, &self.q_norm);
         let k = heads(self.k_proj.forward(x.clone()), self.kv_heads, &self.k_norm);
         let v = heads(self.v_proj.forward(x), self.kv_heads, &None);
-        let (q, k) = (
-            apply_rope(q, &rope[0], &rope[1]),
-            apply_rope(k, &rope[0], &rope[1]),
-        );
+        let (q, mut k, mut v) = (context.rope.apply(q), context.rope.apply(k), v);
+        if let Some(cache) = cache {
+            if let Some([past_k, past_v]) = cache.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            *cache = Some([k.clone(), v.clone()]);
+        }
+        let slots = k.dims()[2];
         let group = self.heads / self.kv_heads;
-        let repeat = |t: Tensor<B, 4>| {
-            t.unsqueeze_dim::<5>(2)
-                .expand([batch, self.kv_heads, group, len, self.head_dim])
-                .reshape([batch, self.heads, len, self.head_dim])
+        let repeat = |t: Tensor<B, 4>| match group {
+            1 => t,
+            _ => t
+                .unsqueeze_dim::<5>(2)
+                .expand([batch, self.kv_heads, group, slots, self.head_dim])
+                .reshape([batch, self.heads, slots, self.head_dim]),
         };
-        let (k, v) = (repeat(k), repeat(v));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((self.head_dim as f64).sqrt())
-            + mask.clone().unsqueeze::<4>();
-        let out = softmax(scores, 3).matmul(v);
+        let out = attention(
+            q,
+            repeat(k),
+            repeat(v),
+            context.padding_mask.clone(),
+            None,
+            AttentionModuleOptions {
+                is_causal: true,
+                ..Default::default()
+            },
+        );
         self.o_proj.forward(
             out.swap_dims(1, 2)
                 .reshape([batch, len, self.heads * self.head_dim]),
@@ -195,36 +155,80 @@ impl<B: Backend> Block<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &[Tensor<B, 2>; 2],
-        mask: &Tensor<B, 2>,
+        context: &Context<B>,
+        cache: Option<&mut Option<[Tensor<B, 4>; 2]>>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask);
+                .forward(self.input_layernorm.forward(x), context, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+
+    fn linears_mut(&mut self) -> [(LoraTarget, &mut LoraLinear<B>); 7] {
+        let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
+        [
+            (LoraTarget::QProj, &mut attn.q_proj),
+            (LoraTarget::KProj, &mut attn.k_proj),
+            (LoraTarget::VProj, &mut attn.v_proj),
+            (LoraTarget::OProj, &mut attn.o_proj),
+            (LoraTarget::GateProj, &mut mlp.gate_proj),
+            (LoraTarget::UpProj, &mut mlp.up_proj),
+            (LoraTarget::DownProj, &mut mlp.down_proj),
+        ]
     }
 }
 
 impl<B: Backend> Llama<B> {
-    /// Final hidden states `[B, T, d]` (after the last norm) for token ids `[B, T]`.
-    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    /// Runs the blocks on `ids` `[B, T]` placed at `layout`, appending to `cache` when given.
+    fn run(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        layout: &SlotLayout,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let len = ids.dims()[1];
         let device = ids.device();
-        let rope = rope_tables(&self.inv_freq, len, &device);
-        let mask = causal_mask(len, &device);
-        let x = self
-            .layers
-            .iter()
-            .fold(self.embed_tokens.forward(ids), |x, block| {
-                block.forward(x, &rope, &mask)
-            });
+        let context = Context {
+            rope: RopeTables::new(&self.inv_freq, &layout.positions(len), &device),
+            padding_mask: layout.padding_mask(len, &device),
+        };
+        let mut x = self.embed_tokens.forward(ids);
+        for (l, block) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = block.forward(x, &context, slot);
+        }
+        if let Some(cache) = cache {
+            cache.advance(len);
+        }
         self.norm.forward(x)
     }
 
-    /// Next-token logits `[B, T, V]` for token ids `[B, T]`.
+    /// Final hidden states `[B, T, d]` (after the last norm) for a left-padded batch `ids`
+    /// `[B, T]` whose row `b` starts with `padding[b]` padding tokens.
+    pub fn forward_hidden(&self, ids: Tensor<B, 2, Int>, padding: &[usize]) -> Tensor<B, 3> {
+        let layout = SlotLayout {
+            padding: padding.to_vec(),
+            start: 0,
+        };
+        self.run(ids, &layout, None)
+    }
+
+    /// Hidden states `[B, T, d]` of `T` new tokens per row following what `cache` holds;
+    /// their keys and values are appended to it.
+    pub fn forward_hidden_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let layout = cache.layout();
+        self.run(ids, &layout, Some(cache))
+    }
+
+    /// Next-token logits `[B, T, V]` of a batch without padding.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.project(self.forward_hidden(ids))
+        let padding = vec![0; ids.dims()[0]];
+        self.project(self.forward_hidden(ids, &padding))
     }
 
     /// The output projection of hidden states `[B, T, d]` to logits `[B, T, V]`.
@@ -234,35 +238,144 @@ impl<B: Backend> Llama<B> {
             None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
         }
     }
-}
 
-/// Builds a model from named weights in Hugging Face layout (`[out, in]` matrices).
-pub(crate) struct Builder<'a, B: Backend> {
-    pub config: &'a LlamaConfig,
-    pub device: &'a B::Device,
-}
-
-impl<B: Backend> Builder<'_, B> {
-    pub fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-        Tensor::from_data(TensorData::new(values, shape), self.device)
+    /// An empty KV cache for rows with the given left padding.
+    pub fn new_cache(&self, padding: Vec<usize>) -> KvCache<B> {
+        KvCache::new(self.layers.len(), padding)
     }
 
+    /// Attaches fresh LoRA adapters to the configured layers and freezes every other parameter.
+    pub fn with_lora(self, lora: &LoraConfig) -> Self {
+        let mut model = self.no_grad();
+        for block in &mut model.layers {
+            for (target, linear) in block.linears_mut() {
+                if lora.targets.contains(&target) {
+                    let plain = LoraLinear::new(linear.base.clone());
+                    *linear = plain.attach(lora.rank, lora.alpha);
+                }
+            }
+        }
+        model
+    }
+
+    /// The same model with its adapters switched on or off; off, it computes the base model.
+    /// Parameters are shared, not copied.
+    pub fn with_adapters_enabled(&self, enabled: bool) -> Self {
+        let mut model = self.clone();
+        for block in &mut model.layers {
+            for (_, linear) in block.linears_mut() {
+                linear.set_enabled(enabled);
+            }
+        }
+        model
+    }
+
+    /// Folds every enabled adapter into its base weight (`W ← W + (α/r)·A·B`).
+    pub fn merge_adapters(mut self) -> Self {
+        for block in &mut self.layers {
+            for (_, linear) in block.linears_mut() {
+                let taken = std::mem::replace(linear, LoraLinear::new(linear.base.clone()));
+                *linear = taken.merge();
+            }
+        }
+        self
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// A model of `config` with random weights, for tests and experiments: matrices
+    /// `U(−0.05, 0.05)`, embedding `U(−1, 1)`, norm gains `1 + U(−0.05, 0.05)`. Seed with
+    /// `B::seed` for reproducibility.
+    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+        let b = Builder { config };
+        let uniform = |shape: [usize; 2]| {
+            Tensor::random(
+                shape,
+                burn::tensor::Distribution::Uniform(-0.05, 0.05),
+                device,
+            )
+        };
+        let vector = |n: usize, around: f64| {
+            Tensor::random(
+                [n],
+                burn::tensor::Distribution::Uniform(-0.05, 0.05),
+                device,
+            )
+            .add_scalar(around)
+        };
+        let linear = |out: usize, inp: usize, bias: bool| {
+            b.linear(uniform([out, inp]), bias.then(|| vector(out, 0.0)))
+        };
+        let (d, hd, ff) = (
+            config.hidden_size,
+            config.head_dim,
+            config.intermediate_size,
+        );
+        let (q_out, kv_out) = (
+            config.num_attention_heads * hd,
+            config.num_key_value_heads * hd,
+        );
+        let bias = config.attention_bias;
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| Block {
+                input_layernorm: b.norm(vector(d, 1.0)),
+                self_attn: b.attention(
+                    [
+                        linear(q_out, d, bias),
+                        linear(kv_out, d, bias),
+                        linear(kv_out, d, bias),
+                        linear(d, q_out, false),
+                    ],
+                    config
+                        .qk_norm
+                        .then(|| [b.norm(vector(hd, 1.0)), b.norm(vector(hd, 1.0))]),
+                ),
+                post_attention_layernorm: b.norm(vector(d, 1.0)),
+                mlp: b.mlp([
+                    linear(ff, d, false),
+                    linear(ff, d, false),
+                    linear(d, ff, false),
+                ]),
+            })
+            .collect();
+        let lm_head = (!config.tie_word_embeddings).then(|| linear(config.vocab_size, d, false));
+        b.model(
+            uniform([config.vocab_size, d]).mul_scalar(20.0),
+            layers,
+            b.norm(vector(d, 1.0)),
+            lm_head,
+        )
+    }
+}
+
+/// Builds a model from weights in Hugging Face layout (`[out, in]` matrices).
+pub(crate) struct Builder<'a> {
+    pub config: &'a LlamaConfig,
+}
+
+impl Builder<'_> {
     /// A linear layer from an `[out, in]` matrix and an optional bias.
-    pub fn linear(&self, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Linear<B> {
+    pub fn linear<B: Backend>(
+        &self,
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Linear<B> {
         Linear {
-            weight: Param::from_tensor(weight.transpose()),
-            bias: bias.map(Param::from_tensor),
+            weight: burn::module::Param::from_tensor(weight.transpose()),
+            bias: bias.map(burn::module::Param::from_tensor),
         }
     }
 
-    pub fn norm(&self, gamma: Tensor<B, 1>) -> RmsNorm<B> {
+    /// An RMSNorm with the config's epsilon.
+    pub fn norm<B: Backend>(&self, gamma: Tensor<B, 1>) -> RmsNorm<B> {
         RmsNorm {
-            gamma: Param::from_tensor(gamma),
+            gamma: burn::module::Param::from_tensor(gamma),
             epsilon: self.config.rms_norm_eps,
         }
     }
 
-    pub fn attention(
+    /// An attention layer from its `[q, k, v, o]` projections and optional q/k norms.
+    pub fn attention<B: Backend>(
         &self,
         [q, k, v, o]: [Linear<B>; 4],
         qk_norm: Option<[RmsNorm<B>; 2]>,
@@ -272,10 +385,10 @@ impl<B: Backend> Builder<'_, B> {
             None => (None, None),
         };
         Attention {
-            q_proj: q,
-            k_proj: k,
-            v_proj: v,
-            o_proj: o,
+            q_proj: LoraLinear::new(q),
+            k_proj: LoraLinear::new(k),
+            v_proj: LoraLinear::new(v),
+            o_proj: LoraLinear::new(o),
             q_norm,
             k_norm,
             heads: self.config.num_attention_heads,
@@ -284,7 +397,17 @@ impl<B: Backend> Builder<'_, B> {
         }
     }
 
-    pub fn model(
+    /// The SwiGLU MLP from its `[gate, up, down]` projections.
+    pub fn mlp<B: Backend>(&self, [gate, up, down]: [Linear<B>; 3]) -> Mlp<B> {
+        Mlp {
+            gate_proj: LoraLinear::new(gate),
+            up_proj: LoraLinear::new(up),
+            down_proj: LoraLinear::new(down),
+        }
+    }
+
+    /// The whole model.
+    pub fn model<B: Backend>(
         &self,
         embedding: Tensor<B, 2>,
         layers: Vec<Block<B>>,
@@ -293,12 +416,13 @@ impl<B: Backend> Builder<'_, B> {
     ) -> Llama<B> {
         Llama {
             embed_tokens: Embedding {
-                weight: Param::from_tensor(embedding),
+                weight: burn::module::Param::from_tensor(embedding),
             },
             layers,
             norm,
             lm_head,
-            inv_freq: inverse_frequencies(self.config),
+            config: self.config.clone(),
+            inv_freq: crate::rope::inverse_frequencies(self.config),
         }
     }
 }

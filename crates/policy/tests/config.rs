@@ -2,7 +2,7 @@
 
 mod common;
 
-use opd_policy::{LlamaConfig, PolicyError};
+use opd_policy::{Architecture, LlamaConfig, PolicyError};
 
 #[test]
 fn smollm2_config_from_gguf() {
@@ -10,6 +10,7 @@ fn smollm2_config_from_gguf() {
     assert_eq!(
         config,
         LlamaConfig {
+            architecture: Architecture::Llama,
             vocab_size: 49_152,
             hidden_size: 576,
             intermediate_size: 1536,

@@ -1,0 +1,145 @@
+//! LoRA adapters (Hu et al., 2021) on the model's linear layers.
+//!
+//! ```text
+//! y = x·W + b + (α/r)·(x·A)·B        A: [in, r] ~ U(−1/√in, 1/√in),  B: [r, out] = 0
+//! ```
+//!
+//! `B = 0` makes a fresh adapter the identity. Switched off, the adapted model is the base
+//! model (a frozen teacher for free); merged, `W ← W + (α/r)·A·B` and the adapter is dropped.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Distribution, Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+/// The linear layers of a decoder block that can carry an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    /// Query projection.
+    QProj,
+    /// Key projection.
+    KProj,
+    /// Value projection.
+    VProj,
+    /// Attention output projection.
+    OProj,
+    /// MLP gate projection.
+    GateProj,
+    /// MLP up projection.
+    UpProj,
+    /// MLP down projection.
+    DownProj,
+}
+
+impl LoraTarget {
+    /// Every target: attention and MLP.
+    pub const ALL: [LoraTarget; 7] = [
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::OProj,
+        Self::GateProj,
+        Self::UpProj,
+        Self::DownProj,
+    ];
+}
+
+/// Rank, scale and placement of LoRA adapters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank `r`.
+    pub rank: usize,
+    /// Scale numerator `α`; the update is scaled by `α/r`.
+    pub alpha: f64,
+    /// Layers that get an adapter.
+    pub targets: Vec<LoraTarget>,
+}
+
+/// One low-rank update `(α/r)·A·B`.
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    /// Down projection `[in, r]`.
+    pub a: Param<Tensor<B, 2>>,
+    /// Up projection `[r, out]`, zero at initialization.
+    pub b: Param<Tensor<B, 2>>,
+    /// `α/r`.
+    #[module(skip)]
+    pub scale: f64,
+    /// Whether the update is applied.
+    #[module(skip)]
+    pub enabled: bool,
+}
+
+/// A linear layer with an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    /// The base layer (weight `[in, out]`).
+    pub base: Linear<B>,
+    /// The adapter, when attached.
+    pub lora: Option<Lora<B>>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// A layer without adapter.
+    pub fn new(base: Linear<B>) -> Self {
+        Self { base, lora: None }
+    }
+
+    /// `x·W + b`, plus `(α/r)·(x·A)·B` when an enabled adapter is attached.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let y = self.base.forward(x.clone());
+        match &self.lora {
+            Some(lora) if lora.enabled => {
+                let update = x
+                    .matmul(lora.a.val().unsqueeze())
+                    .matmul(lora.b.val().unsqueeze());
+                y + update.mul_scalar(lora.scale)
+            }
+            _ => y,
+        }
+    }
+
+    /// Attaches a fresh adapter of rank `r` (`A` uniform, `B` zero); the base is frozen.
+    pub fn attach(self, rank: usize, alpha: f64) -> Self {
+        let [fan_in, fan_out] = self.base.weight.dims();
+        let device = self.base.weight.device();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        Self {
+            base: self.base.no_grad(),
+            lora: Some(Lora {
+                a: Param::from_tensor(Tensor::random(
+                    [fan_in, rank],
+                    Distribution::Uniform(-bound, bound),
+                    &device,
+                )),
+                b: Param::from_tensor(Tensor::zeros([rank, fan_out], &device)),
+                scale: alpha / rank as f64,
+                enabled: true,
+            }),
+        }
+    }
+
+    /// Switches the adapter on or off (no effect without one).
+    pub fn set_enabled(&mut self, enabled: bool) {
+        if let Some(lora) = &mut self.lora {
+            lora.enabled = enabled;
+        }
+    }
+
+    /// Folds the adapter into the base weight, `W ← W + (α/r)·A·B`, and drops it. A disabled
+    /// adapter is dropped without folding.
+    pub fn merge(self) -> Self {
+        match self.lora {
+            Some(lora) if lora.enabled => {
+                let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
+                let weight = self.base.weight.val() + delta;
+                Self::new(Linear {
+                    weight: Param::from_tensor(weight),
+                    bias: self.base.bias,
+                })
+            }
+            _ => Self::new(self.base),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Building a [`Llama`] from named tensors in Hugging Face naming, whatever file holds them.
+
+use std::path::Path;
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::config::LlamaConfig;
+use crate::error::{PolicyError, Result};
+use crate::model::{Block, Builder, Llama};
+
+/// A store of tensors addressed by their Hugging Face names (`model.layers.0.mlp.up_proj.weight`).
+pub(crate) trait WeightSource {
+    /// The file named in errors.
+    fn path(&self) -> &Path;
+    /// The tensor as f32 values and its shape, `None` when the store has no such tensor.
+    fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>>;
+}
+
+/// Reads the tensor `name`, which must exist with shape `expected`.
+fn required<S: WeightSource>(source: &S, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    optional(source, name, expected)?.ok_or_else(|| PolicyError::MissingTensor {
+        path: source.path().to_path_buf(),
+        name: name.to_string(),
+    })
+}
+
+/// Reads the tensor `name` if present; when present its shape must be `expected`.
+fn optional<S: WeightSource>(
+    source: &S,
+    name: &str,
+    expected: &[usize],
+) -> Result<Option<Vec<f32>>> {
+    let Some((values, shape)) = source.read(name)? else {
+        return Ok(None);
+    };
+    if shape != expected {
+        return Err(PolicyError::Corrupt {
+            path: source.path().to_path_buf(),
+            detail: format!("tensor `{name}` has shape {shape:?}, the config implies {expected:?}"),
+        });
+    }
+    Ok(Some(values))
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model of `config` from `source`, checking every tensor's shape.
+    pub(crate) fn from_source<S: WeightSource>(
+        config: &LlamaConfig,
+        source: &S,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let b = Builder { config };
+        let tensor = |values: Vec<f32>, shape: &[usize]| -> Tensor<B, 1> {
+            Tensor::from_data(
+                TensorData::new(values, [shape.iter().product::<usize>()]),
+                device,
+            )
+        };
+        let linear = |name: &str, out: usize, inp: usize| -> Result<_> {
+            let w = required(source, &format!("{name}.weight"), &[out, inp])?;
+            let bias = optional(source, &format!("{name}.bias"), &[out])?;
+            Ok(b.linear(
+                tensor(w, &[out, inp]).reshape([out, inp]),
+                bias.map(|v| tensor(v, &[out])),
+            ))
+        };
+        let norm = |name: &str, size: usize| -> Result<_> {
+            Ok(b.norm(tensor(required(source, name, &[size])?, &[size])))
+        };
+        let (d, hd, ff) = (
+            config.hidden_size,
+            config.head_dim,
+            config.intermediate_size,
+        );
+        let (q_out, kv_out) = (
+            config.num_attention_heads * hd,
+            config.num_key_value_heads * hd,
+        );
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}.");
+                let qk_norm = match config.qk_norm {
+                    true => Some([
+                        norm(&format!("{p}self_attn.q_norm.weight"), hd)?,
+                        norm(&format!("{p}self_attn.k_norm.weight"), hd)?,
+                    ]),
+                    false => None,
+                };
+                Ok(Block {
+                    input_layernorm: norm(&format!("{p}input_layernorm.weight"), d)?,
+                    self_attn: b.attention(
+                        [
+                            linear(&format!("{p}self_attn.q_proj"), q_out, d)?,
+                            linear(&format!("{p}self_attn.k_proj"), kv_out, d)?,
+                            linear(&format!("{p}self_attn.v_proj"), kv_out, d)?,
+                            linear(&format!("{p}self_attn.o_proj"), d, q_out)?,
+                        ],
+                        qk_norm,
+                    ),
+                    post_attention_layernorm: norm(
+                        &format!("{p}post_attention_layernorm.weight"),
+                        d,
+                    )?,
+                    mlp: b.mlp([
+                        linear(&format!("{p}mlp.gate_proj"), ff, d)?,
+                        linear(&format!("{p}mlp.up_proj"), ff, d)?,
+                        linear(&format!("{p}mlp.down_proj"), d, ff)?,
+                    ]),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let v = config.vocab_size;
+        let embedding = required(source, "model.embed_tokens.weight", &[v, d])?;
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            false => Some(linear("lm_head", v, d)?),
+        };
+        Ok(b.model(
+            tensor(embedding, &[v, d]).reshape([v, d]),
+            layers,
+            norm("model.norm.weight", d)?,
+            lm_head,
+        ))
+    }
+}

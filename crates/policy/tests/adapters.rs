@@ -1,0 +1,135 @@
+//! LoRA adapters and the parameter operations teachers need (frozen copies, EMA).
+
+mod common;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use opd_policy::{Architecture, Llama, LoraConfig, LoraTarget, Policy, params};
+
+type B = Flex;
+type A = Autodiff<Flex>;
+
+fn probe<Bk: Backend>() -> Tensor<Bk, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(vec![4i64, 8, 15, 16, 23, 42], [1, 6]),
+        &Default::default(),
+    )
+}
+
+fn lora() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: LoraTarget::ALL.to_vec(),
+    }
+}
+
+/// Gives every adapter's `B` a nonzero value so that adapters change the output.
+fn perturb(model: Llama<B>) -> Llama<B> {
+    let mut model = model;
+    for block in &mut model.layers {
+        let linear = &mut block.mlp.up_proj;
+        let lora = linear.lora.as_mut().unwrap();
+        let dims = lora.b.dims();
+        lora.b = burn::module::Param::from_tensor(Tensor::random(
+            dims,
+            burn::tensor::Distribution::Uniform(-0.5, 0.5),
+            &Default::default(),
+        ));
+    }
+    model
+}
+
+#[test]
+fn fresh_adapters_are_the_identity_and_switch_off_to_the_base() {
+    B::seed(&Default::default(), 1);
+    let base = Llama::<B>::init(
+        &common::tiny(Architecture::Qwen3, true),
+        &Default::default(),
+    );
+    let reference = base.logits(probe(), &[0]);
+    let adapted = base.with_lora(&lora());
+    assert_eq!(
+        common::max_diff(reference.clone(), adapted.logits(probe(), &[0])),
+        0.0
+    );
+    let trained = perturb(adapted);
+    let on = trained.logits(probe(), &[0]);
+    assert!(common::max_diff(reference.clone(), on.clone()) > 1e-3);
+    let off = trained.with_adapters_enabled(false).logits(probe(), &[0]);
+    assert_eq!(common::max_diff(reference, off), 0.0);
+    let merged = trained.merge_adapters();
+    assert!(merged.layers[0].mlp.up_proj.lora.is_none());
+    let diff = common::max_diff(on, merged.logits(probe(), &[0]));
+    assert!(diff < 1e-5, "merged differs by {diff}");
+}
+
+#[test]
+fn only_adapters_receive_gradients() {
+    A::seed(&Default::default(), 2);
+    let model = Llama::<A>::init(
+        &common::tiny(Architecture::Llama, false),
+        &Default::default(),
+    )
+    .with_lora(&lora());
+    let loss = model.logits(probe(), &[0]).powi_scalar(2).mean();
+    let grads = loss.backward();
+    let block = &model.layers[0];
+    let adapter = block.self_attn.q_proj.lora.as_ref().unwrap();
+    assert!(adapter.a.grad(&grads).is_some(), "A gets a gradient");
+    assert!(adapter.b.grad(&grads).is_some(), "B gets a gradient");
+    assert!(block.self_attn.q_proj.base.weight.grad(&grads).is_none());
+    assert!(model.embed_tokens.weight.grad(&grads).is_none());
+}
+
+#[test]
+fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
+    B::seed(&Default::default(), 3);
+    let config = common::tiny(Architecture::Qwen2, false);
+    let teacher = Llama::<B>::init(&config, &Default::default());
+    let student = Llama::<B>::init(&config, &Default::default());
+    let snapshot = params::frozen(&teacher);
+    let mixed = params::ema_update(teacher.clone(), &student, 0.9);
+    let get = |m: &Llama<B>| m.layers[1].self_attn.k_proj.base.weight.val();
+    let expected = get(&teacher) * 0.9 + get(&student) * 0.1;
+    assert!(common::max_diff(expected, get(&mixed)) < 1e-6);
+    let bias = |m: &Llama<B>| {
+        m.layers[0]
+            .self_attn
+            .q_proj
+            .base
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+    };
+    let expected = bias(&teacher) * 0.9 + bias(&student) * 0.1;
+    assert!(common::max_diff(expected, bias(&mixed)) < 1e-6);
+    assert_eq!(common::max_diff(get(&snapshot), get(&teacher)), 0.0);
+    // decay = 1 keeps the teacher, decay = 0 copies the student.
+    let kept = params::ema_update(teacher.clone(), &student, 1.0);
+    assert_eq!(
+        common::max_diff(kept.logits(probe(), &[0]), teacher.logits(probe(), &[0])),
+        0.0
+    );
+    let copied = params::ema_update(teacher, &student, 0.0);
+    assert!(common::max_diff(copied.logits(probe(), &[0]), student.logits(probe(), &[0])) < 1e-6);
+}
+
+#[test]
+fn a_valid_copy_of_an_autodiff_model_is_a_stop_gradient_teacher() {
+    A::seed(&Default::default(), 4);
+    let student = Llama::<A>::init(
+        &common::tiny(Architecture::Llama, true),
+        &Default::default(),
+    );
+    let teacher: Llama<B> = student.valid();
+    let diff = common::max_diff(
+        student.logits(probe(), &[0]).inner(),
+        teacher.logits(probe(), &[0]),
+    );
+    // Autodiff runs attention through burn's portable fallback, Flex through its fused kernel.
+    assert!(diff < 1e-4, "{diff}");
+}

@@ -1,0 +1,220 @@
+//! Hugging Face safetensors: tiny random models of every variant round-trip; shards, bf16 and
+//! f16 load; bad files give typed errors naming the file and tensor; the reader survives
+//! truncated and mutated bytes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use opd_policy::{Llama, Policy, PolicyError, SaveDtype};
+use proptest::prelude::*;
+use safetensors::tensor::{Dtype, TensorView};
+
+type B = Flex;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("opd-st-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn probe() -> Tensor<B, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(vec![1i64, 5, 9, 33, 2, 60], [1, 6]),
+        &Default::default(),
+    )
+}
+
+fn saved_tiny(name: &str, seed: u64) -> (PathBuf, Llama<B>) {
+    B::seed(&Default::default(), seed);
+    let config = common::tiny(opd_policy::Architecture::Qwen2, false);
+    let model = Llama::<B>::init(&config, &Default::default());
+    let dir = scratch(name);
+    model.save_hf(&dir, SaveDtype::F32).unwrap();
+    (dir, model)
+}
+
+/// Rewrites `dir/model.safetensors` with `edit` applied to the tensor map.
+fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn every_tiny_variant_round_trips_exactly() {
+    for (i, config) in common::tiny_variants().into_iter().enumerate() {
+        B::seed(&Default::default(), i as u64);
+        let model = Llama::<B>::init(&config, &Default::default());
+        let dir = scratch(&format!("variant{i}"));
+        model.save_hf(&dir, SaveDtype::F32).unwrap();
+        let loaded = Llama::<B>::from_hf_folder(&dir, &Default::default()).unwrap();
+        assert_eq!(loaded.config, config);
+        let diff = common::max_diff(model.logits(probe(), &[0]), loaded.logits(probe(), &[0]));
+        assert_eq!(diff, 0.0, "{config:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn bf16_and_f16_weights_load_to_f32() {
+    let (dir, model) = saved_tiny("half", 1);
+    let reference = model.logits(probe(), &[0]);
+    let bf16 = scratch("bf16");
+    model.save_hf(&bf16, SaveDtype::Bf16).unwrap();
+    let loaded = Llama::<B>::from_hf_folder(&bf16, &Default::default()).unwrap();
+    let diff = common::max_diff(reference.clone(), loaded.logits(probe(), &[0]));
+    assert!(diff > 0.0 && diff < 0.05, "bf16 difference {diff}");
+    rewrite(&dir, |tensors| {
+        for (_, dtype, _, bytes) in tensors.iter_mut() {
+            *bytes = bytes
+                .chunks_exact(4)
+                .flat_map(|b| {
+                    half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+                })
+                .collect();
+            *dtype = Dtype::F16;
+        }
+    });
+    let loaded = Llama::<B>::from_hf_folder(&dir, &Default::default()).unwrap();
+    let diff = common::max_diff(reference, loaded.logits(probe(), &[0]));
+    assert!(diff > 0.0 && diff < 0.01, "f16 difference {diff}");
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(bf16).unwrap();
+}
+
+#[test]
+fn sharded_folders_load_through_the_index() {
+    let (dir, model) = saved_tiny("shards", 2);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let mut weight_map = HashMap::new();
+    for (shard, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        let views: Vec<_> = part
+            .iter()
+            .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+            .collect();
+        for n in part {
+            weight_map.insert(n.to_string(), file.clone());
+        }
+        std::fs::write(
+            dir.join(&file),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let loaded = Llama::<B>::from_hf_folder(&dir, &Default::default()).unwrap();
+    let diff = common::max_diff(model.logits(probe(), &[0]), loaded.logits(probe(), &[0]));
+    assert_eq!(diff, 0.0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_folders_give_typed_errors_naming_the_file_and_tensor() {
+    let load = |dir: &Path| Llama::<B>::from_hf_folder(dir, &Default::default()).unwrap_err();
+
+    let (dir, _) = saved_tiny("missing", 3);
+    rewrite(&dir, |t| t.retain(|(n, ..)| n != "model.norm.weight"));
+    let err = load(&dir);
+    assert!(
+        matches!(&err, PolicyError::MissingTensor { name, .. } if name == "model.norm.weight"),
+        "{err}"
+    );
+
+    let (dir, _) = saved_tiny("shape", 4);
+    rewrite(&dir, |t| {
+        let (_, _, shape, bytes) = t
+            .iter_mut()
+            .find(|(n, ..)| n == "model.layers.1.mlp.up_proj.weight")
+            .unwrap();
+        *shape = vec![shape[0] / 2, shape[1]];
+        bytes.truncate(bytes.len() / 2);
+    });
+    let err = load(&dir).to_string();
+    assert!(
+        err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("shape"),
+        "{err}"
+    );
+
+    let (dir, _) = saved_tiny("dtype", 5);
+    rewrite(&dir, |t| t[0].1 = Dtype::I32);
+    let err = load(&dir);
+    assert!(matches!(err, PolicyError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("I32"), "{err}");
+
+    let (dir, _) = saved_tiny("truncated", 6);
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let err = load(&dir);
+    assert!(matches!(err, PolicyError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    let (dir, _) = saved_tiny("arch", 7);
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"qwen2\"", "\"gpt_neox\"")).unwrap();
+    let err = load(&dir).to_string();
+    assert!(
+        err.contains("gpt_neox") && err.contains("config.json"),
+        "{err}"
+    );
+
+    let empty = scratch("empty");
+    let err = load(&empty).to_string();
+    assert!(err.contains("config.json"), "{err}");
+    let (good, _) = saved_tiny("good", 8);
+    std::fs::copy(good.join("config.json"), empty.join("config.json")).unwrap();
+    let err = load(&empty).to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261122),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Truncated or mutated weight files load or fail with an error; never a panic.
+    #[test]
+    fn mutated_files_never_panic(cut in 0usize..4000, flips in prop::collection::vec((0usize..4000, any::<u8>()), 0..6)) {
+        let dir = scratch("mutate");
+        let (_, model) = saved_tiny("mutate-src", 9);
+        model.save_hf(&dir, SaveDtype::F32).unwrap();
+        let path = dir.join("model.safetensors");
+        let mut bytes = std::fs::read(&path).unwrap();
+        for (at, value) in flips {
+            let at = at % bytes.len();
+            bytes[at] = value;
+        }
+        if cut < bytes.len() {
+            bytes.truncate(bytes.len() - cut);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = Llama::<B>::from_hf_folder(&dir, &Default::default());
+    }
+}
