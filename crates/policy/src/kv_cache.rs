@@ -29,28 +29,34 @@ impl SlotLayout {
             .collect()
     }
 
-    /// The padding part of the attention mask, `[B, 1, T, start+T]`, `true` = masked: key
-    /// slot `k` is hidden from query slot `q` when `k < padding[b]` and `k ≠ q`. `None` when
-    /// no row is padded (causality alone is applied by the attention kernel).
-    pub fn padding_mask<B: Backend>(
+    /// The attention mask `[B or 1, 1, G·T, start+T]`, `true` = masked, for `G` query heads
+    /// per key/value head stacked along the query axis (row `g·T + t` is query slot
+    /// `start + t`). Key slot `k` is hidden from query slot `q` when `k > q` (causal) or when
+    /// `k < padding[b]` and `k ≠ q` (padding). `None` when nothing is masked: one new token
+    /// per row and no padding.
+    pub fn mask<B: Backend>(
         &self,
         len: usize,
+        group: usize,
         device: &B::Device,
     ) -> Option<Tensor<B, 4, Bool>> {
-        if self.padding.iter().all(|&p| p == 0) {
+        let padded = self.padding.iter().any(|&p| p > 0);
+        if len == 1 && !padded {
             return None;
         }
         let keys = self.start + len;
-        let mask: Vec<bool> = self
-            .padding
+        let rows: &[usize] = if padded { &self.padding } else { &[0] };
+        let mask: Vec<bool> = rows
             .iter()
             .flat_map(|&pad| {
-                (self.start..self.start + len)
-                    .flat_map(move |q| (0..keys).map(move |k| k < pad && k != q))
+                (0..group).flat_map(move |_| {
+                    (self.start..self.start + len)
+                        .flat_map(move |q| (0..keys).map(move |k| k > q || (k < pad && k != q)))
+                })
             })
             .collect();
         Some(Tensor::from_data(
-            TensorData::new(mask, [self.padding.len(), 1, len, keys]),
+            TensorData::new(mask, [rows.len(), 1, group * len, keys]),
             device,
         ))
     }

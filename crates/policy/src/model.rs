@@ -14,7 +14,7 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::{KvCache, SlotLayout};
@@ -84,10 +84,10 @@ pub struct Llama<B: Backend> {
     inv_freq: Vec<f64>,
 }
 
-/// What one attention call sees besides its input: positions and the padding mask.
+/// What one attention call sees besides its input: positions and the mask.
 struct Context<B: Backend> {
     rope: RopeTables<B>,
-    padding_mask: Option<Tensor<B, 4, Bool>>,
+    mask: Option<Tensor<B, 4, Bool>>,
 }
 
 impl<B: Backend> Attention<B> {
@@ -117,26 +117,19 @@ impl<B: Backend> Attention<B> {
             }
             *cache = Some([k.clone(), v.clone()]);
         }
-        let slots = k.dims()[2];
+        // Grouped-query attention without repeating keys and values: the `G` query heads of
+        // each key/value head are stacked along the query axis, `[B, KV, G·T, hd]`.
         let group = self.heads / self.kv_heads;
-        let repeat = |t: Tensor<B, 4>| match group {
-            1 => t,
-            _ => t
-                .unsqueeze_dim::<5>(2)
-                .expand([batch, self.kv_heads, group, slots, self.head_dim])
-                .reshape([batch, self.heads, slots, self.head_dim]),
-        };
+        let q = q.reshape([batch, self.kv_heads, group * len, self.head_dim]);
         let out = attention(
             q,
-            repeat(k),
-            repeat(v),
-            context.padding_mask.clone(),
+            k,
+            v,
+            context.mask.clone(),
             None,
-            AttentionModuleOptions {
-                is_causal: true,
-                ..Default::default()
-            },
-        );
+            AttentionModuleOptions::default(),
+        )
+        .reshape([batch, self.heads, len, self.head_dim]);
         self.o_proj.forward(
             out.swap_dims(1, 2)
                 .reshape([batch, len, self.heads * self.head_dim]),
@@ -191,7 +184,11 @@ impl<B: Backend> Llama<B> {
         let device = ids.device();
         let context = Context {
             rope: RopeTables::new(&self.inv_freq, &layout.positions(len), &device),
-            padding_mask: layout.padding_mask(len, &device),
+            mask: layout.mask(
+                len,
+                self.config.num_attention_heads / self.config.num_key_value_heads,
+                &device,
+            ),
         };
         let mut x = self.embed_tokens.forward(ids);
         for (l, block) in self.layers.iter().enumerate() {
@@ -231,11 +228,21 @@ impl<B: Backend> Llama<B> {
         self.project(self.forward_hidden(ids, &padding))
     }
 
-    /// The output projection of hidden states `[B, T, d]` to logits `[B, T, V]`.
+    /// The output projection of hidden states `[B, T, d]` to logits `[B, T, V]`. A tied head
+    /// multiplies by the transposed embedding as a 2-D strided view, which the matmul reads in
+    /// place (a 3-D view would be copied).
     pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
+            None => {
+                let [batch, len, d] = hidden.dims();
+                let embedding = self.embed_tokens.weight.val();
+                let vocab = embedding.dims()[0];
+                hidden
+                    .reshape([batch * len, d])
+                    .matmul(embedding.transpose())
+                    .reshape([batch, len, vocab])
+            }
         }
     }
 
@@ -283,25 +290,28 @@ impl<B: Backend> Llama<B> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// A model of `config` with random weights, for tests and experiments: matrices
-    /// `U(−0.05, 0.05)`, embedding `U(−1, 1)`, norm gains `1 + U(−0.05, 0.05)`. Seed with
-    /// `B::seed` for reproducibility.
-    pub fn init(config: &LlamaConfig, device: &B::Device) -> Self {
+    /// A model of `config` with random weights drawn from `seed`, for tests and experiments:
+    /// matrices `U(−0.05, 0.05)`, embedding `U(−0.25, 0.25)` (logits spread over a few nats),
+    /// norm gains `1 + U(−0.05, 0.05)`. The weights depend on the seed only (not on the
+    /// backend's global RNG), so parallel tests get the same model.
+    pub fn init(config: &LlamaConfig, seed: u64, device: &B::Device) -> Self {
+        use rand::{Rng, SeedableRng};
         let b = Builder { config };
-        let uniform = |shape: [usize; 2]| {
-            Tensor::random(
-                shape,
-                burn::tensor::Distribution::Uniform(-0.05, 0.05),
+        let rng = std::cell::RefCell::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let values = |n: usize, scale: f32, around: f32| -> Vec<f32> {
+            let mut rng = rng.borrow_mut();
+            (0..n)
+                .map(|_| around + scale * (2.0 * rng.random::<f32>() - 1.0))
+                .collect()
+        };
+        let uniform = |[rows, cols]: [usize; 2]| {
+            Tensor::from_data(
+                TensorData::new(values(rows * cols, 0.05, 0.0), [rows, cols]),
                 device,
             )
         };
-        let vector = |n: usize, around: f64| {
-            Tensor::random(
-                [n],
-                burn::tensor::Distribution::Uniform(-0.05, 0.05),
-                device,
-            )
-            .add_scalar(around)
+        let vector = |n: usize, around: f32| {
+            Tensor::from_data(TensorData::new(values(n, 0.05, around), [n]), device)
         };
         let linear = |out: usize, inp: usize, bias: bool| {
             b.linear(uniform([out, inp]), bias.then(|| vector(out, 0.0)))
@@ -340,7 +350,7 @@ impl<B: Backend> Llama<B> {
             .collect();
         let lm_head = (!config.tie_word_embeddings).then(|| linear(config.vocab_size, d, false));
         b.model(
-            uniform([config.vocab_size, d]).mul_scalar(20.0),
+            uniform([config.vocab_size, d]).mul_scalar(5.0),
             layers,
             b.norm(vector(d, 1.0)),
             lm_head,
@@ -354,14 +364,18 @@ pub(crate) struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// A linear layer from an `[out, in]` matrix and an optional bias.
+    /// A linear layer from an `[out, in]` matrix and an optional bias. The weight is stored
+    /// transposed, `[in, out]`, in contiguous memory: burn's linear reshapes it on every call,
+    /// which would copy a strided view each time.
     pub fn linear<B: Backend>(
         &self,
         weight: Tensor<B, 2>,
         bias: Option<Tensor<B, 1>>,
     ) -> Linear<B> {
+        let device = weight.device();
+        let weight = Tensor::from_data(weight.transpose().into_data(), &device);
         Linear {
-            weight: burn::module::Param::from_tensor(weight.transpose()),
+            weight: burn::module::Param::from_tensor(weight),
             bias: bias.map(burn::module::Param::from_tensor),
         }
     }

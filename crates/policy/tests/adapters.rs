@@ -44,9 +44,9 @@ fn perturb(model: Llama<B>) -> Llama<B> {
 
 #[test]
 fn fresh_adapters_are_the_identity_and_switch_off_to_the_base() {
-    B::seed(&Default::default(), 1);
     let base = Llama::<B>::init(
         &common::tiny(Architecture::Qwen3, true),
+        1,
         &Default::default(),
     );
     let reference = base.logits(probe(), &[0]);
@@ -68,9 +68,9 @@ fn fresh_adapters_are_the_identity_and_switch_off_to_the_base() {
 
 #[test]
 fn only_adapters_receive_gradients() {
-    A::seed(&Default::default(), 2);
     let model = Llama::<A>::init(
         &common::tiny(Architecture::Llama, false),
+        2,
         &Default::default(),
     )
     .with_lora(&lora());
@@ -86,10 +86,9 @@ fn only_adapters_receive_gradients() {
 
 #[test]
 fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
-    B::seed(&Default::default(), 3);
     let config = common::tiny(Architecture::Qwen2, false);
-    let teacher = Llama::<B>::init(&config, &Default::default());
-    let student = Llama::<B>::init(&config, &Default::default());
+    let teacher = Llama::<B>::init(&config, 8, &Default::default());
+    let student = Llama::<B>::init(&config, 15, &Default::default());
     let snapshot = params::frozen(&teacher);
     let mixed = params::ema_update(teacher.clone(), &student, 0.9);
     let get = |m: &Llama<B>| m.layers[1].self_attn.k_proj.base.weight.val();
@@ -120,9 +119,9 @@ fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
 
 #[test]
 fn a_valid_copy_of_an_autodiff_model_is_a_stop_gradient_teacher() {
-    A::seed(&Default::default(), 4);
     let student = Llama::<A>::init(
         &common::tiny(Architecture::Llama, true),
+        4,
         &Default::default(),
     );
     let teacher: Llama<B> = student.valid();

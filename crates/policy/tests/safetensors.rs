@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use opd_policy::{Llama, Policy, PolicyError, SaveDtype};
 use proptest::prelude::*;
@@ -31,9 +30,8 @@ fn probe() -> Tensor<B, 2, Int> {
 }
 
 fn saved_tiny(name: &str, seed: u64) -> (PathBuf, Llama<B>) {
-    B::seed(&Default::default(), seed);
     let config = common::tiny(opd_policy::Architecture::Qwen2, false);
-    let model = Llama::<B>::init(&config, &Default::default());
+    let model = Llama::<B>::init(&config, seed, &Default::default());
     let dir = scratch(name);
     model.save_hf(&dir, SaveDtype::F32).unwrap();
     (dir, model)
@@ -60,8 +58,7 @@ fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Ve
 #[test]
 fn every_tiny_variant_round_trips_exactly() {
     for (i, config) in common::tiny_variants().into_iter().enumerate() {
-        B::seed(&Default::default(), i as u64);
-        let model = Llama::<B>::init(&config, &Default::default());
+        let model = Llama::<B>::init(&config, i as u64, &Default::default());
         let dir = scratch(&format!("variant{i}"));
         model.save_hf(&dir, SaveDtype::F32).unwrap();
         let loaded = Llama::<B>::from_hf_folder(&dir, &Default::default()).unwrap();

@@ -1,0 +1,128 @@
+//! `opd generate`: load a model, render the prompt, sample, print the answers.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use opd_policy::Message;
+use opd_rollout::{SamplingParams, generate_with_progress};
+
+use crate::BackendChoice;
+
+/// Arguments of `opd generate`.
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A `.gguf` file or a Hugging Face folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Render the prompt as a user turn with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system turn (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Most tokens to generate per answer.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Relative probability floor in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f64,
+    /// Answers to sample.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop at this string (repeatable).
+    #[arg(long = "stop")]
+    stop_strings: Vec<String>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: BackendChoice,
+}
+
+fn default_backend() -> BackendChoice {
+    #[cfg(feature = "flex")]
+    return BackendChoice::Flex;
+    #[cfg(all(not(feature = "flex"), feature = "cuda"))]
+    return BackendChoice::Cuda;
+    #[cfg(all(not(feature = "flex"), not(feature = "cuda"), feature = "wgpu"))]
+    return BackendChoice::Wgpu;
+}
+
+/// Runs `opd generate` on the chosen backend.
+pub fn run(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
+    match args.backend {
+        #[cfg(feature = "flex")]
+        BackendChoice::Flex => run_on::<burn::backend::Flex>(args),
+        #[cfg(feature = "wgpu")]
+        BackendChoice::Wgpu => run_on::<burn::backend::Wgpu>(args),
+        #[cfg(feature = "cuda")]
+        BackendChoice::Cuda => run_on::<burn::backend::Cuda>(args),
+    }
+}
+
+fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
+    let device = B::Device::default();
+    let (model, tokenizer) = opd_policy::load::<B>(&args.model, &device)?;
+    let text = if args.chat {
+        let mut messages: Vec<Message> = args.system.into_iter().map(Message::system).collect();
+        messages.push(Message::user(args.prompt));
+        tokenizer.apply_chat_template(&messages, true)?
+    } else {
+        args.prompt
+    };
+    let prompt = tokenizer.encode(&text)?;
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        max_new_tokens: args.max_new_tokens,
+        n: args.n,
+        stop_token_ids: Vec::new(),
+        stop_strings: args.stop_strings,
+        seed: args.seed,
+    };
+    let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64).with_style(
+        ProgressStyle::with_template("{spinner} {pos} tokens, {per_sec} [{elapsed}]")
+            .expect("valid template"),
+    );
+    let batch = generate_with_progress(&model, &tokenizer, &[prompt], &params, |tokens| {
+        bar.set_position(tokens as u64)
+    })?;
+    bar.finish_and_clear();
+    for sample in &batch.samples {
+        if args.n > 1 {
+            println!(
+                "--- sample {} ({:?})",
+                sample.sample_index, sample.finish_reason
+            );
+        }
+        println!("{}", sample.text);
+    }
+    let stats = batch.stats;
+    eprintln!(
+        "{} prompt tokens in {:.2} s, {} tokens generated in {:.2} s ({:.1} tokens/s)",
+        stats.prompt_tokens,
+        stats.prefill.as_secs_f64(),
+        stats.response_tokens,
+        stats.decode.as_secs_f64(),
+        stats.decode_tokens_per_second()
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `opd`: the command line of opd.
+//!
+//! ```text
+//! opd generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2 + 2?" --chat
+//! ```
+
+mod generate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// On-policy distillation for Llama-family models.
+#[derive(Parser)]
+#[command(name = "opd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The compute backend.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendChoice {
+    /// CPU (burn's Flex backend).
+    #[cfg(feature = "flex")]
+    Flex,
+    /// Vulkan, Metal or DirectX through wgpu.
+    #[cfg(feature = "wgpu")]
+    Wgpu,
+    /// NVIDIA CUDA.
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sample answers to a prompt from a GGUF file or a Hugging Face folder.
+    Generate(generate::GenerateArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! What a rollout returns: per sample the tokens, both log-probabilities of each token, why it
+//! ended and its text; per batch the token counts and timing.
+
+use std::time::Duration;
+
+/// Why a sample ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced a stop token (EOS or one of `stop_token_ids`); the token ends the response.
+    StopToken(u32),
+    /// Its text reached a stop string; the text is cut before it.
+    StopString(String),
+    /// It reached `max_new_tokens` or the model's context.
+    Length,
+}
+
+/// One sampled answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Index of its prompt in the input.
+    pub prompt_index: usize,
+    /// Its index among the `n` samples of that prompt.
+    pub sample_index: usize,
+    /// The generated token ids (a stop token included).
+    pub response_ids: Vec<u32>,
+    /// `log π(y_t | y_<t)` of each generated token under the policy at temperature 1, without
+    /// truncation: what OPD's advantages and importance ratios need.
+    pub logprobs: Vec<f32>,
+    /// `log q(y_t | y_<t)` under the processed distribution the token was drawn from.
+    pub sampling_logprobs: Vec<f32>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// The decoded answer, special tokens dropped, cut before a stop string.
+    pub text: String,
+}
+
+/// Token counts and wall time of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RolloutStats {
+    /// Prompt tokens processed (padding excluded), over all samples.
+    pub prompt_tokens: usize,
+    /// Tokens generated, over all samples.
+    pub response_tokens: usize,
+    /// Time of the prompt forward pass.
+    pub prefill: Duration,
+    /// Time of the token-by-token decoding.
+    pub decode: Duration,
+}
+
+impl RolloutStats {
+    /// Generated tokens per second of decoding.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.response_tokens as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The samples of a batch of prompts, prompt-major: sample `j` of prompt `i` is at `i·n + j`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutBatch {
+    /// The prompts' token ids.
+    pub prompts: Vec<Vec<u32>>,
+    /// The samples.
+    pub samples: Vec<Sample>,
+    /// Counts and timing.
+    pub stats: RolloutStats,
+}
+
+impl RolloutBatch {
+    /// The prompt of a sample.
+    pub fn prompt_of(&self, sample: &Sample) -> &[u32] {
+        &self.prompts[sample.prompt_index]
+    }
+
+    /// Longest response, in tokens.
+    pub fn max_response_len(&self) -> usize {
+        self.samples
+            .iter()
+            .map(|s| s.response_ids.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Responses right-padded with `pad` to `[samples, max_response_len]`, row-major, with
+    /// the mask (1 on generated tokens, 0 on padding).
+    pub fn padded_responses(&self, pad: u32) -> (Vec<u32>, Vec<f32>) {
+        let width = self.max_response_len();
+        let mut ids = Vec::with_capacity(self.samples.len() * width);
+        let mut mask = Vec::with_capacity(self.samples.len() * width);
+        for sample in &self.samples {
+            let len = sample.response_ids.len();
+            ids.extend_from_slice(&sample.response_ids);
+            ids.extend(std::iter::repeat_n(pad, width - len));
+            mask.extend(std::iter::repeat_n(1.0, len));
+            mask.extend(std::iter::repeat_n(0.0, width - len));
+        }
+        (ids, mask)
+    }
+}

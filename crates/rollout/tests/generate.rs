@@ -1,0 +1,374 @@
+//! Generation on tiny random models (exact properties) and on SmolLM2 (real text).
+
+use std::path::PathBuf;
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use opd_policy::{Architecture, ChatTokenizer, Llama, LlamaConfig, Message, Policy};
+use opd_rollout::sampler::processed;
+use opd_rollout::{
+    FinishReason, RolloutError, SamplingParams, ScoreOptions, generate, score_batch,
+};
+
+type B = Flex;
+
+/// A tiny Llama whose vocabulary is the bytes of a small byte-level tokenizer.
+fn tiny() -> (Llama<B>, ChatTokenizer) {
+    let tokenizer = tokenizer();
+    let vocab = tokenizer.inner.get_vocab_size(true);
+    let config = LlamaConfig {
+        architecture: Architecture::Llama,
+        vocab_size: vocab,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 64,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+    };
+    (Llama::init(&config, 8, &Default::default()), tokenizer)
+}
+
+/// A word-level tokenizer over 40 words; `w0` is the EOS token.
+fn tokenizer() -> ChatTokenizer {
+    let vocab: std::collections::HashMap<String, u32> =
+        (0..40).map(|i| (format!("w{i}"), i as u32)).collect();
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("w1".into())
+        .build()
+        .unwrap();
+    let mut inner = tokenizers::Tokenizer::new(model);
+    inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+    ChatTokenizer {
+        inner,
+        special: opd_policy::SpecialTokens {
+            bos: None,
+            eos: vec![0],
+            pad: Some(0),
+        },
+        chat_template: None,
+    }
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![vec![5, 9, 12, 3, 7], vec![21], vec![8, 8, 30]]
+}
+
+#[test]
+fn greedy_tokens_are_the_argmax_of_a_full_forward_at_every_step() {
+    let (model, tok) = tiny();
+    let batch = generate(&model, &tok, &prompts(), &SamplingParams::greedy(12)).unwrap();
+    for sample in &batch.samples {
+        let mut ids = prompts()[sample.prompt_index].clone();
+        for &token in &sample.response_ids {
+            let input: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            let input = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(input, [1, ids.len()]),
+                &Default::default(),
+            );
+            let logits = model.logits(input, &[0]);
+            let last = logits.slice([0..1, ids.len() - 1..ids.len()]).reshape([-1]);
+            assert_eq!(last.argmax(0).into_scalar() as u32, token);
+            ids.push(token);
+        }
+    }
+}
+
+#[test]
+fn a_batch_samples_what_its_rows_sample_alone() {
+    let (model, tok) = tiny();
+    for params in [
+        SamplingParams::greedy(10),
+        SamplingParams {
+            temperature: 0.9,
+            top_p: 0.95,
+            max_new_tokens: 10,
+            n: 2,
+            seed: 42,
+            ..SamplingParams::default()
+        },
+    ] {
+        let batch = generate(&model, &tok, &prompts(), &params).unwrap();
+        for (i, prompt) in prompts().iter().enumerate() {
+            let alone = generate(&model, &tok, std::slice::from_ref(prompt), &params).unwrap();
+            for (j, sample) in alone.samples.iter().enumerate() {
+                let in_batch = &batch.samples[i * params.n + j];
+                assert_eq!(
+                    in_batch.response_ids, sample.response_ids,
+                    "prompt {i} sample {j}"
+                );
+                for (a, b) in in_batch.logprobs.iter().zip(&sample.logprobs) {
+                    assert!((a - b).abs() < 1e-4);
+                }
+            }
+        }
+        let again = generate(&model, &tok, &prompts(), &params).unwrap();
+        assert_eq!(again.samples, batch.samples.clone(), "seeds reproduce");
+    }
+}
+
+#[test]
+fn recorded_log_probs_equal_the_scores_of_a_full_forward() {
+    let (model, tok) = tiny();
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: Some(10),
+        max_new_tokens: 15,
+        n: 3,
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    let batch = generate(&model, &tok, &prompts(), &params).unwrap();
+    let scores = score_batch(
+        &model,
+        &batch,
+        ScoreOptions {
+            micro_batch: 4,
+            top_k: 3,
+        },
+    )
+    .unwrap();
+    for (sample, scored) in batch.samples.iter().zip(&scores) {
+        assert_eq!(sample.logprobs.len(), scored.logprobs.len());
+        for (a, b) in sample.logprobs.iter().zip(&scored.logprobs) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        for (top, lp) in scored.top_k.iter().zip(&sample.sampling_logprobs) {
+            assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
+            assert!(*lp <= 0.0);
+        }
+    }
+}
+
+/// Pearson's chi-square statistic of observed counts against expected probabilities.
+fn chi_square(counts: &[usize], probs: &[f64]) -> f64 {
+    let n: usize = counts.iter().sum();
+    counts
+        .iter()
+        .zip(probs)
+        .map(|(&c, &p)| {
+            let e = p * n as f64;
+            (c as f64 - e).powi(2) / e
+        })
+        .sum()
+}
+
+#[test]
+fn first_tokens_follow_the_processed_distribution() {
+    let (model, tok) = tiny();
+    let prompt = vec![vec![4, 17, 9]];
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![4i64, 17, 9], [1, 3]),
+        &Default::default(),
+    );
+    let logits: Vec<f32> = model
+        .logits(input, &[0])
+        .slice([0..1, 2..3])
+        .into_data()
+        .to_vec()
+        .unwrap();
+    for params in [
+        SamplingParams {
+            temperature: 0.7,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_k: Some(5),
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            top_p: 0.8,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            min_p: 0.03,
+            ..SamplingParams::default()
+        },
+    ] {
+        let draws = 4000;
+        let params = SamplingParams {
+            n: draws,
+            max_new_tokens: 1,
+            seed: 3,
+            ..params
+        };
+        let batch = generate(&model, &tok, &prompt, &params).unwrap();
+        let (ids, weights) = processed(&logits, &params);
+        assert!(ids.len() >= 3, "{params:?} keeps {} tokens", ids.len());
+        let total: f64 = weights.iter().sum();
+        let mut counts = vec![0usize; ids.len()];
+        for sample in &batch.samples {
+            let token = sample.response_ids[0];
+            let k = ids.iter().position(|&id| id == token);
+            counts[k.unwrap_or_else(|| panic!("{token} outside the kept set {ids:?}"))] += 1;
+        }
+        let probs: Vec<f64> = weights.iter().map(|w| w / total).collect();
+        let stat = chi_square(&counts, &probs);
+        eprintln!("{} kept, chi-square {stat:.1}", ids.len());
+        // 99.9% quantile of chi-square with df = kept − 1 (Wilson–Hilferty).
+        let df = (ids.len() - 1) as f64;
+        let z = 3.09;
+        let bound = df * (1.0 - 2.0 / (9.0 * df) + z * (2.0 / (9.0 * df)).sqrt()).powi(3);
+        assert!(
+            stat < bound,
+            "{params:?}: chi-square {stat:.1} ≥ {bound:.1} with {} kept",
+            ids.len()
+        );
+    }
+}
+
+#[test]
+fn stop_strings_spanning_tokens_and_stop_ids_end_samples() {
+    let (model, tok) = tiny();
+    let greedy = generate(&model, &tok, &prompts(), &SamplingParams::greedy(12)).unwrap();
+    let text = &greedy.samples[0].text;
+    let words: Vec<&str> = text.split(' ').collect();
+    assert!(words.len() >= 3, "need a few words: {text:?}");
+    // A stop string spanning the second and third generated words.
+    let stop = format!("{} {}", words[1], &words[2][..2]);
+    let params = SamplingParams {
+        stop_strings: vec![stop.clone()],
+        ..SamplingParams::greedy(12)
+    };
+    let batch = generate(&model, &tok, &prompts()[..1], &params).unwrap();
+    let sample = &batch.samples[0];
+    assert_eq!(sample.finish_reason, FinishReason::StopString(stop.clone()));
+    assert_eq!(sample.text, text[..text.find(&stop).unwrap()]);
+    // The sample ends at the first token whose text completes the stop string.
+    let ids = &sample.response_ids;
+    assert_eq!(ids[..], greedy.samples[0].response_ids[..ids.len()]);
+    assert!(tok.decode(ids, true).unwrap().contains(&stop));
+    assert!(
+        !tok.decode(&ids[..ids.len() - 1], true)
+            .unwrap()
+            .contains(&stop)
+    );
+    let greedy_ids = &greedy.samples[0].response_ids;
+    let stop_id = greedy_ids[1];
+    let params = SamplingParams {
+        stop_token_ids: vec![stop_id],
+        ..SamplingParams::greedy(12)
+    };
+    let batch = generate(&model, &tok, &prompts()[..1], &params).unwrap();
+    assert_eq!(
+        batch.samples[0].finish_reason,
+        FinishReason::StopToken(stop_id)
+    );
+    let first = greedy_ids.iter().position(|&t| t == stop_id).unwrap();
+    assert_eq!(batch.samples[0].response_ids, greedy_ids[..=first]);
+}
+
+#[test]
+fn bad_parameters_and_prompts_are_typed_errors() {
+    let (model, tok) = tiny();
+    let run = |prompts: &[Vec<u32>], params: SamplingParams| {
+        generate(&model, &tok, prompts, &params).unwrap_err()
+    };
+    let ok = prompts();
+    let err = run(
+        &ok,
+        SamplingParams {
+            n: 0,
+            ..SamplingParams::default()
+        },
+    );
+    assert!(
+        matches!(err, RolloutError::InvalidParameter { field: "n", .. }),
+        "{err}"
+    );
+    for top_p in [0.0, 1.5, f64::NAN] {
+        let err = run(
+            &ok,
+            SamplingParams {
+                top_p,
+                ..SamplingParams::default()
+            },
+        );
+        assert!(
+            matches!(err, RolloutError::InvalidParameter { field: "top_p", .. }),
+            "{err}"
+        );
+    }
+    let err = run(&[vec![]], SamplingParams::default());
+    assert!(
+        matches!(err, RolloutError::EmptyPrompt { index: 0 }),
+        "{err}"
+    );
+    let err = run(&[vec![1], vec![3; 64]], SamplingParams::default());
+    assert!(
+        matches!(
+            err,
+            RolloutError::PromptTooLong {
+                index: 1,
+                len: 64,
+                context: 64
+            }
+        ),
+        "{err}"
+    );
+    let err = run(&[vec![1, 99]], SamplingParams::default());
+    assert!(
+        matches!(err, RolloutError::TokenOutOfVocabulary { id: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn smollm2_samples_are_well_formed_and_reproducible() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-smollm2.sh",
+        path.display()
+    );
+    let (model, tok) = opd_policy::load::<B>(&path, &Default::default()).unwrap();
+    let text = tok
+        .apply_chat_template(&[Message::user("Write one sentence about the sea.")], true)
+        .unwrap();
+    let params = SamplingParams {
+        temperature: 0.7,
+        n: 8,
+        max_new_tokens: 24,
+        seed: 2026,
+        ..SamplingParams::default()
+    };
+    let prompt = vec![tok.encode(&text).unwrap()];
+    let batch = generate(&model, &tok, &prompt, &params).unwrap();
+    assert_eq!(batch.samples.len(), 8);
+    let distinct: std::collections::HashSet<&str> =
+        batch.samples.iter().map(|s| s.text.as_str()).collect();
+    assert!(
+        distinct.len() >= 4,
+        "8 samples, {} distinct",
+        distinct.len()
+    );
+    for sample in &batch.samples {
+        let words = sample.text.split_whitespace().count();
+        assert!(words >= 3, "{:?}", sample.text);
+        assert!(!sample.text.contains("<|im_"), "{:?}", sample.text);
+        assert!(
+            sample
+                .logprobs
+                .iter()
+                .all(|lp| lp.is_finite() && *lp <= 0.0)
+        );
+        eprintln!("{:?}: {}", sample.finish_reason, sample.text);
+    }
+    let again = generate(&model, &tok, &prompt, &params).unwrap();
+    assert_eq!(again.samples, batch.samples);
+    eprintln!(
+        "decode: {} tokens in {:.2} s",
+        batch.stats.response_tokens,
+        batch.stats.decode.as_secs_f64()
+    );
+}
