@@ -86,9 +86,21 @@ impl<B: Backend> LoraLinear<B> {
         Self { base, lora: None }
     }
 
-    /// `x·W + b`, plus `(α/r)·(x·A)·B` when an enabled adapter is attached.
+    /// `x·W + b`, plus `(α/r)·(x·A)·B` when an enabled adapter is attached. The product runs
+    /// as one 2-D matmul over all leading dimensions, which reads a transposed (strided)
+    /// weight in place; burn's `Linear::forward` would reshape, and so copy, it on every call.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = self.base.forward(x.clone());
+        let dims = x.dims();
+        let fan_in = dims[D - 1];
+        let weight = self.base.weight.val();
+        let fan_out = weight.dims()[1];
+        let mut y = x.clone().reshape([-1, fan_in as i32]).matmul(weight);
+        if let Some(bias) = &self.base.bias {
+            y = y + bias.val().unsqueeze();
+        }
+        let mut out_dims = dims;
+        out_dims[D - 1] = fan_out;
+        let y: Tensor<B, D> = y.reshape(out_dims);
         match &self.lora {
             Some(lora) if lora.enabled => {
                 let update = x

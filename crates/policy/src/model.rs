@@ -364,18 +364,16 @@ pub(crate) struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// A linear layer from an `[out, in]` matrix and an optional bias. The weight is stored
-    /// transposed, `[in, out]`, in contiguous memory: burn's linear reshapes it on every call,
-    /// which would copy a strided view each time.
+    /// A linear layer from an `[out, in]` matrix and an optional bias. The `[in, out]` weight
+    /// burn expects is kept as a transposed view of the `[out, in]` matrix: the matmul in
+    /// [`LoraLinear::forward`] reads it in place, faster than a contiguous copy.
     pub fn linear<B: Backend>(
         &self,
         weight: Tensor<B, 2>,
         bias: Option<Tensor<B, 1>>,
     ) -> Linear<B> {
-        let device = weight.device();
-        let weight = Tensor::from_data(weight.transpose().into_data(), &device);
         Linear {
-            weight: burn::module::Param::from_tensor(weight),
+            weight: burn::module::Param::from_tensor(weight.transpose()),
             bias: bias.map(burn::module::Param::from_tensor),
         }
     }

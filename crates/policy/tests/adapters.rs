@@ -109,10 +109,7 @@ fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
     assert_eq!(common::max_diff(get(&snapshot), get(&teacher)), 0.0);
     // decay = 1 keeps the teacher, decay = 0 copies the student.
     let kept = params::ema_update(teacher.clone(), &student, 1.0);
-    assert_eq!(
-        common::max_diff(kept.logits(probe(), &[0]), teacher.logits(probe(), &[0])),
-        0.0
-    );
+    assert!(common::max_diff(kept.logits(probe(), &[0]), teacher.logits(probe(), &[0])) < 1e-6);
     let copied = params::ema_update(teacher, &student, 0.0);
     assert!(common::max_diff(copied.logits(probe(), &[0]), student.logits(probe(), &[0])) < 1e-6);
 }

@@ -1,0 +1,63 @@
+"""SmolLM2 generation: opd (KV cache, and without cache) against PyTorch + transformers
+`generate` on the same GGUF file, same thread count, each configuration in its own process.
+Prints a markdown table with the ratios (opd / transformers; above 1 is faster).
+
+usage: python3 benches/peer/compare_generate.py [--threads 2] [--new-tokens 128] [--batches 1 8 32]
+Needs `pip install torch transformers gguf accelerate` and scripts/fetch-smollm2.sh.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def rust_binary():
+    out = subprocess.run(
+        ["cargo", "bench", "-p", "opd-rollout", "--bench", "peer_generate", "--no-run",
+         "--message-format=json"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "peer_generate":
+            if msg.get("executable"):
+                return msg["executable"]
+    raise SystemExit("peer_generate bench binary not found")
+
+
+def run(cmd, env):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--no-cache-steps", type=int, default=8)
+    args = ap.parse_args()
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               RAYON_NUM_THREADS=str(args.threads))
+    binary = rust_binary()
+    print("| batch | prompt | new | opd prefill tok/s | hf prefill tok/s | ratio | opd decode tok/s "
+          "| hf decode tok/s | ratio | opd no-cache tok/s | opd peak MB | hf peak MB |")
+    print("|" + "---|" * 12)
+    for batch in args.batches:
+        ours = run([binary, str(batch), str(args.new_tokens), str(args.no_cache_steps)], env)
+        theirs = run([sys.executable, os.path.join(HERE, "generate.py"), str(batch),
+                      str(args.new_tokens), str(args.threads)], env)
+        ratio = lambda key: ours[key] / theirs[key]
+        print(f"| {batch} | {ours['prompt_len']} | {args.new_tokens} | {ours['prefill_tok_s']:.0f} | "
+              f"{theirs['prefill_tok_s']:.0f} | {ratio('prefill_tok_s'):.2f}× | "
+              f"{ours['decode_tok_s']:.1f} | {theirs['decode_tok_s']:.1f} | {ratio('decode_tok_s'):.2f}× | "
+              f"{ours['no_cache_tok_s']:.1f} | {ours['peak_mb']:.0f} | {theirs['peak_mb']:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

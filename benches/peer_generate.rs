@@ -1,0 +1,86 @@
+//! SmolLM2 generation throughput, one configuration per process (for `peer/compare_generate.py`):
+//! prefill and decode tokens/s through the KV cache, the same decode without a cache, and the
+//! peak resident memory. Prints one JSON line.
+//!
+//! usage: peer_generate BATCH NEW_TOKENS [NO_CACHE_STEPS]
+
+use std::time::Instant;
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use opd_policy::{Message, Policy};
+use opd_rollout::{SamplingParams, generate};
+
+const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const QUESTION: &str = "Explain in a few sentences why the sky is blue and why sunsets are red.";
+
+/// Peak resident set size of this process, MB (Linux `VmHWM`).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
+    let (batch, new_tokens) = (args[0], args[1]);
+    let no_cache_steps = args.get(2).copied().unwrap_or(0);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    let (model, mut tokenizer) =
+        opd_policy::load::<Flex>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
+    // Every row generates exactly `new_tokens`, as transformers' `min_new_tokens` does.
+    tokenizer.special.eos.clear();
+    let text = tokenizer
+        .apply_chat_template(&[Message::user(QUESTION)], true)
+        .unwrap();
+    let prompt = tokenizer.encode(&text).unwrap();
+    let prompts = vec![prompt.clone(); batch];
+    let params = SamplingParams::greedy(new_tokens);
+    // Warm-up, then the measured run.
+    generate(
+        &model,
+        &tokenizer,
+        &prompts[..1],
+        &SamplingParams::greedy(4),
+    )
+    .unwrap();
+    let rollout = generate(&model, &tokenizer, &prompts, &params).unwrap();
+    let stats = rollout.stats;
+    let mut no_cache = 0.0;
+    if no_cache_steps > 0 {
+        let mut rows: Vec<Vec<i64>> = vec![prompt.iter().map(|&t| t as i64).collect(); batch];
+        let started = Instant::now();
+        for _ in 0..no_cache_steps {
+            let width = rows[0].len();
+            let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+            let ids = Tensor::<Flex, 2, Int>::from_data(
+                TensorData::new(flat, [batch, width]),
+                &Default::default(),
+            );
+            let logits = model.logits(ids, &vec![0; batch]);
+            let next = logits.slice([0..batch, width - 1..width]).argmax(2);
+            let next: Vec<i64> = next.into_data().convert::<i64>().into_vec().unwrap();
+            for (row, token) in rows.iter_mut().zip(next) {
+                row.push(token);
+            }
+        }
+        no_cache = (batch * no_cache_steps) as f64 / started.elapsed().as_secs_f64();
+    }
+    println!(
+        "{{\"batch\": {batch}, \"prompt_len\": {}, \"new_tokens\": {new_tokens}, \
+         \"prefill_tok_s\": {:.1}, \"decode_tok_s\": {:.1}, \"no_cache_tok_s\": {:.1}, \"peak_mb\": {:.0}}}",
+        prompt.len(),
+        stats.prompt_tokens as f64 / stats.prefill.as_secs_f64(),
+        stats.decode_tokens_per_second(),
+        no_cache,
+        peak_rss_mb()
+    );
+}
