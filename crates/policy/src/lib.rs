@@ -34,6 +34,7 @@ pub mod model;
 pub mod params;
 pub mod policy;
 pub mod rope;
+pub mod row_matmul;
 pub mod safetensors;
 pub mod tokenizer;
 mod weights;

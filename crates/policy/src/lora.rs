@@ -86,21 +86,9 @@ impl<B: Backend> LoraLinear<B> {
         Self { base, lora: None }
     }
 
-    /// `x·W + b`, plus `(α/r)·(x·A)·B` when an enabled adapter is attached. The product runs
-    /// as one 2-D matmul over all leading dimensions, which reads a transposed (strided)
-    /// weight in place; burn's `Linear::forward` would reshape, and so copy, it on every call.
+    /// `x·W + b`, plus `(α/r)·(x·A)·B` when an enabled adapter is attached.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let fan_in = dims[D - 1];
-        let weight = self.base.weight.val();
-        let fan_out = weight.dims()[1];
-        let mut y = x.clone().reshape([-1, fan_in as i32]).matmul(weight);
-        if let Some(bias) = &self.base.bias {
-            y = y + bias.val().unsqueeze();
-        }
-        let mut out_dims = dims;
-        out_dims[D - 1] = fan_out;
-        let y: Tensor<B, D> = y.reshape(out_dims);
+        let y = linear_forward(&self.base, x.clone());
         match &self.lora {
             Some(lora) if lora.enabled => {
                 let update = x
@@ -154,4 +142,22 @@ impl<B: Backend> LoraLinear<B> {
             _ => Self::new(self.base),
         }
     }
+}
+
+/// `x·W + b` over the last dimension of `x`, as one 2-D product over all leading dimensions
+/// ([`crate::row_matmul::matmul_weight`]), which reads a transposed weight in place; burn's
+/// `Linear::forward` would broadcast it into a batched product and copy it on every call.
+pub fn linear_forward<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let weight = linear.weight.val();
+    let [fan_in, fan_out] = weight.dims();
+    let mut y = crate::row_matmul::matmul_weight(x.reshape([-1, fan_in as i32]), weight);
+    if let Some(bias) = &linear.bias {
+        y = y + bias.val().unsqueeze();
+    }
+    dims[D - 1] = fan_out;
+    y.reshape(dims)
 }

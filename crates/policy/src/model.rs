@@ -233,14 +233,13 @@ impl<B: Backend> Llama<B> {
     /// place (a 3-D view would be copied).
     pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => crate::lora::linear_forward(head, hidden),
             None => {
                 let [batch, len, d] = hidden.dims();
                 let embedding = self.embed_tokens.weight.val();
                 let vocab = embedding.dims()[0];
-                hidden
-                    .reshape([batch * len, d])
-                    .matmul(embedding.transpose())
+                let hidden = hidden.reshape([batch * len, d]);
+                crate::row_matmul::matmul_weight(hidden, embedding.transpose())
                     .reshape([batch, len, vocab])
             }
         }
@@ -365,8 +364,8 @@ pub(crate) struct Builder<'a> {
 
 impl Builder<'_> {
     /// A linear layer from an `[out, in]` matrix and an optional bias. The `[in, out]` weight
-    /// burn expects is kept as a transposed view of the `[out, in]` matrix: the matmul in
-    /// [`LoraLinear::forward`] reads it in place, faster than a contiguous copy.
+    /// burn expects is kept as a transposed view of the `[out, in]` matrix, the layout
+    /// [`crate::row_matmul::matmul_weight`] reads in place.
     pub fn linear<B: Backend>(
         &self,
         weight: Tensor<B, 2>,
