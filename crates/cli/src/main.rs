@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! opd generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2 + 2?" --chat
+//! opd export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2-hf --dtype bf16
 //! ```
 
+#[cfg(feature = "flex")]
+mod export;
 mod generate;
 
 use std::process::ExitCode;
@@ -36,6 +39,9 @@ enum BackendChoice {
 enum Command {
     /// Sample answers to a prompt from a GGUF file or a Hugging Face folder.
     Generate(generate::GenerateArgs),
+    /// Write a model (GGUF or Hugging Face) as a Hugging Face folder that transformers loads.
+    #[cfg(feature = "flex")]
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        #[cfg(feature = "flex")]
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,6 +39,14 @@ pub enum RolloutError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// `score` got a different number of prompts and responses.
+    #[error("{prompts} prompts but {responses} responses: score needs one response per prompt")]
+    CountMismatch {
+        /// Prompts given.
+        prompts: usize,
+        /// Responses given.
+        responses: usize,
+    },
     /// The tokenizer failed.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),

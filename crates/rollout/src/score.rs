@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend, s};
 use opd_policy::Policy;
 
 use crate::batch::RolloutBatch;
-use crate::error::Result;
+use crate::error::{Result, RolloutError};
 use crate::generate::{check_prompts, left_padded};
 use crate::sampler::log_sum_exp;
 
@@ -44,6 +44,12 @@ pub fn score<B: Backend, P: Policy<B>>(
     responses: &[&[u32]],
     options: ScoreOptions,
 ) -> Result<Vec<TokenScores>> {
+    if prompts.len() != responses.len() {
+        return Err(RolloutError::CountMismatch {
+            prompts: prompts.len(),
+            responses: responses.len(),
+        });
+    }
     let vocab = policy.vocab_size();
     let sequences: Vec<Vec<u32>> = prompts
         .iter()

@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use opd_policy::{Architecture, ChatTokenizer, Llama, LlamaConfig, Message, Policy};
 use opd_rollout::sampler::processed;
 use opd_rollout::{
-    FinishReason, RolloutError, SamplingParams, ScoreOptions, generate, score_batch,
+    FinishReason, RolloutError, SamplingParams, ScoreOptions, generate, score, score_batch,
 };
 
 type B = Flex;
@@ -318,6 +318,17 @@ fn bad_parameters_and_prompts_are_typed_errors() {
     let err = run(&[vec![1, 99]], SamplingParams::default());
     assert!(
         matches!(err, RolloutError::TokenOutOfVocabulary { id: 99, .. }),
+        "{err}"
+    );
+    let err = score(&model, &[&[1, 2]], &[], ScoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::CountMismatch {
+                prompts: 1,
+                responses: 0
+            }
+        ),
         "{err}"
     );
 }
