@@ -2,7 +2,7 @@
 //!
 //! A decode step multiplies a handful of rows (one per sequence) by every weight matrix. A
 //! general GEMM packs the weight into panels on every call, which costs as much as the product
-//! itself when `x` has 2 to 32 rows. The weights here are transposed views of the checkpoint's
+//! itself when `x` has 2 to 64 rows. The weights here are transposed views of the checkpoint's
 //! row-major `[out, in]` matrices, so each output is the dot product of two contiguous rows:
 //! [`matmul_weight`] streams every weight row once, against all rows of `x`, with no packing.
 //! Other shapes, layouts and backends take burn's `matmul`.
@@ -13,7 +13,7 @@ use burn::prelude::*;
 ///
 /// On the `flex` backend on x86-64 with AVX2 and FMA, when `W` is the transposed view of a
 /// row-major `[n, k]` matrix (how [`crate::Llama`] keeps its linear and tied output
-/// weights), `k` is a multiple of 8 and `x` has 2 to 32 rows, the product runs as dot products
+/// weights), `k` is a multiple of 8 and `x` has 2 to 64 rows, the product runs as dot products
 /// of contiguous rows; everything else goes to [`Tensor::matmul`]. Each row of `y` is
 /// computed the same way whatever the other rows are, so batching does not change it.
 pub fn matmul_weight<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -33,7 +33,7 @@ mod flex {
     use burn::tensor::{DType, TensorData, TensorPrimitive};
 
     /// Rows of `x` the kernel takes; below, a GEMV is as fast, above, GEMM's packing pays.
-    const ROWS: std::ops::RangeInclusive<usize> = 2..=32;
+    const ROWS: std::ops::RangeInclusive<usize> = 2..=64;
     /// Above this many outputs (an output head) the kernel only wins for up to 8 rows.
     const WIDE: usize = 8192;
 
@@ -190,6 +190,8 @@ mod tests {
             (17, 577, 64),
             (32, 130, 40),
             (33, 9, 8),
+            (64, 20, 16),
+            (65, 9, 8),
             (4, 9000, 16),
             (9, 9000, 16),
             (6, 7, 12),
