@@ -3,7 +3,9 @@
 Prints a markdown table with the ratios (opd / transformers; above 1 is faster).
 
 usage: python3 benches/peer/compare_generate.py [--threads 2] [--new-tokens 128] [--batches 1 8 32]
-Needs `pip install torch transformers gguf accelerate` and scripts/fetch-smollm2.sh.
+                                               [--features openblas]
+Needs `pip install torch transformers gguf accelerate` and scripts/fetch-smollm2.sh
+(`--features openblas` also `apt install libopenblas-dev`).
 """
 import argparse
 import json
@@ -15,10 +17,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def rust_binary():
+def rust_binary(features):
     out = subprocess.run(
         ["cargo", "bench", "-p", "opd-rollout", "--bench", "peer_generate", "--no-run",
-         "--message-format=json"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+         "--message-format=json"] + (["--features", features] if features else []),
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         msg = json.loads(line)
         if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "peer_generate":
@@ -40,10 +43,11 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--no-cache-steps", type=int, default=8)
+    ap.add_argument("--features", default="", help="cargo features of opd-rollout, e.g. openblas")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                RAYON_NUM_THREADS=str(args.threads))
-    binary = rust_binary()
+    binary = rust_binary(args.features)
     print("| batch | prompt | new | opd prefill tok/s | hf prefill tok/s | ratio | opd decode tok/s "
           "| hf decode tok/s | ratio | opd no-cache tok/s | opd peak MB | hf peak MB |")
     print("|" + "---|" * 12)

@@ -5,7 +5,7 @@
 //! row), and attends to slots `k ≤ s` with `k ≥ padding[b]` (padding slots attend to
 //! themselves only, so that no attention row is empty).
 
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend, s};
 
 /// Where a block of `T` new tokens sits in a left-padded batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,12 +62,27 @@ impl SlotLayout {
     }
 }
 
-/// Cached keys and values `[B, KV, slots, hd]` of every layer, with the batch's padding.
+/// Keys and values of one layer, `[B, KV, capacity, hd]` each; slots past the cache's length
+/// are unused.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerCache<B: Backend> {
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+}
+
+/// Cached keys and values of every layer, with the batch's padding.
+///
+/// Each layer's buffers have room for more slots than are filled, and new keys are written in
+/// place (`slice_assign`, which the CPU backend does without a copy when the buffer is not
+/// shared). When full, a buffer grows to twice its size, so appending `T` slots costs `O(T)`
+/// amortized rather than a copy of the whole cache. [`KvCache::reserve`] sizes the buffers up
+/// front when the final length is known.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    pub(crate) layers: Vec<Option<[Tensor<B, 4>; 2]>>,
+    layers: Vec<Option<LayerCache<B>>>,
     padding: Vec<usize>,
     len: usize,
+    reserved: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -77,7 +92,14 @@ impl<B: Backend> KvCache<B> {
             layers: vec![None; layers],
             padding,
             len: 0,
+            reserved: 0,
         }
+    }
+
+    /// Sizes the buffers for `slots` slots (padding included), so that decoding up to that
+    /// length never reallocates.
+    pub fn reserve(&mut self, slots: usize) {
+        self.reserved = self.reserved.max(slots);
     }
 
     /// Number of slots cached (padding included).
@@ -108,29 +130,151 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// Writes layer `layer`'s keys and values `[B, KV, T, hd]` of the next `T` slots and
+    /// returns views of all its filled slots, `[B, KV, len + T, hd]` each. Call once per
+    /// layer, then [`Self::advance`] by `T`.
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> [Tensor<B, 4>; 2] {
+        let [batch, kv_heads, new, head_dim] = keys.dims();
+        let (start, end) = (self.len, self.len + new);
+        let wanted = end.max(self.reserved);
+        let slot = &mut self.layers[layer];
+        let grown = |old: Option<Tensor<B, 4>>, capacity: usize| {
+            let fresh = Tensor::zeros([batch, kv_heads, capacity, head_dim], &keys.device());
+            match old {
+                Some(old) if start > 0 => write(fresh, 0, old.slice(s![.., .., 0..start, ..])),
+                _ => fresh,
+            }
+        };
+        let cache = match slot.take() {
+            Some(cache) if cache.keys.dims()[2] >= end => cache,
+            Some(cache) => {
+                let capacity = wanted.max(2 * cache.keys.dims()[2]);
+                LayerCache {
+                    keys: grown(Some(cache.keys), capacity),
+                    values: grown(Some(cache.values), capacity),
+                }
+            }
+            None => LayerCache {
+                keys: grown(None, wanted),
+                values: grown(None, wanted),
+            },
+        };
+        let cache = LayerCache {
+            keys: write(cache.keys, start, keys),
+            values: write(cache.values, start, values),
+        };
+        let filled = [
+            cache.keys.clone().slice(s![.., .., 0..end, ..]),
+            cache.values.clone().slice(s![.., .., 0..end, ..]),
+        ];
+        *slot = Some(cache);
+        filled
+    }
+
     pub(crate) fn advance(&mut self, tokens: usize) {
         self.len += tokens;
     }
 
     /// Keeps only the given rows, in that order (finished rows stop costing compute).
     pub fn retain_rows(&mut self, rows: &[usize]) {
-        let Some(device) = self.layers.iter().flatten().next().map(|[k, _]| k.device()) else {
-            self.padding = rows.iter().map(|&r| self.padding[r]).collect();
-            return;
-        };
-        let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), &device);
-        for [k, v] in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(0, index.clone());
-            *v = v.clone().select(0, index.clone());
+        let device = self.layers.iter().flatten().next().map(|c| c.keys.device());
+        if let Some(device) = device {
+            let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let index =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), &device);
+            for cache in self.layers.iter_mut().flatten() {
+                cache.keys = cache.keys.clone().select(0, index.clone());
+                cache.values = cache.values.clone().select(0, index.clone());
+            }
         }
         self.padding = rows.iter().map(|&r| self.padding[r]).collect();
     }
 }
 
+/// `buffer[:, :, start..start+T, :] = new` for `new` `[B, KV, T, hd]`. On the CPU backend a
+/// buffer nothing else shares is written in place (burn's `slice_assign` copies it first).
+fn write<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let buffer = match write_in_place(buffer, start, &new) {
+        Ok(written) => return written,
+        Err(buffer) => buffer,
+    };
+    let end = start + new.dims()[2];
+    buffer.slice_assign(s![.., .., start..end, ..], new)
+}
+
+/// [`write`] without a copy of `buffer`, or `buffer` back when it is shared, strided, not
+/// f32, or not a CPU tensor.
+#[cfg(feature = "flex")]
+fn write_in_place<B: Backend>(
+    buffer: Tensor<B, 4>,
+    start: usize,
+    new: &Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    use crate::flex_tensor::{from_flex, into_flex, to_flex};
+
+    let [batch, heads, capacity, head_dim] = buffer.dims();
+    let len = new.dims()[2];
+    let mut flex = into_flex(buffer)?;
+    let back = |flex| from_flex::<B, 4>(flex).expect("B is Flex: `into_flex` succeeded");
+    let fits = flex.dtype() == burn::tensor::DType::F32
+        && flex.layout().is_contiguous()
+        && flex.layout().start_offset() == 0
+        && start + len <= capacity;
+    let source = to_flex(new.clone()).map(|source| source.to_contiguous());
+    let source = source.as_ref().and_then(|source| source.as_slice::<f32>());
+    let (Some(source), true) = (source, fits) else {
+        return Err(back(flex));
+    };
+    let Some(storage) = flex.try_storage_mut::<f32>() else {
+        return Err(back(flex));
+    };
+    let block = len * head_dim;
+    for (bh, chunk) in source.chunks_exact(block).enumerate().take(batch * heads) {
+        let at = (bh * capacity + start) * head_dim;
+        storage[at..at + block].copy_from_slice(chunk);
+    }
+    Ok(back(flex))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::SlotLayout;
+    use burn::backend::Flex;
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::{KvCache, SlotLayout};
+
+    fn filled(cache: &mut KvCache<Flex>, values: &[f32]) -> Vec<f32> {
+        let device = Default::default();
+        let new = |v: &[f32]| {
+            Tensor::<Flex, 4>::from_data(TensorData::new(v.to_vec(), [1, 1, v.len(), 1]), &device)
+        };
+        let [keys, _] = cache.append(0, new(values), new(values));
+        cache.advance(values.len());
+        keys.into_data().to_vec().unwrap()
+    }
+
+    /// Appends past the capacity grow the buffer and keep every slot; a clone keeps its own
+    /// slots when the original is written after it (the in-place write must not leak).
+    #[test]
+    fn appends_grow_and_clones_stay_apart() {
+        let mut cache = KvCache::<Flex>::new(1, vec![0]);
+        assert_eq!(filled(&mut cache, &[1.0, 2.0]), [1.0, 2.0]);
+        assert_eq!(filled(&mut cache, &[3.0]), [1.0, 2.0, 3.0]);
+        let mut copy = cache.clone();
+        assert_eq!(filled(&mut cache, &[4.0, 5.0]), [1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(filled(&mut copy, &[9.0]), [1.0, 2.0, 3.0, 9.0]);
+        assert_eq!(filled(&mut cache, &[6.0]), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let mut reserved = KvCache::<Flex>::new(1, vec![0]);
+        reserved.reserve(8);
+        assert_eq!(filled(&mut reserved, &[7.0]), [7.0]);
+        assert_eq!(filled(&mut reserved, &[8.0]), [7.0, 8.0]);
+    }
 
     #[test]
     fn positions_start_at_zero_after_the_padding() {

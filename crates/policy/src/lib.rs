@@ -22,15 +22,20 @@
 //! # Ok::<(), opd_policy::PolicyError>(())
 //! ```
 
+mod attention;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+#[cfg(feature = "flex")]
+mod flex_tensor;
 pub mod gguf;
 pub mod kv_cache;
 mod load_gguf;
 pub mod lora;
 pub mod model;
+#[cfg(feature = "openblas")]
+mod openblas;
 pub mod params;
 pub mod policy;
 pub mod rope;

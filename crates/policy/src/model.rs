@@ -12,9 +12,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::{KvCache, SlotLayout};
@@ -84,10 +82,10 @@ pub struct Llama<B: Backend> {
     inv_freq: Vec<f64>,
 }
 
-/// What one attention call sees besides its input: positions and the mask.
+/// What one attention call sees besides its input: rotary tables and the slots' layout.
 struct Context<B: Backend> {
     rope: RopeTables<B>,
-    mask: Option<Tensor<B, 4, Bool>>,
+    layout: SlotLayout,
 }
 
 impl<B: Backend> Attention<B> {
@@ -95,45 +93,34 @@ impl<B: Backend> Attention<B> {
         &self,
         x: Tensor<B, 3>,
         context: &Context<B>,
-        cache: Option<&mut Option<[Tensor<B, 4>; 2]>>,
+        cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
+        // `[B, T, n·hd]` → `[B, n, T, hd]`, normed (Qwen3) and rotated.
+        let rotated = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
             let t = t.reshape([batch, len, n, self.head_dim]);
             let t = match norm {
                 Some(norm) => norm.forward(t),
                 None => t,
             };
-            t.swap_dims(1, 2)
+            context.rope.apply_heads(t)
         };
-        let q = heads(self.q_proj.forward(x.clone()), self.heads, &self.q_norm);
-        let k = heads(self.k_proj.forward(x.clone()), self.kv_heads, &self.k_norm);
-        let v = heads(self.v_proj.forward(x), self.kv_heads, &None);
-        let (q, mut k, mut v) = (context.rope.apply(q), context.rope.apply(k), v);
-        if let Some(cache) = cache {
-            if let Some([past_k, past_v]) = cache.take() {
-                k = Tensor::cat(vec![past_k, k], 2);
-                v = Tensor::cat(vec![past_v, v], 2);
-            }
-            *cache = Some([k.clone(), v.clone()]);
-        }
-        // Grouped-query attention without repeating keys and values: the `G` query heads of
-        // each key/value head are stacked along the query axis, `[B, KV, G·T, hd]`.
+        let q = rotated(self.q_proj.forward(x.clone()), self.heads, &self.q_norm);
+        let k = rotated(self.k_proj.forward(x.clone()), self.kv_heads, &self.k_norm);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([batch, len, self.kv_heads, self.head_dim])
+            .swap_dims(1, 2);
+        let [k, v] = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => [k, v],
+        };
         let group = self.heads / self.kv_heads;
-        let q = q.reshape([batch, self.kv_heads, group * len, self.head_dim]);
-        let out = attention(
-            q,
-            k,
-            v,
-            context.mask.clone(),
-            None,
-            AttentionModuleOptions::default(),
-        )
-        .reshape([batch, self.heads, len, self.head_dim]);
-        self.o_proj.forward(
-            out.swap_dims(1, 2)
-                .reshape([batch, len, self.heads * self.head_dim]),
-        )
+        let device = q.device();
+        let mask = || context.layout.mask(len, group, &device);
+        let out = crate::attention::grouped_attention(q, k, v, &context.layout, mask);
+        self.o_proj.forward(out)
     }
 }
 
@@ -149,7 +136,7 @@ impl<B: Backend> Block<B> {
         &self,
         x: Tensor<B, 3>,
         context: &Context<B>,
-        cache: Option<&mut Option<[Tensor<B, 4>; 2]>>,
+        cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
@@ -184,15 +171,11 @@ impl<B: Backend> Llama<B> {
         let device = ids.device();
         let context = Context {
             rope: RopeTables::new(&self.inv_freq, &layout.positions(len), &device),
-            mask: layout.mask(
-                len,
-                self.config.num_attention_heads / self.config.num_key_value_heads,
-                &device,
-            ),
+            layout: layout.clone(),
         };
         let mut x = self.embed_tokens.forward(ids);
         for (l, block) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let slot = cache.as_deref_mut().map(|c| (c, l));
             x = block.forward(x, &context, slot);
         }
         if let Some(cache) = cache {

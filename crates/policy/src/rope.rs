@@ -36,26 +36,42 @@ pub fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
 pub(crate) struct RopeTables<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
+    /// The same tables on the host, `[B, T, hd/2]` row-major, for the CPU kernel.
+    #[cfg(feature = "flex")]
+    host: [Vec<f32>; 2],
 }
 
 impl<B: Backend> RopeTables<B> {
     /// Tables for `positions[b][t]`, all rows of equal length `T`.
     pub fn new(inv_freq: &[f64], positions: &[Vec<usize>], device: &B::Device) -> Self {
         let (rows, len, half) = (positions.len(), positions[0].len(), inv_freq.len());
-        let angles = || {
-            positions
-                .iter()
-                .flatten()
-                .flat_map(|&p| inv_freq.iter().map(move |f| p as f64 * f))
-        };
-        let table = |f: fn(f64) -> f64| {
-            let v: Vec<f32> = angles().map(|a| f(a) as f32).collect();
-            Tensor::from_data(TensorData::new(v, [rows, 1, len, half]), device)
+        let angles: Vec<f64> = positions
+            .iter()
+            .flatten()
+            .flat_map(|&p| inv_freq.iter().map(move |f| p as f64 * f))
+            .collect();
+        let table = |f: fn(f64) -> f64| angles.iter().map(|&a| f(a) as f32).collect::<Vec<_>>();
+        let (cos, sin) = (table(f64::cos), table(f64::sin));
+        let tensor = |v: &Vec<f32>| {
+            Tensor::from_data(TensorData::new(v.clone(), [rows, 1, len, half]), device)
         };
         Self {
-            cos: table(f64::cos),
-            sin: table(f64::sin),
+            cos: tensor(&cos),
+            sin: tensor(&sin),
+            #[cfg(feature = "flex")]
+            host: [cos, sin],
         }
+    }
+
+    /// `RoPE(x)` of `x` `[B, T, n, hd]`, returned head-major `[B, n, T, hd]`, the layout
+    /// attention reads. On the CPU backend one pass rotates and transposes; elsewhere it is
+    /// [`Self::apply`] on the transposed view.
+    pub fn apply_heads(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "flex")]
+        if let Some(y) = self.apply_heads_flex(&x) {
+            return y;
+        }
+        self.apply(x.swap_dims(1, 2))
     }
 
     /// `x·cos + rotate_half(x)·sin` on `[B, heads, T, hd]`, `rotate_half(x) = [−x₂, x₁]`.
@@ -70,5 +86,70 @@ impl<B: Backend> RopeTables<B> {
             ],
             3,
         )
+    }
+
+    /// [`Self::apply_heads`] on a contiguous f32 tensor of the CPU backend, computing exactly
+    /// what [`Self::apply`] computes (the same products and sums, unfused).
+    #[cfg(feature = "flex")]
+    fn apply_heads_flex(&self, x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        use rayon::prelude::*;
+
+        let [rows, len, heads, hd] = x.dims();
+        let half = hd / 2;
+        let flex = crate::flex_tensor::to_flex(x.clone())?;
+        let x = flex.as_slice::<f32>()?;
+        let [cos, sin] = &self.host;
+        if cos.len() != rows * len * half || hd != 2 * half {
+            return None;
+        }
+        let mut y = vec![0f32; x.len()];
+        // One task per (row, head): `y[b, h, t, :] = RoPE(x[b, t, h, :])`.
+        y.par_chunks_mut(len * hd)
+            .enumerate()
+            .for_each(|(bh, out)| {
+                let (b, h) = (bh / heads, bh % heads);
+                for (t, out) in out.chunks_exact_mut(hd).enumerate() {
+                    let src = &x[((b * len + t) * heads + h) * hd..][..hd];
+                    let table = (b * len + t) * half;
+                    let (c, s) = (&cos[table..table + half], &sin[table..table + half]);
+                    let (x1, x2) = src.split_at(half);
+                    let (y1, y2) = out.split_at_mut(half);
+                    for i in 0..half {
+                        y1[i] = x1[i] * c[i] - x2[i] * s[i];
+                        y2[i] = x2[i] * c[i] + x1[i] * s[i];
+                    }
+                }
+            });
+        crate::flex_tensor::from_f32(y, [rows, heads, len, hd])
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::Flex;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::RopeTables;
+
+    /// The one-pass CPU kernel computes the generic path's values bit for bit, with left
+    /// padding (row-dependent positions) and a head count that is not the row count.
+    #[test]
+    fn cpu_kernel_matches_the_generic_path() {
+        let device = Default::default();
+        let inv_freq: Vec<f64> = (0..4)
+            .map(|i| 10000f64.powf(-(2 * i) as f64 / 8.0))
+            .collect();
+        let positions = vec![vec![0, 1, 2], vec![0, 0, 1]];
+        let tables = RopeTables::<Flex>::new(&inv_freq, &positions, &device);
+        let x = Tensor::<Flex, 4>::random([2, 3, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+        let fast = tables
+            .apply_heads_flex(&x)
+            .expect("flex f32 takes the kernel");
+        let generic = tables.apply(x.swap_dims(1, 2));
+        assert_eq!(fast.dims(), [2, 5, 3, 8]);
+        assert_eq!(
+            fast.into_data().to_vec::<f32>().unwrap(),
+            generic.into_data().to_vec::<f32>().unwrap()
+        );
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! A decode step multiplies a handful of rows (one per sequence) by every weight matrix. A
 //! general GEMM packs the weight into panels on every call, which costs as much as the product
-//! itself when `x` has 2 to 64 rows. The weights here are transposed views of the checkpoint's
+//! itself when `x` has 1 to 64 rows. The weights here are transposed views of the checkpoint's
 //! row-major `[out, in]` matrices, so each output is the dot product of two contiguous rows:
 //! [`matmul_weight`] streams every weight row once, against all rows of `x`, with no packing.
-//! Other shapes, layouts and backends take burn's `matmul`.
+//! Larger products go to OpenBLAS when the `openblas` feature is on, and otherwise, like other
+//! layouts and backends, to burn's `matmul`.
 
 use burn::prelude::*;
 
@@ -13,12 +14,18 @@ use burn::prelude::*;
 ///
 /// On the `flex` backend on x86-64 with AVX2 and FMA, when `W` is the transposed view of a
 /// row-major `[n, k]` matrix (how [`crate::Llama`] keeps its linear and tied output
-/// weights), `k` is a multiple of 8 and `x` has 2 to 64 rows, the product runs as dot products
-/// of contiguous rows; everything else goes to [`Tensor::matmul`]. Each row of `y` is
-/// computed the same way whatever the other rows are, so batching does not change it.
+/// weights), `k` is a multiple of 8 and `x` has 1 to 64 rows (1 to 15 with `openblas`), the
+/// product runs as dot products of contiguous rows; each row of `y` is then computed the same
+/// way whatever the other rows are, so batching does not change it. With the `openblas`
+/// feature, other CPU f32 products go to OpenBLAS's `sgemm`; everything else goes to
+/// [`Tensor::matmul`].
 pub fn matmul_weight<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(all(feature = "flex", target_arch = "x86_64"))]
     if let Some(y) = flex::try_rows(&x, &weight) {
+        return y;
+    }
+    #[cfg(feature = "openblas")]
+    if let Some(y) = crate::openblas::try_sgemm(&x, &weight) {
         return y;
     }
     x.matmul(weight)
@@ -26,33 +33,27 @@ pub fn matmul_weight<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tenso
 
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod flex {
-    use std::any::Any;
-
-    use burn::backend::flex::FlexTensor;
     use burn::prelude::*;
-    use burn::tensor::{DType, TensorData, TensorPrimitive};
 
-    /// Rows of `x` the kernel takes; below, a GEMV is as fast, above, GEMM's packing pays.
-    const ROWS: std::ops::RangeInclusive<usize> = 2..=64;
-    /// Above this many outputs (an output head) the kernel only wins for up to 8 rows.
-    const WIDE: usize = 8192;
+    use crate::flex_tensor::{from_f32, to_flex};
+
+    /// Rows of `x` the kernel takes; above, a GEMM's packing pays: the `gemm` crate's from
+    /// 65 rows, OpenBLAS's from 16 (measured on SmolLM2's shapes, see `docs/performance.md`).
+    #[cfg(not(feature = "openblas"))]
+    const ROWS: std::ops::RangeInclusive<usize> = 1..=64;
+    #[cfg(feature = "openblas")]
+    const ROWS: std::ops::RangeInclusive<usize> = 1..=15;
 
     /// The product through [`super::kernel::rows`] when the backend, layouts and shape allow.
     pub fn try_rows<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         let ([m, k], [k_w, n]) = (x.dims(), weight.dims());
-        if !ROWS.contains(&m) || k != k_w || !k.is_multiple_of(8) || n == 0 || (n > WIDE && m > 8) {
+        if !ROWS.contains(&m) || k != k_w || !k.is_multiple_of(8) || n == 0 {
             return None;
         }
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return None;
         }
-        let x_primitive = float_primitive(x.clone())?;
-        let w_primitive = float_primitive(weight.clone())?;
-        let x_flex = (&x_primitive as &dyn Any).downcast_ref::<FlexTensor>()?;
-        let w_flex = (&w_primitive as &dyn Any).downcast_ref::<FlexTensor>()?;
-        if x_flex.dtype() != DType::F32 || w_flex.dtype() != DType::F32 {
-            return None;
-        }
+        let (x_flex, w_flex) = (to_flex(x.clone())?, to_flex(weight.clone())?);
         let x_rows = x_flex.as_slice::<f32>()?;
         // `W` `[k, n]` with strides `[1, k]`: row `j` of the `[n, k]` storage is column `j`.
         let layout = w_flex.layout();
@@ -61,20 +62,7 @@ mod flex {
         }
         let start = layout.start_offset();
         let w_rows = w_flex.storage::<f32>().get(start..start + n * k)?;
-        let y = super::kernel::rows(x_rows, m, k, w_rows, n);
-        let y = FlexTensor::from_data(TensorData::new(y, [m, n]));
-        let y = *(Box::new(y) as Box<dyn Any>)
-            .downcast::<B::FloatTensorPrimitive>()
-            .ok()?;
-        Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
-    }
-
-    /// The backend's float tensor, when it is not quantized.
-    fn float_primitive<B: Backend>(t: Tensor<B, 2>) -> Option<B::FloatTensorPrimitive> {
-        match t.into_primitive() {
-            TensorPrimitive::Float(p) => Some(p),
-            TensorPrimitive::QFloat(_) => None,
-        }
+        from_f32(super::kernel::rows(x_rows, m, k, w_rows, n), [m, n])
     }
 }
 
@@ -88,7 +76,7 @@ mod kernel {
 
     /// Weight rows per tile.
     const R: usize = 4;
-    /// Input rows per tile.
+    /// Input rows per tile (one when there is one row).
     const M: usize = 3;
     /// Weight rows per parallel task.
     const CHUNK: usize = 32;
@@ -106,7 +94,12 @@ mod kernel {
             .for_each(|(c, out)| {
                 // SAFETY: AVX2 and FMA were checked above; `block` reads `x` rows `< m` and
                 // `w` rows `< n`, each `k` long, which the length checks above guarantee.
-                unsafe { block(x, m, k, w, c * CHUNK, out) }
+                unsafe {
+                    match m {
+                        1 => block::<1>(x, m, k, w, c * CHUNK, out),
+                        _ => block::<M>(x, m, k, w, c * CHUNK, out),
+                    }
+                }
             });
         let mut y = vec![0f32; m * n];
         for (j, column) in by_column.chunks_exact(m).enumerate() {
@@ -119,7 +112,14 @@ mod kernel {
 
     /// The outputs `j0 .. j0 + out.len() / m`, written to `out` as `[j][i]`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block(x: &[f32], m: usize, k: usize, w: &[f32], j0: usize, out: &mut [f32]) {
+    unsafe fn block<const M: usize>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        j0: usize,
+        out: &mut [f32],
+    ) {
         let len = out.len() / m;
         let mut j = 0;
         while j < len {
@@ -145,7 +145,11 @@ mod kernel {
 
     /// Dot products of `R` weight rows with `M` input rows, each `k` long.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(x: [*const f32; M], w: [*const f32; R], k: usize) -> [[f32; M]; R] {
+    unsafe fn tile<const M: usize>(
+        x: [*const f32; M],
+        w: [*const f32; R],
+        k: usize,
+    ) -> [[f32; M]; R] {
         let mut acc = [[_mm256_setzero_ps(); M]; R];
         for p in (0..k).step_by(8) {
             let xv: [__m256; M] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x[i].add(p)) });
@@ -183,6 +187,8 @@ mod tests {
         let device = Default::default();
         for (m, n, k) in [
             (1, 5, 8),
+            (1, 9000, 576),
+            (64, 9000, 16),
             (2, 1, 8),
             (3, 33, 16),
             (5, 70, 24),

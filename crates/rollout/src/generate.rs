@@ -165,6 +165,7 @@ pub fn generate_with_progress<B: Backend, P: Policy<B>>(
         .collect();
     let (ids, padding) = left_padded::<B>(&inputs, tokenizer.pad_id(), &device);
     let mut cache = policy.new_cache(padding);
+    cache.reserve((ids.dims()[1] + params.max_new_tokens).min(context));
     let mut logits = last_logits(policy, policy.hidden_cached(ids, &mut cache));
     stats.prefill = started.elapsed();
     let started = Instant::now();
