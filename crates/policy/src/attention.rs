@@ -114,7 +114,9 @@ mod flex {
     ) -> Option<Tensor<B, 3>> {
         let [batch, heads, len, hd] = q.dims();
         let [_, kv_heads, slots, _] = k.dims();
-        if slots != layout.start + len || layout.padding.len() != batch || kv_heads == 0 {
+        let empty = [batch, heads, len, hd].contains(&0);
+        let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
+        if empty || !grouped || slots != layout.start + len || layout.padding.len() != batch {
             return None;
         }
         let q_flex = to_flex(q.clone())?;

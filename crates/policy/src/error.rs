@@ -51,6 +51,13 @@ pub enum PolicyError {
     /// A chat template failed to compile or render.
     #[error("chat template: {0}")]
     Template(String),
+    /// Two models whose parameters do not line up (count or shapes), e.g. an EMA teacher of
+    /// another architecture than its student.
+    #[error("parameters do not match: {0}")]
+    ParameterMismatch(String),
+    /// An argument outside its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
 /// Result alias of this crate.

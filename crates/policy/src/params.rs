@@ -6,17 +6,20 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::error::{PolicyError, Result};
+
 /// A copy of `module` whose parameters take no gradient and do not follow later updates.
 pub fn frozen<B: Backend, M: Module<B>>(module: &M) -> M {
     module.clone().no_grad()
 }
 
-/// Collects every float parameter, flattened, in visit order.
-struct Flatten<B: Backend>(Vec<Tensor<B, 1>>);
+/// Collects every float parameter in visit order: its shape and its values, flattened.
+struct Flatten<B: Backend>(Vec<(Vec<usize>, Tensor<B, 1>)>);
 
 impl<B: Backend> ModuleVisitor<B> for Flatten<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.val().reshape([-1]));
+        let value = param.val();
+        self.0.push((value.dims().to_vec(), value.reshape([-1])));
     }
 }
 
@@ -29,12 +32,14 @@ struct Average<B: Backend> {
 impl<B: Backend> ModuleMapper<B> for Average<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, teacher, mapper) = param.consume();
-        let student = self
-            .student
-            .next()
-            .expect("teacher and student have the same parameters")
-            .reshape(teacher.dims());
-        let mixed = teacher.mul_scalar(self.decay) + student.mul_scalar(1.0 - self.decay);
+        let mixed = match self.student.next() {
+            Some(student) => {
+                let student = student.reshape(teacher.dims());
+                teacher.mul_scalar(self.decay) + student.mul_scalar(1.0 - self.decay)
+            }
+            // Unreachable: `ema_update` checked that the parameters line up.
+            None => teacher,
+        };
         Param::from_mapped_value(id, mixed.detach(), mapper)
     }
 }
@@ -42,13 +47,35 @@ impl<B: Backend> ModuleMapper<B> for Average<B> {
 /// The exponential moving average step of a teacher:
 /// `θ_T ← decay·θ_T + (1 − decay)·θ_S` for every parameter, matched by position in the module.
 ///
-/// # Panics
-/// When the two modules do not have the same parameter shapes.
-pub fn ema_update<B: Backend, M: Module<B>>(teacher: M, student: &M, decay: f64) -> M {
-    let mut flat = Flatten(Vec::new());
-    student.visit(&mut flat);
-    teacher.map(&mut Average {
-        student: flat.0.into_iter(),
+/// Errors when `decay` is not in `[0, 1]` or when the two modules' parameters do not have the
+/// same count and shapes (say, a teacher of another architecture); the teacher is then lost,
+/// so check with a clone when it must survive.
+pub fn ema_update<B: Backend, M: Module<B>>(teacher: M, student: &M, decay: f64) -> Result<M> {
+    if !(0.0..=1.0).contains(&decay) {
+        return Err(PolicyError::InvalidArgument(format!(
+            "EMA decay {decay} is outside [0, 1]"
+        )));
+    }
+    let (mut from_teacher, mut from_student) = (Flatten(Vec::new()), Flatten(Vec::new()));
+    teacher.visit(&mut from_teacher);
+    student.visit(&mut from_student);
+    let (count_t, count_s) = (from_teacher.0.len(), from_student.0.len());
+    if count_t != count_s {
+        return Err(PolicyError::ParameterMismatch(format!(
+            "the teacher has {count_t} parameter tensors, the student {count_s}"
+        )));
+    }
+    let shapes = from_teacher.0.iter().zip(&from_student.0);
+    if let Some((index, ((t, _), (s, _)))) = shapes.enumerate().find(|(_, ((t, _), (s, _)))| t != s)
+    {
+        return Err(PolicyError::ParameterMismatch(format!(
+            "parameter {index} has shape {t:?} in the teacher, {s:?} in the student"
+        )));
+    }
+    drop(from_teacher);
+    let student = from_student.0.into_iter().map(|(_, values)| values);
+    Ok(teacher.map(&mut Average {
+        student: student.collect::<Vec<_>>().into_iter(),
         decay,
-    })
+    }))
 }

@@ -99,7 +99,7 @@ impl<B: Backend> RopeTables<B> {
         let flex = crate::flex_tensor::to_flex(x.clone())?;
         let x = flex.as_slice::<f32>()?;
         let [cos, sin] = &self.host;
-        if cos.len() != rows * len * half || hd != 2 * half {
+        if x.is_empty() || cos.len() != rows * len * half || hd != 2 * half {
             return None;
         }
         let mut y = vec![0f32; x.len()];
