@@ -5,6 +5,8 @@
 //! itself when `x` has 1 to 64 rows. The weights here are transposed views of the checkpoint's
 //! row-major `[out, in]` matrices, so each output is the dot product of two contiguous rows:
 //! [`matmul_weight`] streams every weight row once, against all rows of `x`, with no packing.
+//! Weights rewritten by an optimizer step or an EMA update are contiguous `[in, out]` instead;
+//! a second kernel broadcasts each of their rows across a block of outputs.
 //! Larger products go to OpenBLAS when the `openblas` feature is on, and otherwise, like other
 //! layouts and backends, to burn's `matmul`.
 
@@ -15,8 +17,10 @@ use burn::prelude::*;
 /// On the `flex` backend on x86-64 with AVX2 and FMA, when `W` is the transposed view of a
 /// row-major `[n, k]` matrix (how [`crate::Llama`] keeps its linear and tied output
 /// weights), `k` is a multiple of 8 and `x` has 1 to 64 rows (1 to 15 with `openblas`), the
-/// product runs as dot products of contiguous rows; each row of `y` is then computed the same
-/// way whatever the other rows are, so batching does not change it. With the `openblas`
+/// product runs as dot products of contiguous rows; when `W` is a row-major `[k, n]` matrix
+/// with `n` a multiple of 16 (weights written by an optimizer step or an EMA update), as
+/// broadcasts of each weight row. Either way each row of `y` is computed the same whatever the
+/// other rows are, so batching does not change it. With the `openblas`
 /// feature, other CPU f32 products go to OpenBLAS's `sgemm`; everything else goes to
 /// [`Tensor::matmul`].
 pub fn matmul_weight<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -44,7 +48,8 @@ mod flex {
     #[cfg(feature = "openblas")]
     const ROWS: std::ops::RangeInclusive<usize> = 1..=15;
 
-    /// The product through [`super::kernel::rows`] when the backend, layouts and shape allow.
+    /// The product through [`super::kernel::rows`] or [`super::kernel::columns`] when the
+    /// backend, layouts and shape allow.
     pub fn try_rows<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         let ([m, k], [k_w, n]) = (x.dims(), weight.dims());
         if !ROWS.contains(&m) || k != k_w || !k.is_multiple_of(8) || n == 0 {
@@ -55,20 +60,26 @@ mod flex {
         }
         let (x_flex, w_flex) = (to_flex(x.clone())?, to_flex(weight.clone())?);
         let x_rows = x_flex.as_slice::<f32>()?;
-        // `W` `[k, n]` with strides `[1, k]`: row `j` of the `[n, k]` storage is column `j`.
         let layout = w_flex.layout();
-        if layout.strides() != [1, k as isize] {
-            return None;
-        }
         let start = layout.start_offset();
-        let w_rows = w_flex.storage::<f32>().get(start..start + n * k)?;
-        from_f32(super::kernel::rows(x_rows, m, k, w_rows, n), [m, n])
+        let w_values = w_flex.storage::<f32>().get(start..start + n * k)?;
+        let y = match layout.strides() {
+            // The transposed view of a row-major `[n, k]` matrix: row `j` is column `j`.
+            [1, s] if *s == k as isize => super::kernel::rows(x_rows, m, k, w_values, n),
+            // A row-major `[k, n]` matrix (weights made by an optimizer step or an EMA).
+            [s, 1] if *s == n as isize && n.is_multiple_of(16) => {
+                super::kernel::columns(x_rows, m, k, w_values, n)
+            }
+            _ => return None,
+        };
+        from_f32(y, [m, n])
     }
 }
 
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod kernel {
-    //! The AVX2 kernel: tiles of 4 weight rows × 3 input rows, 8 lanes, fused multiply-add.
+    //! The AVX2 kernels, 8 lanes, fused multiply-add: [`rows`] for weights stored `[n, k]`
+    //! (tiles of 4 weight rows × 3 input rows), [`columns`] for weights stored `[k, n]`.
 
     use std::arch::x86_64::*;
 
@@ -108,6 +119,92 @@ mod kernel {
             }
         }
         y
+    }
+
+    /// Tiles of the row-major kernel: input rows, and 8-lane vectors of columns.
+    const ROW_TILE: usize = 4;
+    /// Columns per parallel task of the row-major kernel.
+    const COLUMN_CHUNK: usize = 128;
+
+    /// `y[i, j] = Σ_p x[i, p]·w[p, j]` for `x` `[m, k]` and `w` `[k, n]`, both row-major,
+    /// returned `[m, n]` row-major: each weight row is broadcast-multiplied into 16 columns at a
+    /// time, summed over `p` in order (so a row's result does not depend on the others).
+    /// Needs AVX2 and FMA, and `n % 16 == 0`.
+    pub fn columns(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+        assert!(n.is_multiple_of(16) && x.len() == m * k && w.len() == k * n && m > 0);
+        // Task `c` computes columns `c·CHUNK ..` of every row, stored `[i][j]` in its slice.
+        let mut blocks = vec![0f32; m * n];
+        blocks
+            .par_chunks_mut(m * COLUMN_CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| {
+                let j0 = c * COLUMN_CHUNK;
+                // SAFETY: AVX2 and FMA were checked above; the block reads `x` rows `< m` and
+                // weight rows `< k` at columns `j0 .. j0 + out.len() / m ≤ n`.
+                unsafe {
+                    match m {
+                        // One row: 64 columns per pass, so that each weight row is read in
+                        // runs of 4 cache lines (the pass is bound by memory).
+                        1 if n.is_multiple_of(64) => column_block::<1, 8>(x, m, k, w, n, j0, out),
+                        1 => column_block::<1, 2>(x, m, k, w, n, j0, out),
+                        _ => column_block::<ROW_TILE, 2>(x, m, k, w, n, j0, out),
+                    }
+                }
+            });
+        let mut y = vec![0f32; m * n];
+        for (c, block) in blocks.chunks(m * COLUMN_CHUNK).enumerate() {
+            let width = block.len() / m;
+            for (i, row) in block.chunks_exact(width).enumerate() {
+                y[i * n + c * COLUMN_CHUNK..][..width].copy_from_slice(row);
+            }
+        }
+        y
+    }
+
+    /// Columns `j0 .. j0 + out.len() / m` of every row, written to `out` as `[i][j]`, in
+    /// tiles of `T` rows × `V` vectors of 8 columns (`out.len() / m` a multiple of `8·V`).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn column_block<const T: usize, const V: usize>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[f32],
+        n: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let width = out.len() / m;
+        for jb in (0..width).step_by(8 * V) {
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(T);
+                // Past the last row a tile repeats it; those results are not stored.
+                let x_rows: [&[f32]; T] = std::array::from_fn(|r| &x[(i + r.min(rows - 1)) * k..]);
+                let mut acc = [[_mm256_setzero_ps(); V]; T];
+                for p in 0..k {
+                    let w_row = &w[p * n + j0 + jb..][..8 * V];
+                    // SAFETY: `w_row` holds `8·V` values.
+                    let wv: [__m256; V] = std::array::from_fn(|v| unsafe {
+                        _mm256_loadu_ps(w_row.as_ptr().add(8 * v))
+                    });
+                    for (acc_r, x_row) in acc.iter_mut().zip(&x_rows) {
+                        let xv = _mm256_set1_ps(x_row[p]);
+                        for (a, &wv) in acc_r.iter_mut().zip(&wv) {
+                            *a = _mm256_fmadd_ps(wv, xv, *a);
+                        }
+                    }
+                }
+                for (r, acc_r) in acc.iter().enumerate().take(rows) {
+                    let at = &mut out[(i + r) * width + jb..][..8 * V];
+                    for (v, &a) in acc_r.iter().enumerate() {
+                        // SAFETY: `at` holds `8·V` values.
+                        unsafe { _mm256_storeu_ps(at.as_mut_ptr().add(8 * v), a) };
+                    }
+                }
+                i += T;
+            }
+        }
     }
 
     /// The outputs `j0 .. j0 + out.len() / m`, written to `out` as `[j][i]`.
@@ -224,8 +321,42 @@ mod tests {
         }
     }
 
-    /// A contiguous `[k, n]` weight is not the layout the kernel reads: GEMM takes it, and
-    /// the product is still right.
+    /// Row-major `[k, n]` weights (what an optimizer step or an EMA produces) through the
+    /// broadcast kernel, directly and through the dispatch, against burn's matmul: one row,
+    /// partial row tiles, a partial last column chunk.
+    #[test]
+    fn row_major_weights_match_matmul() {
+        let device = Default::default();
+        for (m, n, k) in [
+            (1, 16, 8),
+            (1, 192, 24),
+            (3, 48, 24),
+            (4, 192, 576),
+            (5, 272, 40),
+            (15, 1536, 64),
+            (64, 144, 16),
+        ] {
+            let x = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+            let expected: Vec<f32> = x.clone().matmul(w.clone()).into_data().to_vec().unwrap();
+            let x_values: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+            let w_values: Vec<f32> = w.clone().into_data().to_vec().unwrap();
+            let direct = super::kernel::columns(&x_values, m, k, &w_values, n);
+            let dispatched: Vec<f32> = matmul_weight(x, w).into_data().to_vec().unwrap();
+            for got in [direct, dispatched] {
+                assert_eq!(got.len(), m * n);
+                for (g, e) in got.iter().zip(&expected) {
+                    assert!(
+                        (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{m}x{n}x{k}: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A row-major weight whose width is not a multiple of 16 is no layout a kernel reads:
+    /// GEMM takes it, and the product is still right.
     #[test]
     fn other_layouts_fall_back() {
         let device = Default::default();
