@@ -10,21 +10,10 @@ import os
 import subprocess
 import sys
 
+from cargo_bench import rust_binary
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 KINDS = ["full-jsd0.5", "full-reverse-kl", "topk64-reverse-kl", "sampled-k3"]
-
-
-def rust_binary():
-    out = subprocess.run(
-        ["cargo", "bench", "-p", "opd-divergences", "--bench", "peer_divergences", "--no-run",
-         "--message-format=json"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "peer_divergences":
-            if msg.get("executable"):
-                return msg["executable"]
-    raise SystemExit("peer_divergences bench binary not found")
 
 
 def run(cmd, env):
@@ -41,7 +30,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only V=49,152, N=512")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    binary = rust_binary()
+    binary = rust_binary("opd-divergences", "peer_divergences")
     shapes = [(512, 49_152)] if args.quick else [(512, 49_152), (2048, 49_152), (512, 151_936), (2048, 151_936)]
     header = f"| kind | N | V | opd ms | torch ms | time ratio | opd peak MB | torch peak MB | memory ratio |"
     print(header)

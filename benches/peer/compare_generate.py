@@ -13,21 +13,9 @@ import os
 import subprocess
 import sys
 
+from cargo_bench import ROOT, rust_binary
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-def rust_binary(features):
-    out = subprocess.run(
-        ["cargo", "bench", "-p", "opd-rollout", "--bench", "peer_generate", "--no-run",
-         "--message-format=json"] + (["--features", features] if features else []),
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "peer_generate":
-            if msg.get("executable"):
-                return msg["executable"]
-    raise SystemExit("peer_generate bench binary not found")
 
 
 def run(cmd, env):
@@ -47,7 +35,7 @@ def main():
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                RAYON_NUM_THREADS=str(args.threads))
-    binary = rust_binary(args.features)
+    binary = rust_binary("opd-rollout", "peer_generate", args.features)
     print("| batch | prompt | new | opd prefill tok/s | hf prefill tok/s | ratio | opd decode tok/s "
           "| hf decode tok/s | ratio | opd no-cache tok/s | opd peak MB | hf peak MB |")
     print("|" + "---|" * 12)

@@ -13,31 +13,31 @@
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::kv_cache::SlotLayout;
 
 /// Attention of queries `q` `[B, H, T, hd]` over keys and values `[B, KV, S, hd]`
-/// (`S = layout.start + T`, `H = G·KV`), returned `[B, T, H·hd]`. `mask` builds the explicit
-/// mask of [`SlotLayout::mask`] when the generic path needs it.
+/// (`S = layout.start + T`, `H = G·KV`), returned `[B, T, H·hd]`. The generic path builds the
+/// explicit mask of [`SlotLayout::mask`]; the CPU kernel needs none.
 pub(crate) fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     layout: &SlotLayout,
-    mask: impl FnOnce() -> Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 3> {
     #[cfg(feature = "flex")]
     if let Some(out) = flex::attention(&q, &k, &v, layout) {
         return out;
     }
-    let _ = layout;
     let [batch, heads, len, head_dim] = q.dims();
     let kv_heads = k.dims()[1];
+    let group = heads / kv_heads;
+    let mask = layout.mask(len, group, &q.device());
     // The `G` query heads of each key/value head stacked along the query axis,
     // `[B, KV, G·T, hd]`, so keys and values are not repeated.
-    let q = q.reshape([batch, kv_heads, heads / kv_heads * len, head_dim]);
-    attention(q, k, v, mask(), None, AttentionModuleOptions::default())
+    let q = q.reshape([batch, kv_heads, group * len, head_dim]);
+    attention(q, k, v, mask, None, AttentionModuleOptions::default())
         .reshape([batch, heads, len, head_dim])
         .swap_dims(1, 2)
         .reshape([batch, len, heads * head_dim])
@@ -190,15 +190,14 @@ mod tests {
                 .slice(s![.., .., 0..start + len, ..])
         };
         let (k, v) = (wide(0), wide(1));
-        let mask = || layout.mask::<Flex>(len, heads / kv_heads, &device);
-        let fast = grouped_attention(q.clone(), k.clone(), v.clone(), &layout, mask);
+        let fast = grouped_attention(q.clone(), k.clone(), v.clone(), &layout);
         // The generic path, with contiguous copies that the kernel would also take.
         let [b, h, t, d] = q.dims();
         let expected = burn::tensor::module::attention(
             q.reshape([b, kv_heads, h / kv_heads * t, d]),
             k,
             v,
-            mask(),
+            layout.mask::<Flex>(len, heads / kv_heads, &device),
             None,
             Default::default(),
         )

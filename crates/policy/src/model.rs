@@ -116,10 +116,7 @@ impl<B: Backend> Attention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => [k, v],
         };
-        let group = self.heads / self.kv_heads;
-        let device = q.device();
-        let mask = || context.layout.mask(len, group, &device);
-        let out = crate::attention::grouped_attention(q, k, v, &context.layout, mask);
+        let out = crate::attention::grouped_attention(q, k, v, &context.layout);
         self.o_proj.forward(out)
     }
 }

@@ -72,10 +72,13 @@ pub fn ema_update<B: Backend, M: Module<B>>(teacher: M, student: &M, decay: f64)
             "parameter {index} has shape {t:?} in the teacher, {s:?} in the student"
         )));
     }
-    drop(from_teacher);
-    let student = from_student.0.into_iter().map(|(_, values)| values);
+    let student: Vec<_> = from_student
+        .0
+        .into_iter()
+        .map(|(_, values)| values)
+        .collect();
     Ok(teacher.map(&mut Average {
-        student: student.collect::<Vec<_>>().into_iter(),
+        student: student.into_iter(),
         decay,
     }))
 }

@@ -121,14 +121,15 @@ mod kernel {
         y
     }
 
-    /// Tiles of the row-major kernel: input rows, and 8-lane vectors of columns.
+    /// Input rows per tile of [`columns`].
     const ROW_TILE: usize = 4;
-    /// Columns per parallel task of the row-major kernel.
+    /// Columns per parallel task of [`columns`].
     const COLUMN_CHUNK: usize = 128;
 
     /// `y[i, j] = Σ_p x[i, p]·w[p, j]` for `x` `[m, k]` and `w` `[k, n]`, both row-major,
-    /// returned `[m, n]` row-major: each weight row is broadcast-multiplied into 16 columns at a
-    /// time, summed over `p` in order (so a row's result does not depend on the others).
+    /// returned `[m, n]` row-major: each weight row is broadcast-multiplied into 16 columns (64
+    /// for a single row) at a time, summed over `p` in order (so a row's result does not depend
+    /// on the others).
     /// Needs AVX2 and FMA, and `n % 16 == 0`.
     pub fn columns(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
         assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
@@ -277,6 +278,17 @@ mod tests {
 
     use super::matmul_weight;
 
+    /// `got` equals `expected` element by element to 1e-4 relative; `shape` is `(m, n, k)`.
+    fn assert_close(got: &[f32], expected: &[f32], shape: (usize, usize, usize)) {
+        assert_eq!(got.len(), expected.len(), "{shape:?}");
+        for (g, e) in got.iter().zip(expected) {
+            assert!(
+                (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                "{shape:?}: {g} vs {e}"
+            );
+        }
+    }
+
     /// Every row count the kernel takes (and its neighbours, which go to GEMM), with output
     /// counts that leave partial tiles and chunks, against burn's matmul.
     #[test]
@@ -311,13 +323,7 @@ mod tests {
                 .into_data()
                 .to_vec()
                 .unwrap();
-            assert_eq!(got.len(), m * n);
-            for (g, e) in got.iter().zip(&expected) {
-                assert!(
-                    (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                    "{m}x{n}x{k}: {g} vs {e}"
-                );
-            }
+            assert_close(&got, &expected, (m, n, k));
         }
     }
 
@@ -343,15 +349,8 @@ mod tests {
             let w_values: Vec<f32> = w.clone().into_data().to_vec().unwrap();
             let direct = super::kernel::columns(&x_values, m, k, &w_values, n);
             let dispatched: Vec<f32> = matmul_weight(x, w).into_data().to_vec().unwrap();
-            for got in [direct, dispatched] {
-                assert_eq!(got.len(), m * n);
-                for (g, e) in got.iter().zip(&expected) {
-                    assert!(
-                        (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                        "{m}x{n}x{k}: {g} vs {e}"
-                    );
-                }
-            }
+            assert_close(&direct, &expected, (m, n, k));
+            assert_close(&dispatched, &expected, (m, n, k));
         }
     }
 
