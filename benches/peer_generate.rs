@@ -12,20 +12,12 @@ use burn::tensor::{Int, Tensor, TensorData};
 use opd_policy::{Message, Policy};
 use opd_rollout::{SamplingParams, generate};
 
+#[path = "peak_rss.rs"]
+mod peak_rss;
+use peak_rss::peak_rss_mb;
+
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const QUESTION: &str = "Explain in a few sentences why the sky is blue and why sunsets are red.";
-
-/// Peak resident set size of this process, MB (Linux `VmHWM`).
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 fn main() {
     let args: Vec<usize> = std::env::args()

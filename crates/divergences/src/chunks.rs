@@ -16,6 +16,22 @@ pub enum Rows {
 }
 
 impl Rows {
+    /// The evaluated rows of `matrix` `[N, X]`, in order.
+    pub(crate) fn of<B: Backend, K: burn::tensor::BasicOps<B>>(
+        &self,
+        matrix: Tensor<B, 2, K>,
+    ) -> Tensor<B, 2, K> {
+        match self {
+            Self::All => matrix,
+            Self::Selected(rows) => {
+                let device = matrix.device();
+                let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                let idx = Tensor::from_data(TensorData::new(idx, [rows.len()]), &device);
+                matrix.select(0, idx)
+            }
+        }
+    }
+
     /// Number of evaluated rows out of `total`.
     pub fn count(&self, total: usize) -> usize {
         match self {

@@ -27,8 +27,9 @@ pub enum Teacher<B: DivergenceBackend, const D: usize> {
 }
 
 impl<B: DivergenceBackend, const D: usize> Teacher<B, D> {
-    /// Checks the teacher against the student's shape and vocabulary.
-    fn validate(&self, student: &[usize]) -> Result<()> {
+    /// Checks the teacher against the student's shape and vocabulary. A precomputed top-k is
+    /// checked on the evaluated `rows` only: padding positions may hold any id and −∞.
+    fn validate(&self, student: &[usize], rows: &Rows) -> Result<()> {
         match self {
             Teacher::Logits(t) => check::same_shape("teacher logits", student, &t.dims()),
             Teacher::TopK { ids, log_probs } => {
@@ -38,8 +39,11 @@ impl<B: DivergenceBackend, const D: usize> Teacher<B, D> {
                 check::same_shape("teacher top-k ids", &expected, &ids_shape)?;
                 check::same_shape("teacher top-k log-probs", &expected, &log_probs.dims())?;
                 check::non_empty("teacher top-k ids", &ids_shape)?;
-                check::ids_in_vocab(ids, student[D - 1])?;
-                check::finite("teacher top-k log-probs", log_probs)
+                check::ids_in_vocab(&rows.of(flatten(ids.clone())), student[D - 1])?;
+                check::finite(
+                    "teacher top-k log-probs",
+                    &rows.of(flatten(log_probs.clone())),
+                )
             }
         }
     }
@@ -75,7 +79,7 @@ pub(crate) fn divergence_at<B: DivergenceBackend, const D: usize>(
     let options = options.validated()?;
     let dims = student.dims();
     check::non_empty("student logits", &dims)?;
-    teacher.validate(&dims)?;
+    teacher.validate(&dims, &rows)?;
     options.support.top_k(dims[D - 1])?;
     let values = float(B::divergence_rows(
         primitive(flatten(student)),

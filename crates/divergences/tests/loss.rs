@@ -107,3 +107,63 @@ fn masked_and_full_masks_agree_on_the_selected_tokens() {
     let d = per_row(&zs, &zt);
     assert!((value - d.iter().sum::<f64>()).abs() < 1e-5);
 }
+
+/// A served teacher's top-k is checked on the counted positions only: padding may hold ids
+/// outside the vocabulary and −∞ log-probs, and the loss is that of clean padding.
+#[test]
+fn a_top_k_teacher_may_hold_anything_at_padding() {
+    let (zs, zt, mask) = setup();
+    let k = 3;
+    let mut ids = Vec::new();
+    let mut log_probs = Vec::new();
+    for r in 0..6 {
+        let row = ref_log_softmax(zt.row(r), 1.0);
+        for id in top_k_ids(zt.row(r), k) {
+            ids.push(id as i64);
+            log_probs.push(row[id] as f32);
+        }
+    }
+    let teacher = |ids: Vec<i64>, log_probs: Vec<f32>| Teacher::TopK {
+        ids: int_tensor::<B, 3>(ids, [2, 3, k]),
+        log_probs: Tensor::from_data(TensorData::new(log_probs, [2, 3, k]), &device()),
+    };
+    let l = DistillationLoss::new(DivergenceOptions::new(Divergence::ReverseKl));
+    let student = || zs.tensor::<B>().reshape([2, 3, 7]);
+    let clean = l
+        .forward(
+            student(),
+            teacher(ids.clone(), log_probs.clone()),
+            mask.clone(),
+        )
+        .unwrap();
+    // Positions 4 and 5 (row 1, t = 1, 2) are padding.
+    let (mut bad_ids, mut bad_lps) = (ids.clone(), log_probs.clone());
+    for j in 4 * k..6 * k {
+        bad_ids[j] = 1_000;
+        bad_lps[j] = f32::NEG_INFINITY;
+    }
+    let padded = l
+        .forward(
+            student(),
+            teacher(bad_ids.clone(), bad_lps.clone()),
+            mask.clone(),
+        )
+        .unwrap();
+    assert_eq!(to_vec(clean.loss), to_vec(padded.loss));
+    // On a counted position the same values are errors.
+    let all = Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; 6], [2, 3]), &device());
+    let err = l
+        .forward(student(), teacher(bad_ids, log_probs), all.clone())
+        .unwrap_err();
+    assert!(err.to_string().contains("token id"), "{err}");
+    let err = l
+        .forward(student(), teacher(ids, bad_lps), all)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            opd_divergences::DivergenceError::NonFinite { count: 6, .. }
+        ),
+        "{err}"
+    );
+}

@@ -58,6 +58,56 @@ pub enum PolicyError {
     /// An argument outside its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A batch of (context, response) rows that cannot be built or does not fit the model.
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+}
+
+/// Why a [`crate::SequenceBatch`] cannot be built or run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    /// Contexts and responses differ in number.
+    #[error(
+        "{contexts} contexts but {responses} responses: a batch needs one response per context"
+    )]
+    CountMismatch {
+        /// Contexts given.
+        contexts: usize,
+        /// Responses given.
+        responses: usize,
+    },
+    /// No rows.
+    #[error("a sequence batch needs at least one row")]
+    EmptyBatch,
+    /// A row without context tokens: nothing scores its first response token.
+    #[error("row {row} has an empty context: nothing would score its first response token")]
+    EmptyContext {
+        /// The row.
+        row: usize,
+    },
+    /// Every response is empty.
+    #[error("no row has a response token")]
+    NoResponseTokens,
+    /// The padded rows do not fit the model's context.
+    #[error("the batch needs {} slots per row (longest context {longest_context} + longest response {longest_response}); the model's context is {context}", longest_context + longest_response)]
+    TooLong {
+        /// `C`.
+        longest_context: usize,
+        /// `R`.
+        longest_response: usize,
+        /// The model's context length.
+        context: usize,
+    },
+    /// A token id outside the model's vocabulary.
+    #[error("token id {id} in row {row} is outside the vocabulary of {vocab}")]
+    TokenOutOfVocabulary {
+        /// The row.
+        row: usize,
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
 }
 
 /// Result alias of this crate.

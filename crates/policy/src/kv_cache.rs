@@ -7,9 +7,9 @@
 
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend, s};
 
-/// Where a block of `T` new tokens sits in a left-padded batch.
+/// Where a block of `T` new tokens sits in a left-padded batch (internal to the model).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotLayout {
+pub(crate) struct SlotLayout {
     /// Left padding of each row, in slots.
     pub padding: Vec<usize>,
     /// Slot of the first new token (the number of slots already cached).
@@ -18,7 +18,7 @@ pub struct SlotLayout {
 
 impl SlotLayout {
     /// RoPE positions `max(s − padding[b], 0)` of the slots `start..start+len`, per row.
-    pub fn positions(&self, len: usize) -> Vec<Vec<usize>> {
+    pub(crate) fn positions(&self, len: usize) -> Vec<Vec<usize>> {
         self.padding
             .iter()
             .map(|&pad| {
@@ -29,12 +29,13 @@ impl SlotLayout {
             .collect()
     }
 
-    /// The attention mask `[B or 1, 1, G·T, start+T]`, `true` = masked, for `G` query heads
+    /// The attention-internal mask `[B or 1, 1, G·T, start+T]`, `true` = hidden (burn's
+    /// attention convention, the opposite of opd's masks, which is why it stays private), for `G` query heads
     /// per key/value head stacked along the query axis (row `g·T + t` is query slot
     /// `start + t`). Key slot `k` is hidden from query slot `q` when `k > q` (causal) or when
     /// `k < padding[b]` and `k ≠ q` (padding). `None` when nothing is masked: one new token
     /// per row and no padding.
-    pub fn mask<B: Backend>(
+    pub(crate) fn mask<B: Backend>(
         &self,
         len: usize,
         group: usize,

@@ -9,6 +9,12 @@
 //! - [`ChatTokenizer`]: the `tokenizers` pipeline from `tokenizer.json` or GGUF metadata,
 //!   special token ids, and the chat template rendered with minijinja.
 //! - [`params`]: frozen snapshots and EMA updates for teachers.
+//! - [`SequenceBatch`]: the one layout of (context, response) rows that the training forward
+//!   ([`Policy::response_logits`]), every teacher, scoring and the losses share; response
+//!   token `t` of a row is at index `t` of every `[B, R, ·]` output, whatever its context.
+//!
+//! **Masks** follow one convention across opd: a `Bool` tensor, `true` where the position
+//! counts. See [`policy`] for when to run the autodiff model and when its `valid()` copy.
 //!
 //! ```no_run
 //! use burn::backend::Flex;
@@ -41,16 +47,18 @@ pub mod policy;
 pub mod rope;
 pub mod row_matmul;
 pub mod safetensors;
+pub mod sequence;
 pub mod tokenizer;
 mod weights;
 
 pub use chat::{ChatTemplate, Message};
 pub use checkpoint::{load, save};
 pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};
-pub use error::{PolicyError, Result};
+pub use error::{PolicyError, Result, SequenceError};
 pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, LoraTarget};
 pub use model::Llama;
 pub use policy::Policy;
 pub use safetensors::SaveDtype;
+pub use sequence::SequenceBatch;
 pub use tokenizer::{ChatTokenizer, SpecialTokens};

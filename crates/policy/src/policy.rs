@@ -1,10 +1,28 @@
 //! The [`Policy`] trait: what every layer above (rollout, teachers, trainers) asks of a model.
+//!
+//! ## The training forward and the no-grad forward
+//!
+//! [`Policy::response_logits`] (or [`Policy::response_hidden`] for a loss that fuses the
+//! output head) gives the outputs at the response positions of a [`SequenceBatch`], `[B, R, ·]`.
+//! Which backend it runs on decides what it costs:
+//!
+//! - **Student (trained)**: call it on the model of an `Autodiff<_>` backend. The graph is
+//!   recorded and `loss.backward()` reaches every parameter that requires grad (only the
+//!   adapters with LoRA). The CPU fast paths (row kernel, attention kernel, in-place cache)
+//!   step aside under autodiff: burn's portable ops run.
+//! - **Teachers, π_old, rollouts**: call it on `model.valid()`, the same weights on the inner
+//!   backend (`burn::module::AutodiffModule::valid`, which shares the parameters' storage and
+//!   records nothing). The output is a constant, and the fast CPU kernels run. Never use the
+//!   autodiff model where no gradient is wanted: it keeps every activation alive until the
+//!   graph is dropped.
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor, backend::Backend, s};
 
+use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
+use crate::sequence::SequenceBatch;
 
 /// A causal language model over a left-padded batch.
 ///
@@ -40,6 +58,27 @@ pub trait Policy<B: Backend>: Module<B> {
     fn logits_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let hidden = self.hidden_cached(ids, cache);
         self.project(hidden)
+    }
+
+    /// Final hidden states `[B, R, d]` at the slots that score the response tokens:
+    /// `hidden(ids, padding)[:, C−1 .. C−1+R]` of the batch's layout. Position `t` predicts
+    /// response token `t`; positions past a row's response are padding (see
+    /// [`SequenceBatch::response_mask`]).
+    ///
+    /// Errors when an id is outside the vocabulary or the rows do not fit the context.
+    fn response_hidden(&self, batch: &SequenceBatch) -> Result<Tensor<B, 3>> {
+        batch.check(self.vocab_size(), self.max_context())?;
+        let device = self.devices().into_iter().next().unwrap_or_default();
+        let hidden = self.hidden(batch.ids(&device), &batch.padding());
+        Ok(hidden.slice(s![.., batch.scoring_slots(), ..]))
+    }
+
+    /// Next-token logits `[B, R, V]` at the response positions:
+    /// `project(response_hidden(batch))`, so the output head runs on `B·R` rows only.
+    /// `logits[b, t]` is the distribution of response token `t` of row `b` given its context
+    /// and the response tokens before it.
+    fn response_logits(&self, batch: &SequenceBatch) -> Result<Tensor<B, 3>> {
+        Ok(self.project(self.response_hidden(batch)?))
     }
 }
 

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
+use opd_policy::SequenceBatch;
+
 /// Why a sample ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FinishReason {
     /// It produced a stop token (EOS or one of `stop_token_ids`); the token ends the response.
     StopToken(u32),
-    /// Its text reached a stop string; the text is cut before it.
+    /// Its text reached a stop string; the text, the ids and the log-probs end before it.
     StopString(String),
     /// It reached `max_new_tokens` or the model's context.
     Length,
@@ -21,7 +23,8 @@ pub struct Sample {
     pub prompt_index: usize,
     /// Its index among the `n` samples of that prompt.
     pub sample_index: usize,
-    /// The generated token ids (a stop token included).
+    /// The generated token ids: a stop token included; with a stop string, only the tokens
+    /// whose text lies before it (`text` is their decoding).
     pub response_ids: Vec<u32>,
     /// `log π(y_t | y_<t)` of each generated token under the policy at temperature 1, without
     /// truncation: what OPD's advantages and importance ratios need.
@@ -30,7 +33,7 @@ pub struct Sample {
     pub sampling_logprobs: Vec<f32>,
     /// Why it ended.
     pub finish_reason: FinishReason,
-    /// The decoded answer, special tokens dropped, cut before a stop string.
+    /// The decoded response ids, special tokens dropped.
     pub text: String,
 }
 
@@ -71,28 +74,19 @@ impl RolloutBatch {
         &self.prompts[sample.prompt_index]
     }
 
-    /// Longest response, in tokens.
-    pub fn max_response_len(&self) -> usize {
-        self.samples
-            .iter()
-            .map(|s| s.response_ids.len())
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Responses right-padded with `pad` to `[samples, max_response_len]`, row-major, with
-    /// the mask (1 on generated tokens, 0 on padding).
-    pub fn padded_responses(&self, pad: u32) -> (Vec<u32>, Vec<f32>) {
-        let width = self.max_response_len();
-        let mut ids = Vec::with_capacity(self.samples.len() * width);
-        let mut mask = Vec::with_capacity(self.samples.len() * width);
-        for sample in &self.samples {
-            let len = sample.response_ids.len();
-            ids.extend_from_slice(&sample.response_ids);
-            ids.extend(std::iter::repeat_n(pad, width - len));
-            mask.extend(std::iter::repeat_n(1.0, len));
-            mask.extend(std::iter::repeat_n(0.0, width - len));
-        }
-        (ids, mask)
+    /// The samples as a [`SequenceBatch`]: each sample's prompt as its context, its response
+    /// ids as the response, in sample order. Swap the contexts with
+    /// [`SequenceBatch::with_contexts`] to score the same tokens in a teacher's context.
+    pub fn sequences(&self) -> opd_policy::Result<SequenceBatch> {
+        SequenceBatch::new(
+            self.samples
+                .iter()
+                .map(|s| self.prompt_of(s).to_vec())
+                .collect(),
+            self.samples
+                .iter()
+                .map(|s| s.response_ids.clone())
+                .collect(),
+        )
     }
 }

@@ -39,15 +39,7 @@ pub enum RolloutError {
         /// Vocabulary size.
         vocab: usize,
     },
-    /// `score` got a different number of prompts and responses.
-    #[error("{prompts} prompts but {responses} responses: score needs one response per prompt")]
-    CountMismatch {
-        /// Prompts given.
-        prompts: usize,
-        /// Responses given.
-        responses: usize,
-    },
-    /// The tokenizer failed.
+    /// The tokenizer or the sequence layout failed.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),
 }

@@ -13,7 +13,7 @@ use crate::batch::{FinishReason, RolloutBatch, RolloutStats, Sample};
 use crate::error::{Result, RolloutError};
 use crate::params::SamplingParams;
 use crate::sampler::{Draw, draw};
-use crate::stop::StopConditions;
+use crate::stop::{Finish, StopConditions};
 
 /// A row in flight.
 struct Row {
@@ -23,7 +23,7 @@ struct Row {
     response: Vec<u32>,
     logprobs: Vec<f32>,
     sampling_logprobs: Vec<f32>,
-    finished: Option<(FinishReason, String)>,
+    finished: Option<Finish>,
 }
 
 /// The random stream of sample `j` of a prompt: a function of `(seed, prompt tokens, j)` only,
@@ -212,22 +212,27 @@ pub fn generate_with_progress<B: Backend, P: Policy<B>>(
     Ok(finish(prompts, rows, stats))
 }
 
-/// Packs finished rows into a batch.
+/// Packs finished rows into a batch, each response cut to the tokens its finish keeps.
 fn finish(prompts: &[Vec<u32>], rows: Vec<Row>, stats: RolloutStats) -> RolloutBatch {
     let samples = rows
         .into_iter()
-        .map(|row| {
-            let (finish_reason, text) = row
-                .finished
-                .unwrap_or((FinishReason::Length, String::new()));
+        .map(|mut row| {
+            let finish = row.finished.unwrap_or(Finish {
+                reason: FinishReason::Length,
+                keep: 0,
+                text: String::new(),
+            });
+            row.response.truncate(finish.keep);
+            row.logprobs.truncate(finish.keep);
+            row.sampling_logprobs.truncate(finish.keep);
             Sample {
                 prompt_index: row.prompt_index,
                 sample_index: row.sample_index,
                 response_ids: row.response,
                 logprobs: row.logprobs,
                 sampling_logprobs: row.sampling_logprobs,
-                finish_reason,
-                text,
+                finish_reason: finish.reason,
+                text: finish.text,
             }
         })
         .collect();

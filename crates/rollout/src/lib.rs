@@ -4,7 +4,9 @@
 //! [`opd_policy::Policy`] with left-padded batches and the KV cache, records for every token
 //! the policy's own log-probability (temperature 1, what OPD and importance ratios need) and
 //! the log-probability under the processed distribution it was drawn from, and is
-//! reproducible per row. [`score`] recomputes log-probs (and top-k) of given answers.
+//! reproducible per row. [`RolloutBatch::sequences`] puts the samples in the shared
+//! [`opd_policy::SequenceBatch`] layout, in which [`score`] recomputes log-probs (and top-k)
+//! of the responses under any policy and context, as `[B, R]` tensors.
 //!
 //! ```no_run
 //! use burn::backend::Flex;
@@ -33,4 +35,4 @@ pub use batch::{FinishReason, RolloutBatch, RolloutStats, Sample};
 pub use error::{Result, RolloutError};
 pub use generate::{generate, generate_with_progress};
 pub use params::SamplingParams;
-pub use score::{ScoreOptions, TokenScores, score, score_batch};
+pub use score::{ScoreOptions, Scores, TokenScores, TopK, score};

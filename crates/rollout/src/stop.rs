@@ -18,36 +18,62 @@ pub(crate) struct StopConditions<'a> {
     pub context: usize,
 }
 
+/// How a response ends: why, how many of its tokens it keeps, and their text.
+pub(crate) struct Finish {
+    pub reason: FinishReason,
+    /// The response keeps its first `keep` tokens (fewer than generated after a stop string).
+    pub keep: usize,
+    /// The kept tokens decoded without special tokens.
+    pub text: String,
+}
+
 impl StopConditions<'_> {
-    /// Checks a response that just grew by `response.last()`. Returns the finish reason and
-    /// the text (decoded without special tokens, cut before a stop string) once it ends.
+    /// Checks a response that just grew by `response.last()`; `Some` once it ends.
+    ///
+    /// A stop string ends the response at the longest prefix of tokens whose text lies
+    /// entirely before it, so that the ids, their log-probs and the text describe the same
+    /// tokens (a token that straddles the start of the stop string is dropped with it).
     pub fn check(
         &self,
         tokenizer: &ChatTokenizer,
         prompt_len: usize,
         response: &[u32],
-    ) -> Result<Option<(FinishReason, String)>> {
+    ) -> Result<Option<Finish>> {
         let last = *response.last().expect("called after a token");
-        let decode = || tokenizer.decode(response, true);
+        let whole = |reason| -> Result<Option<Finish>> {
+            Ok(Some(Finish {
+                reason,
+                keep: response.len(),
+                text: tokenizer.decode(response, true)?,
+            }))
+        };
         if self.tokens.contains(&last) {
-            return Ok(Some((FinishReason::StopToken(last), decode()?)));
+            return whole(FinishReason::StopToken(last));
         }
         if !self.strings.is_empty() {
-            let text = decode()?;
+            let text = tokenizer.decode(response, true)?;
             let found = self
                 .strings
                 .iter()
                 .filter_map(|s| text.find(s.as_str()).map(|at| (at, s)))
                 .min();
             if let Some((at, stop)) = found {
-                return Ok(Some((
-                    FinishReason::StopString(stop.clone()),
-                    text[..at].to_string(),
-                )));
+                let before = &text[..at];
+                // The stop string was completed by the last token: search back from there.
+                for keep in (0..response.len()).rev() {
+                    let kept = tokenizer.decode(&response[..keep], true)?;
+                    if before.starts_with(&kept) {
+                        return Ok(Some(Finish {
+                            reason: FinishReason::StopString(stop.clone()),
+                            keep,
+                            text: kept,
+                        }));
+                    }
+                }
             }
         }
         if response.len() >= self.max_new_tokens || prompt_len + response.len() >= self.context {
-            return Ok(Some((FinishReason::Length, decode()?)));
+            return whole(FinishReason::Length);
         }
         Ok(None)
     }

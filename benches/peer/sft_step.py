@@ -1,0 +1,68 @@
+"""One SFT step of SmolLM2 in PyTorch eager + transformers, on the same GGUF file (f32) and the
+same token ids as `benches/peer_sft_step.rs`: forward with the causal-LM loss (NLL of the T − 1
+next-token predictions of each T-token row), backward, AdamW step. One configuration per
+process; prints one JSON line with the mean time of each phase over the measured steps (after
+one warm-up step), tokens/s (B·T per step) and the peak resident memory.
+
+usage: python3 benches/peer/sft_step.py BATCH SEQ_LEN THREADS [STEPS]
+Needs `pip install torch transformers gguf`.
+"""
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODELS = os.path.join(ROOT, "models")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def row(b, length, vocab):
+    return [(b * 7_919 + i * 104_729 + 13) % vocab for i in range(length)]
+
+
+def main():
+    batch, length, threads = (int(a) for a in sys.argv[1:4])
+    steps = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=GGUF, torch_dtype=torch.float32)
+    model.train()
+    vocab = model.config.vocab_size
+    ids = torch.tensor([row(b, length, vocab) for b in range(batch)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    forward = backward = optim = 0.0
+    loss_value = 0.0
+    for step in range(steps + 1):
+        started = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        t_forward = time.perf_counter() - started
+        started = time.perf_counter()
+        loss.backward()
+        t_backward = time.perf_counter() - started
+        started = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t_optim = time.perf_counter() - started
+        print(f"step {step}: forward {t_forward:.2f} s, backward {t_backward:.2f} s, "
+              f"AdamW {t_optim:.2f} s", file=sys.stderr)
+        if step > 0:
+            forward += t_forward / steps
+            backward += t_backward / steps
+            optim += t_optim / steps
+            loss_value = loss.item()
+    total = forward + backward + optim
+    print(json.dumps({
+        "batch": batch, "seq_len": length, "forward_s": round(forward, 3),
+        "backward_s": round(backward, 3), "optimizer_s": round(optim, 3),
+        "step_s": round(total, 3), "tok_s": round(batch * length / total, 1),
+        "loss": round(loss_value, 4),
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+//! One SFT step of SmolLM2 on `Autodiff<Flex>`, one configuration per process (for
+//! `peer/compare_sft_step.py`): the training forward of a [`SequenceBatch`] (a 1-token context
+//! and a `T − 1`-token response per row, so the NLL covers the `T − 1` next-token predictions
+//! of a `T`-token sequence, as a causal-LM loss does), the NLL through the chunked closed-form
+//! log-prob kernel, backward, and an AdamW step. Prints one JSON line with the mean time of
+//! each phase over the measured steps (after one warm-up step), tokens/s (`B·T` per step) and
+//! the peak resident memory.
+//!
+//! usage: peer_sft_step BATCH SEQ_LEN [STEPS]
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use opd_divergences::sampled::sequence_log_probs;
+use opd_policy::{Llama, Policy, SequenceBatch};
+
+#[path = "peak_rss.rs"]
+mod peak_rss;
+use peak_rss::peak_rss_mb;
+
+type A = Autodiff<Flex>;
+
+const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Token ids of row `b`: a fixed pseudo-random sequence, the same as the PyTorch script's.
+fn row(b: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((b * 7_919 + i * 104_729 + 13) % vocab) as u32)
+        .collect()
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
+    let (batch, len) = (args[0], args[1]);
+    let steps = args.get(2).copied().unwrap_or(3);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    let (mut model, _) =
+        opd_policy::load::<A>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
+    let vocab = model.vocab_size();
+    let rows: Vec<Vec<u32>> = (0..batch).map(|b| row(b, len, vocab)).collect();
+    let sequences = SequenceBatch::new(
+        rows.iter().map(|r| r[..1].to_vec()).collect(),
+        rows.iter().map(|r| r[1..].to_vec()).collect(),
+    )
+    .unwrap();
+    let device = Default::default();
+    let (ids, mask) = (
+        sequences.response_ids::<A>(&device),
+        sequences.response_mask::<A>(&device),
+    );
+    let mut optimizer = AdamWConfig::new().init::<A, Llama<A>>();
+    let (mut forward, mut backward, mut optim, mut loss_value) = (0.0, 0.0, 0.0, 0.0);
+    for step in 0..=steps {
+        let started = Instant::now();
+        let logits = model.response_logits(&sequences).unwrap();
+        let log_probs =
+            sequence_log_probs(logits, ids.clone(), mask.clone(), 1.0, 32).expect("log-probs");
+        let loss = log_probs.sum().neg() / sequences.response_tokens() as f64;
+        let t_forward = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let grads = loss.backward();
+        let t_backward = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let grads = GradientsParams::from_grads(grads, &model);
+        model = optimizer.step(1e-5, model, grads);
+        let t_optim = started.elapsed().as_secs_f64();
+        eprintln!(
+            "step {step}: forward {t_forward:.2} s, backward {t_backward:.2} s, AdamW {t_optim:.2} s"
+        );
+        if step > 0 {
+            forward += t_forward / steps as f64;
+            backward += t_backward / steps as f64;
+            optim += t_optim / steps as f64;
+            loss_value = loss.into_scalar();
+        }
+    }
+    let total = forward + backward + optim;
+    println!(
+        "{{\"batch\": {batch}, \"seq_len\": {len}, \"forward_s\": {forward:.3}, \
+         \"backward_s\": {backward:.3}, \"optimizer_s\": {optim:.3}, \"step_s\": {total:.3}, \
+         \"tok_s\": {:.1}, \"loss\": {loss_value:.4}, \"peak_mb\": {:.0}}}",
+        (batch * len) as f64 / total,
+        peak_rss_mb()
+    );
+}
