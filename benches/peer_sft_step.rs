@@ -3,8 +3,9 @@
 //! and a `T − 1`-token response per row, so the NLL covers the `T − 1` next-token predictions
 //! of a `T`-token sequence, as a causal-LM loss does), the NLL through the chunked closed-form
 //! log-prob kernel, backward, and an AdamW step. Prints one JSON line with the mean time of
-//! each phase over the measured steps (after one warm-up step), tokens/s (`B·T` per step) and
-//! the peak resident memory.
+//! each phase over the measured steps (after one warm-up step), the loss before any update
+//! (the same computation as the PyTorch script's), tokens/s (`B·T` per step) and the peak
+//! resident memory. AdamW runs with burn's defaults (weight decay 1e-4), learning rate 1e-5.
 //!
 //! usage: peer_sft_step BATCH SEQ_LEN [STEPS]
 
@@ -62,6 +63,7 @@ fn main() {
         let loss = log_probs.sum().neg() / sequences.response_tokens() as f64;
         let t_forward = started.elapsed().as_secs_f64();
         let started = Instant::now();
+        let loss_now = loss.clone();
         let grads = loss.backward();
         let t_backward = started.elapsed().as_secs_f64();
         let started = Instant::now();
@@ -71,11 +73,12 @@ fn main() {
         eprintln!(
             "step {step}: forward {t_forward:.2} s, backward {t_backward:.2} s, AdamW {t_optim:.2} s"
         );
-        if step > 0 {
+        if step == 0 {
+            loss_value = loss_now.into_scalar();
+        } else {
             forward += t_forward / steps as f64;
             backward += t_backward / steps as f64;
             optim += t_optim / steps as f64;
-            loss_value = loss.into_scalar();
         }
     }
     let total = forward + backward + optim;

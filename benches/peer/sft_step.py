@@ -2,9 +2,12 @@
 same token ids as `benches/peer_sft_step.rs`: forward with the causal-LM loss (NLL of the T − 1
 next-token predictions of each T-token row), backward, AdamW step. One configuration per
 process; prints one JSON line with the mean time of each phase over the measured steps (after
-one warm-up step), tokens/s (B·T per step) and the peak resident memory.
+one warm-up step), the loss before any update, tokens/s (B·T per step) and the peak resident
+memory.
 
 usage: python3 benches/peer/sft_step.py BATCH SEQ_LEN THREADS [STEPS]
+With PROFILE=1 in the environment, one more step runs under torch.profiler and its ten largest
+ops by self CPU time go to stderr.
 Needs `pip install torch transformers gguf`.
 """
 import json
@@ -33,7 +36,7 @@ def main():
     model.train()
     vocab = model.config.vocab_size
     ids = torch.tensor([row(b, length, vocab) for b in range(batch)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)  # burn's default
     forward = backward = optim = 0.0
     loss_value = 0.0
     for step in range(steps + 1):
@@ -49,11 +52,20 @@ def main():
         t_optim = time.perf_counter() - started
         print(f"step {step}: forward {t_forward:.2f} s, backward {t_backward:.2f} s, "
               f"AdamW {t_optim:.2f} s", file=sys.stderr)
-        if step > 0:
+        if step == 0:
+            loss_value = loss.item()
+        else:
             forward += t_forward / steps
             backward += t_backward / steps
             optim += t_optim / steps
-            loss_value = loss.item()
+    if os.environ.get("PROFILE"):
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10),
+              file=sys.stderr)
     total = forward + backward + optim
     print(json.dumps({
         "batch": batch, "seq_len": length, "forward_s": round(forward, 3),

@@ -76,7 +76,8 @@ impl SequenceBatch {
         Self::new(contexts, self.responses.clone())
     }
 
-    /// Rows `range` as a batch of their own (a micro-batch; its widths are its own).
+    /// Rows `range` as a batch of their own (a micro-batch; its widths are its own). Panics
+    /// when `range` is out of bounds; errors when its rows have no response token.
     pub fn rows(&self, range: Range<usize>) -> Result<Self> {
         Self::new(
             self.contexts[range.clone()].to_vec(),
