@@ -5,7 +5,7 @@
 //! the policy's own log-probability (temperature 1, what OPD and importance ratios need) and
 //! the log-probability under the processed distribution it was drawn from, and is
 //! reproducible per row. [`RolloutBatch::sequences`] puts the samples in the shared
-//! [`opd_policy::SequenceBatch`] layout, in which [`score`] recomputes log-probs (and top-k)
+//! [`opd_policy::SequenceBatch`] layout, in which [`score()`] recomputes log-probs (and top-k)
 //! of the responses under any policy and context, as `[B, R]` tensors.
 //!
 //! ```no_run
