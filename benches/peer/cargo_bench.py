@@ -1,5 +1,5 @@
 """Builds a Rust bench binary of the workspace with `cargo bench --no-run` and returns its path,
-for the peer comparison scripts in this folder."""
+and runs one configuration of a bench or peer script, for the comparison scripts in this folder."""
 import json
 import os
 import subprocess
@@ -19,3 +19,12 @@ def rust_binary(package, bench, features=""):
             if msg.get("executable"):
                 return msg["executable"]
     raise SystemExit(f"{bench} bench binary not found")
+
+
+def run_json(cmd, env):
+    """Runs `cmd` from the repository root and returns the JSON object on its last stdout line;
+    exits with its stderr when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

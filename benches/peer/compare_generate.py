@@ -8,21 +8,13 @@ Needs `pip install torch transformers gguf accelerate` and scripts/fetch-smollm2
 (`--features openblas` also `apt install libopenblas-dev`).
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-from cargo_bench import ROOT, rust_binary
+from cargo_bench import run_json, rust_binary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def run(cmd, env):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -40,8 +32,8 @@ def main():
           "| hf decode tok/s | ratio | opd no-cache tok/s | opd peak MB | hf peak MB |")
     print("|" + "---|" * 12)
     for batch in args.batches:
-        ours = run([binary, str(batch), str(args.new_tokens), str(args.no_cache_steps)], env)
-        theirs = run([sys.executable, os.path.join(HERE, "generate.py"), str(batch),
+        ours = run_json([binary, str(batch), str(args.new_tokens), str(args.no_cache_steps)], env)
+        theirs = run_json([sys.executable, os.path.join(HERE, "generate.py"), str(batch),
                       str(args.new_tokens), str(args.threads)], env)
         ratio = lambda key: ours[key] / theirs[key]
         print(f"| {batch} | {ours['prompt_len']} | {args.new_tokens} | {ours['prefill_tok_s']:.0f} | "

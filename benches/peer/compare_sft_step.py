@@ -8,21 +8,13 @@ usage: python3 benches/peer/compare_sft_step.py [--threads 2] [--configs 2x128 8
 Needs `pip install torch transformers gguf accelerate` and scripts/fetch-smollm2.sh.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-from cargo_bench import ROOT, rust_binary
+from cargo_bench import run_json, rust_binary
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def run(cmd, env):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -40,8 +32,8 @@ def main():
     print("|" + "---|" * 10)
     for config in args.configs:
         batch, length = config.split("x")
-        ours = run([binary, batch, length, str(args.steps)], env)
-        theirs = run([sys.executable, os.path.join(HERE, "sft_step.py"), batch, length,
+        ours = run_json([binary, batch, length, str(args.steps)], env)
+        theirs = run_json([sys.executable, os.path.join(HERE, "sft_step.py"), batch, length,
                       str(args.threads), str(args.steps)], env)
         phases = lambda r: f"{r['forward_s']:.2f} / {r['backward_s']:.2f} / {r['optimizer_s']:.2f}"
         print(f"| {batch} × {length} | {ours['tok_s']:.1f} | {theirs['tok_s']:.1f} | "

@@ -256,6 +256,24 @@ impl<B: Backend> Llama<B> {
         model
     }
 
+    /// Whether any linear layer carries a LoRA adapter.
+    pub fn has_adapters(&self) -> bool {
+        self.layers.iter().any(|block| {
+            let (attn, mlp) = (&block.self_attn, &block.mlp);
+            [
+                &attn.q_proj,
+                &attn.k_proj,
+                &attn.v_proj,
+                &attn.o_proj,
+                &mlp.gate_proj,
+                &mlp.up_proj,
+                &mlp.down_proj,
+            ]
+            .iter()
+            .any(|linear| linear.lora.is_some())
+        })
+    }
+
     /// Folds every enabled adapter into its base weight (`W ← W + (α/r)·A·B`).
     pub fn merge_adapters(mut self) -> Self {
         for block in &mut self.layers {

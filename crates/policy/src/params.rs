@@ -3,8 +3,11 @@
 //! Tensors in burn are immutable values, so a snapshot is a clone that shares storage until
 //! the student's optimizer replaces its parameters: it costs no copy.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Tensor, backend::Backend};
+use std::any::Any;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::error::{PolicyError, Result};
 
@@ -13,72 +16,136 @@ pub fn frozen<B: Backend, M: Module<B>>(module: &M) -> M {
     module.clone().no_grad()
 }
 
-/// Collects every float parameter in visit order: its shape and its values, flattened.
-struct Flatten<B: Backend>(Vec<(Vec<usize>, Tensor<B, 1>)>);
+/// The EMA rate `η`: the weight of the **student** in `θ_T ← (1 − η)·θ_T + η·θ_S` (SDPO uses
+/// η = 0.05). `η = 0` keeps the teacher, `η = 1` copies the student. There is deliberately no
+/// `decay = 1 − η` alongside it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EmaRate(f64);
 
-impl<B: Backend> ModuleVisitor<B> for Flatten<B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let value = param.val();
-        self.0.push((value.dims().to_vec(), value.reshape([-1])));
+impl EmaRate {
+    /// The rate `η ∈ [0, 1]`; an error outside it.
+    pub fn new(eta: f64) -> Result<Self> {
+        if (0.0..=1.0).contains(&eta) {
+            Ok(Self(eta))
+        } else {
+            Err(PolicyError::InvalidArgument(format!(
+                "EMA rate η = {eta} is outside [0, 1] (η is the student's weight)"
+            )))
+        }
+    }
+
+    /// `η`.
+    pub fn eta(self) -> f64 {
+        self.0
     }
 }
 
-/// Replaces each parameter `θ_T` by `decay·θ_T + (1 − decay)·θ_S`.
-struct Average<B: Backend> {
-    student: std::vec::IntoIter<Tensor<B, 1>>,
-    decay: f64,
+/// One parameter of the student: its shape and, when it takes part, its tensor (type-erased
+/// to keep its rank; never reshaped, so a transposed view is not copied).
+type Entry = (Vec<usize>, Option<Box<dyn Any>>);
+
+/// Collects every float parameter of a plain module.
+struct Every(Vec<Entry>);
+
+impl<B: Backend> ModuleVisitor<B> for Every {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        self.0.push((value.dims().to_vec(), Some(Box::new(value))));
+    }
 }
 
-impl<B: Backend> ModuleMapper<B> for Average<B> {
+/// Collects the inner tensors of an autodiff module's parameters that require grad.
+struct Trainable(Vec<Entry>);
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Trainable {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        let dims = value.dims().to_vec();
+        let inner = value.is_require_grad().then(|| {
+            let inner: Box<dyn Any> = Box::new(value.inner());
+            inner
+        });
+        self.0.push((dims, inner));
+    }
+}
+
+/// Shapes of every float parameter of a module.
+struct Shapes(Vec<Vec<usize>>);
+
+impl<B: Backend> ModuleVisitor<B> for Shapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().dims().to_vec());
+    }
+}
+
+/// Replaces each teacher parameter `θ_T` by `(1 − η)·θ_T + η·θ_S` where the student's entry
+/// takes part, and keeps it (shared, not copied) where it does not.
+struct Mix {
+    student: std::vec::IntoIter<Entry>,
+    eta: f64,
+}
+
+impl<B: Backend> ModuleMapper<B> for Mix {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, teacher, mapper) = param.consume();
-        let mixed = match self.student.next() {
-            Some(student) => {
-                let student = student.reshape(teacher.dims());
-                teacher.mul_scalar(self.decay) + student.mul_scalar(1.0 - self.decay)
-            }
-            // Unreachable: `ema_update` checked that the parameters line up.
-            None => teacher,
+        let student = self
+            .student
+            .next()
+            .and_then(|(_, s)| s)
+            .and_then(|s| s.downcast::<Tensor<B, D>>().ok());
+        // `None`: a frozen parameter, or (unreachable) a mismatch the caller already checked.
+        let Some(student) = student else {
+            return param;
         };
+        let (id, teacher, mapper) = param.consume();
+        let mixed = teacher.mul_scalar(1.0 - self.eta) + student.mul_scalar(self.eta);
         Param::from_mapped_value(id, mixed.detach(), mapper)
     }
 }
 
-/// The exponential moving average step of a teacher:
-/// `θ_T ← decay·θ_T + (1 − decay)·θ_S` for every parameter, matched by position in the module.
-///
-/// Errors when `decay` is not in `[0, 1]` or when the two modules' parameters do not have the
-/// same count and shapes (say, a teacher of another architecture); the teacher is then lost,
-/// so check with a clone when it must survive.
-pub fn ema_update<B: Backend, M: Module<B>>(teacher: M, student: &M, decay: f64) -> Result<M> {
-    if !(0.0..=1.0).contains(&decay) {
-        return Err(PolicyError::InvalidArgument(format!(
-            "EMA decay {decay} is outside [0, 1]"
-        )));
-    }
-    let (mut from_teacher, mut from_student) = (Flatten(Vec::new()), Flatten(Vec::new()));
-    teacher.visit(&mut from_teacher);
-    student.visit(&mut from_student);
-    let (count_t, count_s) = (from_teacher.0.len(), from_student.0.len());
+/// Checks that the teacher's parameters line up with the student's, then mixes them.
+fn mix<B: Backend, M: Module<B>>(teacher: M, student: Vec<Entry>, rate: EmaRate) -> Result<M> {
+    let mut shapes = Shapes(Vec::new());
+    teacher.visit(&mut shapes);
+    let (count_t, count_s) = (shapes.0.len(), student.len());
     if count_t != count_s {
         return Err(PolicyError::ParameterMismatch(format!(
             "the teacher has {count_t} parameter tensors, the student {count_s}"
         )));
     }
-    let shapes = from_teacher.0.iter().zip(&from_student.0);
-    if let Some((index, ((t, _), (s, _)))) = shapes.enumerate().find(|(_, ((t, _), (s, _)))| t != s)
-    {
+    let pairs = shapes.0.iter().zip(&student).enumerate();
+    if let Some((index, (t, (s, _)))) = pairs.into_iter().find(|(_, (t, (s, _)))| *t != s) {
         return Err(PolicyError::ParameterMismatch(format!(
             "parameter {index} has shape {t:?} in the teacher, {s:?} in the student"
         )));
     }
-    let student: Vec<_> = from_student
-        .0
-        .into_iter()
-        .map(|(_, values)| values)
-        .collect();
-    Ok(teacher.map(&mut Average {
+    Ok(teacher.map(&mut Mix {
         student: student.into_iter(),
-        decay,
+        eta: rate.eta(),
     }))
+}
+
+/// The exponential moving average step of a teacher, `θ_T ← (1 − η)·θ_T + η·θ_S` for every
+/// parameter, matched by position in the module. Parameters are read in their own layout
+/// (no reshape, so no copy of a transposed view); each mixed parameter costs one temporary.
+///
+/// Errors when the two modules' parameters do not have the same count and shapes (say, a
+/// teacher of another architecture); the teacher is then lost, so check with a clone when it
+/// must survive.
+pub fn ema_update<B: Backend, M: Module<B>>(teacher: M, student: &M, rate: EmaRate) -> Result<M> {
+    let mut every = Every(Vec::new());
+    student.visit(&mut every);
+    mix(teacher, every.0, rate)
+}
+
+/// [`ema_update`] of a no-grad teacher from an autodiff student, on the student's trainable
+/// parameters only: those that do not require grad (a LoRA student's frozen base) stay the
+/// teacher's own, shared and not recomputed, so an update costs the adapters' size.
+pub fn ema_update_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(
+    teacher: M::InnerModule,
+    student: &M,
+    rate: EmaRate,
+) -> Result<M::InnerModule> {
+    let mut trainable = Trainable(Vec::new());
+    student.visit(&mut trainable);
+    mix(teacher, trainable.0, rate)
 }

@@ -90,7 +90,8 @@ fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
     let teacher = Llama::<B>::init(&config, 8, &Default::default());
     let student = Llama::<B>::init(&config, 15, &Default::default());
     let snapshot = params::frozen(&teacher);
-    let mixed = params::ema_update(teacher.clone(), &student, 0.9).unwrap();
+    let rate = |eta| params::EmaRate::new(eta).unwrap();
+    let mixed = params::ema_update(teacher.clone(), &student, rate(0.1)).unwrap();
     let get = |m: &Llama<B>| m.layers[1].self_attn.k_proj.base.weight.val();
     let expected = get(&teacher) * 0.9 + get(&student) * 0.1;
     assert!(common::max_diff(expected, get(&mixed)) < 1e-6);
@@ -107,27 +108,28 @@ fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
     let expected = bias(&teacher) * 0.9 + bias(&student) * 0.1;
     assert!(common::max_diff(expected, bias(&mixed)) < 1e-6);
     assert_eq!(common::max_diff(get(&snapshot), get(&teacher)), 0.0);
-    // decay = 1 keeps the teacher, decay = 0 copies the student.
-    let kept = params::ema_update(teacher.clone(), &student, 1.0).unwrap();
+    // η = 0 keeps the teacher, η = 1 copies the student.
+    let kept = params::ema_update(teacher.clone(), &student, rate(0.0)).unwrap();
     assert!(common::max_diff(kept.logits(probe(), &[0]), teacher.logits(probe(), &[0])) < 1e-6);
-    let copied = params::ema_update(teacher, &student, 0.0).unwrap();
+    let copied = params::ema_update(teacher, &student, rate(1.0)).unwrap();
     assert!(common::max_diff(copied.logits(probe(), &[0]), student.logits(probe(), &[0])) < 1e-6);
 }
 
-/// A teacher of another architecture, or a decay outside [0, 1], is a typed error.
+/// A teacher of another architecture, or a rate outside [0, 1], is a typed error.
 #[test]
-fn ema_update_rejects_mismatched_models_and_bad_decay() {
+fn ema_update_rejects_mismatched_models_and_bad_rates() {
     let device = Default::default();
     let student = Llama::<B>::init(&common::tiny(Architecture::Qwen2, false), 1, &device);
     let other = Llama::<B>::init(&common::tiny(Architecture::Llama, false), 2, &device);
-    let err = params::ema_update(other, &student, 0.9).unwrap_err();
+    let rate = params::EmaRate::new(0.1).unwrap();
+    let err = params::ema_update(other, &student, rate).unwrap_err();
     assert!(matches!(err, PolicyError::ParameterMismatch(_)), "{err}");
     let mut wider = common::tiny(Architecture::Qwen2, false);
     wider.intermediate_size += 8;
     let wider = Llama::<B>::init(&wider, 3, &device);
-    let err = params::ema_update(wider, &student, 0.9).unwrap_err();
+    let err = params::ema_update(wider, &student, rate).unwrap_err();
     assert!(err.to_string().contains("shape"), "{err}");
-    let err = params::ema_update(student.clone(), &student, 1.5).unwrap_err();
+    let err = params::EmaRate::new(1.5).unwrap_err();
     assert!(matches!(err, PolicyError::InvalidArgument(_)), "{err}");
 }
 

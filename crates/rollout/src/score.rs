@@ -7,26 +7,29 @@
 //! Scoring records no gradient: call it on a model of a plain backend (an autodiff model's
 //! `valid()` copy), where the fast CPU kernels run.
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use opd_policy::{Policy, SequenceBatch};
 
-use crate::error::Result;
+use crate::error::{Result, RolloutError};
 use crate::sampler::log_sum_exp;
 
 /// How to score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoreOptions {
-    /// Sequences per forward pass.
+    /// Sequences per forward pass: memory grows as `micro_batch · R · V` logits.
     pub micro_batch: usize,
     /// Also return the `k` most likely tokens of each position (0: none).
     pub top_k: usize,
+    /// Temperature `τ` of the scored distribution, `log softmax(z / τ)`; 1 is the policy itself.
+    pub temperature: f64,
 }
 
 impl Default for ScoreOptions {
     fn default() -> Self {
         Self {
-            micro_batch: 8,
+            micro_batch: 4,
             top_k: 0,
+            temperature: 1.0,
         }
     }
 }
@@ -109,54 +112,77 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 /// Scores every response token of `batch` under `policy` (the sampling policy, π_old, a
-/// teacher in its own contexts, …), `options.micro_batch` rows per forward pass. Only the
-/// response positions go through the output head, one row at a time, so memory stays at
-/// `O(R · V)` beyond the forward.
+/// teacher in its own contexts, …), `options.micro_batch` rows per forward pass: `log
+/// softmax(z / τ)` at each response token, and its top-k.
 ///
-/// Errors when an id is outside the vocabulary or the rows do not fit the context.
+/// Errors when an id is outside the vocabulary, the rows do not fit the context, or the
+/// temperature is not positive.
 pub fn score<B: Backend, P: Policy<B>>(
     policy: &P,
     batch: &SequenceBatch,
     options: ScoreOptions,
 ) -> Result<Scores<B>> {
-    let vocab = policy.vocab_size();
-    batch.check(vocab, policy.max_context())?;
+    batch.check(policy.vocab_size(), policy.max_context())?;
+    score_by(batch, options, |rows| Ok(policy.response_logits(rows)?))
+}
+
+/// [`score`] with the logits of each micro-batch from `logits(rows)` (`[m, R_m, V]` in the
+/// rows' own layout): for a teacher whose logits combine several forwards.
+pub fn score_by<B: Backend>(
+    batch: &SequenceBatch,
+    options: ScoreOptions,
+    mut logits: impl FnMut(&SequenceBatch) -> Result<Tensor<B, 3>>,
+) -> Result<Scores<B>> {
+    let tau = options.temperature;
+    if !(tau.is_finite() && tau > 0.0) {
+        return Err(RolloutError::InvalidParameter {
+            field: "temperature",
+            value: tau.to_string(),
+            expected: "finite and > 0 for scoring",
+        });
+    }
     let (rows, width) = (batch.len(), batch.response_width());
-    let k = options.top_k.min(vocab);
-    let mut logprobs = vec![0.0f32; rows * width];
-    let mut top_ids = vec![0i64; rows * width * k];
-    let mut top_lps = vec![f32::NEG_INFINITY; rows * width * k];
     let micro = options.micro_batch.max(1);
+    let mut logprobs = vec![0.0f32; rows * width];
+    let (mut k, mut top_ids, mut top_lps, mut device) = (0, Vec::new(), Vec::new(), None);
     for start in (0..rows).step_by(micro) {
         let end = (start + micro).min(rows);
         if batch.responses()[start..end].iter().all(Vec::is_empty) {
             continue;
         }
-        let hidden = policy.response_hidden(&batch.rows(start..end)?)?;
+        let sub = batch.rows(start..end)?;
+        let out = logits(&sub)?;
+        let [_, sub_width, vocab] = out.dims();
+        if device.is_none() {
+            k = options.top_k.min(vocab);
+            top_ids = vec![0i64; rows * width * k];
+            top_lps = vec![f32::NEG_INFINITY; rows * width * k];
+            device = Some(out.device());
+        }
+        let values = host(out);
         for (row_in_micro, b) in (start..end).enumerate() {
             let response = &batch.responses()[b];
-            if response.is_empty() {
-                continue;
-            }
-            let row_hidden =
-                hidden
-                    .clone()
-                    .slice(s![row_in_micro..row_in_micro + 1, 0..response.len(), ..]);
-            let logits = host(policy.project(row_hidden));
-            for (t, (row, &token)) in logits.chunks_exact(vocab).zip(response).enumerate() {
+            for (t, &token) in response.iter().enumerate() {
+                let at = (row_in_micro * sub_width + t) * vocab;
+                let row = &values[at..at + vocab];
+                let scaled: Vec<f32>;
+                let row = if tau == 1.0 {
+                    row
+                } else {
+                    scaled = row.iter().map(|&z| (z as f64 / tau) as f32).collect();
+                    &scaled
+                };
                 let p = b * width + t;
                 let (lse, _) = log_sum_exp(row);
                 logprobs[p] = (row[token as usize] as f64 - lse) as f32;
-                if k > 0 {
-                    for (j, id) in top_indices(row, k).into_iter().enumerate() {
-                        top_ids[p * k + j] = id as i64;
-                        top_lps[p * k + j] = (row[id] as f64 - lse) as f32;
-                    }
+                for (j, id) in top_indices(row, k).into_iter().enumerate() {
+                    top_ids[p * k + j] = id as i64;
+                    top_lps[p * k + j] = (row[id] as f64 - lse) as f32;
                 }
             }
         }
     }
-    let device = policy.devices().into_iter().next().unwrap_or_default();
+    let device = device.unwrap_or_default();
     let top_k = (k > 0).then(|| TopK {
         ids: Tensor::from_data(TensorData::new(top_ids, [rows, width, k]), &device),
         log_probs: Tensor::from_data(TensorData::new(top_lps, [rows, width, k]), &device),
@@ -169,6 +195,9 @@ pub fn score<B: Backend, P: Policy<B>>(
 
 /// Indices of the `k` largest entries of `row`, largest first.
 fn top_indices(row: &[f32], k: usize) -> Vec<usize> {
+    if k == 0 {
+        return Vec::new();
+    }
     let mut ids: Vec<usize> = (0..row.len()).collect();
     let order = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]);
     ids.select_nth_unstable_by(k - 1, order);

@@ -1,6 +1,6 @@
 //! Generation on tiny random models (exact properties) and on SmolLM2 (real text).
 
-use std::path::PathBuf;
+mod common;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -136,6 +136,7 @@ fn recorded_log_probs_equal_the_scores_of_a_full_forward() {
         ScoreOptions {
             micro_batch: 4,
             top_k: 3,
+            ..ScoreOptions::default()
         },
     )
     .unwrap()
@@ -359,13 +360,7 @@ fn bad_parameters_and_prompts_are_typed_errors() {
 
 #[test]
 fn smollm2_samples_are_well_formed_and_reproducible() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
+    let path = common::smollm2_path();
     let (model, tok) = opd_policy::load::<B>(&path, &Default::default()).unwrap();
     let text = tok
         .apply_chat_template(&[Message::user("Write one sentence about the sea.")], true)

@@ -4,7 +4,7 @@
 //! 359 tokens: max |Δ| 2.2e-5, mean 3.5e-6 (training forward); 1.8e-5 and 2.0e-6 (`score`).
 //! The bound below, max 2e-4 and mean 2e-5, leaves about a 6× margin.
 
-use std::path::PathBuf;
+mod common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -30,13 +30,7 @@ fn deltas(recorded: &[Vec<f32>], other: &[f32], width: usize) -> (f32, f32, usiz
 
 #[test]
 fn sampled_log_probs_match_the_training_forward_on_smollm2() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
+    let path = common::smollm2_path();
     let (student, tok) = opd_policy::load::<A>(&path, &Default::default()).unwrap();
     // Rollouts run on the no-grad copy (same weights, fast kernels).
     let rollout_model = student.valid();

@@ -1,0 +1,54 @@
+//! The EMA teacher: a slow average of the student's weights.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use opd_policy::params::{EmaRate, ema_update_trainable};
+use opd_policy::{Llama, Policy, SequenceBatch};
+
+use crate::error::Result;
+use crate::output::{Request, TeacherOutput};
+use crate::teacher::{InnerLlama, Teacher, respond};
+
+/// **EMA** teacher: starts as the student and after each optimizer step moves
+/// `θ_T ← (1 − η)·θ_T + η·θ` (SDPO: η = 0.05). After `k` steps,
+/// `θ_T = (1 − η)^k θ_0 + Σ_{j=1..k} η (1 − η)^{k−j} θ_j`.
+///
+/// Only the student's trainable parameters are averaged; with LoRA those are the adapters
+/// `A` and `B`, averaged separately (so the teacher's update is `(ĀB̄)·α/r`, not the average of
+/// the products), and the frozen base stays shared with the student.
+#[derive(Debug, Clone)]
+pub struct Ema<B: AutodiffBackend> {
+    model: InnerLlama<B>,
+    rate: EmaRate,
+}
+
+impl<B: AutodiffBackend> Ema<B> {
+    /// An EMA teacher starting at `student`'s current weights.
+    pub fn new(student: &Llama<B>, rate: EmaRate) -> Self {
+        Self {
+            model: student.valid(),
+            rate,
+        }
+    }
+
+    /// The teacher's current weights.
+    pub fn model(&self) -> &InnerLlama<B> {
+        &self.model
+    }
+}
+
+impl<B: AutodiffBackend> Teacher<B> for Ema<B> {
+    fn outputs(
+        &self,
+        _student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>> {
+        respond(batch, request, |rows| self.model.response_logits(rows))
+    }
+
+    fn after_step(&mut self, student: &Llama<B>) -> Result<()> {
+        self.model = ema_update_trainable(self.model.clone(), student, self.rate)?;
+        Ok(())
+    }
+}

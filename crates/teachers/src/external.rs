@@ -1,0 +1,60 @@
+//! An external teacher: another model with the student's tokenizer (OPD).
+
+use burn::tensor::backend::AutodiffBackend;
+use opd_policy::{ChatTokenizer, Llama, Policy, SequenceBatch};
+
+use crate::error::{Result, TeacherError};
+use crate::output::{Request, TeacherOutput};
+use crate::teacher::{InnerLlama, Teacher, respond};
+
+/// **External** teacher: another model, `θ_T` fixed, scoring the student's tokens (OPD). It
+/// must share the student's vocabulary token for token, since it scores the student's ids.
+#[derive(Debug, Clone)]
+pub struct External<B: AutodiffBackend> {
+    model: InnerLlama<B>,
+}
+
+impl<B: AutodiffBackend> External<B> {
+    /// The teacher `model` with its tokenizer, checked against the student's: a different
+    /// vocabulary size or any differing token is an error naming both sizes and the first
+    /// differing token; different special tokens (BOS, EOS, padding) are a warning.
+    pub fn new(
+        model: InnerLlama<B>,
+        tokenizer: &ChatTokenizer,
+        student: &Llama<B>,
+        student_tokenizer: &ChatTokenizer,
+    ) -> Result<Self> {
+        let (teacher_size, student_size) = (model.vocab_size(), student.vocab_size());
+        let token = |t: &ChatTokenizer, id: u32| t.inner.id_to_token(id).unwrap_or_default();
+        let first_difference = (0..teacher_size.min(student_size) as u32)
+            .find(|&id| token(tokenizer, id) != token(student_tokenizer, id))
+            .map(|id| (id, token(tokenizer, id), token(student_tokenizer, id)));
+        if teacher_size != student_size || first_difference.is_some() {
+            return Err(TeacherError::VocabularyMismatch {
+                teacher: teacher_size,
+                student: student_size,
+                first_difference,
+            });
+        }
+        if tokenizer.special != student_tokenizer.special {
+            tracing::warn!(
+                "the teacher's special tokens {:?} differ from the student's {:?}; it scores \
+                 the student's ids with the student's chat template",
+                tokenizer.special,
+                student_tokenizer.special
+            );
+        }
+        Ok(Self { model })
+    }
+}
+
+impl<B: AutodiffBackend> Teacher<B> for External<B> {
+    fn outputs(
+        &self,
+        _student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>> {
+        respond(batch, request, |rows| self.model.response_logits(rows))
+    }
+}

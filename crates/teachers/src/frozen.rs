@@ -1,0 +1,71 @@
+//! The student's own weights as teachers: frozen at the start, or current.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use opd_policy::{Llama, Policy, SequenceBatch};
+
+use crate::error::Result;
+use crate::output::{Request, TeacherOutput};
+use crate::teacher::{InnerLlama, Teacher, respond};
+
+/// **Frozen initial** teacher: `θ_T = θ_0`, the student's weights when the teacher was built
+/// (OPSD's teacher). Without adapters it keeps a snapshot, which shares storage with the
+/// student until the student's first optimizer step and costs one copy of the weights after
+/// it. With LoRA the base model is frozen anyway: the teacher is the student with its
+/// adapters switched off, and costs nothing.
+#[derive(Debug, Clone)]
+pub struct FrozenInitial<B: AutodiffBackend> {
+    snapshot: Option<InnerLlama<B>>,
+}
+
+impl<B: AutodiffBackend> FrozenInitial<B> {
+    /// The frozen teacher of `student` as it is now.
+    pub fn new(student: &Llama<B>) -> Self {
+        Self {
+            snapshot: (!student.has_adapters()).then(|| student.valid()),
+        }
+    }
+
+    /// Whether it holds a snapshot (`false`: LoRA adapters off, no copy).
+    pub fn is_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The teacher's model for the student as it is now.
+    pub fn model(&self, student: &Llama<B>) -> InnerLlama<B> {
+        match &self.snapshot {
+            Some(model) => model.clone(),
+            None => student.valid().with_adapters_enabled(false),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Teacher<B> for FrozenInitial<B> {
+    fn outputs(
+        &self,
+        student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>> {
+        let model = self.model(student);
+        respond(batch, request, |rows| model.response_logits(rows))
+    }
+}
+
+/// **Current** teacher: `θ_T = sg(θ)`, the student's weights at every step, stop-gradient.
+/// The least stable choice for self-distillation (the target moves with every step); OPSD's
+/// code uses it by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Current;
+
+impl<B: AutodiffBackend> Teacher<B> for Current {
+    fn outputs(
+        &self,
+        student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>> {
+        let model = student.valid();
+        respond(batch, request, |rows| model.response_logits(rows))
+    }
+}

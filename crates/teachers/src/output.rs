@@ -1,0 +1,149 @@
+//! What a teacher is asked for and what it returns: its distribution at every response
+//! position of the student's batch, in the support the loss needs, as constants.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor};
+
+use crate::error::{Result, TeacherError};
+
+/// The support of the teacher's distribution the loss needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Full logits `[B, R, V]`: full-vocabulary divergences, or a top-k support chosen by
+    /// the loss (the student's top-k, as SDPO's code does).
+    Logits,
+    /// The teacher's `k` most likely tokens and their log-probs `[B, R, k]`; the tail bucket is
+    /// `1 − Σ exp(log-probs)`.
+    TopK(usize),
+    /// `log p_T(ŷ_t)` of each sampled token `[B, R]`: sampled-token estimators and OPD's
+    /// per-token advantage.
+    SampledToken,
+}
+
+/// A request to a teacher: the support and the temperature `τ` of `p_T = softmax(z_T / τ)`,
+/// which must be the loss's own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Request {
+    /// What to return.
+    pub support: Support,
+    /// Temperature of the teacher's distribution (the loss's temperature).
+    pub temperature: f64,
+    /// Rows per teacher forward for the top-k and sampled-token supports: memory grows as
+    /// `micro_batch · R · V` logits.
+    pub micro_batch: usize,
+}
+
+impl Request {
+    /// A request for `support` at temperature `τ`, 4 rows per forward.
+    pub fn new(support: Support, temperature: f64) -> Result<Self> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(TeacherError::InvalidArgument {
+                name: "temperature",
+                value: temperature.to_string(),
+                expected: "finite and > 0",
+            });
+        }
+        Ok(Self {
+            support,
+            temperature,
+            micro_batch: 4,
+        })
+    }
+}
+
+/// The teacher's distribution at every response position, in the student's `[B, R]` layout,
+/// on the student's backend as constants (no graph: gradients never reach a teacher).
+/// Padding positions hold zeros (top-k: id 0 and −∞); the response mask says which count.
+#[derive(Debug, Clone)]
+pub enum TeacherOutput<B: AutodiffBackend> {
+    /// Raw logits `z_T` `[B, R, V]`, to be used at `temperature`.
+    Logits {
+        /// The logits.
+        logits: Tensor<B, 3>,
+        /// The temperature they were requested at.
+        temperature: f64,
+    },
+    /// Top-k ids and `log softmax(z_T / τ)` at them, `[B, R, k]`, most likely first.
+    TopK {
+        /// Token ids.
+        ids: Tensor<B, 3, Int>,
+        /// Their log-probs at `temperature`.
+        log_probs: Tensor<B, 3>,
+        /// `τ`.
+        temperature: f64,
+    },
+    /// `log softmax(z_T / τ)[ŷ_t]` of each response token, `[B, R]`.
+    SampledToken {
+        /// The log-probs.
+        log_probs: Tensor<B, 2>,
+        /// `τ`.
+        temperature: f64,
+    },
+}
+
+impl<B: AutodiffBackend> TeacherOutput<B> {
+    /// The temperature the output was computed at.
+    pub fn temperature(&self) -> f64 {
+        match self {
+            Self::Logits { temperature, .. }
+            | Self::TopK { temperature, .. }
+            | Self::SampledToken { temperature, .. } => *temperature,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Logits { .. } => "full logits",
+            Self::TopK { .. } => "a top-k",
+            Self::SampledToken { .. } => "sampled-token log-probs",
+        }
+    }
+
+    /// The teacher side of a divergence over `[B, R, V]` student logits evaluated at
+    /// `loss_temperature`: an error unless it is the temperature the teacher scored at, or if
+    /// the output holds sampled-token log-probs only.
+    pub fn into_divergence_teacher(
+        self,
+        loss_temperature: f64,
+    ) -> Result<opd_divergences::Teacher<B, 3>>
+    where
+        B: opd_divergences::DivergenceBackend,
+    {
+        let teacher = self.temperature();
+        if teacher != loss_temperature {
+            return Err(TeacherError::TemperatureMismatch {
+                teacher,
+                loss: loss_temperature,
+            });
+        }
+        match self {
+            Self::Logits { logits, .. } => Ok(opd_divergences::Teacher::Logits(logits)),
+            Self::TopK { ids, log_probs, .. } => {
+                Ok(opd_divergences::Teacher::TopK { ids, log_probs })
+            }
+            other => Err(TeacherError::WrongSupport {
+                have: other.name(),
+                want: "logits or a top-k",
+            }),
+        }
+    }
+
+    /// The sampled-token log-probs `[B, R]` at `loss_temperature`; an error for another
+    /// temperature or another support.
+    pub fn into_token_log_probs(self, loss_temperature: f64) -> Result<Tensor<B, 2>> {
+        let teacher = self.temperature();
+        if teacher != loss_temperature {
+            return Err(TeacherError::TemperatureMismatch {
+                teacher,
+                loss: loss_temperature,
+            });
+        }
+        match self {
+            Self::SampledToken { log_probs, .. } => Ok(log_probs),
+            other => Err(TeacherError::WrongSupport {
+                have: other.name(),
+                want: "sampled-token log-probs",
+            }),
+        }
+    }
+}

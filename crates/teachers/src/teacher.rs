@@ -1,0 +1,79 @@
+//! The [`Teacher`] trait, and how every strategy turns its logits into the requested support.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use opd_policy::{Llama, SequenceBatch};
+use opd_rollout::{ScoreOptions, score_by};
+
+use crate::error::{Result, TeacherError};
+use crate::output::{Request, Support, TeacherOutput};
+
+/// The model a teacher runs: the inner (no-grad) backend of the student's.
+pub type InnerLlama<B> = Llama<<B as AutodiffBackend>::InnerBackend>;
+
+/// A teacher scores the student's own responses.
+///
+/// `batch` holds the contexts the teacher reads (the student's, or privileged ones built with
+/// [`crate::privileged`]) and the student's exact response ids; the output is laid out
+/// `[B, R, ·]` like the student's logits of the same responses. It is computed on the inner
+/// backend (no graph, the fast CPU kernels) and returned as constants.
+pub trait Teacher<B: AutodiffBackend> {
+    /// The teacher's distribution at every response position of `batch`, in the support and
+    /// at the temperature of `request`. `student` is the student as it is now (the current
+    /// and trust-region teachers read its weights).
+    fn outputs(
+        &self,
+        student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>>;
+
+    /// Called after each optimizer step of the student (the EMA teacher moves here).
+    fn after_step(&mut self, _student: &Llama<B>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The requested support from a source of logits `[m, R_m, V]` for any rows of `batch`:
+/// full logits in one call, top-k and sampled-token log-probs `micro_batch` rows at a time.
+pub(crate) fn respond<B: AutodiffBackend>(
+    batch: &SequenceBatch,
+    request: &Request,
+    mut logits: impl FnMut(&SequenceBatch) -> opd_policy::Result<Tensor<B::InnerBackend, 3>>,
+) -> Result<TeacherOutput<B>> {
+    let temperature = request.temperature;
+    let top_k = match request.support {
+        Support::Logits => {
+            return Ok(TeacherOutput::Logits {
+                logits: Tensor::from_inner(logits(batch)?),
+                temperature,
+            });
+        }
+        Support::TopK(0) => {
+            return Err(TeacherError::InvalidArgument {
+                name: "top_k",
+                value: "0".into(),
+                expected: "at least 1 token",
+            });
+        }
+        Support::TopK(k) => k,
+        Support::SampledToken => 0,
+    };
+    let options = ScoreOptions {
+        micro_batch: request.micro_batch,
+        top_k,
+        temperature,
+    };
+    let scores = score_by(batch, options, |rows| Ok(logits(rows)?))?;
+    Ok(match scores.top_k {
+        Some(top) => TeacherOutput::TopK {
+            ids: Tensor::from_inner(top.ids),
+            log_probs: Tensor::from_inner(top.log_probs),
+            temperature,
+        },
+        None => TeacherOutput::SampledToken {
+            log_probs: Tensor::from_inner(scores.logprobs),
+            temperature,
+        },
+    })
+}
