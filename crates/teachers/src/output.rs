@@ -91,6 +91,19 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
         }
     }
 
+    /// An error unless the loss's temperature is the teacher's.
+    fn check_temperature(&self, loss_temperature: f64) -> Result<()> {
+        let teacher = self.temperature();
+        if teacher == loss_temperature {
+            Ok(())
+        } else {
+            Err(TeacherError::TemperatureMismatch {
+                teacher,
+                loss: loss_temperature,
+            })
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Self::Logits { .. } => "full logits",
@@ -109,13 +122,7 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
     where
         B: opd_divergences::DivergenceBackend,
     {
-        let teacher = self.temperature();
-        if teacher != loss_temperature {
-            return Err(TeacherError::TemperatureMismatch {
-                teacher,
-                loss: loss_temperature,
-            });
-        }
+        self.check_temperature(loss_temperature)?;
         match self {
             Self::Logits { logits, .. } => Ok(opd_divergences::Teacher::Logits(logits)),
             Self::TopK { ids, log_probs, .. } => {
@@ -131,13 +138,7 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
     /// The sampled-token log-probs `[B, R]` at `loss_temperature`; an error for another
     /// temperature or another support.
     pub fn into_token_log_probs(self, loss_temperature: f64) -> Result<Tensor<B, 2>> {
-        let teacher = self.temperature();
-        if teacher != loss_temperature {
-            return Err(TeacherError::TemperatureMismatch {
-                teacher,
-                loss: loss_temperature,
-            });
-        }
+        self.check_temperature(loss_temperature)?;
         match self {
             Self::SampledToken { log_probs, .. } => Ok(log_probs),
             other => Err(TeacherError::WrongSupport {
