@@ -1,6 +1,7 @@
 //! `opd generate`: load a model, render the prompt, sample, print the answers.
 
 use std::error::Error;
+use std::io::Write;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
@@ -44,6 +45,10 @@ pub struct GenerateArgs {
     /// Answers to sample.
     #[arg(long, default_value_t = 1)]
     n: usize,
+    /// Most answers decoded together; a larger --n runs in successive batches of this size
+    /// (same answers, bounded memory).
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -94,6 +99,7 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         min_p: args.min_p,
         max_new_tokens: args.max_new_tokens,
         n: args.n,
+        max_batch: args.max_batch,
         stop_token_ids: Vec::new(),
         stop_strings: args.stop_strings,
         seed: args.seed,
@@ -106,15 +112,20 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         bar.set_position(tokens as u64)
     })?;
     bar.finish_and_clear();
+    // Written through one lock and flushed, so that a closed or full stdout is an error to
+    // report (see `main`), not a panic.
+    let mut out = std::io::stdout().lock();
     for sample in &batch.samples {
         if args.n > 1 {
-            println!(
+            writeln!(
+                out,
                 "--- sample {} ({:?})",
                 sample.sample_index, sample.finish_reason
-            );
+            )?;
         }
-        println!("{}", sample.text);
+        writeln!(out, "{}", sample.text)?;
     }
+    out.flush()?;
     let stats = batch.stats;
     eprintln!(
         "{} prompt tokens in {:.2} s, {} tokens generated in {:.2} s ({:.1} tokens/s)",

@@ -17,21 +17,52 @@ pub fn load<B: Backend>(
     device: &B::Device,
 ) -> Result<(Llama<B>, ChatTokenizer)> {
     let path = path.as_ref();
-    if path.is_dir() {
+    let (model, tokenizer) = if path.is_dir() {
         let tokenizer = ChatTokenizer::from_hf_folder(path)?;
-        return Ok((Llama::from_hf_folder(path, device)?, tokenizer));
+        (Llama::from_hf_folder(path, device)?, tokenizer)
+    } else {
+        if !path.exists() {
+            return Err(PolicyError::Io {
+                path: path.to_path_buf(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let file = GgufFile::open(path)?;
+        (
+            Llama::from_gguf(&file, device)?,
+            ChatTokenizer::from_gguf(&file)?,
+        )
+    };
+    check_tokenizer(path, model.config.vocab_size, &tokenizer)?;
+    Ok((model, tokenizer))
+}
+
+/// The tokenizer must fit the model's output: its special ids inside the vocabulary (an EOS
+/// outside it would never be sampled, so generation would run past the turn), and no more
+/// tokens than the model has logits. Fewer is allowed: Qwen models pad their output.
+fn check_tokenizer(path: &Path, vocab: usize, tokenizer: &ChatTokenizer) -> Result<()> {
+    let corrupt = |detail: String| PolicyError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let special = &tokenizer.special;
+    let ids = special.eos.iter().map(|&id| ("EOS", id));
+    let ids = ids.chain(special.bos.map(|id| ("BOS", id)));
+    let ids = ids.chain(special.pad.map(|id| ("padding", id)));
+    for (what, id) in ids {
+        if id as usize >= vocab {
+            return Err(corrupt(format!(
+                "the {what} token id {id} is outside the model's vocabulary of {vocab}"
+            )));
+        }
     }
-    if !path.exists() {
-        return Err(PolicyError::Io {
-            path: path.to_path_buf(),
-            source: std::io::ErrorKind::NotFound.into(),
-        });
+    let tokens = tokenizer.inner.get_vocab_size(true);
+    if tokens > vocab {
+        return Err(corrupt(format!(
+            "the tokenizer has {tokens} tokens but the model scores only {vocab}"
+        )));
     }
-    let file = GgufFile::open(path)?;
-    Ok((
-        Llama::from_gguf(&file, device)?,
-        ChatTokenizer::from_gguf(&file)?,
-    ))
+    Ok(())
 }
 
 /// Saves the model (adapters merged) and tokenizer as a Hugging Face folder that

@@ -255,7 +255,8 @@ impl LlamaConfig {
         .validated(&file.path)
     }
 
-    /// Checks the sizes are positive and consistent.
+    /// Checks the sizes are positive and consistent, and the RMS epsilon and RoPE base finite
+    /// and positive.
     fn validated(self, path: &Path) -> Result<Self> {
         let bad = |field: &str, why: &str| PolicyError::Corrupt {
             path: path.to_path_buf(),
@@ -285,6 +286,17 @@ impl LlamaConfig {
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", "is odd (RoPE rotates pairs)"));
+        }
+        for (field, value) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(bad(
+                    field,
+                    &format!("is {value}; expected a finite number > 0"),
+                ));
+            }
         }
         Ok(self)
     }

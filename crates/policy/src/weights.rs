@@ -24,7 +24,9 @@ fn required<S: WeightSource>(source: &S, name: &str, expected: &[usize]) -> Resu
     })
 }
 
-/// Reads the tensor `name` if present; when present its shape must be `expected`.
+/// Reads the tensor `name` if present; when present its shape must be `expected` and every
+/// value finite (NaN or infinity in a weight is found here, once, rather than as garbage
+/// output later).
 fn optional<S: WeightSource>(
     source: &S,
     name: &str,
@@ -37,6 +39,16 @@ fn optional<S: WeightSource>(
         return Err(PolicyError::Corrupt {
             path: source.path().to_path_buf(),
             detail: format!("tensor `{name}` has shape {shape:?}, the config implies {expected:?}"),
+        });
+    }
+    let mut bad = values.iter().enumerate().filter(|(_, v)| !v.is_finite());
+    if let Some((first, value)) = bad.next() {
+        return Err(PolicyError::Corrupt {
+            path: source.path().to_path_buf(),
+            detail: format!(
+                "tensor `{name}` has {} non-finite values (the first, {value}, at index {first})",
+                1 + bad.count()
+            ),
         });
     }
     Ok(Some(values))

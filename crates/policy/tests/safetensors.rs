@@ -188,6 +188,79 @@ fn bad_folders_give_typed_errors_naming_the_file_and_tensor() {
     assert!(err.contains("model.safetensors"), "{err}");
 }
 
+/// NaN or infinity in a weight, a non-positive RMS epsilon or RoPE base: errors at load that
+/// name the tensor or field, never a model that prints garbage.
+#[test]
+fn non_finite_weights_and_impossible_config_values_are_errors() {
+    let load = |dir: &Path| Llama::<B>::from_hf_folder(dir, &Default::default()).unwrap_err();
+    for (name, value) in [
+        ("model.layers.0.input_layernorm.weight", f32::NAN),
+        ("model.layers.1.self_attn.k_proj.weight", f32::INFINITY),
+    ] {
+        let (dir, _) = saved_tiny("nan", 10);
+        rewrite(&dir, |t| {
+            let (_, _, _, bytes) = t.iter_mut().find(|(n, ..)| n == name).unwrap();
+            bytes[4..8].copy_from_slice(&value.to_le_bytes());
+        });
+        let err = load(&dir);
+        let text = err.to_string();
+        assert!(matches!(err, PolicyError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains(name) && text.contains("1 non-finite") && text.contains("index 1"),
+            "{text}"
+        );
+    }
+    for (field, value) in [("rms_norm_eps", "0.0"), ("rope_theta", "-1.0")] {
+        let (dir, _) = saved_tiny("config-values", 11);
+        let config = dir.join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        json[field] = serde_json::from_str(value).unwrap();
+        std::fs::write(&config, json.to_string()).unwrap();
+        let text = load(&dir).to_string();
+        assert!(
+            text.contains(field) && text.contains("config.json") && text.contains("> 0"),
+            "{text}"
+        );
+    }
+}
+
+/// A tokenizer that does not fit the model: an EOS id outside the vocabulary (generation
+/// would never stop), or more tokens than the model has logits.
+#[test]
+fn a_tokenizer_that_does_not_fit_the_model_is_an_error() {
+    let tokenizer = opd_policy::ChatTokenizer::from_gguf(&common::smollm2()).unwrap();
+    let model_of = |vocab| {
+        let mut config = common::tiny(opd_policy::Architecture::Llama, true);
+        config.vocab_size = vocab;
+        Llama::<B>::init(&config, 12, &Default::default())
+    };
+    let dir = scratch("eos");
+    opd_policy::save(&model_of(49_152), &tokenizer, &dir, SaveDtype::F32).unwrap();
+    assert!(opd_policy::load::<B>(&dir, &Default::default()).is_ok());
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"eos_token_id": [2, 60000]}"#,
+    )
+    .unwrap();
+    let text = opd_policy::load::<B>(&dir, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("EOS token id 60000") && text.contains("49152"),
+        "{text}"
+    );
+    let dir = scratch("small-model");
+    opd_policy::save(&model_of(1_000), &tokenizer, &dir, SaveDtype::F32).unwrap();
+    let text = opd_policy::load::<B>(&dir, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("49152 tokens") && text.contains("only 1000"),
+        "{text}"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 48,

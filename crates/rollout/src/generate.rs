@@ -157,59 +157,99 @@ pub fn generate_with_progress<B: Backend, P: Policy<B>>(
     if params.max_new_tokens == 0 {
         return Ok(finish(prompts, rows, stats));
     }
-    let device = policy.devices().into_iter().next().unwrap_or_default();
-    let started = Instant::now();
-    let inputs: Vec<&[u32]> = rows
-        .iter()
-        .map(|r| prompts[r.prompt_index].as_slice())
-        .collect();
-    let (ids, padding) = left_padded::<B>(&inputs, tokenizer.pad_id(), &device);
-    let mut cache = policy.new_cache(padding);
-    cache.reserve((ids.dims()[1] + params.max_new_tokens).min(context));
-    let mut logits = last_logits(policy, policy.hidden_cached(ids, &mut cache));
-    stats.prefill = started.elapsed();
-    let started = Instant::now();
-    // `active[k]` is the row in slot `k` of the cache.
-    let mut active: Vec<usize> = (0..rows.len()).collect();
     let mut generated = 0;
-    loop {
-        let draws: Vec<Draw> = active
-            .iter()
-            .zip(logits.chunks_exact(vocab))
-            .map(|(&r, row_logits)| (rows[r].rng.random::<f64>(), row_logits))
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|(u, row_logits)| draw(row_logits, params, u))
-            .collect();
-        for (&r, d) in active.iter().zip(&draws) {
-            let row = &mut rows[r];
-            row.response.push(d.token);
-            row.logprobs.push(d.logprob);
-            row.sampling_logprobs.push(d.sampling_logprob);
-            row.finished = stop.check(tokenizer, prompts[row.prompt_index].len(), &row.response)?;
-        }
-        generated += active.len();
-        progress(generated);
-        let keep: Vec<usize> = (0..active.len())
-            .filter(|&k| rows[active[k]].finished.is_none())
-            .collect();
-        if keep.is_empty() {
-            break;
-        }
-        if keep.len() < active.len() {
-            cache.retain_rows(&keep);
-            active = keep.iter().map(|&k| active[k]).collect();
-        }
-        let next: Vec<i64> = active
-            .iter()
-            .map(|&r| *rows[r].response.last().unwrap() as i64)
-            .collect();
-        let ids = Tensor::from_data(TensorData::new(next, [active.len(), 1]), &device);
-        logits = last_logits(policy, policy.hidden_cached(ids, &mut cache));
+    for chunk in rows.chunks_mut(params.max_batch) {
+        let mut chunk = Chunk {
+            prompts,
+            rows: chunk,
+            stop: &stop,
+        };
+        chunk.run(policy, tokenizer, params, &mut stats, &mut |tokens| {
+            progress(generated + tokens)
+        })?;
+        generated += chunk.rows.iter().map(|r| r.response.len()).sum::<usize>();
     }
-    stats.decode = started.elapsed();
     stats.response_tokens = rows.iter().map(|r| r.response.len()).sum();
     Ok(finish(prompts, rows, stats))
+}
+
+/// Rows that are prefilled and decoded together (at most `max_batch` of them).
+struct Chunk<'a, 'r> {
+    prompts: &'a [Vec<u32>],
+    rows: &'r mut [Row],
+    stop: &'a StopConditions<'a>,
+}
+
+impl Chunk<'_, '_> {
+    /// One prefill of the chunk's prompts, then token-by-token decoding through the KV cache
+    /// until every row finishes; `progress(tokens)` after each step with the chunk's count.
+    fn run<B: Backend, P: Policy<B>>(
+        &mut self,
+        policy: &P,
+        tokenizer: &ChatTokenizer,
+        params: &SamplingParams,
+        stats: &mut RolloutStats,
+        progress: &mut impl FnMut(usize),
+    ) -> Result<()> {
+        let (vocab, context) = (policy.vocab_size(), policy.max_context());
+        let device = policy.devices().into_iter().next().unwrap_or_default();
+        let started = Instant::now();
+        let inputs: Vec<&[u32]> = self
+            .rows
+            .iter()
+            .map(|r| self.prompts[r.prompt_index].as_slice())
+            .collect();
+        let (ids, padding) = left_padded::<B>(&inputs, tokenizer.pad_id(), &device);
+        let mut cache = policy.new_cache(padding);
+        cache.reserve((ids.dims()[1] + params.max_new_tokens).min(context));
+        let mut logits = last_logits(policy, policy.hidden_cached(ids, &mut cache));
+        stats.prefill += started.elapsed();
+        let started = Instant::now();
+        // `active[k]` is the row in slot `k` of the cache.
+        let mut active: Vec<usize> = (0..self.rows.len()).collect();
+        let mut generated = 0;
+        loop {
+            let draws: Vec<Draw> = active
+                .iter()
+                .zip(logits.chunks_exact(vocab))
+                .map(|(&r, row_logits)| (self.rows[r].rng.random::<f64>(), row_logits))
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|(u, row_logits)| draw(row_logits, params, u))
+                .collect();
+            for (&r, d) in active.iter().zip(&draws) {
+                let row = &mut self.rows[r];
+                row.response.push(d.token);
+                row.logprobs.push(d.logprob);
+                row.sampling_logprobs.push(d.sampling_logprob);
+                row.finished = self.stop.check(
+                    tokenizer,
+                    self.prompts[row.prompt_index].len(),
+                    &row.response,
+                )?;
+            }
+            generated += active.len();
+            progress(generated);
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&k| self.rows[active[k]].finished.is_none())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < active.len() {
+                cache.retain_rows(&keep);
+                active = keep.iter().map(|&k| active[k]).collect();
+            }
+            let next: Vec<i64> = active
+                .iter()
+                .map(|&r| *self.rows[r].response.last().unwrap() as i64)
+                .collect();
+            let ids = Tensor::from_data(TensorData::new(next, [active.len(), 1]), &device);
+            logits = last_logits(policy, policy.hidden_cached(ids, &mut cache));
+        }
+        stats.decode += started.elapsed();
+        Ok(())
+    }
 }
 
 /// Packs finished rows into a batch, each response cut to the tokens its finish keeps.

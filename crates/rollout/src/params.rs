@@ -28,6 +28,10 @@ pub struct SamplingParams {
     pub max_new_tokens: usize,
     /// Samples per prompt (`n ≥ 1`): a group for GRPO.
     pub n: usize,
+    /// Most rows (samples) prefilled and decoded together (`≥ 1`); more run in successive
+    /// batches, with the same results (each row draws from its own stream), so memory stays
+    /// bounded for any `n`.
+    pub max_batch: usize,
     /// Token ids that end a sample besides the tokenizer's EOS (kept in the response).
     pub stop_token_ids: Vec<u32>,
     /// Strings that end a sample, also when they span tokens (cut from the text).
@@ -46,6 +50,7 @@ impl Default for SamplingParams {
             min_p: 0.0,
             max_new_tokens: 256,
             n: 1,
+            max_batch: 64,
             stop_token_ids: Vec::new(),
             stop_strings: Vec::new(),
             seed: 0,
@@ -96,6 +101,9 @@ impl SamplingParams {
         }
         if self.n == 0 {
             return bad("n", "0".into(), "≥ 1");
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch", "0".into(), "≥ 1");
         }
         if self.stop_strings.iter().any(String::is_empty) {
             return bad("stop_strings", "\"\"".into(), "non-empty strings");

@@ -114,6 +114,13 @@ fn a_batch_samples_what_its_rows_sample_alone() {
         }
         let again = generate(&model, &tok, &prompts(), &params).unwrap();
         assert_eq!(again.samples, batch.samples.clone(), "seeds reproduce");
+        // Rows run in successive batches of 2 sample exactly the same.
+        let bounded = SamplingParams {
+            max_batch: 2,
+            ..params.clone()
+        };
+        let chunked = generate(&model, &tok, &prompts(), &bounded).unwrap();
+        assert_eq!(chunked.samples, batch.samples, "max_batch 2");
     }
 }
 

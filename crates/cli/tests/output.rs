@@ -1,0 +1,71 @@
+//! `opd generate` and its stdout: a reader that goes away is a clean exit, a full disk is a
+//! reported error, and a large `--n` runs in bounded batches. Never a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn smollm2() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-smollm2.sh",
+        path.display()
+    );
+    path
+}
+
+fn generate(extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opd"));
+    command
+        .args(["generate", "--model"])
+        .arg(smollm2())
+        .args(["--prompt", "Count to three.", "--max-new-tokens", "3"])
+        .args(extra)
+        .stderr(Stdio::piped());
+    command
+}
+
+#[test]
+fn a_closed_stdout_is_a_clean_exit() {
+    let mut child = generate(&["--n", "4", "--temperature", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before any answer is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_full_stdout_is_a_reported_error() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+    let Ok(full) = full else {
+        eprintln!("no /dev/full here: skipped");
+        return;
+    };
+    let out = generate(&[]).stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_large_n_runs_in_bounded_batches() {
+    let out = generate(&["--n", "40", "--max-batch", "8", "--temperature", "1"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("--- sample ").count(), 40, "{stdout}");
+}
