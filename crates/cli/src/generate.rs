@@ -82,16 +82,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
 }
 
 fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
-    let device = B::Device::default();
-    let (model, tokenizer) = opd_policy::load::<B>(&args.model, &device)?;
-    let text = if args.chat {
-        let mut messages: Vec<Message> = args.system.into_iter().map(Message::system).collect();
-        messages.push(Message::user(args.prompt));
-        tokenizer.apply_chat_template(&messages, true)?
-    } else {
-        args.prompt
-    };
-    let prompt = tokenizer.encode(&text)?;
+    // Checked before the model loads, so a bad flag fails at once.
     let params = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -104,6 +95,17 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         stop_strings: args.stop_strings,
         seed: args.seed,
     };
+    params.validate()?;
+    let device = B::Device::default();
+    let (model, tokenizer) = opd_policy::load::<B>(&args.model, &device)?;
+    let text = if args.chat {
+        let mut messages: Vec<Message> = args.system.into_iter().map(Message::system).collect();
+        messages.push(Message::user(args.prompt));
+        tokenizer.apply_chat_template(&messages, true)?
+    } else {
+        args.prompt
+    };
+    let prompt = tokenizer.encode(&text)?;
     let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64).with_style(
         ProgressStyle::with_template("{spinner} {pos} tokens, {per_sec} [{elapsed}]")
             .expect("valid template"),
@@ -119,7 +121,7 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         if args.n > 1 {
             writeln!(
                 out,
-                "--- sample {} ({:?})",
+                "--- sample {} ({})",
                 sample.sample_index, sample.finish_reason
             )?;
         }

@@ -69,3 +69,25 @@ fn a_large_n_runs_in_bounded_batches() {
     );
     assert_eq!(stdout.matches("--- sample ").count(), 40, "{stdout}");
 }
+
+#[test]
+fn a_bad_flag_is_reported_before_the_model_loads() {
+    let out = Command::new(env!("CARGO_BIN_EXE_opd"))
+        .args([
+            "generate",
+            "--model",
+            "no/such/model.gguf",
+            "--prompt",
+            "x",
+            "--top-p",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("top_p") && !stderr.contains("no/such"),
+        "{stderr}"
+    );
+}

@@ -18,13 +18,18 @@ pub fn load<B: Backend>(
 ) -> Result<(Llama<B>, ChatTokenizer)> {
     let path = path.as_ref();
     let (model, tokenizer) = if path.is_dir() {
-        let tokenizer = ChatTokenizer::from_hf_folder(path)?;
-        (Llama::from_hf_folder(path, device)?, tokenizer)
+        // The model first: a folder that is not a model is then named by its missing
+        // `config.json`, not by its tokenizer.
+        let model = Llama::from_hf_folder(path, device)?;
+        (model, ChatTokenizer::from_hf_folder(path)?)
     } else {
         if !path.exists() {
             return Err(PolicyError::Io {
                 path: path.to_path_buf(),
-                source: std::io::ErrorKind::NotFound.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file or folder (expected a .gguf file or a Hugging Face folder)",
+                ),
             });
         }
         let file = GgufFile::open(path)?;

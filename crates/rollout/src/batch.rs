@@ -16,6 +16,17 @@ pub enum FinishReason {
     Length,
 }
 
+impl std::fmt::Display for FinishReason {
+    /// `stop token 2`, `stop string "\n\n"`, `length`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StopToken(id) => write!(f, "stop token {id}"),
+            Self::StopString(s) => write!(f, "stop string {s:?}"),
+            Self::Length => write!(f, "length"),
+        }
+    }
+}
+
 /// One sampled answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

@@ -39,6 +39,18 @@ pub enum RolloutError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// The model produced NaN or infinite logits (a broken checkpoint or an overflow).
+    #[error(
+        "the model's logits are not finite at token {step} of sample {sample} of prompt {prompt}"
+    )]
+    NonFiniteLogits {
+        /// Index of the prompt.
+        prompt: usize,
+        /// Index of the sample among the prompt's `n`.
+        sample: usize,
+        /// Tokens generated before it.
+        step: usize,
+    },
     /// The tokenizer or the sequence layout failed.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),

@@ -120,7 +120,7 @@ pub fn generate_with_progress<B: Backend, P: Policy<B>>(
     let (vocab, context) = (policy.vocab_size(), policy.max_context());
     check_prompts(prompts, vocab, context)?;
     if params.temperature > 0.0 && !params.is_unbiased() {
-        tracing::warn!(
+        tracing::debug!(
             "sampling with temperature {}, top_k {:?}, top_p {}, min_p {}: sampled-token \
              estimators of the policy's KL are biased; use `sampling_logprobs` for importance \
              ratios",
@@ -209,6 +209,17 @@ impl Chunk<'_, '_> {
         let mut active: Vec<usize> = (0..self.rows.len()).collect();
         let mut generated = 0;
         loop {
+            if let Some(k) = logits
+                .chunks_exact(vocab)
+                .position(|row| row.iter().any(|v| !v.is_finite()))
+            {
+                let row = &self.rows[active[k]];
+                return Err(RolloutError::NonFiniteLogits {
+                    prompt: row.prompt_index,
+                    sample: row.sample_index,
+                    step: row.response.len(),
+                });
+            }
             let draws: Vec<Draw> = active
                 .iter()
                 .zip(logits.chunks_exact(vocab))

@@ -365,6 +365,30 @@ fn bad_parameters_and_prompts_are_typed_errors() {
     );
 }
 
+/// A model whose logits turn NaN stops with an error naming the prompt, sample and step, and
+/// finish reasons print plainly.
+#[test]
+fn non_finite_logits_are_an_error_naming_the_step() {
+    let (mut model, tok) = tiny();
+    let dims = model.norm.gamma.dims();
+    model.norm.gamma =
+        burn::module::Param::from_tensor(Tensor::full(dims, f32::NAN, &Default::default()));
+    let err = generate(&model, &tok, &prompts(), &SamplingParams::greedy(4)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RolloutError::NonFiniteLogits {
+                prompt: 0,
+                sample: 0,
+                step: 0
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(FinishReason::StopToken(2).to_string(), "stop token 2");
+    assert_eq!(FinishReason::Length.to_string(), "length");
+}
+
 #[test]
 fn smollm2_samples_are_well_formed_and_reproducible() {
     let path = common::smollm2_path();
