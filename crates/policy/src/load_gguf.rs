@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 
 use crate::config::{Architecture, LlamaConfig};
-use crate::error::Result;
+use crate::error::{PolicyError, Result};
 use crate::gguf::GgufFile;
 use crate::model::Llama;
 use crate::weights::WeightSource;
@@ -100,6 +100,30 @@ impl<B: Backend> Llama<B> {
     /// Loads a model from a GGUF file (dequantizing every tensor to f32).
     pub fn from_gguf(file: &GgufFile, device: &B::Device) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
+        // Blocks beyond `block_count` would be dropped silently: a file that says fewer blocks
+        // than it holds is corrupt.
+        let blocks = file
+            .tensors
+            .iter()
+            .filter_map(|t| {
+                t.name
+                    .strip_prefix("blk.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |last| last + 1);
+        if blocks > config.num_hidden_layers {
+            return Err(PolicyError::Corrupt {
+                path: file.path.clone(),
+                detail: format!(
+                    "metadata block_count is {} but the file holds tensors of {blocks} blocks",
+                    config.num_hidden_layers
+                ),
+            });
+        }
         let source = GgufSource {
             file,
             config: &config,

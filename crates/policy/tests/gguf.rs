@@ -77,6 +77,11 @@ fn smollm2_matches_the_python_gguf_reference() {
 
 /// A small valid GGUF v3 file: metadata of several types, an F32 tensor and a Q8_0 tensor.
 fn synthetic() -> Vec<u8> {
+    synthetic_with(&[])
+}
+
+/// [`synthetic`] with extra `u32` metadata entries after the others.
+fn synthetic_with(extra: &[(&str, u32)]) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
@@ -84,7 +89,7 @@ fn synthetic() -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
     b.extend(2u64.to_le_bytes()); // tensors
-    b.extend(4u64.to_le_bytes()); // metadata
+    b.extend((4 + extra.len() as u64).to_le_bytes()); // metadata
     string(&mut b, "general.architecture");
     b.extend(8u32.to_le_bytes());
     string(&mut b, "llama");
@@ -100,6 +105,11 @@ fn synthetic() -> Vec<u8> {
     b.extend(2u64.to_le_bytes());
     string(&mut b, "a");
     string(&mut b, "bc");
+    for (key, value) in extra {
+        string(&mut b, key);
+        b.extend(4u32.to_le_bytes());
+        b.extend(value.to_le_bytes());
+    }
     // tensor directory: "norm" F32 [4] at 0, "embd" Q8_0 [32, 2] (2 rows of 32) at 32
     string(&mut b, "norm");
     b.extend(1u32.to_le_bytes());
@@ -186,6 +196,57 @@ fn bad_files_give_typed_errors_naming_the_file() {
         GgufFile::open("does/not/exist.gguf"),
         Err(PolicyError::Io { .. })
     ));
+}
+
+/// Inconsistent metadata: a key twice with different values, an alignment that is 0 or not a
+/// power of two, a tensor offset off the alignment, and truncation named with file offsets.
+#[test]
+fn inconsistent_metadata_is_an_error() {
+    let parse = |bytes: Vec<u8>| GgufFile::parse("m.gguf", bytes).unwrap_err().to_string();
+    // The same value twice is harmless; another value is not.
+    assert!(GgufFile::parse("ok.gguf", synthetic_with(&[("llama.block_count", 2)])).is_ok());
+    let err = parse(synthetic_with(&[("llama.block_count", 3)]));
+    assert!(err.contains("`llama.block_count` appears twice"), "{err}");
+    for alignment in [0, 48] {
+        let err = parse(synthetic_with(&[("general.alignment", alignment)]));
+        assert!(
+            err.contains("general.alignment") && err.contains("power of two"),
+            "{err}"
+        );
+    }
+    let mut unaligned = synthetic();
+    let at = unaligned.windows(4).position(|w| w == b"embd").unwrap() + 4 + 4 + 16 + 4;
+    unaligned[at..at + 8].copy_from_slice(&40u64.to_le_bytes());
+    let err = parse(unaligned);
+    assert!(
+        err.contains("`embd`") && err.contains("not a multiple of the alignment 32"),
+        "{err}"
+    );
+    let bytes = synthetic();
+    let len = bytes.len();
+    let err = parse(bytes[..len - 10].to_vec());
+    assert!(
+        err.contains("truncated") && err.contains(&format!("..{len} of the file")),
+        "{err}"
+    );
+}
+
+/// A `block_count` lower than the blocks the file holds would drop layers silently.
+#[test]
+fn a_block_count_below_the_blocks_present_is_an_error() {
+    let mut bytes = std::fs::read(common::smollm2_path()).unwrap();
+    let key = b"llama.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4); // u32 type
+    bytes[at + 4..at + 8].copy_from_slice(&28u32.to_le_bytes());
+    let file = GgufFile::parse("smollm2-28.gguf", bytes).unwrap();
+    let err = opd_policy::Llama::<burn::backend::Flex>::from_gguf(&file, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("block_count is 28") && err.contains("30 blocks"),
+        "{err}"
+    );
 }
 
 proptest! {

@@ -240,9 +240,15 @@ impl GgufFile {
             let key = c.string("metadata key")?;
             let kind = c.u32(&key)?;
             let value = c.value(kind, &key, 0)?;
+            if let Some(first) = metadata.get(&key).filter(|&first| *first != value) {
+                return Err(c.corrupt(format!(
+                    "metadata key `{key}` appears twice, as {first:?} and as {value:?}"
+                )));
+            }
             metadata.insert(key, value);
         }
-        let mut entries = Vec::with_capacity(tensor_count);
+        let mut entries: Vec<(String, Vec<u64>, u32, u64)> = Vec::with_capacity(tensor_count);
+        let mut names = std::collections::HashSet::with_capacity(tensor_count);
         for _ in 0..tensor_count {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)? as usize;
@@ -256,13 +262,22 @@ impl GgufFile {
                 .collect::<Result<Vec<_>>>()?;
             let type_id = c.u32(&name)?;
             let offset = c.u64(&name)?;
+            if !names.insert(name.clone()) {
+                return Err(c.corrupt(format!("tensor `{name}` appears twice")));
+            }
             entries.push((name, dims, type_id, offset));
         }
-        let alignment = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(DEFAULT_ALIGNMENT)
-            .max(1);
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(value) => match value.as_u64() {
+                Some(a) if a.is_power_of_two() => a,
+                _ => {
+                    return Err(c.corrupt(format!(
+                        "general.alignment is {value:?}; expected a power of two"
+                    )));
+                }
+            },
+        };
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let tensors = entries
             .into_iter()
@@ -278,6 +293,11 @@ impl GgufFile {
                 let size = ggml_type
                     .byte_size(elements)
                     .ok_or_else(|| c.corrupt(format!("tensor `{name}`: {elements} elements is not a whole number of {ggml_type:?} blocks")))?;
+                if !offset.is_multiple_of(alignment) {
+                    return Err(c.corrupt(format!(
+                        "tensor `{name}` starts at data offset {offset}, not a multiple of the alignment {alignment}"
+                    )));
+                }
                 let start = data_start.checked_add(offset);
                 let end = start.and_then(|s| s.checked_add(size));
                 match (start, end) {
@@ -288,7 +308,9 @@ impl GgufFile {
                         range: start as usize..end as usize,
                     }),
                     _ => Err(c.corrupt(format!(
-                        "tensor `{name}` data ({size} bytes at offset {offset}) lies beyond the end of the file ({} bytes)",
+                        "truncated: tensor `{name}` needs bytes {}..{} of the file ({size} bytes), but the file has {} bytes",
+                        start.unwrap_or(u64::MAX),
+                        end.unwrap_or(u64::MAX),
                         bytes.len()
                     ))),
                 }
