@@ -1,25 +1,17 @@
 //! `opd generate` and its stdout: a reader that goes away is a clean exit, a full disk is a
 //! reported error, and a large `--n` runs in bounded batches. Never a panic.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn smollm2() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
-    path
-}
+#[path = "../../../tests/support/smollm2.rs"]
+mod smollm2;
+use smollm2::smollm2_path;
 
 fn generate(extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_opd"));
     command
         .args(["generate", "--model"])
-        .arg(smollm2())
+        .arg(smollm2_path())
         .args(["--prompt", "Count to three.", "--max-new-tokens", "3"])
         .args(extra)
         .stderr(Stdio::piped());

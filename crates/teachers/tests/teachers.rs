@@ -1,7 +1,8 @@
 //! Every teacher strategy on tiny models (exact properties) and the prompt-conditioned teacher
 //! on SmolLM2 (a reference solution raises the answer's log-prob).
 
-use std::path::PathBuf;
+#[path = "../../../tests/support/smollm2.rs"]
+mod smollm2;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -18,6 +19,7 @@ use opd_teachers::{
     Conditioned, Current, Ema, EmaRate, External, FrozenInitial, Privileged, PrivilegedTemplate,
     Request, Support, Teacher, TeacherError, TeacherOutput, TrustRegion,
 };
+use smollm2::smollm2_path;
 
 type A = Autodiff<Flex>;
 
@@ -363,17 +365,6 @@ fn an_external_teacher_with_another_vocabulary_is_refused() {
         ),
         "{err}"
     );
-}
-
-fn smollm2_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
-    path
 }
 
 fn smollm2_tokenizer() -> ChatTokenizer {

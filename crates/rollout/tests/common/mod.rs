@@ -1,15 +1,5 @@
 //! Where the tests find SmolLM2.
 
-use std::path::PathBuf;
-
-/// SmolLM2-135M-Instruct, fetched by `scripts/fetch-smollm2.sh`; a clear failure when missing.
-pub fn smollm2_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2.sh",
-        path.display()
-    );
-    path
-}
+#[path = "../../../../tests/support/smollm2.rs"]
+mod smollm2;
+pub use smollm2::smollm2_path;
