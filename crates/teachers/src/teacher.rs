@@ -34,6 +34,22 @@ pub trait Teacher<B: AutodiffBackend> {
     }
 }
 
+/// A boxed teacher is a teacher: trainers hold `Box<dyn Teacher<B>>` chosen at run time.
+impl<B: AutodiffBackend, T: Teacher<B> + ?Sized> Teacher<B> for Box<T> {
+    fn outputs(
+        &self,
+        student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>> {
+        (**self).outputs(student, batch, request)
+    }
+
+    fn after_step(&mut self, student: &Llama<B>) -> Result<()> {
+        (**self).after_step(student)
+    }
+}
+
 /// The requested support from a source of logits `[m, R_m, V]` for any rows of `batch`:
 /// full logits in one call, top-k and sampled-token log-probs `micro_batch` rows at a time.
 pub(crate) fn respond<B: AutodiffBackend>(

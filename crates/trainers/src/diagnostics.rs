@@ -1,0 +1,122 @@
+//! What to watch besides the loss: entropies, the teacher/student top-k overlap at
+//! student-visited states ("Rethinking On-Policy Distillation": successful OPD concentrates
+//! 97–99 % of the mass on a small shared set), and the collapse watch.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::config::CollapseWatch;
+
+/// Host values of a `[B, R, ·]` tensor.
+pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("float tensor")
+}
+
+/// `log softmax(z / τ)` over the vocabulary of `[B, R, V]` logits.
+pub(crate) fn log_probs<B: Backend>(logits: Tensor<B, 3>, temperature: f64) -> Tensor<B, 3> {
+    log_softmax(logits.div_scalar(temperature), 2)
+}
+
+/// Entropy `H_t = −Σ_v p(v) log p(v)` at each position, `[B·R]` on the host.
+pub(crate) fn entropy<B: Backend>(log_probs: Tensor<B, 3>) -> Vec<f32> {
+    host((log_probs.clone().exp() * log_probs).sum_dim(2).neg())
+}
+
+/// The `k` most likely tokens and their log-probs at each position, on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct TopSets {
+    pub ids: Vec<i64>,
+    pub log_probs: Vec<f32>,
+    pub k: usize,
+}
+
+impl TopSets {
+    /// From log-probs `[B, R, V]`.
+    pub fn of<B: Backend>(log_probs: Tensor<B, 3>, k: usize) -> Self {
+        let k = k.min(log_probs.dims()[2]);
+        let (values, ids) = log_probs.topk_with_indices(k, 2);
+        Self::from_parts(ids, values)
+    }
+
+    /// From a precomputed top-k `[B, R, k']`, keeping its first `k` entries.
+    pub fn from_parts<B: Backend>(
+        ids: Tensor<B, 3, burn::tensor::Int>,
+        log_probs: Tensor<B, 3>,
+    ) -> Self {
+        let k = ids.dims()[2];
+        Self {
+            ids: ids.into_data().convert::<i64>().into_vec().expect("ids"),
+            log_probs: host(log_probs),
+            k,
+        }
+    }
+}
+
+/// Sums over positions of the overlap diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Overlap {
+    /// `Σ |S ∩ T| / k`.
+    pub overlap: f64,
+    /// `Σ Σ_{v ∈ S∩T} p_S(v)`.
+    pub student_mass: f64,
+    /// `Σ Σ_{v ∈ S∩T} p_T(v)`.
+    pub teacher_mass: f64,
+    /// Positions counted.
+    pub positions: usize,
+}
+
+impl Overlap {
+    /// Adds the positions `mask` selects: `S` the student's top-k, `T` the teacher's (both of
+    /// the same `k`).
+    pub fn add(&mut self, student: &TopSets, teacher: &TopSets, mask: &[bool]) {
+        let k = student.k.min(teacher.k);
+        for (p, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+            let s_ids = &student.ids[p * student.k..p * student.k + k];
+            let t_ids = &teacher.ids[p * teacher.k..p * teacher.k + k];
+            let mut shared = 0;
+            for (i, id) in s_ids.iter().enumerate() {
+                if let Some(j) = t_ids.iter().position(|t| t == id) {
+                    shared += 1;
+                    self.student_mass += (student.log_probs[p * student.k + i] as f64).exp();
+                    self.teacher_mass += (teacher.log_probs[p * teacher.k + j] as f64).exp();
+                }
+            }
+            self.overlap += shared as f64 / k as f64;
+            self.positions += 1;
+        }
+    }
+}
+
+/// Tracks the first step's response length and reports thresholds crossed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CollapseState {
+    first_length: Option<f64>,
+}
+
+impl CollapseState {
+    /// The warnings for this step's mean entropy and mean response length.
+    pub fn check(&mut self, watch: &CollapseWatch, entropy: f64, length: f64) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(min) = watch.min_entropy
+            && entropy < min
+        {
+            warnings.push(format!(
+                "student entropy {entropy:.4} nats/token is below collapse.min_entropy = {min}"
+            ));
+        }
+        let first = *self.first_length.get_or_insert(length);
+        if let Some(ratio) = watch.max_length_ratio
+            && first > 0.0
+            && (length > first * ratio || length < first / ratio)
+        {
+            warnings.push(format!(
+                "mean response length {length:.1} drifted past collapse.max_length_ratio = \
+                 {ratio} × the first step's {first:.1}"
+            ));
+        }
+        warnings
+    }
+}

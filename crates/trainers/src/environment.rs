@@ -1,0 +1,62 @@
+//! Tasks and the environments that grade answers to them.
+
+/// One training or evaluation problem.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Task {
+    /// The question, as the user turn of the chat template.
+    pub prompt: String,
+    /// A worked solution or demonstration: SFT's target, OPSD's and SDFT's privileged context.
+    pub reference: Option<String>,
+    /// The final answer an environment checks against.
+    pub answer: Option<String>,
+}
+
+impl Task {
+    /// A task with a question and its final answer, which is also its reference.
+    pub fn with_answer(prompt: impl Into<String>, answer: impl Into<String>) -> Self {
+        let answer = answer.into();
+        Self {
+            prompt: prompt.into(),
+            reference: Some(answer.clone()),
+            answer: Some(answer),
+        }
+    }
+}
+
+/// An environment's verdict on one answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The reward (GRPO's `r_i`).
+    pub reward: f64,
+    /// Whether the answer is correct (for accuracy metrics).
+    pub correct: bool,
+    /// Text feedback on the attempt (compiler errors, a wrong result), SDPO's privileged
+    /// context; `None` when there is nothing to say.
+    pub feedback: Option<String>,
+}
+
+/// Grades an answer to a task: reward, correctness and optional feedback. Math and code
+/// environments implement it; [`ExactAnswer`] is the simplest.
+pub trait Environment {
+    /// The verdict on `response` (the decoded answer, special tokens dropped) to `task`.
+    fn evaluate(&self, task: &Task, response: &str) -> Outcome;
+}
+
+/// Reward 1 when the answer, trimmed, equals the task's `answer`, else 0; a wrong answer's
+/// feedback names the expected one (a verifier that reveals the answer, as a failing unit test
+/// does).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExactAnswer;
+
+impl Environment for ExactAnswer {
+    fn evaluate(&self, task: &Task, response: &str) -> Outcome {
+        let expected = task.answer.as_deref().unwrap_or_default();
+        let given = response.trim();
+        let correct = given == expected;
+        Outcome {
+            reward: if correct { 1.0 } else { 0.0 },
+            correct,
+            feedback: (!correct).then(|| format!("{given} is wrong, the answer is {expected}")),
+        }
+    }
+}

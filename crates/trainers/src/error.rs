@@ -1,0 +1,61 @@
+//! Errors of the training loop.
+
+use thiserror::Error;
+
+/// Result of every fallible trainer operation.
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+/// Everything that can stop a training run.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// A configuration value is out of range or inconsistent with another.
+    #[error("config field `{field}` = {value}: expected {expected}")]
+    Config {
+        /// The field, as written in a config file (`objective.group_size`).
+        field: &'static str,
+        /// The value found.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// A task lacks what the objective needs (a reference solution for OPSD, an answer, …).
+    #[error("task {index}: {problem}")]
+    Task {
+        /// Index of the task in the data given to the trainer.
+        index: usize,
+        /// What is missing or wrong.
+        problem: String,
+    },
+    /// A loss or gradient was NaN or infinite (and the config says to stop).
+    #[error("step {step}, micro-batch {micro_batch}: {what} is not finite ({value})")]
+    NonFinite {
+        /// Optimizer step.
+        step: usize,
+        /// Micro-batch within the step (for a gradient norm: the last one).
+        micro_batch: usize,
+        /// `loss` or `gradient norm`.
+        what: &'static str,
+        /// The value.
+        value: f64,
+    },
+    /// The collapse watch fired and the config says to stop.
+    #[error("step {step}: collapse: {reason}")]
+    Collapse {
+        /// Optimizer step.
+        step: usize,
+        /// What drifted past its threshold.
+        reason: String,
+    },
+    /// From the model or its batch layout.
+    #[error(transparent)]
+    Policy(#[from] opd_policy::PolicyError),
+    /// From sampling.
+    #[error(transparent)]
+    Rollout(#[from] opd_rollout::RolloutError),
+    /// From a teacher.
+    #[error(transparent)]
+    Teacher(#[from] opd_teachers::TeacherError),
+    /// From a divergence.
+    #[error(transparent)]
+    Divergence(#[from] opd_divergences::DivergenceError),
+}

@@ -1,0 +1,47 @@
+//! Accuracy of a model on held-out tasks.
+
+use opd_policy::{ChatTokenizer, Llama};
+use opd_rollout::{SamplingParams, generate};
+
+use crate::environment::{Environment, Task};
+use crate::error::Result;
+use crate::rows::prompt_ids;
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Fraction of answers the environment marked correct (avg@n over `n` samples per task).
+    pub accuracy: f64,
+    /// Mean reward.
+    pub reward: f64,
+    /// Answers graded.
+    pub answers: usize,
+}
+
+/// Samples answers to every task with `params` (greedy: [`SamplingParams::greedy`]) and grades
+/// them. Run it on the inner-backend model (`student.valid()`): no graph is recorded.
+pub fn evaluate<B: burn::tensor::backend::Backend>(
+    model: &Llama<B>,
+    tokenizer: &ChatTokenizer,
+    environment: &dyn Environment,
+    tasks: &[Task],
+    params: &SamplingParams,
+) -> Result<Evaluation> {
+    let prompts = tasks
+        .iter()
+        .map(|task| prompt_ids(tokenizer, &task.prompt))
+        .collect::<Result<Vec<_>>>()?;
+    let batch = generate(model, tokenizer, &prompts, params)?;
+    let (mut correct, mut reward) = (0usize, 0.0);
+    for sample in &batch.samples {
+        let outcome = environment.evaluate(&tasks[sample.prompt_index], &sample.text);
+        correct += usize::from(outcome.correct);
+        reward += outcome.reward;
+    }
+    let answers = batch.samples.len().max(1);
+    Ok(Evaluation {
+        accuracy: correct as f64 / answers as f64,
+        reward: reward / answers as f64,
+        answers: batch.samples.len(),
+    })
+}

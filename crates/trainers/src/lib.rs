@@ -1,0 +1,54 @@
+//! # opd-trainers
+//!
+//! SFT, GRPO, on-policy distillation (OPD) and self-distillation (OPSD, SDFT, SDPO) on one
+//! training loop. A [`Trainer`] step reads like a recipe:
+//!
+//! 1. **prompts**: the next tasks in a seeded order;
+//! 2. **rollouts**: the student samples `G` answers each on its inner backend (no graph, the
+//!    fast kernels), with a fresh seed each step; the sampler's exact τ = 1 log-probs are
+//!    `π_old`;
+//! 3. **rewards and feedback** from the [`Environment`];
+//! 4. **advantages** (GRPO, OPD's advantage form) and **teacher outputs** (OPD's model, or the
+//!    student reading privileged context for OPSD / SDFT / SDPO), computed once per batch as
+//!    constants;
+//! 5. **loss**: the objective in [`objectives`] per micro-batch, gradients accumulated;
+//! 6. **optimizer**: global-norm clipping, AdamW with warmup + cosine, `mini_batches` steps per
+//!    rollout batch;
+//! 7. **teacher update** (EMA) after every optimizer step;
+//! 8. **metrics** ([`StepMetrics`]), the collapse watch and non-finite guards.
+//!
+//! | method | loss per token |
+//! |---|---|
+//! | SFT | `−log p_θ(y*_t)` |
+//! | GRPO | `−min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A) + β k3(π_θ‖π_ref)` |
+//! | OPD | `ρ (log π_θ − log π_T) + β_tr k3(π_old‖π_θ)`, or `−ρ A_t`, or `JSD_β(p_T‖p_θ)` |
+//! | OPSD | `JSD_β(p_T(·|x, y*) ‖ p_θ(·|x))`, β = 0.5 |
+//! | SDFT | `KL(p_θ(·|x) ‖ p_T(·|x, demo))` |
+//! | SDPO | `min(sg ρ, 2) · JSD_α(p_T(·|x, f, demo) ‖ p_θ(·|x))` on the student's top-100 + tail |
+
+pub mod config;
+mod data;
+mod diagnostics;
+mod environment;
+mod error;
+mod evaluate;
+mod grads;
+mod metrics;
+pub mod objectives;
+mod rows;
+mod schedule;
+mod trainer;
+
+pub use config::{
+    Aggregation, CollapseWatch, DistillForm, GrpoConfig, Objective, OnNonFinite, OpdConfig,
+    OpdForm, OpsdConfig, OptimizerConfig, SamplingConfig, SdftConfig, SdpoConfig, SftConfig,
+    TeacherWeights, TrainConfig,
+};
+pub use data::TaskOrder;
+pub use environment::{Environment, ExactAnswer, Outcome, Task};
+pub use error::{Result, TrainError};
+pub use evaluate::{Evaluation, evaluate};
+pub use metrics::{Phases, StepMetrics};
+pub use rows::prompt_ids;
+pub use schedule::learning_rate;
+pub use trainer::Trainer;

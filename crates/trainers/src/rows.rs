@@ -1,0 +1,102 @@
+//! The rows a step trains on: the student's samples (or, for SFT, the reference answers),
+//! with what the environment said about each.
+
+use opd_policy::{ChatTokenizer, Llama, Message};
+use opd_rollout::{FinishReason, SamplingParams, generate};
+
+use crate::config::SamplingConfig;
+use crate::environment::{Environment, Outcome, Task};
+use crate::error::{Result, TrainError};
+
+/// A step's rows in prompt-major order (answer `j` of prompt `i` at `i · G + j`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rows {
+    /// Index of each row's task.
+    pub tasks: Vec<usize>,
+    /// The student's context (rendered chat prompt).
+    pub contexts: Vec<Vec<u32>>,
+    /// The response ids.
+    pub responses: Vec<Vec<u32>>,
+    /// `log π_old(ŷ_t)` at τ = 1, as the sampler reported it (empty for SFT).
+    pub old: Vec<Vec<f32>>,
+    /// The decoded responses.
+    pub texts: Vec<String>,
+    /// Whether each response hit `max_new_tokens`.
+    pub truncated: Vec<bool>,
+    /// The environment's verdicts.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The user turn of `prompt` through the chat template, with the generation prompt, as ids.
+pub fn prompt_ids(tokenizer: &ChatTokenizer, prompt: &str) -> Result<Vec<u32>> {
+    let text = tokenizer.apply_chat_template(&[Message::user(prompt)], true)?;
+    Ok(tokenizer.encode(&text)?)
+}
+
+/// `group` samples of the student (on its inner backend, no graph) for each task.
+pub(crate) fn sampled<B: burn::tensor::backend::Backend>(
+    student: &Llama<B>,
+    tokenizer: &ChatTokenizer,
+    tasks: &[(usize, &Task)],
+    sampling: &SamplingConfig,
+    group: usize,
+    seed: u64,
+    environment: &dyn Environment,
+) -> Result<Rows> {
+    let prompts = tasks
+        .iter()
+        .map(|(_, task)| prompt_ids(tokenizer, &task.prompt))
+        .collect::<Result<Vec<_>>>()?;
+    let params = SamplingParams {
+        temperature: sampling.temperature,
+        top_k: sampling.top_k,
+        top_p: sampling.top_p,
+        max_new_tokens: sampling.max_new_tokens,
+        n: group,
+        stop_strings: sampling.stop_strings.clone(),
+        seed,
+        ..SamplingParams::default()
+    };
+    let mut batch = generate(student, tokenizer, &prompts, &params)?;
+    batch
+        .samples
+        .sort_by_key(|s| (s.prompt_index, s.sample_index));
+    let mut rows = Rows::default();
+    for sample in batch.samples {
+        let (index, task) = tasks[sample.prompt_index];
+        rows.outcomes.push(environment.evaluate(task, &sample.text));
+        rows.tasks.push(index);
+        rows.contexts.push(prompts[sample.prompt_index].clone());
+        rows.truncated
+            .push(sample.finish_reason == FinishReason::Length);
+        rows.responses.push(sample.response_ids);
+        rows.old.push(sample.logprobs);
+        rows.texts.push(sample.text);
+    }
+    Ok(rows)
+}
+
+/// SFT's rows: each task's reference answer followed by the end-of-turn token.
+pub(crate) fn references(
+    tokenizer: &ChatTokenizer,
+    tasks: &[(usize, &Task)],
+    environment: &dyn Environment,
+) -> Result<Rows> {
+    let mut rows = Rows::default();
+    for &(index, task) in tasks {
+        let reference = task.reference.as_deref().ok_or_else(|| TrainError::Task {
+            index,
+            problem: "SFT needs a reference answer".into(),
+        })?;
+        let mut response = tokenizer.encode(reference)?;
+        response.extend(tokenizer.special.eos.first());
+        rows.outcomes.push(environment.evaluate(task, reference));
+        rows.tasks.push(index);
+        rows.contexts.push(prompt_ids(tokenizer, &task.prompt)?);
+        rows.responses.push(response);
+        rows.old.push(Vec::new());
+        rows.texts.push(reference.to_string());
+        rows.truncated.push(false);
+    }
+    Ok(rows)
+}
