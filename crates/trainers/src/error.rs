@@ -46,6 +46,10 @@ pub enum TrainError {
         /// What drifted past its threshold.
         reason: String,
     },
+    /// The student has no parameter that requires a gradient (a model rebuilt from its
+    /// inner backend with `from_inner`, or every parameter frozen).
+    #[error("the student has no trainable parameter: nothing would change")]
+    NothingToTrain,
     /// From the model or its batch layout.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),

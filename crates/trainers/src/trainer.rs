@@ -604,6 +604,10 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let train_seconds = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
         let mut grads = accumulator.grads();
+        if failure.is_none() && grads.is_empty() {
+            self.student = Some(student);
+            return Err(TrainError::NothingToTrain);
+        }
         if failure.is_none() {
             let norm = grads::global_norm(&student, &grads);
             stats.grad_norm = norm;

@@ -50,7 +50,7 @@ fn each(f: impl Fn(f64, f64, f64) -> f64) -> Vec<f64> {
 
 #[test]
 fn sft_is_the_negative_log_likelihood() {
-    let (v, g) = value_and_grad(|lp| sft::nll(lp));
+    let (v, g) = value_and_grad(sft::nll);
     close(&v, &each(|lp, _, _| -lp), "nll");
     close(&g, &[-1.0; 6], "∂nll");
 }
@@ -156,7 +156,7 @@ fn opd_advantages_discount_later_tokens() {
     );
     close(
         &opd::advantages(&old, &teacher, 0.5),
-        &[0.5 + 0.5 * (1.0 + 0.5 * -1.0), 1.0 + 0.5 * -1.0, -1.0],
+        &[0.5 + 0.5 * (1.0 - 0.5), 1.0 - 0.5, -1.0],
         "γ = 0.5",
     );
 }

@@ -1,0 +1,187 @@
+//! Bad configs, bad tasks and non-finite losses: clear errors naming the field, the task or
+//! the step, never a panic or a silently wrong update.
+
+#[path = "support/toy.rs"]
+mod toy;
+
+use opd_trainers::{
+    Environment, GrpoConfig, Objective, OnNonFinite, OpdConfig, OpdForm, OpsdConfig, Outcome,
+    SamplingConfig, Task, TrainConfig, TrainError, Trainer,
+};
+use toy::*;
+
+fn field_of(config: TrainConfig) -> &'static str {
+    match config.validate() {
+        Err(TrainError::Config { field, .. }) => field,
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_configs_name_their_field() {
+    let grpo = |c: GrpoConfig| TrainConfig {
+        objective: Objective::Grpo(c),
+        ..TrainConfig::default()
+    };
+    assert_eq!(
+        field_of(grpo(GrpoConfig {
+            group_size: 1,
+            ..GrpoConfig::default()
+        })),
+        "objective.group_size"
+    );
+    let mut nan_lr = TrainConfig::default();
+    nan_lr.optimizer.learning_rate = f64::NAN;
+    assert_eq!(field_of(nan_lr), "optimizer.learning_rate");
+    let sampled_with_top_p = TrainConfig {
+        objective: Objective::Opd(OpdConfig {
+            form: OpdForm::Advantage,
+            ..OpdConfig::default()
+        }),
+        sampling: SamplingConfig {
+            top_p: 0.9,
+            ..SamplingConfig::default()
+        },
+        ..TrainConfig::default()
+    };
+    assert_eq!(field_of(sampled_with_top_p), "sampling.top_p");
+    let bad_beta = TrainConfig {
+        objective: Objective::Opsd(OpsdConfig {
+            beta: 1.5,
+            ..OpsdConfig::default()
+        }),
+        ..TrainConfig::default()
+    };
+    assert_eq!(field_of(bad_beta), "objective.beta");
+    let err = TrainConfig {
+        mini_batches: 0,
+        ..TrainConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config field `mini_batches` = 0: expected at least 1"
+    );
+}
+
+#[test]
+fn config_files_refuse_unknown_keys_and_fill_defaults() {
+    let parsed: TrainConfig =
+        serde_json::from_str(r#"{"steps": 3, "objective": {"method": "sdpo", "group_size": 4}}"#)
+            .unwrap();
+    assert_eq!(parsed.steps, 3);
+    assert_eq!(parsed.objective.group_size(), 4);
+    let err = serde_json::from_str::<TrainConfig>(r#"{"step": 3}"#).unwrap_err();
+    assert!(err.to_string().contains("unknown field `step`"), "{err}");
+    let err =
+        serde_json::from_str::<TrainConfig>(r#"{"objective": {"method": "grpo", "epsilon": 0.2}}"#)
+            .unwrap_err();
+    assert!(err.to_string().contains("unknown field `epsilon`"), "{err}");
+}
+
+#[test]
+fn a_task_without_what_the_objective_needs_is_named() {
+    let mut tasks = mapping_tasks();
+    tasks[3].reference = None;
+    let config = toy_config(Objective::Opsd(OpsdConfig::default()), 1, 1e-3);
+    let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+    match Trainer::new(config, student, tokenizer(), tasks, Revealing) {
+        Err(TrainError::Task { index: 3, .. }) => {}
+        Err(other) => panic!("expected task 3 to be named, got {other}"),
+        Ok(_) => panic!("expected task 3 to be named"),
+    }
+}
+
+#[test]
+fn opd_without_a_teacher_says_so() {
+    let config = toy_config(Objective::Opd(OpdConfig::default()), 1, 1e-3);
+    let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+    let mut trainer =
+        Trainer::new(config, student, tokenizer(), mapping_tasks(), Revealing).unwrap();
+    let err = trainer.step().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::Config {
+                field: "teacher",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Rewards NaN: GRPO's advantages, and so its loss, are NaN.
+struct Broken;
+
+impl Environment for Broken {
+    fn evaluate(&self, _: &Task, _: &str) -> Outcome {
+        Outcome {
+            reward: f64::NAN,
+            correct: false,
+            feedback: None,
+        }
+    }
+}
+
+fn weights(model: &Llama<A>) -> Vec<f32> {
+    model
+        .embed_tokens
+        .weight
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn a_nan_loss_skips_the_update_or_stops_the_run() {
+    let grpo = Objective::Grpo(GrpoConfig {
+        group_size: 2,
+        ..GrpoConfig::default()
+    });
+    let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+    let before = weights(&student);
+    let config = toy_config(grpo.clone(), 2, 1e-2);
+    let mut trainer = Trainer::new(
+        config.clone(),
+        student.clone(),
+        tokenizer(),
+        mapping_tasks(),
+        Broken,
+    )
+    .unwrap();
+    let metrics = trainer.step().unwrap();
+    assert_eq!(metrics.skipped_updates, 1);
+    assert!(
+        metrics.warnings[0].contains("step 0"),
+        "{:?}",
+        metrics.warnings
+    );
+    assert_eq!(
+        weights(trainer.student()),
+        before,
+        "the update was not applied"
+    );
+    let stop = TrainConfig {
+        on_non_finite: OnNonFinite::Stop,
+        ..config
+    };
+    let mut trainer = Trainer::new(stop, student, tokenizer(), mapping_tasks(), Broken).unwrap();
+    match trainer.step() {
+        Err(TrainError::NonFinite {
+            step: 0,
+            what: "loss",
+            ..
+        }) => {}
+        other => panic!("expected a non-finite loss at step 0, got {other:?}"),
+    }
+}
+
+fn config_model() -> opd_policy::LlamaConfig {
+    toy::config()
+}
+
+use opd_policy::Llama;

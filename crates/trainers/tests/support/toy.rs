@@ -1,0 +1,222 @@
+//! A toy world for training tests: a character-level tokenizer, a tiny Llama, a digit mapping
+//! to learn, and a base model that has learned to copy an answer it is shown.
+
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use burn::backend::{Autodiff, Flex};
+
+use burn::module::AutodiffModule;
+use opd_policy::{Architecture, ChatTemplate, ChatTokenizer, Llama, LlamaConfig, SpecialTokens};
+use opd_rollout::{SamplingParams, ScoreOptions, score};
+use opd_teachers::PrivilegedTemplate;
+use opd_trainers::{
+    Environment, Objective, OptimizerConfig, Outcome, SftConfig, Task, TrainConfig, Trainer,
+    evaluate,
+};
+
+pub type A = Autodiff<Flex>;
+
+/// `<eos>` is id 0; then the characters.
+const CHARS: &str = "0123456789|=:; abcdefghijklmnopqrstuvwxyz,.";
+
+/// One token per character; the chat template writes the user turn and then `=`.
+pub fn tokenizer() -> ChatTokenizer {
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    let mut vocab: std::collections::HashMap<String, u32> = CHARS
+        .chars()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i as u32 + 1))
+        .collect();
+    vocab.insert("<eos>".into(), 0);
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token(";".into())
+        .build()
+        .unwrap();
+    let mut inner = tokenizers::Tokenizer::new(model);
+    inner.with_pre_tokenizer(Some(
+        Split::new(
+            SplitPattern::Regex(".".into()),
+            tokenizers::SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .unwrap(),
+    ));
+    inner.with_decoder(Some(tokenizers::decoders::fuse::Fuse::new()));
+    inner
+        .add_special_tokens(vec![tokenizers::AddedToken::from("<eos>", true)])
+        .unwrap();
+    ChatTokenizer {
+        inner,
+        special: SpecialTokens {
+            bos: None,
+            eos: vec![0],
+            pad: Some(0),
+        },
+        chat_template: Some(
+            ChatTemplate::new(
+                "{% for m in messages %}{{ m.content }}{% endfor %}\
+                 {% if add_generation_prompt %}={% endif %}",
+            )
+            .unwrap(),
+        ),
+    }
+}
+
+pub fn config() -> LlamaConfig {
+    LlamaConfig {
+        architecture: Architecture::Llama,
+        vocab_size: CHARS.len() + 1,
+        hidden_size: 48,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 12,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 48,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+    }
+}
+
+/// The function to learn: digit `d` ↦ `(3d + 1) mod 10`.
+pub fn mapped(d: usize) -> usize {
+    (3 * d + 1) % 10
+}
+
+/// The ten questions of the mapping task, with their answers as references.
+pub fn mapping_tasks() -> Vec<Task> {
+    (0..10)
+        .map(|d| Task::with_answer(d.to_string(), mapped(d).to_string()))
+        .collect()
+}
+
+/// The privileged prompts of the toy: the question, `|`, then what the teacher may see.
+pub fn template() -> PrivilegedTemplate {
+    PrivilegedTemplate {
+        reference: "{question}|{solution}".into(),
+        demonstration: "{question}|{demonstration}".into(),
+        sdpo_question: "{question}".into(),
+        sdpo_demonstration: "|{demonstration}".into(),
+        sdpo_feedback: "|{feedback}".into(),
+        sdpo_instruction: String::new(),
+    }
+}
+
+/// Reward 1 for the right digit; a wrong answer's feedback is the right digit.
+#[derive(Debug, Clone, Copy)]
+pub struct Revealing;
+
+impl Environment for Revealing {
+    fn evaluate(&self, task: &Task, response: &str) -> Outcome {
+        let expected = task.answer.clone().unwrap_or_default();
+        let correct = response.trim() == expected;
+        Outcome {
+            reward: f64::from(u8::from(correct)),
+            correct,
+            feedback: (!correct).then_some(expected),
+        }
+    }
+}
+
+/// A small fast configuration for toy runs.
+pub fn toy_config(objective: Objective, steps: usize, lr: f64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        prompts_per_step: 10,
+        micro_batch: 16,
+        seed: 7,
+        optimizer: OptimizerConfig {
+            learning_rate: lr,
+            warmup_steps: 2,
+            min_lr_ratio: 0.5,
+            ..OptimizerConfig::default()
+        },
+        sampling: opd_trainers::SamplingConfig {
+            max_new_tokens: 4,
+            ..Default::default()
+        },
+        objective,
+        ..TrainConfig::default()
+    }
+}
+
+/// The copy base: trained by SFT (with the trainer itself) to answer `x|y=` with `y`,
+/// `x|y|y=` with `y`, and `x=` with a random digit, so it knows nothing of [`mapped`] but
+/// can read an answer from its context. Built once per test binary.
+pub fn copy_base() -> Llama<A> {
+    static BASE: OnceLock<Llama<A>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut tasks = Vec::new();
+        for x in 0..10 {
+            for y in 0..10 {
+                tasks.push(Task::with_answer(format!("{x}|{y}"), y.to_string()));
+                tasks.push(Task::with_answer(format!("{x}|{y}|{y}"), y.to_string()));
+                tasks.push(Task::with_answer(
+                    x.to_string(),
+                    ((x * 7 + y) % 10).to_string(),
+                ));
+            }
+        }
+        let mut run = toy_config(Objective::Sft(SftConfig::default()), 150, 1e-2);
+        run.prompts_per_step = 32;
+        run.micro_batch = 32;
+        let student = Llama::<A>::init(&config(), 11, &Default::default());
+        let mut trainer = Trainer::new(run, student, tokenizer(), tasks, Revealing).unwrap();
+        trainer.train(|_| {}).unwrap();
+        trainer.into_student()
+    })
+    .clone()
+}
+
+/// Accuracy on the mapping task: `n` samples per question at temperature 1.
+pub fn accuracy(model: &Llama<A>, n: usize, seed: u64) -> f64 {
+    let params = SamplingParams {
+        n,
+        max_new_tokens: 4,
+        seed,
+        ..SamplingParams::default()
+    };
+    evaluate(
+        &model.valid(),
+        &tokenizer(),
+        &Revealing,
+        &mapping_tasks(),
+        &params,
+    )
+    .unwrap()
+    .accuracy
+}
+
+/// Mean NLL per token of the tasks' references (with the end token) under `model`.
+pub fn nll(model: &Llama<A>, tasks: &[Task]) -> f64 {
+    let tok = tokenizer();
+    let contexts = tasks
+        .iter()
+        .map(|t| opd_trainers::prompt_ids(&tok, &t.prompt).unwrap())
+        .collect();
+    let responses = tasks
+        .iter()
+        .map(|t| {
+            let mut ids = tok.encode(t.reference.as_deref().unwrap()).unwrap();
+            ids.push(0);
+            ids
+        })
+        .collect();
+    let batch = opd_policy::SequenceBatch::new(contexts, responses).unwrap();
+    let scores = score(&model.valid(), &batch, ScoreOptions::default()).unwrap();
+    let rows = scores.to_rows(&batch);
+    let (sum, count) = rows.iter().fold((0.0, 0), |(s, c), r| {
+        (
+            s - r.logprobs.iter().map(|&l| l as f64).sum::<f64>(),
+            c + r.logprobs.len(),
+        )
+    });
+    sum / count as f64
+}
