@@ -1,0 +1,167 @@
+//! A few OPSD steps of SmolLM2-135M on GSM-style problems with worked solutions, on
+//! `Autodiff<Flex>`: the real run of the trainers crate (for `peer/compare_opsd_step.py`).
+//! Every step prints its metrics as one JSON line (phase times, tokens/s, divergence, the
+//! teacher/student top-k overlap) with the peak resident memory; the last line is the summary
+//! over the steps after the first: mean seconds per phase and the shapes of a step (rows,
+//! student and teacher context lengths, longest response), which the PyTorch peer replays.
+//!
+//! usage: opsd_step [STEPS] [MAX_NEW_TOKENS]
+
+use burn::backend::{Autodiff, Flex};
+use opd_teachers::{Conditioned, Privileged, PrivilegedTemplate};
+use opd_trainers::{
+    Environment, Objective, OpsdConfig, OptimizerConfig, Outcome, SamplingConfig, StepMetrics,
+    Task, TrainConfig, Trainer, prompt_ids,
+};
+
+#[path = "peak_rss.rs"]
+mod peak_rss;
+use peak_rss::peak_rss_mb;
+
+type A = Autodiff<Flex>;
+
+const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const ROWS: usize = 2;
+
+/// Four GSM-style problems with worked solutions ending `#### N`.
+fn problems() -> Vec<Task> {
+    [
+        (
+            "Tom has 3 boxes with 12 apples in each box. He gives away 7 apples. How many apples does he have left?",
+            "3 boxes with 12 apples is 3 * 12 = 36 apples. After giving away 7 he has 36 - 7 = 29 apples.\n#### 29",
+            "29",
+        ),
+        (
+            "Pens cost $2 each. Mia buys 5 pens and pays with a $20 bill. How much change does she get?",
+            "5 pens cost 5 * 2 = 10 dollars. Her change is 20 - 10 = 10 dollars.\n#### 10",
+            "10",
+        ),
+        (
+            "A train travels 60 km every hour. How far does it travel in 3 hours?",
+            "In 3 hours it travels 60 * 3 = 180 km.\n#### 180",
+            "180",
+        ),
+        (
+            "Sara reads 15 pages a day. How many pages does she read in one week?",
+            "A week has 7 days, so she reads 15 * 7 = 105 pages.\n#### 105",
+            "105",
+        ),
+    ]
+    .into_iter()
+    .map(|(q, solution, answer)| Task {
+        prompt: format!("{q} Give the final answer after ####."),
+        reference: Some(solution.into()),
+        answer: Some(answer.into()),
+    })
+    .collect()
+}
+
+/// The number after the last `####`, else the last number in the answer.
+struct FinalNumber;
+
+impl Environment for FinalNumber {
+    fn evaluate(&self, task: &Task, response: &str) -> Outcome {
+        let tail = response.rsplit("####").next().unwrap_or(response);
+        let numbers: Vec<&str> = tail
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let given = if response.contains("####") {
+            numbers.first()
+        } else {
+            numbers.last()
+        };
+        let correct = given.copied() == task.answer.as_deref();
+        Outcome {
+            reward: f64::from(u8::from(correct)),
+            correct,
+            feedback: None,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
+    let steps = args.first().copied().unwrap_or(3);
+    let max_new_tokens = args.get(1).copied().unwrap_or(96);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
+    let (student, tokenizer) =
+        opd_policy::load::<A>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
+    let tasks = problems();
+    let mean_len = |lens: Vec<usize>| lens.iter().sum::<usize>() / lens.len();
+    let student_context = mean_len(
+        tasks
+            .iter()
+            .map(|t| prompt_ids(&tokenizer, &t.prompt).unwrap().len())
+            .collect(),
+    );
+    let conditioned = Conditioned {
+        teacher: (),
+        template: PrivilegedTemplate::default(),
+        tokenizer: tokenizer.clone(),
+    };
+    let questions: Vec<&str> = tasks.iter().map(|t| t.prompt.as_str()).collect();
+    let privileged: Vec<Privileged> = tasks
+        .iter()
+        .map(|t| Privileged::Reference(t.reference.clone().unwrap()))
+        .collect();
+    let teacher_context = mean_len(
+        conditioned
+            .contexts(&questions, &privileged)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.unwrap().len())
+            .collect(),
+    );
+    let config = TrainConfig {
+        steps,
+        prompts_per_step: ROWS,
+        micro_batch: ROWS,
+        seed: 1,
+        optimizer: OptimizerConfig {
+            learning_rate: 1e-5,
+            ..OptimizerConfig::default()
+        },
+        sampling: SamplingConfig {
+            max_new_tokens,
+            ..SamplingConfig::default()
+        },
+        objective: Objective::Opsd(OpsdConfig::default()),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(config, student, tokenizer, tasks, FinalNumber).unwrap();
+    let mut measured: Vec<StepMetrics> = Vec::new();
+    let mut longest = 0;
+    trainer
+        .train(|m| {
+            let mut line = serde_json::to_value(m).unwrap();
+            line["peak_rss_mb"] = peak_rss_mb().into();
+            println!("{line}");
+            longest = longest.max(m.response_length_max);
+            if m.step > 0 || steps == 1 {
+                measured.push(m.clone());
+            }
+        })
+        .unwrap();
+    let mean = |f: &dyn Fn(&StepMetrics) -> f64| {
+        measured.iter().map(f).sum::<f64>() / measured.len() as f64
+    };
+    let summary = serde_json::json!({
+        "rows": ROWS,
+        "student_context": student_context,
+        "teacher_context": teacher_context,
+        "response": longest,
+        "rollout_s": mean(&|m| m.seconds.rollout),
+        "teacher_s": mean(&|m| m.seconds.teacher),
+        "train_s": mean(&|m| m.seconds.train),
+        "optimizer_s": mean(&|m| m.seconds.optimizer),
+        "generated_tok_s": mean(&|m| m.tokens_per_second.rollout),
+        "divergence": mean(&|m| m.divergence_mean.unwrap_or(f64::NAN)),
+        "shared_mass_teacher": mean(&|m| m.shared_mass_teacher.unwrap_or(f64::NAN)),
+        "peak_mb": peak_rss_mb(),
+    });
+    println!("{summary}");
+}
