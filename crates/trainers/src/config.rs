@@ -9,7 +9,8 @@ use crate::error::{Result, TrainError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Optimizer steps (per rollout batch there are `mini_batches` of them). Default 100.
+    /// Training steps: rollout batches, each followed by `mini_batches` optimizer steps.
+    /// Default 100.
     pub steps: usize,
     /// Distinct prompts per rollout batch (GRPO and SDPO sample `group_size` answers to each).
     /// Default 8.

@@ -4,10 +4,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-/// Draws task indices in a fresh seeded permutation each epoch; `position` counts draws, so a
-/// stream rebuilt with the same seed and advanced to it continues identically.
+/// Draws task indices in a fresh seeded permutation each epoch: an order rebuilt with the same
+/// seed and advanced by the same number of draws continues identically.
 #[derive(Debug, Clone)]
-pub struct TaskOrder {
+pub(crate) struct TaskOrder {
     len: usize,
     seed: u64,
     position: usize,
@@ -31,11 +31,6 @@ impl TaskOrder {
         self.order = (0..self.len).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37));
         self.order.shuffle(&mut rng);
-    }
-
-    /// Indices drawn so far.
-    pub fn position(&self) -> usize {
-        self.position
     }
 
     /// The next `n` task indices.

@@ -44,7 +44,6 @@ pub use config::{
     OpdForm, OpsdConfig, OptimizerConfig, SamplingConfig, SdftConfig, SdpoConfig, SftConfig,
     TeacherWeights, TrainConfig,
 };
-pub use data::TaskOrder;
 pub use environment::{Environment, ExactAnswer, Outcome, Task};
 pub use error::{Result, TrainError};
 pub use evaluate::{Evaluation, evaluate};

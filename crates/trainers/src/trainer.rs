@@ -91,6 +91,7 @@ struct StepStats {
     losses: Running,
     parts: std::collections::BTreeMap<String, f64>,
     grad_norm: f64,
+    updates: usize,
     trained_tokens: usize,
     skipped: usize,
     warnings: Vec<String>,
@@ -217,9 +218,18 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         })
     }
 
-    /// Sets OPD's teacher (an [`opd_teachers::External`] model, or any strategy).
+    /// Sets the teacher's weights: OPD's teacher model (an [`opd_teachers::External`] model,
+    /// or any strategy); for OPSD, SDFT and SDPO, the model that reads the privileged context in
+    /// place of the student's own weights. SFT and GRPO have no teacher and ignore it.
     pub fn with_teacher(mut self, teacher: impl Teacher<B> + 'static) -> Self {
-        self.teacher = TeacherSlot::Model(Box::new(teacher));
+        match &mut self.teacher {
+            TeacherSlot::Conditioned(conditioned) => conditioned.teacher = Box::new(teacher),
+            TeacherSlot::Model(_) | TeacherSlot::None => {
+                if let Objective::Opd(_) = self.config.objective {
+                    self.teacher = TeacherSlot::Model(Box::new(teacher));
+                }
+            }
+        }
         self
     }
 
@@ -572,6 +582,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             return Ok((0.0, 0.0));
         }
         let norm = Normalizer { tokens, sequences };
+        stats.updates += 1;
         let student = self
             .student
             .take()
@@ -963,9 +974,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             |count: usize| (stats.clip_tokens > 0).then(|| count as f64 / stats.clip_tokens as f64);
         let o = stats.overlap;
         let overlap = |sum: f64| (o.positions > 0).then(|| sum / o.positions as f64);
-        let updates = stats.losses.mean().map_or(1.0, |_| {
-            (self.config.mini_batches.min(rows.responses.len()).max(1)) as f64
-        });
+        let updates = stats.updates.max(1) as f64;
         Ok(StepMetrics {
             step: self.step,
             learning_rate,
