@@ -185,3 +185,35 @@ fn config_model() -> opd_policy::LlamaConfig {
 }
 
 use opd_policy::Llama;
+
+#[test]
+fn the_collapse_watch_warns_or_stops() {
+    let mut config = toy_config(Objective::Sft(opd_trainers::SftConfig::default()), 2, 1e-3);
+    // An entropy floor no model reaches: the watch fires at the first step.
+    config.collapse.min_entropy = Some(100.0);
+    let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+    let mut trainer = Trainer::new(
+        config.clone(),
+        student.clone(),
+        tokenizer(),
+        mapping_tasks(),
+        Revealing,
+    )
+    .unwrap();
+    let metrics = trainer.step().unwrap();
+    assert!(
+        metrics
+            .warnings
+            .iter()
+            .any(|w| w.contains("collapse.min_entropy")),
+        "{:?}",
+        metrics.warnings
+    );
+    config.collapse.stop = true;
+    let mut trainer =
+        Trainer::new(config, student, tokenizer(), mapping_tasks(), Revealing).unwrap();
+    match trainer.step() {
+        Err(TrainError::Collapse { step: 0, reason }) => assert!(reason.contains("entropy")),
+        other => panic!("expected the run to stop at step 0, got {other:?}"),
+    }
+}
