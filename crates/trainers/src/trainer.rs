@@ -9,7 +9,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, ElementConversion, Tensor, TensorData};
-use opd_divergences::sampled::sequence_log_probs;
+use opd_divergences::sampled::{Estimator, sequence_log_probs};
 use opd_divergences::{
     DistillationLoss, Divergence, DivergenceBackend, DivergenceOptions, Support,
 };
@@ -49,6 +49,9 @@ struct Micro<B: AutodiffBackend> {
     response_mask: Tensor<B, 2, Bool>,
     loss_mask: Tensor<B, 2, Bool>,
     loss_mask_host: Vec<bool>,
+    /// Counted tokens, and rows with at least one.
+    tokens: usize,
+    sequences: usize,
     old: Tensor<B, 2>,
     old_host: Vec<f32>,
     /// Per-token advantages and their host copy.
@@ -58,19 +61,6 @@ struct Micro<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Micro<B> {
-    fn counted(&self) -> (usize, usize) {
-        let width = self.batch.response_width();
-        let per_row: Vec<usize> = self
-            .loss_mask_host
-            .chunks(width)
-            .map(|r| r.iter().filter(|&&m| m).count())
-            .collect();
-        (
-            per_row.iter().sum(),
-            per_row.iter().filter(|&&n| n > 0).count(),
-        )
-    }
-
     fn teacher_tokens(&self, temperature: f64) -> Result<Tensor<B, 2>> {
         let output = self.teacher.clone().expect("a teacher output");
         Ok(output.into_token_log_probs(temperature)?)
@@ -507,11 +497,17 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         };
         let loss_mask_host = host(loss_mask.clone().int().float());
         let loss_mask_host: Vec<bool> = loss_mask_host.iter().map(|&m| m > 0.5).collect();
+        let per_row: Vec<usize> = loss_mask_host
+            .chunks(batch.response_width())
+            .map(|row| row.iter().filter(|&&m| m).count())
+            .collect();
         let mut micro = Micro {
             batch,
             response_mask,
             loss_mask,
             loss_mask_host,
+            tokens: per_row.iter().sum(),
+            sequences: per_row.iter().filter(|&&n| n > 0).count(),
             old,
             old_host,
             advantages: None,
@@ -576,8 +572,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
     ) -> Result<(f64, f64)> {
         let (tokens, sequences) = mini
             .iter()
-            .map(Micro::counted)
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+            .fold((0, 0), |(t, s), m| (t + m.tokens, s + m.sequences));
         if tokens == 0 {
             return Ok((0.0, 0.0));
         }
@@ -592,7 +587,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let mut total = 0.0;
         let mut failure = None;
         for (m, micro) in mini.iter().enumerate() {
-            if micro.counted().0 == 0 {
+            if micro.tokens == 0 {
                 continue;
             }
             let loss = match self.micro_loss(&student, micro, norm, index == 0, stats) {
@@ -610,7 +605,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             total += value;
             let grads = GradientsParams::from_grads(loss.backward(), &student);
             accumulator.accumulate(&student, grads);
-            stats.trained_tokens += micro.counted().0;
+            stats.trained_tokens += micro.tokens;
         }
         let train_seconds = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
@@ -685,10 +680,11 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let mask = micro.loss_mask.clone();
         let counted = &micro.loss_mask_host;
         let old = micro.old.clone();
-        if !matches!(self.config.objective, Objective::Sft(_)) {
-            let ratio = host(importance_ratio(lp.clone(), old.clone()).inner());
-            stats.ratio.add_masked(&ratio, counted);
-        }
+        let ratio = match self.config.objective {
+            Objective::Sft(_) => Vec::new(),
+            _ => host(importance_ratio(lp.clone(), old.clone()).inner()),
+        };
+        stats.ratio.add_masked(&ratio, counted);
         if diagnose {
             self.diagnose(logits.clone().inner(), micro, stats);
         }
@@ -713,7 +709,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             Objective::Grpo(c) => {
                 aggregation = c.aggregation;
                 let (advantages, host_adv) = micro.advantages.clone().expect("advantages");
-                self.clip_stats(&lp, &old, &host_adv, counted, c, stats);
+                clip_stats(&ratio, &host_adv, counted, c, stats);
                 parts.push((
                     "pg",
                     grpo::clipped_surrogate(
@@ -733,7 +729,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             Objective::Opd(c) => match c.form {
                 OpdForm::Surrogate => {
                     let teacher = micro.teacher_tokens(1.0)?;
-                    divergence = Some(k3(&lp, &teacher));
+                    divergence = Some(Estimator::K3.estimate(lp.clone().detach(), teacher.clone()));
                     parts.push((
                         "opd",
                         opd::surrogate(lp.clone(), old.clone(), teacher, c.trust_region_beta),
@@ -741,7 +737,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 }
                 OpdForm::Advantage => {
                     let teacher = micro.teacher_tokens(1.0)?;
-                    divergence = Some(k3(&lp, &teacher));
+                    divergence = Some(Estimator::K3.estimate(lp.clone().detach(), teacher.clone()));
                     let (advantages, _) = micro.advantages.clone().expect("advantages");
                     parts.push((
                         "pg",
@@ -863,30 +859,6 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 let teacher = micro.teacher_tokens(temperature)?;
                 Ok(distill::sampled_token(lp_at(temperature)?, teacher))
             }
-        }
-    }
-
-    /// GRPO's clip fractions: `ρ < 1 − ε_low` with `A < 0`, `ρ > 1 + ε_high` with `A > 0`.
-    fn clip_stats(
-        &self,
-        lp: &Tensor<B, 2>,
-        old: &Tensor<B, 2>,
-        advantages: &[f32],
-        counted: &[bool],
-        c: &crate::config::GrpoConfig,
-        stats: &mut StepStats,
-    ) {
-        let ratio = host(importance_ratio(lp.clone(), old.clone()).inner());
-        for ((r, a), _) in ratio
-            .iter()
-            .zip(advantages)
-            .zip(counted)
-            .filter(|(_, m)| **m)
-        {
-            let (r, a) = (*r as f64, *a as f64);
-            stats.clip_low += usize::from(r < 1.0 - c.epsilon_low && a < 0.0);
-            stats.clip_high += usize::from(r > 1.0 + c.epsilon_high && a > 0.0);
-            stats.clip_tokens += 1;
         }
     }
 
@@ -1032,9 +1004,23 @@ fn distill_support(form: DistillForm) -> TeacherSupport {
     }
 }
 
-/// The k3 estimate of the reverse KL at each sampled token, for monitoring:
-/// `e^{−r} − 1 + r`, `r = log p_θ(ŷ_t) − log p_T(ŷ_t)` (detached).
-fn k3<B: AutodiffBackend>(lp: &Tensor<B, 2>, teacher: &Tensor<B, 2>) -> Tensor<B, 2> {
-    let r = lp.clone().detach() - teacher.clone();
-    r.clone().neg().exp() - 1.0 + r
+/// GRPO's clip fractions: `ρ < 1 − ε_low` with `A < 0`, `ρ > 1 + ε_high` with `A > 0`.
+fn clip_stats(
+    ratio: &[f32],
+    advantages: &[f32],
+    counted: &[bool],
+    c: &crate::config::GrpoConfig,
+    stats: &mut StepStats,
+) {
+    for ((r, a), _) in ratio
+        .iter()
+        .zip(advantages)
+        .zip(counted)
+        .filter(|(_, m)| **m)
+    {
+        let (r, a) = (*r as f64, *a as f64);
+        stats.clip_low += usize::from(r < 1.0 - c.epsilon_low && a < 0.0);
+        stats.clip_high += usize::from(r > 1.0 + c.epsilon_high && a > 0.0);
+        stats.clip_tokens += 1;
+    }
 }

@@ -203,15 +203,25 @@ fn opd_advantage_form_lowers_the_reverse_kl_and_raises_accuracy() {
     opd(OpdForm::Advantage, 150, 0.5, 0.3);
 }
 
-/// A self-distillation run on the mapping task; returns accuracy before and after and the
-/// divergence over the first and last steps.
+/// What a self-distillation run measured.
+struct Distilled {
+    student: Llama<A>,
+    before: f64,
+    after: f64,
+    /// Mean divergence over the first and the last three steps.
+    d0: f64,
+    d1: f64,
+    all: Vec<StepMetrics>,
+}
+
+/// A self-distillation run of `student` on the mapping task.
 fn self_distill(
+    student: Llama<A>,
     objective: Objective,
     steps: usize,
     lr: f64,
     name: &str,
-) -> (f64, f64, f64, f64, Vec<StepMetrics>) {
-    let student = copy_base();
+) -> Distilled {
     let before = accuracy(&student, 8, 3);
     let trainer = Trainer::new(
         toy_config(objective, steps, lr),
@@ -226,13 +236,32 @@ fn self_distill(
     let after = accuracy(&student, 8, 3);
     let (d0, d1) = first_last(&all, 3, |m| m.divergence_mean.unwrap());
     println!("{name}: accuracy {before:.3} -> {after:.3}, divergence {d0:.3} -> {d1:.3}");
-    (before, after, d0, d1, all)
+    Distilled {
+        student,
+        before,
+        after,
+        d0,
+        d1,
+        all,
+    }
 }
 
 #[test]
 fn opsd_lowers_its_jsd_and_raises_accuracy() {
-    let (before, after, d0, d1, all) =
-        self_distill(Objective::Opsd(OpsdConfig::default()), 30, 5e-3, "opsd");
+    let Distilled {
+        before,
+        after,
+        d0,
+        d1,
+        all,
+        ..
+    } = self_distill(
+        copy_base(),
+        Objective::Opsd(OpsdConfig::default()),
+        30,
+        5e-3,
+        "opsd",
+    );
     assert!(after >= before + 0.5, "accuracy {before:.3} -> {after:.3}");
     assert!(d1 < 0.5 * d0, "JSD {d0:.3} -> {d1:.3}");
     let last = all.last().unwrap();
@@ -249,30 +278,35 @@ fn opsd_with_lora_trains_only_the_adapters_against_the_adapters_off_teacher() {
         alpha: 16.0,
         targets: LoraTarget::ALL.to_vec(),
     };
-    let student = base.with_lora(&lora);
-    let before = accuracy(&student, 8, 3);
-    let objective = Objective::Opsd(OpsdConfig::default());
-    let trainer = Trainer::new(
-        toy_config(objective, 30, 1e-2),
+    let Distilled {
         student,
-        tokenizer(),
-        mapping_tasks(),
-        Revealing,
-    )
-    .unwrap()
-    .with_template(template());
-    let (student, all) = run(trainer, "opsd-lora");
-    let after = accuracy(&student, 8, 3);
-    println!("opsd with LoRA: accuracy {before:.3} -> {after:.3}");
+        before,
+        after,
+        d0,
+        d1,
+        ..
+    } = self_distill(
+        base.with_lora(&lora),
+        Objective::Opsd(OpsdConfig::default()),
+        30,
+        1e-2,
+        "opsd-lora",
+    );
     assert_eq!(embedding(&student), frozen, "the base weights never move");
     assert!(after >= before + 0.5, "accuracy {before:.3} -> {after:.3}");
-    let (d0, d1) = first_last(&all, 3, |m| m.divergence_mean.unwrap());
     assert!(d1 < 0.5 * d0, "JSD {d0:.3} -> {d1:.3}");
 }
 
 #[test]
 fn sdft_lowers_its_reverse_kl_and_raises_accuracy() {
-    let (before, after, d0, d1, _) = self_distill(
+    let Distilled {
+        before,
+        after,
+        d0,
+        d1,
+        ..
+    } = self_distill(
+        copy_base(),
         Objective::Sdft(SdftConfig {
             teacher: TeacherWeights::FrozenInitial,
             ..SdftConfig::default()
@@ -292,7 +326,9 @@ fn sdpo_raises_the_reward_from_feedback() {
         teacher: TeacherWeights::TrustRegion(0.05),
         ..SdpoConfig::default()
     });
-    let (before, after, _, _, all) = self_distill(objective, 40, 2e-3, "sdpo");
+    let Distilled {
+        before, after, all, ..
+    } = self_distill(copy_base(), objective, 40, 2e-3, "sdpo");
     let (r0, r1) = first_last(&all, 5, |m| m.reward_mean);
     assert!(after >= before + 0.5, "accuracy {before:.3} -> {after:.3}");
     assert!(r1 >= r0 + 0.3, "reward {r0:.3} -> {r1:.3}");

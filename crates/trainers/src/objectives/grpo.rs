@@ -3,6 +3,7 @@
 //! (no std, constant normalizer); TRL's `GRPOTrainer` for the defaults.
 
 use burn::tensor::{Tensor, backend::Backend};
+use opd_divergences::sampled::Estimator;
 
 use super::importance_ratio;
 
@@ -72,6 +73,6 @@ pub fn clipped_surrogate<B: Backend>(
 /// The k3 estimate of `KL(π_θ ‖ π_ref)` at each sampled token (Schulman's estimator, TRL's
 /// `per_token_kl`): `e^{q} − q − 1`, `q = log π_ref(ŷ_t) − log π_θ(ŷ_t)`; non-negative.
 pub fn k3_to_reference<B: Backend>(lp: Tensor<B, 2>, reference: Tensor<B, 2>) -> Tensor<B, 2> {
-    let q = reference.detach() - lp;
-    q.clone().exp() - q - 1.0
+    // The divergences crate's k3 with r = lp − ref: e^{−r} − 1 + r = e^{q} − q − 1.
+    Estimator::K3.estimate(lp, reference)
 }
