@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 use burn::backend::{Autodiff, Flex};
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::tensor::{Tensor, backend::Backend};
 use opd_policy::{Architecture, ChatTemplate, ChatTokenizer, Llama, LlamaConfig, SpecialTokens};
 use opd_rollout::{SamplingParams, ScoreOptions, score};
 use opd_teachers::PrivilegedTemplate;
@@ -149,10 +150,11 @@ pub fn toy_config(objective: Objective, steps: usize, lr: f64) -> TrainConfig {
 
 /// The copy base: trained by SFT (with the trainer itself) to answer `x|y=` with `y`,
 /// `x|y|y=` with `y`, and `x=` with a random digit, so it knows nothing of [`mapped`] but
-/// can read an answer from its context. Built once per test binary.
+/// can read an answer from its context. Trained once per test binary; every call returns the
+/// weights as a model of its own (see [`trainable`]).
 pub fn copy_base() -> Llama<A> {
-    static BASE: OnceLock<Llama<A>> = OnceLock::new();
-    BASE.get_or_init(|| {
+    static BASE: OnceLock<Llama<Flex>> = OnceLock::new();
+    trainable(BASE.get_or_init(|| {
         let mut tasks = Vec::new();
         for x in 0..10 {
             for y in 0..10 {
@@ -170,9 +172,22 @@ pub fn copy_base() -> Llama<A> {
         let student = Llama::<A>::init(&config(), 11, &Default::default());
         let mut trainer = Trainer::new(run, student, tokenizer(), tasks, Revealing).unwrap();
         trainer.train(|_| {}).unwrap();
-        trainer.into_student()
-    })
-    .clone()
+        trainer.into_student().valid()
+    }))
+}
+
+/// The weights of `inner` as a trainable autodiff model whose parameters are leaves of its own.
+/// Clones of one autodiff model share their parameters' graph nodes, and burn 0.21's autodiff
+/// graph deadlocks when two threads train such clones at once (lock order between
+/// `GraphLocator::select` and `GraphCleaner::init`): tests running in parallel must not.
+pub fn trainable(inner: &Llama<Flex>) -> Llama<A> {
+    struct RequireGrad;
+    impl<B: Backend> ModuleMapper<B> for RequireGrad {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.set_require_grad(true)
+        }
+    }
+    Llama::<A>::from_inner(inner.clone()).map(&mut RequireGrad)
 }
 
 /// Accuracy on the mapping task: `n` samples per question at temperature 1.
