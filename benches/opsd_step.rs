@@ -52,6 +52,7 @@ fn problems() -> Vec<Task> {
         prompt: format!("{q} Give the final answer after ####."),
         reference: Some(solution.into()),
         answer: Some(answer.into()),
+        tests: None,
     })
     .collect()
 }

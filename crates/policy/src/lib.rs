@@ -29,6 +29,7 @@
 //! ```
 
 mod attention;
+pub mod characters;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;

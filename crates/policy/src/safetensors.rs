@@ -287,7 +287,7 @@ impl<B: Backend> Llama<B> {
 }
 
 /// Writes `bytes` to `path.tmp`, syncs it, and renames it to `path`.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!(
         "{}.tmp",

@@ -1,14 +1,21 @@
 //! Tasks and the environments that grade answers to them.
 
-/// One training or evaluation problem.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One training or evaluation problem; one row of a JSONL data file
+/// (`{"prompt": …, "reference": …, "answer": …, "tests": …}`, only `prompt` required).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Task {
     /// The question, as the user turn of the chat template.
     pub prompt: String,
     /// A worked solution or demonstration: SFT's target, OPSD's and SDFT's privileged context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     /// The final answer an environment checks against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// Tests a code environment runs against the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<String>,
 }
 
 impl Task {
@@ -19,6 +26,7 @@ impl Task {
             prompt: prompt.into(),
             reference: Some(answer.clone()),
             answer: Some(answer),
+            tests: None,
         }
     }
 }

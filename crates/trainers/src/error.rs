@@ -26,6 +26,16 @@ pub enum TrainError {
         /// What is missing or wrong.
         problem: String,
     },
+    /// A data file cannot be read, or one of its rows is malformed.
+    #[error("{}:{line}: {problem}", path.display())]
+    Data {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The 1-based line (0 when the file itself cannot be read).
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
     /// A loss or gradient was NaN or infinite (and the config says to stop).
     #[error("step {step}, micro-batch {micro_batch}: {what} is not finite ({value})")]
     NonFinite {

@@ -27,14 +27,16 @@
 //! | SDPO | `min(sg ρ, 2) · JSD_α(p_T(·|x, f, demo) ‖ p_θ(·|x))` on the student's top-100 + tail |
 
 pub mod config;
-mod data;
+pub mod data;
 mod diagnostics;
 mod environment;
 mod error;
 mod evaluate;
 mod grads;
+mod math;
 mod metrics;
 pub mod objectives;
+mod order;
 mod rows;
 mod schedule;
 mod trainer;
@@ -47,6 +49,7 @@ pub use config::{
 pub use environment::{Environment, ExactAnswer, Outcome, Task};
 pub use error::{Result, TrainError};
 pub use evaluate::{Evaluation, evaluate};
+pub use math::{MathAnswer, final_number};
 pub use metrics::{Phases, StepMetrics};
 pub use rows::prompt_ids;
 pub use schedule::learning_rate;

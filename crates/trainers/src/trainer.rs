@@ -23,13 +23,13 @@ use opd_teachers::{
 use crate::config::{
     Aggregation, DistillForm, Objective, OnNonFinite, OpdForm, TeacherWeights, TrainConfig,
 };
-use crate::data::TaskOrder;
 use crate::diagnostics::{self, CollapseState, Overlap, TopSets, host};
 use crate::environment::{Environment, Task};
 use crate::error::{Result, TrainError};
 use crate::grads;
 use crate::metrics::{Running, StepMetrics};
 use crate::objectives::{Normalizer, aggregate, distill, grpo, importance_ratio, opd, sft};
+use crate::order::TaskOrder;
 use crate::rows::{self, Rows};
 use crate::schedule::learning_rate;
 

@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, backend::Backend};
-use opd_policy::{Architecture, ChatTemplate, ChatTokenizer, Llama, LlamaConfig, SpecialTokens};
+use opd_policy::{Architecture, ChatTokenizer, Llama, LlamaConfig};
 use opd_rollout::{SamplingParams, ScoreOptions, score};
 use opd_teachers::PrivilegedTemplate;
 use opd_trainers::{
@@ -24,46 +24,12 @@ const CHARS: &str = "0123456789|=:; abcdefghijklmnopqrstuvwxyz,.";
 
 /// One token per character; the chat template writes the user turn and then `=`.
 pub fn tokenizer() -> ChatTokenizer {
-    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-    let mut vocab: std::collections::HashMap<String, u32> = CHARS
-        .chars()
-        .enumerate()
-        .map(|(i, c)| (c.to_string(), i as u32 + 1))
-        .collect();
-    vocab.insert("<eos>".into(), 0);
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token(";".into())
-        .build()
-        .unwrap();
-    let mut inner = tokenizers::Tokenizer::new(model);
-    inner.with_pre_tokenizer(Some(
-        Split::new(
-            SplitPattern::Regex(".".into()),
-            tokenizers::SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .unwrap(),
-    ));
-    inner.with_decoder(Some(tokenizers::decoders::fuse::Fuse::new()));
-    inner
-        .add_special_tokens(vec![tokenizers::AddedToken::from("<eos>", true)])
-        .unwrap();
-    ChatTokenizer {
-        inner,
-        special: SpecialTokens {
-            bos: None,
-            eos: vec![0],
-            pad: Some(0),
-        },
-        chat_template: Some(
-            ChatTemplate::new(
-                "{% for m in messages %}{{ m.content }}{% endfor %}\
-                 {% if add_generation_prompt %}={% endif %}",
-            )
-            .unwrap(),
-        ),
-    }
+    ChatTokenizer::characters(
+        CHARS,
+        "{% for m in messages %}{{ m.content }}{% endfor %}\
+         {% if add_generation_prompt %}={% endif %}",
+    )
+    .unwrap()
 }
 
 pub fn config() -> LlamaConfig {
