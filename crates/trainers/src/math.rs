@@ -6,11 +6,10 @@ use crate::environment::{Environment, Outcome, Task};
 /// (GSM8K's convention), else the last number in the text. Thousands separators, a leading `$`
 /// and a trailing `.` are ignored; `None` when there is no number.
 pub fn final_number(response: &str) -> Option<f64> {
-    let tail = match response.rfind("####") {
+    match response.rfind("####") {
         Some(at) => numbers(&response[at + 4..]).into_iter().next(),
         None => numbers(response).into_iter().last(),
-    };
-    tail
+    }
 }
 
 /// Every number in `text`, in order: `-12`, `1,234`, `3.5`.
