@@ -51,4 +51,12 @@ impl<B: AutodiffBackend> Teacher<B> for Ema<B> {
         self.model = ema_update_trainable(self.model.clone(), student, self.rate)?;
         Ok(())
     }
+
+    fn moving_weights(&self) -> Option<&InnerLlama<B>> {
+        Some(&self.model)
+    }
+
+    fn set_moving_weights(&mut self, weights: InnerLlama<B>) {
+        self.model = weights;
+    }
 }

@@ -32,6 +32,16 @@ pub trait Teacher<B: AutodiffBackend> {
     fn after_step(&mut self, _student: &Llama<B>) -> Result<()> {
         Ok(())
     }
+
+    /// The weights this teacher has moved to on its own (the EMA's average), which a
+    /// checkpoint must keep; `None` for teachers that are a function of the initial and current
+    /// student (frozen, current, trust region) or fixed (an external model).
+    fn moving_weights(&self) -> Option<&InnerLlama<B>> {
+        None
+    }
+
+    /// Puts back weights read from [`Teacher::moving_weights`] (when resuming a run).
+    fn set_moving_weights(&mut self, _weights: InnerLlama<B>) {}
 }
 
 /// A boxed teacher is a teacher: trainers hold `Box<dyn Teacher<B>>` chosen at run time.
@@ -47,6 +57,14 @@ impl<B: AutodiffBackend, T: Teacher<B> + ?Sized> Teacher<B> for Box<T> {
 
     fn after_step(&mut self, student: &Llama<B>) -> Result<()> {
         (**self).after_step(student)
+    }
+
+    fn moving_weights(&self) -> Option<&InnerLlama<B>> {
+        (**self).moving_weights()
+    }
+
+    fn set_moving_weights(&mut self, weights: InnerLlama<B>) {
+        (**self).set_moving_weights(weights)
     }
 }
 

@@ -93,7 +93,7 @@ impl Overlap {
 /// Tracks the first step's response length and reports thresholds crossed.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CollapseState {
-    first_length: Option<f64>,
+    pub first_length: Option<f64>,
 }
 
 impl CollapseState {

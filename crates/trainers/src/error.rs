@@ -36,6 +36,14 @@ pub enum TrainError {
         /// What is wrong.
         problem: String,
     },
+    /// A checkpoint cannot be written or read, or belongs to another run.
+    #[error("checkpoint {}: {problem}", path.display())]
+    Checkpoint {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
     /// A loss or gradient was NaN or infinite (and the config says to stop).
     #[error("step {step}, micro-batch {micro_batch}: {what} is not finite ({value})")]
     NonFinite {

@@ -26,6 +26,7 @@
 //! | SDFT | `KL(p_θ(·|x) ‖ p_T(·|x, demo))` |
 //! | SDPO | `min(sg ρ, 2) · JSD_α(p_T(·|x, f, demo) ‖ p_θ(·|x))` on the student's top-100 + tail |
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod diagnostics;
@@ -35,6 +36,7 @@ mod evaluate;
 mod grads;
 mod math;
 mod metrics;
+mod named;
 pub mod objectives;
 mod order;
 mod rows;

@@ -33,6 +33,18 @@ impl TaskOrder {
         self.order.shuffle(&mut rng);
     }
 
+    /// Tasks drawn so far.
+    pub fn drawn(&self) -> usize {
+        self.position
+    }
+
+    /// Continues as an order that has drawn `position` tasks (from the start of the epoch it
+    /// is in).
+    pub fn skip_to(&mut self, position: usize) {
+        self.position = position;
+        self.shuffle(position / self.len);
+    }
+
     /// The next `n` task indices.
     pub fn take(&mut self, n: usize) -> Vec<usize> {
         (0..n)
@@ -64,5 +76,10 @@ mod tests {
         let mut b = TaskOrder::new(5, 3);
         assert_eq!(b.take(7), drawn[..7]);
         assert_eq!(b.take(8), drawn[7..]);
+        for position in [0, 4, 5, 6, 12] {
+            let mut c = TaskOrder::new(5, 3);
+            c.skip_to(position);
+            assert_eq!(c.take(15 - position), drawn[position..]);
+        }
     }
 }

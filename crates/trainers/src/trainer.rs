@@ -90,17 +90,17 @@ struct StepStats {
 /// Trains a student with one of the objectives of [`Objective`] on a list of tasks graded by
 /// an [`Environment`].
 pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
-    config: TrainConfig,
-    student: Option<Llama<B>>,
+    pub(crate) config: TrainConfig,
+    pub(crate) student: Option<Llama<B>>,
     tokenizer: ChatTokenizer,
-    optimizer: OptimizerAdaptor<AdamW, Llama<B>, B>,
+    pub(crate) optimizer: OptimizerAdaptor<AdamW, Llama<B>, B>,
     teacher: TeacherSlot<B>,
     reference: Option<FrozenInitial<B>>,
     environment: Box<dyn Environment>,
     tasks: Vec<Task>,
-    order: TaskOrder,
-    step: usize,
-    collapse: CollapseState,
+    pub(crate) order: TaskOrder,
+    pub(crate) step: usize,
+    pub(crate) collapse: CollapseState,
 }
 
 fn self_teacher<B: AutodiffBackend>(
@@ -115,7 +115,7 @@ fn self_teacher<B: AutodiffBackend>(
     })
 }
 
-fn device_of<B: AutodiffBackend>(model: &Llama<B>) -> B::Device {
+pub(crate) fn device_of<B: AutodiffBackend>(model: &Llama<B>) -> B::Device {
     burn::module::Module::devices(model)
         .into_iter()
         .next()
@@ -229,6 +229,24 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             c.template = template;
         }
         self
+    }
+
+    /// The weights a teacher moved on its own (the EMA's), which checkpoints keep.
+    pub(crate) fn teacher_weights(&self) -> Option<&opd_teachers::InnerLlama<B>> {
+        match &self.teacher {
+            TeacherSlot::None => None,
+            TeacherSlot::Model(t) => t.moving_weights(),
+            TeacherSlot::Conditioned(c) => c.teacher.moving_weights(),
+        }
+    }
+
+    /// Puts back weights saved from [`Self::teacher_weights`].
+    pub(crate) fn set_teacher_weights(&mut self, weights: opd_teachers::InnerLlama<B>) {
+        match &mut self.teacher {
+            TeacherSlot::None => {}
+            TeacherSlot::Model(t) => t.set_moving_weights(weights),
+            TeacherSlot::Conditioned(c) => c.teacher.set_moving_weights(weights),
+        }
     }
 
     /// The student as it is now.

@@ -1,0 +1,137 @@
+//! A run saved and resumed takes the same steps as one that never stopped.
+
+#[path = "support/toy.rs"]
+mod toy;
+
+use burn::module::Module;
+use opd_policy::{Llama, LoraConfig, LoraTarget};
+use opd_trainers::checkpoint::{checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints};
+use opd_trainers::{
+    GrpoConfig, Objective, SdftConfig, TeacherWeights, TrainConfig, TrainError, Trainer,
+};
+use toy::{A, Revealing, config, copy_base, mapping_tasks, template, tokenizer, toy_config};
+
+fn trainer(objective: &Objective, student: Llama<A>, steps: usize) -> Trainer<A> {
+    let mut run: TrainConfig = toy_config(objective.clone(), steps, 1e-2);
+    run.mini_batches = 2;
+    Trainer::new(run, student, tokenizer(), mapping_tasks(), Revealing)
+        .unwrap()
+        .with_template(template())
+}
+
+/// Every parameter's values, in visiting order.
+fn weights(model: &Llama<A>) -> Vec<Vec<f32>> {
+    struct All(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor<A> for All {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<A, D>>,
+        ) {
+            self.0.push(param.val().into_data().to_vec().unwrap());
+        }
+    }
+    let mut all = All(Vec::new());
+    model.visit(&mut all);
+    all.0
+}
+
+/// Trains `steps` steps straight, and again with a checkpoint after `stop` steps resumed by a
+/// freshly built trainer; the losses and final weights must be identical. The three trainers
+/// start from clones of `student`, one after another on this thread.
+fn resumes_exactly(objective: Objective, student: Llama<A>) {
+    let steps = 5;
+    let mut straight = trainer(&objective, student.clone(), steps);
+    let mut expected = Vec::new();
+    straight.train(|m| expected.push(m.loss)).unwrap();
+
+    let run = tempfile::tempdir().unwrap();
+    let stop = 2;
+    let mut first = trainer(&objective, student.clone(), steps);
+    let mut resumed_losses = Vec::new();
+    for _ in 0..stop {
+        resumed_losses.push(first.step().unwrap().loss);
+    }
+    first
+        .save_checkpoint(checkpoint_dir(run.path(), stop))
+        .unwrap();
+    // One more step that the resumed run must not see.
+    first.step().unwrap();
+    drop(first);
+
+    let mut second = trainer(&objective, student, steps);
+    second
+        .resume(latest_checkpoint(run.path()).unwrap())
+        .unwrap();
+    assert_eq!(second.steps_done(), stop);
+    second.train(|m| resumed_losses.push(m.loss)).unwrap();
+    assert_eq!(resumed_losses, expected, "{}", objective.name());
+    assert!(
+        expected.iter().all(|l| l.is_finite() && *l != 0.0),
+        "{expected:?}"
+    );
+    assert!(
+        weights(&second.into_student()) == weights(&straight.into_student()),
+        "the final weights differ"
+    );
+}
+
+#[test]
+fn sdft_with_an_ema_teacher_resumes_exactly() {
+    resumes_exactly(
+        Objective::Sdft(SdftConfig {
+            teacher: TeacherWeights::Ema(0.2),
+            ..SdftConfig::default()
+        }),
+        Llama::<A>::init(&config(), 11, &Default::default()),
+    );
+}
+
+#[test]
+fn grpo_with_lora_resumes_exactly() {
+    resumes_exactly(
+        Objective::Grpo(GrpoConfig {
+            group_size: 4,
+            ..GrpoConfig::default()
+        }),
+        copy_base().with_lora(&LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            targets: LoraTarget::ALL.to_vec(),
+        }),
+    );
+}
+
+#[test]
+fn another_config_is_refused_and_old_checkpoints_are_pruned() {
+    let objective = Objective::Sdft(SdftConfig::default());
+    let run = tempfile::tempdir().unwrap();
+    let student = Llama::<A>::init(&config(), 11, &Default::default());
+    let mut trainer_a = trainer(&objective, student, 3);
+    for step in 1..=3 {
+        trainer_a.step().unwrap();
+        trainer_a
+            .save_checkpoint(checkpoint_dir(run.path(), step))
+            .unwrap();
+    }
+    std::fs::create_dir(run.path().join("step-000009.tmp")).unwrap();
+    prune_checkpoints(run.path(), 2).unwrap();
+    let left: Vec<usize> = checkpoints(run.path())
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(left, vec![2, 3]);
+    assert!(!run.path().join("step-000009.tmp").exists());
+
+    let mut other = TrainConfig {
+        seed: 8,
+        ..toy_config(objective.clone(), 3, 1e-2)
+    };
+    other.mini_batches = 2;
+    let student = Llama::<A>::init(&config(), 11, &Default::default());
+    let mut trainer_b =
+        Trainer::new(other, student, tokenizer(), mapping_tasks(), Revealing).unwrap();
+    match trainer_b.resume(checkpoint_dir(run.path(), 3)) {
+        Err(TrainError::Checkpoint { problem, .. }) => assert!(problem.contains("another config")),
+        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+    }
+}
