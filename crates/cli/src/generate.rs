@@ -60,7 +60,8 @@ pub struct GenerateArgs {
     backend: BackendChoice,
 }
 
-fn default_backend() -> BackendChoice {
+/// The first compiled-in backend: flex, else cuda, else wgpu.
+pub fn default_backend() -> BackendChoice {
     #[cfg(feature = "flex")]
     return BackendChoice::Flex;
     #[cfg(all(not(feature = "flex"), feature = "cuda"))]

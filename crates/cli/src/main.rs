@@ -1,13 +1,20 @@
 //! `opd`: the command line of opd.
 //!
 //! ```text
+//! opd train configs/opsd.toml                 # --resume continues from the newest checkpoint
+//! opd eval --config configs/opsd.toml --samples 8 --temperature 1
+//! opd compare runs/sft runs/opd runs/grpo --out compare
 //! opd generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2 + 2?" --chat
 //! opd export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2-hf --dtype bf16
 //! ```
 
+mod compare;
+#[cfg(feature = "flex")]
+mod eval;
 #[cfg(feature = "flex")]
 mod export;
 mod generate;
+mod train;
 
 use std::process::ExitCode;
 
@@ -37,6 +44,13 @@ enum BackendChoice {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a student with a run file (SFT, GRPO, OPD, OPSD, SDFT or SDPO).
+    Train(train::TrainArgs),
+    /// Accuracy (avg@k) and pass@k of a model on held-out tasks.
+    #[cfg(feature = "flex")]
+    Eval(eval::EvalArgs),
+    /// Plot several runs' learning curves together and tabulate their accuracy.
+    Compare(compare::CompareArgs),
     /// Sample answers to a prompt from a GGUF file or a Hugging Face folder.
     Generate(generate::GenerateArgs),
     /// Write a model (GGUF or Hugging Face) as a Hugging Face folder that transformers loads.
@@ -51,6 +65,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        #[cfg(feature = "flex")]
+        Command::Eval(args) => eval::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Generate(args) => generate::run(args),
         #[cfg(feature = "flex")]
         Command::Export(args) => export::run(args),

@@ -142,8 +142,8 @@ pub enum OnNonFinite {
     Stop,
 }
 
-/// Thresholds of the collapse watch, checked every step. Each that fires is a warning in the
-/// step's metrics; with `stop`, the run ends with [`TrainError::Collapse`].
+/// Thresholds of the collapse watch, checked every step of the sampling methods (SFT, which
+/// fits fixed references, is not watched). Each that fires is a warning in the step's metrics; with `stop`, the run ends with [`TrainError::Collapse`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollapseWatch {

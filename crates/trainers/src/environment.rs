@@ -68,3 +68,10 @@ impl Environment for ExactAnswer {
         }
     }
 }
+
+/// A boxed environment is an environment: runs choose theirs from a config file.
+impl<E: Environment + ?Sized> Environment for Box<E> {
+    fn evaluate(&self, task: &Task, response: &str) -> Outcome {
+        (**self).evaluate(task, response)
+    }
+}

@@ -8,10 +8,12 @@ use crate::error::Result;
 use crate::rows::prompt_ids;
 
 /// What an evaluation measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Evaluation {
     /// Fraction of answers the environment marked correct (avg@n over `n` samples per task).
     pub accuracy: f64,
+    /// Fraction of tasks with at least one correct answer among their `n` (pass@n).
+    pub pass_at_n: f64,
     /// Mean reward.
     pub reward: f64,
     /// Answers graded.
@@ -33,14 +35,17 @@ pub fn evaluate<B: burn::tensor::backend::Backend>(
         .collect::<Result<Vec<_>>>()?;
     let batch = generate(model, tokenizer, &prompts, params)?;
     let (mut correct, mut reward) = (0usize, 0.0);
+    let mut solved = vec![false; tasks.len()];
     for sample in &batch.samples {
         let outcome = environment.evaluate(&tasks[sample.prompt_index], &sample.text);
         correct += usize::from(outcome.correct);
+        solved[sample.prompt_index] |= outcome.correct;
         reward += outcome.reward;
     }
     let answers = batch.samples.len().max(1);
     Ok(Evaluation {
         accuracy: correct as f64 / answers as f64,
+        pass_at_n: solved.iter().filter(|&&s| s).count() as f64 / tasks.len().max(1) as f64,
         reward: reward / answers as f64,
         answers: batch.samples.len(),
     })

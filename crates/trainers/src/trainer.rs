@@ -932,16 +932,17 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let n = rows.responses.len().max(1) as f64;
         let lengths: Vec<usize> = rows.responses.iter().map(Vec::len).collect();
         let length_mean = lengths.iter().sum::<usize>() as f64 / n;
-        let generated: usize = if matches!(self.config.objective, Objective::Sft(_)) {
-            0
-        } else {
-            lengths.iter().sum()
-        };
+        let sft = matches!(self.config.objective, Objective::Sft(_));
+        let generated: usize = if sft { 0 } else { lengths.iter().sum() };
         let entropy = stats.entropy.mean().unwrap_or(0.0);
         let mut warnings = stats.warnings;
-        let collapse = self
-            .collapse
-            .check(&self.config.collapse, entropy, length_mean);
+        // SFT fits fixed references: a low entropy there is the fit, not a collapse.
+        let collapse = if sft {
+            Vec::new()
+        } else {
+            self.collapse
+                .check(&self.config.collapse, entropy, length_mean)
+        };
         for warning in &collapse {
             tracing::warn!("step {}: {warning}", self.step);
         }

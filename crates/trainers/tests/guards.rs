@@ -188,7 +188,11 @@ use opd_policy::Llama;
 
 #[test]
 fn the_collapse_watch_warns_or_stops() {
-    let mut config = toy_config(Objective::Sft(opd_trainers::SftConfig::default()), 2, 1e-3);
+    let grpo = opd_trainers::GrpoConfig {
+        group_size: 2,
+        ..Default::default()
+    };
+    let mut config = toy_config(Objective::Grpo(grpo), 2, 1e-3);
     // An entropy floor no model reaches: the watch fires at the first step.
     config.collapse.min_entropy = Some(100.0);
     let student = Llama::<A>::init(&config_model(), 1, &Default::default());

@@ -1,0 +1,52 @@
+//! `opd compare RUN...`: several runs' learning curves on one plot.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+use clap::Args;
+use opd_cli::plot::{Curves, write_curves};
+use opd_cli::run::{METRICS, read_metrics};
+
+/// Arguments of `opd compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Run folders (each with a `metrics.jsonl`).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Where to write the plot: `OUT.png` and `OUT.svg`.
+    #[arg(long, default_value = "compare")]
+    out: PathBuf,
+}
+
+/// Runs `opd compare`: one line per run in each panel, and a table of each run's last
+/// held-out accuracy.
+pub fn run(args: CompareArgs) -> Result<(), Box<dyn Error>> {
+    let mut all = Vec::new();
+    for run in &args.runs {
+        all.push(read_metrics(&run.join(METRICS))?);
+    }
+    let names: Vec<String> = args.runs.iter().map(|r| r.display().to_string()).collect();
+    let curves: Vec<Curves> = names
+        .iter()
+        .zip(&all)
+        .map(|(name, records)| Curves { name, records })
+        .collect();
+    write_curves(&curves, &args.out)?;
+    println!(
+        "{:<40} {:>8} {:>18} {:>10}",
+        "run", "steps", "generated tokens", "accuracy"
+    );
+    for (name, records) in names.iter().zip(&all) {
+        let last_eval = records.iter().rev().find(|r| r["kind"] == "eval");
+        let steps = records.iter().filter(|r| r["kind"] == "train").count();
+        let tokens = last_eval.and_then(|r| r["generated_tokens_total"].as_u64());
+        let accuracy = last_eval.and_then(|r| r["accuracy"].as_f64());
+        println!(
+            "{name:<40} {steps:>8} {:>18} {:>10}",
+            tokens.map_or("-".into(), |t| t.to_string()),
+            accuracy.map_or("-".into(), |a| format!("{a:.3}"))
+        );
+    }
+    eprintln!("wrote {}.png and .svg", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The run file of `opd train`: which model, teacher, data and environment, where to write, and
+//! the trainer's own [`TrainConfig`]. TOML; an unknown key or a value out of range is an error
+//! that names the key and the file.
+
+use std::path::{Path, PathBuf};
+
+use opd_policy::{Architecture, LlamaConfig, LoraConfig};
+use opd_trainers::data::Arithmetic;
+use opd_trainers::{Objective, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CliError, Result};
+
+/// A whole run, as written in `configs/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The student.
+    pub model: ModelSource,
+    /// OPD's teacher model (required for `method = "opd"`, refused otherwise).
+    #[serde(default)]
+    pub teacher: Option<ModelSource>,
+    /// Training and held-out tasks.
+    pub data: DataConfig,
+    /// How answers are graded.
+    #[serde(default)]
+    pub environment: EnvironmentConfig,
+    /// Output folder, checkpoints, evaluation.
+    pub output: OutputConfig,
+    /// The trainer: steps, batch, optimizer, sampling, objective.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Stop before `train.steps` once the student has generated this many tokens (for
+    /// comparing methods under one sampling budget).
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// A limit on the tokens a run may sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Tokens the student may generate in rollouts.
+    pub generated_tokens: u64,
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    /// A `.gguf` file or a Hugging Face folder (a finished run's `final/` is one).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A model initialized from a seed on a character vocabulary, in place of `path`.
+    #[serde(default)]
+    pub scratch: Option<ScratchModel>,
+    /// Train LoRA adapters of this rank and scale on these layers, the base frozen.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+}
+
+/// A small Llama initialized from a seed, on a character tokenizer: for tasks like arithmetic
+/// that a model learns from scratch in minutes on a CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScratchModel {
+    /// The characters, one token each (`<eos>` is added as id 0).
+    pub alphabet: String,
+    /// Decoder blocks. Default 2.
+    pub layers: usize,
+    /// Width. Default 64.
+    pub hidden_size: usize,
+    /// MLP width. Default 4 × 64.
+    pub intermediate_size: usize,
+    /// Attention heads (head size `hidden_size / heads`). Default 4.
+    pub heads: usize,
+    /// Longest prompt plus answer. Default 32.
+    pub max_positions: usize,
+    /// Seed of the initial weights. Default 0.
+    pub seed: u64,
+}
+
+impl Default for ScratchModel {
+    fn default() -> Self {
+        Self {
+            alphabet: "0123456789+-*".into(),
+            layers: 2,
+            hidden_size: 64,
+            intermediate_size: 256,
+            heads: 4,
+            max_positions: 32,
+            seed: 0,
+        }
+    }
+}
+
+/// The chat template of scratch models: the question, then `=`.
+pub const SCRATCH_TEMPLATE: &str = "{% for m in messages %}{{ m.content }}{% endfor %}\
+                                    {% if add_generation_prompt %}={% endif %}";
+
+impl ScratchModel {
+    /// The architecture: a Llama with tied embeddings, `vocab = alphabet + 1`.
+    pub fn llama_config(&self) -> LlamaConfig {
+        LlamaConfig {
+            architecture: Architecture::Llama,
+            vocab_size: self.alphabet.chars().count() + 1,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            num_key_value_heads: self.heads,
+            head_dim: self.hidden_size / self.heads.max(1),
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: self.max_positions,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+        }
+    }
+}
+
+/// Training and held-out tasks: JSONL files, or the built-in arithmetic generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training tasks, one JSON object per line.
+    #[serde(default)]
+    pub train: Option<PathBuf>,
+    /// Held-out tasks for evaluation.
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Generate arithmetic tasks instead of reading files.
+    #[serde(default)]
+    pub arithmetic: Option<ArithmeticData>,
+}
+
+/// The arithmetic generator and the split sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArithmeticData {
+    /// Operands, operations, seed.
+    #[serde(flatten)]
+    pub generator: Arithmetic,
+    /// Training questions. Default 1000.
+    #[serde(default = "default_train_tasks")]
+    pub train_tasks: usize,
+    /// Held-out questions, disjoint from the training ones. Default 200.
+    #[serde(default = "default_test_tasks")]
+    pub test_tasks: usize,
+}
+
+fn default_train_tasks() -> usize {
+    1000
+}
+
+fn default_test_tasks() -> usize {
+    200
+}
+
+/// How answers are graded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum EnvironmentConfig {
+    /// The final number (`#### N`, else the last number) against the task's answer.
+    #[default]
+    Math,
+    /// As `math`, with feedback that names the right answer (SDPO's revealing verifier).
+    MathRevealing,
+    /// The trimmed answer equal to the task's answer.
+    Exact,
+}
+
+/// Where and how often a run writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// The run folder: `metrics.jsonl`, `curves.png`/`.svg`, `step-N/` checkpoints,
+    /// `final/` (a Hugging Face folder). Relative paths are from the config file's folder's
+    /// working directory (where `opd train` runs).
+    pub dir: PathBuf,
+    /// Steps between checkpoints; 0 saves only at the end. Default 10.
+    #[serde(default = "default_every")]
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (the newest). Default 2.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Steps between evaluations on the held-out tasks (and at step 0 and the end); 0 only at
+    /// the end. Default 10.
+    #[serde(default = "default_every")]
+    pub eval_every: usize,
+    /// Held-out tasks evaluated (the first ones); 0 for all. Default 200.
+    #[serde(default = "default_test_tasks")]
+    pub eval_tasks: usize,
+}
+
+fn default_every() -> usize {
+    10
+}
+
+fn default_keep() -> usize {
+    2
+}
+
+impl RunConfig {
+    /// Reads and checks `path` (see [`RunConfig::parse`]).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks TOML `text` read from `origin`: syntax and unknown keys (with line
+    /// and column), then the combinations a run cannot start with.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self> {
+        let error = |problem: String| CliError::Config {
+            path: origin.to_path_buf(),
+            problem,
+        };
+        let config: Self = toml::from_str(text).map_err(|e| error(e.to_string()))?;
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Combinations that cannot run, named by key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        self.train.validate().map_err(|e| match e {
+            opd_trainers::TrainError::Config {
+                field,
+                value,
+                expected,
+            } => format!("`train.{field}` = {value}: expected {expected}"),
+            other => other.to_string(),
+        })?;
+        check_source("model", &self.model)?;
+        let opd = matches!(self.train.objective, Objective::Opd(_));
+        match (&self.teacher, opd) {
+            (None, true) => {
+                return Err("`teacher` is required with train.objective.method = \"opd\"".into());
+            }
+            (Some(_), false) => {
+                return Err(format!(
+                    "`teacher` is only read by method = \"opd\" (this run is {}); the self-distillation methods use the student itself",
+                    self.train.objective.name()
+                ));
+            }
+            (Some(teacher), true) => check_source("teacher", teacher)?,
+            (None, false) => {}
+        }
+        let d = &self.data;
+        match (d.arithmetic.is_some(), d.train.is_some(), d.test.is_some()) {
+            (true, false, false) | (false, true, _) => {}
+            (true, _, _) => {
+                return Err(
+                    "`data.arithmetic` generates both splits: drop `data.train` and `data.test`"
+                        .into(),
+                );
+            }
+            (false, false, _) => {
+                return Err("`data` needs `train` (a JSONL file) or `arithmetic`".into());
+            }
+        }
+        if self.output.keep_checkpoints == 0 {
+            return Err("`output.keep_checkpoints` must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_source(key: &str, source: &ModelSource) -> std::result::Result<(), String> {
+    match (&source.path, &source.scratch) {
+        (Some(_), Some(_)) => Err(format!("`{key}` has both `path` and `scratch`: choose one")),
+        (None, None) => Err(format!(
+            "`{key}` needs `path` (a .gguf file or a Hugging Face folder) or `scratch`"
+        )),
+        (None, Some(s)) => {
+            let divides =
+                s.heads > 0 && s.hidden_size % s.heads == 0 && (s.hidden_size / s.heads) % 2 == 0;
+            if !divides || s.layers == 0 || s.max_positions == 0 || s.alphabet.is_empty() {
+                Err(format!(
+                    "`{key}.scratch`: heads must divide hidden_size into an even head size, and layers, max_positions and the alphabet must not be empty"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (Some(_), None) => Ok(()),
+    }
+}

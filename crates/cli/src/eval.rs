@@ -1,0 +1,98 @@
+//! `opd eval`: accuracy (avg@k) and pass@k of a model on held-out tasks.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+use clap::Args;
+use opd_cli::RunConfig;
+use opd_cli::config::EnvironmentConfig;
+use opd_cli::setup::{environment, load_model, tasks};
+use opd_rollout::SamplingParams;
+use opd_trainers::data::read_jsonl;
+use opd_trainers::evaluate;
+
+/// Arguments of `opd eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A run file: its held-out tasks, its environment, and (without --model) the model its
+    /// run wrote to `output.dir/final`.
+    #[arg(long, required_unless_present = "data")]
+    config: Option<PathBuf>,
+    /// A `.gguf` file or a Hugging Face folder to evaluate.
+    #[arg(long, required_unless_present = "config")]
+    model: Option<PathBuf>,
+    /// Held-out tasks (JSONL) in place of the run file's; graded by the math environment.
+    #[arg(long, conflicts_with = "config")]
+    data: Option<PathBuf>,
+    /// Answers sampled per task (k of avg@k and pass@k).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Sampling temperature; 0 is greedy (then use --samples 1).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Evaluate only the first N tasks.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Random seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Runs `opd eval` on the CPU.
+pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
+    let (model_path, test, env) = match (&args.config, &args.data) {
+        (Some(config_path), _) => {
+            let config = RunConfig::from_file(config_path)?;
+            let (_, test) = tasks(&config.data)?;
+            let model = args
+                .model
+                .clone()
+                .unwrap_or_else(|| config.output.dir.join("final"));
+            (model, test, environment(config.environment))
+        }
+        (None, Some(data)) => (
+            args.model
+                .clone()
+                .expect("clap requires --model without --config"),
+            read_jsonl(data)?,
+            environment(EnvironmentConfig::Math),
+        ),
+        (None, None) => unreachable!("clap requires --config or --data"),
+    };
+    if test.is_empty() {
+        return Err("the run file names no held-out tasks (data.test)".into());
+    }
+    let test = &test[..args.limit.unwrap_or(test.len()).min(test.len())];
+    let params = SamplingParams {
+        temperature: args.temperature,
+        n: args.samples,
+        max_new_tokens: args.max_new_tokens,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    params.validate()?;
+    let source = opd_cli::config::ModelSource {
+        path: Some(model_path.clone()),
+        scratch: None,
+        lora: None,
+    };
+    let (model, tokenizer) = load_model::<burn::backend::Flex>(&source, &Default::default())?;
+    let e = evaluate(&model, &tokenizer, &*env, test, &params)?;
+    let k = args.samples;
+    println!(
+        "{}: {} tasks, {} answers (temperature {}, max {} new tokens, seed {}): avg@{k} {:.4}, pass@{k} {:.4}, mean reward {:.4}",
+        model_path.display(),
+        test.len(),
+        e.answers,
+        args.temperature,
+        args.max_new_tokens,
+        args.seed,
+        e.accuracy,
+        e.pass_at_n,
+        e.reward
+    );
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! # opd-cli
+//!
+//! The library behind the `opd` command: run files ([`config::RunConfig`], TOML), what they
+//! name built ([`setup`]), a run driven to the end with metrics, evaluations, checkpoints and
+//! curves ([`run::train`]), and learning-curve plots ([`plot`]). The examples use it too.
+
+pub mod config;
+pub mod error;
+pub mod plot;
+pub mod run;
+pub mod setup;
+
+pub use config::RunConfig;
+pub use error::{CliError, Result};

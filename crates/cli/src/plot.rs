@@ -1,0 +1,172 @@
+//! Learning curves of one or more runs, from their `metrics.jsonl`, as PNG and SVG.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+
+use crate::error::{CliError, Result};
+
+/// One run's records and the name its curves carry.
+pub struct Curves<'a> {
+    /// Legend name.
+    pub name: &'a str,
+    /// The lines of its `metrics.jsonl`.
+    pub records: &'a [Value],
+}
+
+/// A panel: its title, x key and y key of the records it reads, and which records.
+struct Panel {
+    title: &'static str,
+    kind: &'static str,
+    x: &'static str,
+    y: &'static [&'static str],
+}
+
+const PANELS: [Panel; 4] = [
+    Panel {
+        title: "held-out accuracy vs generated tokens",
+        kind: "eval",
+        x: "generated_tokens_total",
+        y: &["accuracy"],
+    },
+    Panel {
+        title: "train reward (mean) vs step",
+        kind: "train",
+        x: "step",
+        y: &["reward_mean"],
+    },
+    Panel {
+        title: "loss vs step",
+        kind: "train",
+        x: "step",
+        y: &["loss"],
+    },
+    Panel {
+        title: "divergence to the teacher (or entropy) vs step",
+        kind: "train",
+        x: "step",
+        y: &["divergence_mean", "entropy"],
+    },
+];
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(23, 190, 207),
+];
+
+/// A font for titles and labels, when the system has one; without, plots carry no text.
+fn font_registered() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let candidates = [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            "/Library/Fonts/Arial.ttf",
+            "C:\\Windows\\Fonts\\arial.ttf",
+        ];
+        candidates
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .is_some_and(|bytes| {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            })
+    })
+}
+
+/// The `(x, y)` points of a panel in one run: `y` is the first key of `panel.y` the run has.
+fn points(panel: &Panel, records: &[Value]) -> Vec<(f64, f64)> {
+    let of_kind = || records.iter().filter(|r| r["kind"] == panel.kind);
+    let Some(key) = panel
+        .y
+        .iter()
+        .find(|k| of_kind().any(|r| r[**k].is_number()))
+    else {
+        return Vec::new();
+    };
+    of_kind()
+        .filter_map(|r| Some((r[panel.x].as_f64()?, r[*key].as_f64()?)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect()
+}
+
+/// Writes `stem.png` and `stem.svg`: four panels (held-out accuracy against generated tokens,
+/// train reward, loss, divergence) with one line per run.
+pub fn write_curves(runs: &[Curves], stem: &Path) -> Result<()> {
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    draw(
+        BitMapBackend::new(&png, (1200, 800)).into_drawing_area(),
+        runs,
+    )
+    .map_err(|e| plot_error(&png, e))?;
+    draw(SVGBackend::new(&svg, (1200, 800)).into_drawing_area(), runs)
+        .map_err(|e| plot_error(&svg, e))
+}
+
+fn plot_error(path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::Plot {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    }
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[Curves]) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let text = font_registered();
+    root.fill(&WHITE)?;
+    for (area, panel) in root.split_evenly((2, 2)).iter().zip(&PANELS) {
+        let series: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| points(panel, r.records)).collect();
+        let all = series.iter().flatten();
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in all {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            continue;
+        }
+        let pad = ((y1 - y0) * 0.05).max(1e-6);
+        let mut builder = ChartBuilder::on(area);
+        builder
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(50);
+        if text {
+            builder.caption(panel.title, ("sans-serif", 18));
+        }
+        let mut chart = builder.build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))?;
+        let mut mesh = chart.configure_mesh();
+        if !text {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw()?;
+        for ((run, points), color) in runs.iter().zip(series).zip(COLORS.iter().cycle()) {
+            let line = chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
+            if text {
+                line.label(run.name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if text && runs.len() > 1 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `opd train` as a user runs it: a run killed with SIGKILL mid-run and resumed takes the same
+//! steps as an unbroken one; bad run files are refused with the key and the file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opd_cli::run::{METRICS, read_metrics};
+
+const OPD: &str = env!("CARGO_BIN_EXE_opd");
+
+/// A small GRPO run on single-digit addition, writing to `dir`.
+fn run_file(folder: &Path, name: &str, steps: usize) -> PathBuf {
+    let text = format!(
+        r#"
+[model.scratch]
+alphabet = "0123456789+"
+layers = 1
+hidden_size = 32
+intermediate_size = 64
+heads = 2
+max_positions = 16
+
+[data.arithmetic]
+max_operand = 9
+train_tasks = 80
+test_tasks = 20
+
+[output]
+dir = "{}"
+checkpoint_every = 3
+keep_checkpoints = 2
+eval_every = 5
+
+[train]
+steps = {steps}
+prompts_per_step = 4
+micro_batch = 16
+sampling = {{ max_new_tokens = 3 }}
+optimizer = {{ learning_rate = 1e-2 }}
+objective = {{ method = "grpo", group_size = 4 }}
+"#,
+        folder.join(name).display()
+    );
+    let path = folder.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    read_metrics(&run.join(METRICS))
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "train")
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_with_the_losses_of_an_unbroken_one() {
+    let folder = tempfile::tempdir().unwrap();
+    let steps = 150;
+    let unbroken = run_file(folder.path(), "unbroken", steps);
+    let status = Command::new(OPD)
+        .arg("train")
+        .arg(&unbroken)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let expected = train_losses(&folder.path().join("unbroken"));
+    assert_eq!(expected.len(), steps);
+
+    let killed = run_file(folder.path(), "killed", steps);
+    let mut child = Command::new(OPD)
+        .arg("train")
+        .arg(&killed)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = folder.path().join("killed");
+    let clock = Instant::now();
+    while !run.join("step-000006").exists() {
+        assert!(clock.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !run.join("final").exists(),
+        "the run finished before it was killed: nothing was tested"
+    );
+
+    // A fresh start on the folder is refused; --resume continues.
+    let refused = Command::new(OPD)
+        .arg("train")
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    let status = Command::new(OPD)
+        .args(["train", "--resume"])
+        .arg(&killed)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(train_losses(&run), expected);
+    assert!(run.join("final/model.safetensors").exists());
+    assert!(run.join("curves.png").exists() && run.join("curves.svg").exists());
+}
+
+#[test]
+fn bad_run_files_name_the_key_and_the_file() {
+    let folder = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(run_file(folder.path(), "x", 2)).unwrap();
+    let cases = [
+        (good.replace("steps = 2", "stesp = 2"), "stesp"),
+        (
+            good.replace("group_size = 4", "group_size = 0"),
+            "group_size",
+        ),
+        (
+            good.replace(
+                "[data.arithmetic]",
+                "[teacher]\npath = \"t.gguf\"\n\n[data.arithmetic]",
+            ),
+            "teacher",
+        ),
+        (
+            good.replace("max_operand = 9", "max_operand = 9\nmax_operands = 3"),
+            "max_operands",
+        ),
+        (
+            good.replace("hidden_size = 32", "hidden_size = 33"),
+            "scratch",
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = folder.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(OPD).arg("train").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} ran");
+        assert!(stderr.contains(key), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "case {i}: {stderr}"
+        );
+    }
+}
