@@ -144,30 +144,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A font for the plot's text, if the system has one (DejaVu or Liberation).
-fn register_font() -> bool {
-    let candidates = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        "/Library/Fonts/Arial.ttf",
-        "C:\\Windows\\Fonts\\arial.ttf",
-    ];
-    candidates
-        .iter()
-        .find_map(|p| std::fs::read(p).ok())
-        .is_some_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-        })
-}
-
 fn plot(
     path: &str,
     x: &[f32],
     teacher: &[f32],
     fits: &[Fit],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let with_text = register_font();
+    let with_text = opd_cli::plot::register_system_font();
     if !with_text {
         eprintln!("no TrueType font found: the plot is drawn without text");
     }

@@ -7,10 +7,11 @@
 //!    scratch.
 //! 2. **Student**: the same architecture from another seed, warmed up by a short SFT: it has
 //!    the answer format and a little accuracy, not the skill.
-//! 3. **Three students, one budget of generated tokens** (sampling is the cost that matters
+//! 3. **Four students, one budget of generated tokens** (sampling is the cost that matters
 //!    in post-training):
 //!    - **OPD**: the student samples answers, the teacher scores every token, the student
-//!      moves toward the teacher (full-vocabulary reverse KL);
+//!      moves toward the teacher: full-vocabulary reverse KL (mode-seeking, the usual OPD
+//!      loss) and forward KL (GKD's β = 0) as two runs;
 //!    - **SFT on teacher samples**: the teacher samples answers (its tokens are the budget),
 //!      the student imitates them;
 //!    - **GRPO**: the student samples 8 answers per question, 0/1 reward, group advantages.
@@ -174,18 +175,24 @@ fn main() {
         student.dir.join("final").display()
     );
 
-    println!("3. three students, {BUDGET} generated tokens each");
+    println!("3. four students, {BUDGET} generated tokens each");
     let budget = format!("[budget]\ngenerated_tokens = {BUDGET}");
-    let opd = trained(&run_config(
-        "opd",
-        &start,
-        ARITHMETIC,
-        "steps = 10000\nprompts_per_step = 64\noptimizer = { learning_rate = 3e-3, min_lr_ratio = 1.0 }\nobjective = { method = \"opd\", form = \"divergence\", divergence_beta = 1.0 }",
-        &format!(
-            "[teacher]\npath = \"{}\"\n\n{budget}",
-            teacher_final.display()
-        ),
-    ));
+    let opd = |name: &str, beta: f64| {
+        trained(&run_config(
+            name,
+            &start,
+            ARITHMETIC,
+            &format!(
+                "steps = 10000\nprompts_per_step = 64\noptimizer = {{ learning_rate = 3e-3, min_lr_ratio = 1.0 }}\nobjective = {{ method = \"opd\", form = \"divergence\", divergence_beta = {beta:.1} }}"
+            ),
+            &format!(
+                "[teacher]\npath = \"{}\"\n\n{budget}",
+                teacher_final.display()
+            ),
+        ))
+    };
+    let opd_reverse = opd("opd-reverse-kl", 1.0);
+    let opd_forward = opd("opd-forward-kl", 0.0);
     let (samples, per_row) = teacher_samples(&teacher_final, BUDGET, root);
     let rows = (BUDGET as f64 / per_row).ceil() as usize;
     let sft = trained(&run_config(
@@ -212,7 +219,8 @@ fn main() {
 
     println!("\nheld-out accuracy (greedy, 200 questions) against generated tokens:");
     let curves = [
-        ("OPD", accuracy_curve(&opd.dir, None)),
+        ("OPD, reverse KL", accuracy_curve(&opd_reverse.dir, None)),
+        ("OPD, forward KL", accuracy_curve(&opd_forward.dir, None)),
         (
             "SFT on teacher samples",
             accuracy_curve(&sft.dir, Some(per_row)),
@@ -227,7 +235,8 @@ fn main() {
     );
 
     let records: Vec<(String, Vec<Value>)> = [
-        ("OPD", &opd),
+        ("OPD, reverse KL", &opd_reverse),
+        ("OPD, forward KL", &opd_forward),
         ("SFT on teacher samples", &sft),
         ("GRPO", &grpo),
     ]

@@ -61,8 +61,9 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
-/// A font for titles and labels, when the system has one; without, plots carry no text.
-fn font_registered() -> bool {
+/// Registers a system font (DejaVu, Liberation, Arial) as `sans-serif` for titles and labels;
+/// `false` when there is none, and plots are then drawn without text. Called once or often.
+pub fn register_system_font() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {
         let candidates = [
@@ -124,7 +125,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[Curves]) -> Dr
 where
     DB::ErrorType: 'static,
 {
-    let text = font_registered();
+    let text = register_system_font();
     root.fill(&WHITE)?;
     for (area, panel) in root.split_evenly((2, 2)).iter().zip(&PANELS) {
         let series: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| points(panel, r.records)).collect();

@@ -178,37 +178,40 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
     let bar = progress(steps as u64, trainer.steps_done() as u64);
     let out = &config.output;
     let max_new_tokens = config.train.sampling.max_new_tokens;
-    let evaluate_now =
-        |trainer: &Trainer<B>, generated: u64| -> Result<Option<(Evaluation, Value)>> {
-            let Some(e) = held_out(
-                trainer,
-                &tokenizer,
-                &*env,
-                &test_tasks,
-                out.eval_tasks,
-                max_new_tokens,
-            )?
-            else {
-                return Ok(None);
-            };
+    // A held-out evaluation, logged and kept; the curves redrawn.
+    let evaluation = |trainer: &Trainer<B>,
+                      generated: u64,
+                      log: &mut MetricsLog,
+                      records: &mut Vec<Value>|
+     -> Result<Option<Evaluation>> {
+        let held = held_out(
+            trainer,
+            &tokenizer,
+            &*env,
+            &test_tasks,
+            out.eval_tasks,
+            max_new_tokens,
+        )?;
+        if let Some(e) = &held {
+            let done = trainer.steps_done();
+            bar.suspend(|| tracing::info!("step {done}: held-out accuracy {:.3}", e.accuracy));
             let record = json!({
                 "kind": "eval",
-                "step": trainer.steps_done(),
+                "step": done,
                 "generated_tokens_total": generated,
                 "accuracy": e.accuracy,
                 "reward": e.reward,
                 "answers": e.answers,
             });
-            Ok(Some((e, record)))
-        };
+            log.append(&record)?;
+            records.push(record);
+        }
+        plot_run(&dir, records)?;
+        Ok(held)
+    };
     let mut last_eval = None;
-    if trainer.steps_done() == 0
-        && let Some((e, record)) = evaluate_now(&trainer, 0)?
-    {
-        bar.suspend(|| tracing::info!("step 0: held-out accuracy {:.3}", e.accuracy));
-        log.append(&record)?;
-        records.push(record);
-        last_eval = Some(e);
+    if trainer.steps_done() == 0 {
+        last_eval = evaluation(&trainer, 0, &mut log, &mut records)?;
     }
     let over_budget = |generated: u64| {
         config
@@ -230,34 +233,16 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
         ));
         let done = trainer.steps_done();
         let finished = done == steps || over_budget(generated);
-        if (out.eval_every > 0 && done % out.eval_every == 0) || finished {
-            if let Some((e, record)) = evaluate_now(&trainer, generated)? {
-                bar.suspend(|| tracing::info!("step {done}: held-out accuracy {:.3}", e.accuracy));
-                log.append(&record)?;
-                records.push(record);
-                last_eval = Some(e);
-            }
-            write_curves(
-                &[Curves {
-                    name: "run",
-                    records: &records,
-                }],
-                &dir.join("curves"),
-            )?;
+        let due = |every: usize| (every > 0 && done % every == 0) || finished;
+        if due(out.eval_every) {
+            last_eval = evaluation(&trainer, generated, &mut log, &mut records)?.or(last_eval);
         }
-        if (out.checkpoint_every > 0 && done % out.checkpoint_every == 0) || finished {
+        if due(out.checkpoint_every) {
             trainer.save_checkpoint(checkpoint_dir(&dir, done))?;
             prune_checkpoints(&dir, out.keep_checkpoints)?;
         }
     }
     bar.finish_and_clear();
-    write_curves(
-        &[Curves {
-            name: "run",
-            records: &records,
-        }],
-        &dir.join("curves"),
-    )?;
     let final_dir = dir.join("final");
     opd_policy::save(trainer.student(), &tokenizer, &final_dir, SaveDtype::F32)?;
     Ok(RunReport {
@@ -266,6 +251,15 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
         generated_tokens: generated,
         evaluation: last_eval,
     })
+}
+
+/// Redraws `curves.png` and `curves.svg` in the run folder.
+fn plot_run(dir: &Path, records: &[Value]) -> Result<()> {
+    let run = Curves {
+        name: "run",
+        records,
+    };
+    write_curves(&[run], &dir.join("curves"))
 }
 
 /// A progress bar over the steps with the loss, reward, rollout tokens/s and ETA; hidden

@@ -50,6 +50,9 @@ pub struct Arithmetic {
     pub operations: Vec<Operation>,
     /// Seed of the draw.
     pub seed: u64,
+    /// The prompt, `{question}` standing for `a∘b`: `"{question}"` for character models,
+    /// `"What is {question}? Give the final answer after ####."` for chat models.
+    pub template: String,
 }
 
 impl Default for Arithmetic {
@@ -58,6 +61,7 @@ impl Default for Arithmetic {
             max_operand: 49,
             operations: vec![Operation::Add],
             seed: 0,
+            template: "{question}".into(),
         }
     }
 }
@@ -107,7 +111,9 @@ impl Arithmetic {
         let tasks: Vec<Task> = drawn
             .into_iter()
             .map(|(a, op, b)| {
-                Task::with_answer(format!("{a}{}{b}", op.symbol()), op.apply(a, b).to_string())
+                let question = format!("{a}{}{b}", op.symbol());
+                let prompt = self.template.replace("{question}", &question);
+                Task::with_answer(prompt, op.apply(a, b).to_string())
             })
             .collect();
         let test_tasks = tasks[train..].to_vec();
@@ -127,6 +133,7 @@ mod tests {
             max_operand: 9,
             operations: vec![Operation::Add, Operation::Subtract, Operation::Multiply],
             seed: 3,
+            ..Arithmetic::default()
         };
         let (train, test) = generator.split(150, 50).unwrap();
         assert_eq!((train.len(), test.len()), (150, 50));
@@ -154,8 +161,16 @@ mod tests {
         assert!(generator.split(400, 0).is_err());
         let none = Arithmetic {
             operations: vec![],
-            ..generator
+            ..generator.clone()
         };
         assert!(none.split(1, 0).is_err());
+        let worded = Arithmetic {
+            template: "What is {question}?".into(),
+            ..generator
+        };
+        assert_eq!(
+            worded.split(1, 0).unwrap().0[0].prompt,
+            format!("What is {}?", train[0].prompt)
+        );
     }
 }
