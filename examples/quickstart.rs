@@ -236,17 +236,21 @@ fn main() {
     );
 
     let records: Vec<(String, Vec<Value>)> = [
-        ("OPD, reverse KL", &opd_reverse),
-        ("OPD, forward KL", &opd_forward),
-        ("SFT on teacher samples", &sft),
-        ("GRPO", &grpo),
+        ("OPD, reverse KL", &opd_reverse, None),
+        ("OPD, forward KL", &opd_forward, None),
+        ("SFT on teacher samples", &sft, Some(per_row)),
+        ("GRPO", &grpo, None),
     ]
     .iter()
-    .map(|(name, run)| {
-        (
-            name.to_string(),
-            read_metrics(&run.dir.join(METRICS)).expect("metrics"),
-        )
+    .map(|(name, run, per_row)| {
+        let mut records = read_metrics(&run.dir.join(METRICS)).expect("metrics");
+        // SFT's evaluations plotted at the teacher tokens of the samples trained on so far.
+        let curve = accuracy_curve(&run.dir, *per_row);
+        let evals = records.iter_mut().filter(|r| r["kind"] == "eval");
+        for (record, (tokens, _)) in evals.zip(curve) {
+            record["generated_tokens_total"] = tokens.into();
+        }
+        (name.to_string(), records)
     })
     .collect();
     let plotted: Vec<Curves> = records
