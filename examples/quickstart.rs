@@ -24,7 +24,7 @@ use burn::backend::{Autodiff, Flex};
 use opd_cli::RunConfig;
 use opd_cli::plot::{Curves, write_curves};
 use opd_cli::run::{METRICS, RunReport, read_metrics, train};
-use opd_cli::setup::{load_model, tasks};
+use opd_cli::setup::tasks;
 use opd_rollout::{SamplingParams, generate};
 use opd_trainers::data::write_jsonl;
 use opd_trainers::{Task, prompt_ids};
@@ -82,18 +82,14 @@ fn trained(config: &RunConfig) -> RunReport {
 /// The teacher samples answers (temperature 1) to the training questions, pass after pass,
 /// until its answers hold `budget` tokens; they become SFT references. Returns the file and
 /// the mean tokens per answer.
-fn teacher_samples(teacher: &Path, budget: u64, out: &Path) -> (PathBuf, f64) {
-    let (model, tokenizer) = load_model::<Flex>(
-        &opd_cli::config::ModelSource {
-            path: Some(teacher.to_path_buf()),
-            scratch: None,
-            lora: None,
-        },
-        &Default::default(),
-    )
-    .expect("the teacher loads");
-    let config = run_config("unused", SCRATCH, ARITHMETIC, "", "");
-    let (train_tasks, _) = tasks(&config.data).expect("arithmetic tasks");
+fn teacher_samples(
+    teacher: &Path,
+    train_tasks: &[Task],
+    budget: u64,
+    out: &Path,
+) -> (PathBuf, f64) {
+    let (model, tokenizer) =
+        opd_policy::load::<Flex>(teacher, &Default::default()).expect("the teacher loads");
     let prompts: Vec<Vec<u32>> = train_tasks
         .iter()
         .map(|t| prompt_ids(&tokenizer, &t.prompt).expect("a prompt"))
@@ -194,7 +190,12 @@ fn main() {
     };
     let opd_reverse = opd("opd-reverse-kl", 1.0, 1e-3);
     let opd_forward = opd("opd-forward-kl", 0.0, 3e-3);
-    let (samples, per_row) = teacher_samples(&teacher_final, BUDGET, root);
+    // The arithmetic split every run reads, as files for the run that trains on samples.
+    let arithmetic = run_config("split", SCRATCH, ARITHMETIC, "", "");
+    let (train_tasks, test_tasks) = tasks(&arithmetic.data).expect("arithmetic tasks");
+    let test_file = root.join("test.jsonl");
+    write_jsonl(&test_file, &test_tasks).expect("test written");
+    let (samples, per_row) = teacher_samples(&teacher_final, &train_tasks, BUDGET, root);
     let rows = (BUDGET as f64 / per_row).ceil() as usize;
     let sft = trained(&run_config(
         "sft-on-teacher-samples",
@@ -202,7 +203,7 @@ fn main() {
         &format!(
             "[data]\ntrain = \"{}\"\ntest = \"{}\"",
             samples.display(),
-            write_test(root).display()
+            test_file.display()
         ),
         &format!(
             "steps = {}\nprompts_per_step = 64\noptimizer = {{ learning_rate = 3e-3, min_lr_ratio = 1.0 }}\nobjective = {{ method = \"sft\" }}",
@@ -262,15 +263,6 @@ fn main() {
         "\nwrote runs/quickstart/compare.png and .svg in {:.0} s",
         clock.elapsed().as_secs_f64()
     );
-}
-
-/// The held-out questions as a file, for the run that reads its training data from one.
-fn write_test(root: &Path) -> PathBuf {
-    let config = run_config("unused", SCRATCH, ARITHMETIC, "", "");
-    let (_, test) = tasks(&config.data).expect("arithmetic tasks");
-    let path = root.join("test.jsonl");
-    write_jsonl(&path, &test).expect("test written");
-    path
 }
 
 /// Accuracy of each method at a quarter, half and three quarters of the budget (the last

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use opd_cli::RunConfig;
 use opd_cli::config::EnvironmentConfig;
-use opd_cli::setup::{environment, load_model, tasks};
+use opd_cli::setup::{environment, tasks};
 use opd_rollout::SamplingParams;
 use opd_trainers::data::read_jsonl;
 use opd_trainers::evaluate;
@@ -74,12 +74,8 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
         ..SamplingParams::default()
     };
     params.validate()?;
-    let source = opd_cli::config::ModelSource {
-        path: Some(model_path.clone()),
-        scratch: None,
-        lora: None,
-    };
-    let (model, tokenizer) = load_model::<burn::backend::Flex>(&source, &Default::default())?;
+    let (model, tokenizer) =
+        opd_policy::load::<burn::backend::Flex>(&model_path, &Default::default())?;
     let e = evaluate(&model, &tokenizer, &*env, test, &params)?;
     let k = args.samples;
     println!(
