@@ -80,14 +80,8 @@ fn trained(config: &RunConfig) -> RunReport {
 }
 
 /// The teacher samples answers (temperature 1) to the training questions, pass after pass,
-/// until its answers hold `budget` tokens; they become SFT references. Returns the file and
-/// the mean tokens per answer.
-fn teacher_samples(
-    teacher: &Path,
-    train_tasks: &[Task],
-    budget: u64,
-    out: &Path,
-) -> (PathBuf, f64) {
+/// until its answers hold `budget` tokens; they become SFT references.
+fn teacher_samples(teacher: &Path, train_tasks: &[Task], budget: u64, out: &Path) -> PathBuf {
     let (model, tokenizer) =
         opd_policy::load::<Flex>(teacher, &Default::default()).expect("the teacher loads");
     let prompts: Vec<Vec<u32>> = train_tasks
@@ -106,7 +100,7 @@ fn teacher_samples(
             if tokens >= budget {
                 let path = out.join("teacher-samples.jsonl");
                 write_jsonl(&path, &samples).expect("samples written");
-                return (path, tokens as f64 / samples.len() as f64);
+                return path;
             }
             tokens += sample.response_ids.len() as u64;
             let task = &train_tasks[sample.prompt_index];
@@ -121,22 +115,15 @@ fn teacher_samples(
     unreachable!("the loop returns once the budget is spent")
 }
 
-/// `(generated tokens, accuracy)` of each evaluation in a run folder; for SFT on teacher
-/// samples the tokens are the teacher's, of the samples trained on so far.
-fn accuracy_curve(dir: &Path, teacher_tokens_per_row: Option<f64>) -> Vec<(u64, f64)> {
-    let records = read_metrics(&dir.join(METRICS)).expect("metrics");
-    let rows_per_step = 64.0;
-    records
+/// `(generated tokens, accuracy)` of each evaluation in a run folder (for SFT on teacher
+/// samples the tokens are the teacher's, of the samples trained on so far).
+fn accuracy_curve(dir: &Path) -> Vec<(u64, f64)> {
+    read_metrics(&dir.join(METRICS))
+        .expect("metrics")
         .iter()
         .filter(|r| r["kind"] == "eval")
         .map(|r| {
-            let tokens = match teacher_tokens_per_row {
-                Some(per_row) => {
-                    let step = r["step"].as_f64().unwrap_or(0.0);
-                    ((step * rows_per_step * per_row) as u64).min(BUDGET)
-                }
-                None => r["generated_tokens_total"].as_u64().unwrap_or(0),
-            };
+            let tokens = r["generated_tokens_total"].as_u64().unwrap_or(0);
             (tokens, r["accuracy"].as_f64().unwrap_or(f64::NAN))
         })
         .collect()
@@ -195,8 +182,7 @@ fn main() {
     let (train_tasks, test_tasks) = tasks(&arithmetic.data).expect("arithmetic tasks");
     let test_file = root.join("test.jsonl");
     write_jsonl(&test_file, &test_tasks).expect("test written");
-    let (samples, per_row) = teacher_samples(&teacher_final, &train_tasks, BUDGET, root);
-    let rows = (BUDGET as f64 / per_row).ceil() as usize;
+    let samples = teacher_samples(&teacher_final, &train_tasks, BUDGET, root);
     let sft = trained(&run_config(
         "sft-on-teacher-samples",
         &start,
@@ -205,11 +191,8 @@ fn main() {
             samples.display(),
             test_file.display()
         ),
-        &format!(
-            "steps = {}\nprompts_per_step = 64\noptimizer = {{ learning_rate = 3e-3, min_lr_ratio = 1.0 }}\nobjective = {{ method = \"sft\" }}",
-            rows.div_ceil(64)
-        ),
-        "",
+        "steps = 10000\nprompts_per_step = 64\noptimizer = { learning_rate = 3e-3, min_lr_ratio = 1.0 }\nobjective = { method = \"sft\" }",
+        &budget,
     ));
     let grpo = trained(&run_config(
         "grpo",
@@ -220,15 +203,16 @@ fn main() {
     ));
 
     println!("\nheld-out accuracy (greedy, 200 questions) against generated tokens:");
-    let curves = [
-        ("OPD, reverse KL", accuracy_curve(&opd_reverse.dir, None)),
-        ("OPD, forward KL", accuracy_curve(&opd_forward.dir, None)),
-        (
-            "SFT on teacher samples",
-            accuracy_curve(&sft.dir, Some(per_row)),
-        ),
-        ("GRPO", accuracy_curve(&grpo.dir, None)),
+    let runs = [
+        ("OPD, reverse KL", &opd_reverse),
+        ("OPD, forward KL", &opd_forward),
+        ("SFT on teacher samples", &sft),
+        ("GRPO", &grpo),
     ];
+    let curves: Vec<(&str, Vec<(u64, f64)>)> = runs
+        .iter()
+        .map(|(name, run)| (*name, accuracy_curve(&run.dir)))
+        .collect();
     print_table(&curves);
     let teacher_accuracy = teacher.evaluation.map_or(f64::NAN, |e| e.accuracy);
     println!(
@@ -236,24 +220,15 @@ fn main() {
         student.evaluation.map_or(f64::NAN, |e| e.accuracy)
     );
 
-    let records: Vec<(String, Vec<Value>)> = [
-        ("OPD, reverse KL", &opd_reverse, None),
-        ("OPD, forward KL", &opd_forward, None),
-        ("SFT on teacher samples", &sft, Some(per_row)),
-        ("GRPO", &grpo, None),
-    ]
-    .iter()
-    .map(|(name, run, per_row)| {
-        let mut records = read_metrics(&run.dir.join(METRICS)).expect("metrics");
-        // SFT's evaluations plotted at the teacher tokens of the samples trained on so far.
-        let curve = accuracy_curve(&run.dir, *per_row);
-        let evals = records.iter_mut().filter(|r| r["kind"] == "eval");
-        for (record, (tokens, _)) in evals.zip(curve) {
-            record["generated_tokens_total"] = tokens.into();
-        }
-        (name.to_string(), records)
-    })
-    .collect();
+    let records: Vec<(&str, Vec<Value>)> = runs
+        .iter()
+        .map(|(name, run)| {
+            (
+                *name,
+                read_metrics(&run.dir.join(METRICS)).expect("metrics"),
+            )
+        })
+        .collect();
     let plotted: Vec<Curves> = records
         .iter()
         .map(|(name, records)| Curves { name, records })

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use opd_policy::{Architecture, LlamaConfig, LoraConfig};
 use opd_trainers::data::Arithmetic;
-use opd_trainers::{Objective, TrainConfig};
+use opd_trainers::{Objective, RustTests, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
@@ -40,7 +40,9 @@ pub struct RunConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
-    /// Tokens the student may generate in rollouts.
+    /// Tokens the student may generate in rollouts; for SFT, which samples nothing, the tokens
+    /// of the references it may train on (a teacher's or a person's). Methods compared under
+    /// one budget have spent the same number of generated tokens.
     pub generated_tokens: u64,
 }
 
@@ -160,8 +162,8 @@ fn default_test_tasks() -> usize {
 }
 
 /// How answers are graded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EnvironmentConfig {
     /// The final number (`#### N`, else the last number) against the task's answer.
     #[default]
@@ -170,6 +172,10 @@ pub enum EnvironmentConfig {
     MathRevealing,
     /// The trimmed answer equal to the task's answer.
     Exact,
+    /// The answer's Rust code compiled with the task's tests and run, under time, memory and
+    /// output limits (`edition`, `compile_seconds`, `test_seconds`, `memory_mib`,
+    /// `output_kib`); compiler and test output are the feedback.
+    RustTests(RustTests),
 }
 
 /// Where and how often a run writes.

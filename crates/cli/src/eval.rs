@@ -9,7 +9,7 @@ use opd_cli::config::EnvironmentConfig;
 use opd_cli::setup::{environment, tasks};
 use opd_rollout::SamplingParams;
 use opd_trainers::data::read_jsonl;
-use opd_trainers::evaluate;
+use opd_trainers::{RustTests, evaluate};
 
 /// Arguments of `opd eval`.
 #[derive(Args)]
@@ -21,7 +21,8 @@ pub struct EvalArgs {
     /// A `.gguf` file or a Hugging Face folder to evaluate.
     #[arg(long, required_unless_present = "config")]
     model: Option<PathBuf>,
-    /// Held-out tasks (JSONL) in place of the run file's; graded by the math environment.
+    /// Held-out tasks (JSONL) in place of the run file's; graded by their tests (Rust code) when
+    /// they have tests, else by their final number (math).
     #[arg(long, conflicts_with = "config")]
     data: Option<PathBuf>,
     /// Answers sampled per task (k of avg@k and pass@k).
@@ -51,15 +52,20 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
                 .model
                 .clone()
                 .unwrap_or_else(|| config.output.dir.join("final"));
-            (model, test, environment(config.environment))
+            (model, test, environment(config.environment)?)
         }
-        (None, Some(data)) => (
-            args.model
+        (None, Some(data)) => {
+            let test = read_jsonl(data)?;
+            let kind = match test.iter().any(|t| t.tests.is_some()) {
+                true => EnvironmentConfig::RustTests(RustTests::default()),
+                false => EnvironmentConfig::Math,
+            };
+            let model = args
+                .model
                 .clone()
-                .expect("clap requires --model without --config"),
-            read_jsonl(data)?,
-            environment(EnvironmentConfig::Math),
-        ),
+                .expect("clap requires --model without --config");
+            (model, test, environment(kind)?)
+        }
         (None, None) => unreachable!("clap requires --config or --data"),
     };
     if test.is_empty() {

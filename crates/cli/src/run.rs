@@ -18,7 +18,7 @@ use opd_policy::SaveDtype;
 use opd_rollout::SamplingParams;
 use opd_teachers::External;
 use opd_trainers::checkpoint::{checkpoint_dir, latest_checkpoint, prune_checkpoints};
-use opd_trainers::{Environment, Evaluation, StepMetrics, Task, Trainer, evaluate};
+use opd_trainers::{Environment, Evaluation, Objective, StepMetrics, Task, Trainer, evaluate};
 use serde_json::{Value, json};
 
 use crate::config::RunConfig;
@@ -36,7 +36,7 @@ pub struct RunReport {
     pub dir: PathBuf,
     /// Steps taken (in this and earlier, resumed, processes).
     pub steps: usize,
-    /// Tokens the student generated in rollouts.
+    /// Tokens the student generated in rollouts (for SFT: the reference tokens trained on).
     pub generated_tokens: u64,
     /// The last held-out evaluation.
     pub evaluation: Option<Evaluation>,
@@ -132,13 +132,13 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
 
     let (student, tokenizer) = load_model::<B>(&config.model, device)?;
     let (train_tasks, test_tasks) = tasks(&config.data)?;
-    let env = environment(config.environment);
+    let env = environment(config.environment)?;
     let mut trainer = Trainer::new(
         config.train.clone(),
         student,
         tokenizer.clone(),
         train_tasks,
-        environment(config.environment),
+        environment(config.environment)?,
     )?;
     if let Some(source) = &config.teacher {
         let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(source, device)?;
@@ -168,10 +168,17 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
     for record in &records {
         log.append(record)?;
     }
+    // The tokens a step spends: those the student sampled; for SFT, which samples none, those
+    // of the references it trained on (someone generated them: a teacher, a person).
+    let spent_key = match config.train.objective {
+        Objective::Sft(_) => "trained_tokens",
+        _ => "generated_tokens",
+    };
+    let spent = |record: &Value| record[spent_key].as_u64().unwrap_or(0);
     let mut generated: u64 = records
         .iter()
         .filter(|r| r["kind"] == "train")
-        .filter_map(|r| r["generated_tokens"].as_u64())
+        .map(spent)
         .sum();
 
     let steps = config.train.steps;
@@ -220,8 +227,8 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
     };
     while trainer.steps_done() < steps && !over_budget(generated) {
         let metrics: StepMetrics = trainer.step()?;
-        generated += metrics.generated_tokens as u64;
         let mut record = serde_json::to_value(&metrics).expect("metrics serialize");
+        generated += spent(&record);
         record["kind"] = json!("train");
         record["generated_tokens_total"] = json!(generated);
         log.append(&record)?;

@@ -47,13 +47,17 @@ pub fn tasks(data: &DataConfig) -> Result<(Vec<Task>, Vec<Task>)> {
     Ok((train, test))
 }
 
-/// The environment a run grades with.
-pub fn environment(config: EnvironmentConfig) -> Box<dyn Environment> {
-    match config {
+/// The environment a run grades with; a code environment checks that its compiler runs.
+pub fn environment(config: EnvironmentConfig) -> Result<Box<dyn Environment>> {
+    Ok(match config {
         EnvironmentConfig::Math => Box::new(MathAnswer::default()),
         EnvironmentConfig::MathRevealing => Box::new(MathAnswer {
             reveal_answer: true,
         }),
         EnvironmentConfig::Exact => Box::new(ExactAnswer),
-    }
+        EnvironmentConfig::RustTests(rust) => {
+            rust.check()?;
+            Box::new(rust)
+        }
+    })
 }

@@ -27,6 +27,7 @@
 //! | SDPO | `min(sg ρ, 2) · JSD_α(p_T(·|x, f, demo) ‖ p_θ(·|x))` on the student's top-100 + tail |
 
 pub mod checkpoint;
+mod code;
 pub mod config;
 pub mod data;
 mod diagnostics;
@@ -40,9 +41,11 @@ mod named;
 pub mod objectives;
 mod order;
 mod rows;
+mod sandbox;
 mod schedule;
 mod trainer;
 
+pub use code::{RustTests, rust_code};
 pub use config::{
     Aggregation, CollapseWatch, DistillForm, GrpoConfig, Objective, OnNonFinite, OpdConfig,
     OpdForm, OpsdConfig, OptimizerConfig, SamplingConfig, SdftConfig, SdpoConfig, SftConfig,

@@ -39,7 +39,7 @@ impl Operation {
 }
 
 /// Questions `a∘b` with operands in `0..=max_operand`, written without spaces (`37+45`); the
-/// answer and the reference are the result (`82`). The embedded default task: it needs no
+/// answer is the result (`82`), the reference solution its own template. The embedded default task: it needs no
 /// files, and a model trained from scratch on characters learns it in minutes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +53,10 @@ pub struct Arithmetic {
     /// The prompt, `{question}` standing for `a∘b`: `"{question}"` for character models,
     /// `"What is {question}? Give the final answer after ####."` for chat models.
     pub template: String,
+    /// The reference solution, `{question}` and `{answer}` standing for `a∘b` and its result:
+    /// `"{answer}"` for character models, `"{question} = {answer}\n#### {answer}"` for chat
+    /// models (what SFT imitates and what OPSD's teacher reads).
+    pub reference: String,
 }
 
 impl Default for Arithmetic {
@@ -62,6 +66,7 @@ impl Default for Arithmetic {
             operations: vec![Operation::Add],
             seed: 0,
             template: "{question}".into(),
+            reference: "{answer}".into(),
         }
     }
 }
@@ -112,8 +117,18 @@ impl Arithmetic {
             .into_iter()
             .map(|(a, op, b)| {
                 let question = format!("{a}{}{b}", op.symbol());
-                let prompt = self.template.replace("{question}", &question);
-                Task::with_answer(prompt, op.apply(a, b).to_string())
+                let answer = op.apply(a, b).to_string();
+                let fill = |template: &str| {
+                    template
+                        .replace("{question}", &question)
+                        .replace("{answer}", &answer)
+                };
+                Task {
+                    prompt: fill(&self.template),
+                    reference: Some(fill(&self.reference)),
+                    answer: Some(answer.clone()),
+                    tests: None,
+                }
             })
             .collect();
         let test_tasks = tasks[train..].to_vec();
@@ -166,11 +181,16 @@ mod tests {
         assert!(none.split(1, 0).is_err());
         let worded = Arithmetic {
             template: "What is {question}?".into(),
+            reference: "{question} = {answer}\n#### {answer}".into(),
             ..generator
         };
+        let first = &worded.split(1, 0).unwrap().0[0];
+        let (question, answer) = (&train[0].prompt, train[0].answer.as_deref().unwrap());
+        assert_eq!(first.prompt, format!("What is {question}?"));
         assert_eq!(
-            worded.split(1, 0).unwrap().0[0].prompt,
-            format!("What is {}?", train[0].prompt)
+            first.reference.as_deref(),
+            Some(format!("{question} = {answer}\n#### {answer}").as_str())
         );
+        assert_eq!(train[0].reference.as_deref(), Some(answer));
     }
 }
