@@ -119,7 +119,11 @@ fn main() {
     }
     let accuracy_at = |records: &[serde_json::Value], first: bool| {
         let mut evals = records.iter().filter(|r| r["kind"] == "eval");
-        let record = if first { evals.next() } else { evals.next_back() };
+        let record = if first {
+            evals.next()
+        } else {
+            evals.next_back()
+        };
         record
             .and_then(|r| r["accuracy"].as_f64())
             .unwrap_or(f64::NAN)

@@ -2,13 +2,13 @@
 
 use std::error::Error;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use opd_policy::Message;
-use opd_rollout::{SamplingParams, generate_with_progress};
+use opd_rollout::{RolloutError, SamplingParams, generate_with_progress};
 
 use crate::BackendChoice;
 
@@ -19,8 +19,15 @@ pub struct GenerateArgs {
     #[arg(long)]
     model: PathBuf,
     /// The prompt text.
+    #[arg(
+        long,
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    prompt: Option<String>,
+    /// Read the prompt from this file (`-`: standard input).
     #[arg(long)]
-    prompt: String,
+    prompt_file: Option<PathBuf>,
     /// Render the prompt as a user turn with the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -97,14 +104,22 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         seed: args.seed,
     };
     params.validate()?;
+    let prompt_text = match (args.prompt, &args.prompt_file) {
+        (Some(text), _) => text,
+        (None, Some(path)) => read_prompt(path)?,
+        (None, None) => unreachable!("clap requires --prompt or --prompt-file"),
+    };
+    if prompt_text.is_empty() {
+        return Err("the prompt is empty".into());
+    }
     let device = B::Device::default();
     let (model, tokenizer) = opd_policy::load::<B>(&args.model, &device)?;
     let text = if args.chat {
         let mut messages: Vec<Message> = args.system.into_iter().map(Message::system).collect();
-        messages.push(Message::user(args.prompt));
+        messages.push(Message::user(prompt_text));
         tokenizer.apply_chat_template(&messages, true)?
     } else {
-        args.prompt
+        prompt_text
     };
     let prompt = tokenizer.encode(&text)?;
     let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64).with_style(
@@ -113,6 +128,13 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
     );
     let batch = generate_with_progress(&model, &tokenizer, &[prompt], &params, |tokens| {
         bar.set_position(tokens as u64)
+    })
+    .map_err(|e| match e {
+        // One prompt: no index to give.
+        RolloutError::PromptTooLong { len, context, .. } => {
+            format!("the prompt has {len} tokens; the model's context is {context} tokens").into()
+        }
+        other => Box::<dyn Error>::from(other),
     })?;
     bar.finish_and_clear();
     // Written through one lock and flushed, so that a closed or full stdout is an error to
@@ -139,4 +161,15 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         stats.decode_tokens_per_second()
     );
     Ok(())
+}
+
+/// The text of a prompt file, or of standard input for `-`.
+fn read_prompt(path: &Path) -> Result<String, Box<dyn Error>> {
+    let read = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    read.map_err(|e| format!("prompt file {}: {e}", path.display()).into())
 }

@@ -1,5 +1,6 @@
 //! `opd generate` and its stdout: a reader that goes away is a clean exit, a full disk is a
-//! reported error, and a large `--n` runs in bounded batches. Never a panic.
+//! reported error, and a large `--n` runs in bounded batches; `opd export` refuses a folder
+//! that holds files. Never a panic.
 
 use std::process::{Command, Stdio};
 
@@ -82,4 +83,79 @@ fn a_bad_flag_is_reported_before_the_model_loads() {
         stderr.contains("top_p") && !stderr.contains("no/such"),
         "{stderr}"
     );
+}
+
+#[test]
+fn export_refuses_a_folder_that_holds_files() {
+    let out = tempfile::tempdir().unwrap();
+    let stale = out.path().join("model-00001-of-00002.safetensors");
+    std::fs::write(&stale, b"another model").unwrap();
+    let export = |force: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opd"));
+        command.arg("export").arg("--model").arg(smollm2_path());
+        command.arg("--out").arg(out.path());
+        if force {
+            command.arg("--force");
+        }
+        command.output().unwrap()
+    };
+    let refused = export(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("config.json").exists());
+
+    let forced = export(true);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert!(out.path().join("config.json").exists() && stale.exists());
+}
+
+#[test]
+fn the_prompt_comes_from_a_file_or_stdin_and_one_prompt_has_no_index() {
+    let opd = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_opd"));
+        command.args(["generate", "--model"]).arg(smollm2_path());
+        command.args(["--max-new-tokens", "2"]);
+        command
+    };
+    let mut child = opd()
+        .args(["--prompt-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"Count to three.").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty());
+
+    let missing = opd()
+        .args(["--prompt-file", "no/such/prompt.txt"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no/such/prompt.txt"), "{stderr}");
+
+    let long = "one two three four ".repeat(3000);
+    let too_long = opd().args(["--prompt", &long]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&too_long.stderr);
+    assert_eq!(too_long.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the prompt has") && stderr.contains("context is 8192 tokens"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("prompt 0"), "{stderr}");
 }

@@ -106,6 +106,9 @@ struct HfConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     attention_bias: Option<bool>,
+    hidden_act: Option<String>,
+    mlp_bias: Option<bool>,
+    use_sliding_window: Option<bool>,
 }
 
 impl LlamaConfig {
@@ -153,6 +156,30 @@ impl LlamaConfig {
                 });
             }
         };
+        // Fields that change the computation and that this model does not implement.
+        let unsupported = |detail: String| PolicyError::Unsupported {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if let Some(act) = hf
+            .hidden_act
+            .as_deref()
+            .filter(|a| !matches!(*a, "silu" | "swish"))
+        {
+            return Err(unsupported(format!(
+                "hidden_act `{act}` (opd's MLP is SwiGLU: silu)"
+            )));
+        }
+        if hf.mlp_bias == Some(true) {
+            return Err(unsupported(
+                "mlp_bias = true (opd's MLP has no biases)".into(),
+            ));
+        }
+        if hf.use_sliding_window == Some(true) {
+            return Err(unsupported(
+                "use_sliding_window = true (opd's attention is full causal)".into(),
+            ));
+        }
         let rope_scaling = match hf.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v)
@@ -164,10 +191,9 @@ impl LlamaConfig {
                 Some(serde_json::from_value(v).map_err(|e| invalid(format!("rope_scaling: {e}")))?)
             }
             Some(v) => {
-                return Err(PolicyError::Unsupported {
-                    path: path.to_path_buf(),
-                    detail: format!("rope_scaling {v} (opd supports llama3 scaling)"),
-                });
+                return Err(unsupported(format!(
+                    "rope_scaling {v} (opd supports llama3 scaling)"
+                )));
             }
         };
         Self {

@@ -79,6 +79,22 @@ fn bad_configs_name_the_file_and_field() {
     let err = LlamaConfig::from_hf_json("m/config.json", &uneven).unwrap_err();
     assert!(err.to_string().contains("num_key_value_heads"), "{err}");
 
+    // Fields that change the computation opd would silently do differently.
+    for (field, value) in [
+        ("hidden_act", "\"gelu\""),
+        ("mlp_bias", "true"),
+        ("use_sliding_window", "true"),
+    ] {
+        let text = LLAMA3.replacen('{', &format!("{{\"{field}\": {value},"), 1);
+        let err = LlamaConfig::from_hf_json("m/config.json", &text).unwrap_err();
+        assert!(
+            matches!(err, PolicyError::Unsupported { .. }) && err.to_string().contains(field),
+            "{err}"
+        );
+    }
+    let silu = LLAMA3.replacen('{', "{\"hidden_act\": \"silu\", \"mlp_bias\": false,", 1);
+    assert!(LlamaConfig::from_hf_json("m/config.json", &silu).is_ok());
+
     let scaling = LLAMA3.replace("\"llama3\"", "\"yarn\"");
     assert!(matches!(
         LlamaConfig::from_hf_json("c", &scaling),
