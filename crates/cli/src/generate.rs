@@ -114,14 +114,13 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
     }
     let device = B::Device::default();
     let (model, tokenizer) = opd_policy::load::<B>(&args.model, &device)?;
-    let text = if args.chat {
+    let prompt = if args.chat {
         let mut messages: Vec<Message> = args.system.into_iter().map(Message::system).collect();
         messages.push(Message::user(prompt_text));
-        tokenizer.apply_chat_template(&messages, true)?
+        tokenizer.encode_chat(&messages, true)?
     } else {
-        prompt_text
+        tokenizer.encode(&prompt_text)?
     };
-    let prompt = tokenizer.encode(&text)?;
     let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64).with_style(
         ProgressStyle::with_template("{spinner} {pos} tokens, {per_sec} [{elapsed}]")
             .expect("valid template"),

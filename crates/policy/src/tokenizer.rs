@@ -277,6 +277,57 @@ impl ChatTokenizer {
         )
     }
 
+    /// Token ids of `messages` rendered with the chat template. Control tokens come only from
+    /// the template: a message that spells one (`<|im_start|>` in user text) is encoded as
+    /// the plain text it is, so a user cannot open a turn of another role.
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        let controls: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special)
+            .map(|t| t.content)
+            .collect();
+        let spells_control = |m: &&Message| controls.iter().any(|c| m.content.contains(c.as_str()));
+        if !messages.iter().any(|m| spells_control(&m)) {
+            return self.encode(&text);
+        }
+        // Find each such message's text in the rendered prompt (in order; a template may trim
+        // it) and encode it with control tokens read as text.
+        let mut literal = self.inner.clone();
+        literal.set_encode_special_tokens(true);
+        let (mut ids, mut from) = (Vec::new(), 0);
+        for (i, message) in messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| spells_control(m))
+        {
+            let content = message.content.as_str();
+            let found = [content, content.trim()]
+                .into_iter()
+                .find_map(|c| text[from..].find(c).map(|at| (from + at, c.len())));
+            let Some((start, len)) = found else {
+                return Err(PolicyError::Template(format!(
+                    "message {i} spells a control token, and the chat template does not keep \
+                     its text verbatim, so it cannot be encoded as text"
+                )));
+            };
+            ids.extend(self.encode(&text[from..start])?);
+            let encoding = literal
+                .encode(&text[start..start + len], false)
+                .map_err(|e| PolicyError::Tokenizer(e.to_string()))?;
+            ids.extend_from_slice(encoding.get_ids());
+            from = start + len;
+        }
+        ids.extend(self.encode(&text[from..])?);
+        Ok(ids)
+    }
+
     /// The id used to pad batches: `pad`, else the first EOS, else 0.
     pub fn pad_id(&self) -> u32 {
         self.special

@@ -166,10 +166,9 @@ impl<T> Conditioned<T> {
                 let Some(turn) = self.template.render(question, privileged) else {
                     return Ok(None);
                 };
-                let text = self
-                    .tokenizer
-                    .apply_chat_template(&[Message::user(turn)], true)?;
-                Ok(Some(self.tokenizer.encode(&text)?))
+                Ok(Some(
+                    self.tokenizer.encode_chat(&[Message::user(turn)], true)?,
+                ))
             })
             .collect()
     }

@@ -29,8 +29,7 @@ pub(crate) struct Rows {
 
 /// The user turn of `prompt` through the chat template, with the generation prompt, as ids.
 pub fn prompt_ids(tokenizer: &ChatTokenizer, prompt: &str) -> Result<Vec<u32>> {
-    let text = tokenizer.apply_chat_template(&[Message::user(prompt)], true)?;
-    Ok(tokenizer.encode(&text)?)
+    Ok(tokenizer.encode_chat(&[Message::user(prompt)], true)?)
 }
 
 /// `group` samples of the student (on its inner backend, no graph) for each task.
