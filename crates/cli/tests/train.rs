@@ -148,3 +148,52 @@ fn bad_run_files_name_the_key_and_the_file() {
         );
     }
 }
+
+/// A LoRA run ends with its merged model saved: the path every SmolLM2 run file takes
+/// (adapters trained under autodiff, merged, written).
+#[test]
+fn a_lora_run_saves_its_merged_model() {
+    let folder = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[model]
+lora = {{ rank = 2, alpha = 4.0, targets = ["q_proj", "v_proj", "up_proj"] }}
+
+[model.scratch]
+alphabet = "0123456789+"
+layers = 1
+hidden_size = 32
+intermediate_size = 64
+heads = 2
+max_positions = 16
+
+[data.arithmetic]
+max_operand = 9
+train_tasks = 40
+test_tasks = 8
+
+[output]
+dir = "{}"
+
+[train]
+steps = 2
+prompts_per_step = 4
+sampling = {{ max_new_tokens = 3 }}
+optimizer = {{ learning_rate = 1e-2 }}
+objective = {{ method = "grpo", group_size = 2 }}
+"#,
+        folder.path().join("lora").display()
+    );
+    let path = folder.path().join("lora.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(OPD).arg("train").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let final_dir = folder.path().join("lora/final");
+    assert!(final_dir.join("model.safetensors").exists());
+    let loaded = opd_policy::load::<burn::backend::Flex>(&final_dir, &Default::default());
+    assert!(loaded.is_ok_and(|(model, _)| model.layers[0].self_attn.q_proj.lora.is_none()));
+}

@@ -128,12 +128,13 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// Folds the adapter into the base weight, `W ← W + (α/r)·A·B`, and drops it. A disabled
-    /// adapter is dropped without folding.
+    /// adapter is dropped without folding. The merged weight is a new leaf (detached from any
+    /// autodiff graph), so a model being trained can be merged and saved.
     pub fn merge(self) -> Self {
         match self.lora {
             Some(lora) if lora.enabled => {
                 let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
-                let weight = self.base.weight.val() + delta;
+                let weight = (self.base.weight.val() + delta).detach();
                 Self::new(Linear {
                     weight: Param::from_tensor(weight),
                     bias: self.base.bias,

@@ -84,6 +84,30 @@ fn only_adapters_receive_gradients() {
     assert!(model.embed_tokens.weight.grad(&grads).is_none());
 }
 
+/// A model in training (autodiff, adapters that have had a step) merges and saves: what
+/// `opd train` does with a LoRA run's final model.
+#[test]
+fn an_autodiff_model_with_trained_adapters_merges_and_saves() {
+    let mut model = Llama::<A>::init(
+        &common::tiny(Architecture::Llama, false),
+        3,
+        &Default::default(),
+    )
+    .with_lora(&lora());
+    let lora = model.layers[0].mlp.up_proj.lora.as_mut().unwrap();
+    let dims = lora.b.dims();
+    lora.b = burn::module::Param::from_tensor(Tensor::ones(dims, &Default::default()));
+    let on = model.valid().logits(probe(), &[0]);
+    let merged = model.merge_adapters();
+    let diff = common::max_diff(on, merged.valid().logits(probe(), &[0]));
+    assert!(diff < 1e-4, "merged differs by {diff}");
+    let folder = tempfile::tempdir().unwrap();
+    merged
+        .save_hf(folder.path(), opd_policy::SaveDtype::F32)
+        .unwrap();
+    assert!(folder.path().join("model.safetensors").exists());
+}
+
 #[test]
 fn ema_update_mixes_parameters_and_frozen_copies_do_not_move() {
     let config = common::tiny(Architecture::Qwen2, false);

@@ -49,13 +49,14 @@ pub(crate) fn run_limited(command: &mut Command, limits: &Limits) -> io::Result<
     let mut child = command.spawn()?;
     let stdout = capture(child.stdout.take(), limits.output_bytes);
     let stderr = capture(child.stderr.take(), limits.output_bytes);
-    let status = child.wait_timeout(Duration::from_secs_f64(limits.seconds))?;
-    // Whatever is left of the group (a timed-out child, or what it spawned) goes.
+    let status = child.wait_timeout(Duration::from_secs_f64(limits.seconds));
+    // Whatever is left of the group (a timed-out child, or what it spawned) goes, whether
+    // or not the wait succeeded.
     #[cfg(unix)]
     unix::kill_group(child.id());
     #[cfg(not(unix))]
     let _ = child.kill();
-    let status = match status {
+    let status = match status? {
         Some(status) => Some(status),
         None => {
             child.wait()?;
