@@ -9,17 +9,20 @@ use opd_cli::run::{METRICS, read_metrics};
 
 const OPD: &str = env!("CARGO_BIN_EXE_opd");
 
-/// A small GRPO run on single-digit addition, writing to `dir`.
-fn run_file(folder: &Path, name: &str, steps: usize) -> PathBuf {
-    let text = format!(
-        r#"
-[model.scratch]
+/// The model of every run here: one small block on characters.
+const TINY_MODEL: &str = r#"[model.scratch]
 alphabet = "0123456789+"
 layers = 1
 hidden_size = 32
 intermediate_size = 64
 heads = 2
-max_positions = 16
+max_positions = 16"#;
+
+/// A small GRPO run on single-digit addition, writing to `dir`.
+fn run_file(folder: &Path, name: &str, steps: usize) -> PathBuf {
+    let text = format!(
+        r#"
+{TINY_MODEL}
 
 [data.arithmetic]
 max_operand = 9
@@ -159,13 +162,7 @@ fn a_lora_run_saves_its_merged_model() {
 [model]
 lora = {{ rank = 2, alpha = 4.0, targets = ["q_proj", "v_proj", "up_proj"] }}
 
-[model.scratch]
-alphabet = "0123456789+"
-layers = 1
-hidden_size = 32
-intermediate_size = 64
-heads = 2
-max_positions = 16
+{TINY_MODEL}
 
 [data.arithmetic]
 max_operand = 9
