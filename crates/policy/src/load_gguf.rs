@@ -74,6 +74,10 @@ impl WeightSource for GgufSource<'_> {
         &self.file.path
     }
 
+    fn file_name(&self, name: &str) -> String {
+        gguf_name(name).unwrap_or_else(|| name.to_string())
+    }
+
     fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let Some(gguf) = gguf_name(name) else {
             return Ok(None);

@@ -14,13 +14,17 @@ pub(crate) trait WeightSource {
     fn path(&self) -> &Path;
     /// The tensor as f32 values and its shape, `None` when the store has no such tensor.
     fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>>;
+    /// The tensor's name as the file spells it, for errors (a GGUF file's `blk.0.attn_q.weight`).
+    fn file_name(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 /// Reads the tensor `name`, which must exist with shape `expected`.
 fn required<S: WeightSource>(source: &S, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
     optional(source, name, expected)?.ok_or_else(|| PolicyError::MissingTensor {
         path: source.path().to_path_buf(),
-        name: name.to_string(),
+        name: source.file_name(name),
     })
 }
 
@@ -35,6 +39,7 @@ fn optional<S: WeightSource>(
     let Some((values, shape)) = source.read(name)? else {
         return Ok(None);
     };
+    let name = source.file_name(name);
     if shape != expected {
         return Err(PolicyError::Corrupt {
             path: source.path().to_path_buf(),

@@ -1,11 +1,12 @@
 //! SmolLM2 end to end: the tokenizer and chat template from GGUF metadata, a greedy chat
 //! answer decoded through the KV cache, cached decoding against full forwards, and a
-//! Hugging Face save → load round trip.
+//! Hugging Face save → load round trip; errors about the file name its own tensors.
 
 mod common;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
+use opd_policy::gguf::GgufFile;
 use opd_policy::{ChatTokenizer, Llama, Message, Policy, SaveDtype};
 
 type B = Flex;
@@ -165,4 +166,27 @@ fn hugging_face_save_and_load_give_the_same_logits() {
     );
     std::fs::remove_dir_all(&folder).unwrap();
     assert!(diff == 0.0, "f32 round trip changed logits by {diff}");
+}
+
+/// Errors about a GGUF file name its tensors as the file does (`blk.0.attn_norm.weight`), not
+/// by their Hugging Face names: NaN written into a norm of the real file.
+#[test]
+fn gguf_errors_name_the_files_tensors() {
+    let path = common::smollm2_path();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let file = GgufFile::parse(&path, bytes.clone()).unwrap();
+    let norm = file
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.attn_norm.weight")
+        .unwrap();
+    bytes[norm.range.start..norm.range.start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let broken = GgufFile::parse(&path, bytes).unwrap();
+    let err = Llama::<B>::from_gguf(&broken, &Default::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("`blk.0.attn_norm.weight` has 1 non-finite values")
+            && !text.contains("model.layers"),
+        "{text}"
+    );
 }
