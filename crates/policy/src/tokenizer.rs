@@ -75,7 +75,10 @@ fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
-        .map_err(|e| err(format!("tokenizer: {e}")))?;
+        .map_err(|e| PolicyError::Corrupt {
+            path: file.path.clone(),
+            detail: format!("tokenizer merges: {e}"),
+        })?;
     let mut tokenizer = Tokenizer::new(bpe);
     let byte_level = ByteLevel::new(false, true, true);
     match file
