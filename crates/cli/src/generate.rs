@@ -8,9 +8,10 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use opd_policy::Message;
-use opd_rollout::{RolloutError, SamplingParams, generate_with_progress};
+use opd_rollout::{Progress, RolloutError, SamplingParams, generate_with_progress};
 
 use crate::BackendChoice;
+use crate::stream::Stream;
 
 /// Arguments of `opd generate`.
 #[derive(Args)]
@@ -121,13 +122,31 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
     } else {
         tokenizer.encode(&prompt_text)?
     };
+    // One answer streams to stdout as it is sampled; several are printed at the end. The bar
+    // (stderr) shows the prefill, then the tokens.
     let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64).with_style(
-        ProgressStyle::with_template("{spinner} {pos} tokens, {per_sec} [{elapsed}]")
-            .expect("valid template"),
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
     );
-    let batch = generate_with_progress(&model, &tokenizer, &[prompt], &params, |tokens| {
-        bar.set_position(tokens as u64)
-    })
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let mut stream =
+        (args.n == 1).then(|| Stream::new(&tokenizer, std::io::stdout(), &params.stop_strings));
+    let batch = generate_with_progress(
+        &model,
+        &tokenizer,
+        &[prompt],
+        &params,
+        |event| match event {
+            Progress::Prefill { tokens } => {
+                bar.set_message(format!("prefill: {tokens} prompt tokens"))
+            }
+            Progress::Decoded { generated, tokens } => {
+                bar.set_message(format!("{generated} tokens"));
+                if let Some(stream) = &mut stream {
+                    bar.suspend(|| tokens.iter().for_each(|&(_, _, token)| stream.push(token)));
+                }
+            }
+        },
+    )
     .map_err(|e| match e {
         // One prompt: no index to give.
         RolloutError::PromptTooLong { len, context, .. } => {
@@ -136,20 +155,22 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
         other => Box::<dyn Error>::from(other),
     })?;
     bar.finish_and_clear();
-    // Written through one lock and flushed, so that a closed or full stdout is an error to
+    // Written and flushed with errors returned, so that a closed or full stdout is an error to
     // report (see `main`), not a panic.
-    let mut out = std::io::stdout().lock();
-    for sample in &batch.samples {
-        if args.n > 1 {
+    if let Some(stream) = stream {
+        stream.finish(&batch.samples[0].text)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for sample in &batch.samples {
             writeln!(
                 out,
                 "--- sample {} ({})",
                 sample.sample_index, sample.finish_reason
             )?;
+            writeln!(out, "{}", sample.text)?;
         }
-        writeln!(out, "{}", sample.text)?;
+        out.flush()?;
     }
-    out.flush()?;
     let stats = batch.stats;
     eprintln!(
         "{} prompt tokens in {:.2} s, {} tokens generated in {:.2} s ({:.1} tokens/s)",

@@ -14,6 +14,7 @@ mod eval;
 #[cfg(feature = "flex")]
 mod export;
 mod generate;
+mod stream;
 mod train;
 
 use std::process::ExitCode;

@@ -159,3 +159,38 @@ fn the_prompt_comes_from_a_file_or_stdin_and_one_prompt_has_no_index() {
     );
     assert!(!stderr.contains("prompt 0"), "{stderr}");
 }
+
+/// One answer streams as it is sampled and ends as the sampler cut it: no part of a stop
+/// string is printed, and the text equals the first of several answers printed at the end.
+#[test]
+fn one_answer_streams_and_never_prints_a_cut_stop_string() {
+    let opd = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_opd"))
+            .args(["generate", "--chat", "--model"])
+            .arg(smollm2_path())
+            .args([
+                "--prompt",
+                "What is the capital of France?",
+                "--max-new-tokens",
+                "12",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let streamed = opd(&[]);
+    assert_eq!(streamed, "The capital of France is Paris.\n");
+    let batched = opd(&["--n", "2"]);
+    assert!(
+        batched.starts_with(&format!("--- sample 0 (stop token 2)\n{streamed}")),
+        "{batched}"
+    );
+    // The sampler cuts at the token that starts the stop string (" Paris").
+    assert_eq!(opd(&["--stop", "Paris."]), "The capital of France is\n");
+}

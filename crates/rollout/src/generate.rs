@@ -104,17 +104,37 @@ pub fn generate<B: Backend, P: Policy<B>>(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
 ) -> Result<RolloutBatch> {
-    generate_with_progress(policy, tokenizer, prompts, params, |_| {})
+    generate_with_progress(policy, tokenizer, prompts, params, |_: Progress| {})
 }
 
-/// [`generate`], calling `progress(generated)` after each decoding step with the number of
-/// tokens generated so far (for progress bars).
+/// What [`generate_with_progress`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A batch of rows is about to be prefilled: `tokens` prompt tokens (left padding
+    /// included), the slow part of a long prompt.
+    Prefill {
+        /// Tokens in the prefill.
+        tokens: usize,
+    },
+    /// A decoding step drew one token for each row still running.
+    Decoded {
+        /// Tokens generated so far, over all rows.
+        generated: usize,
+        /// The step's `(prompt_index, sample_index, token)` of each row that drew one (a token
+        /// that a stop condition later cuts is included: streaming must hold back what a stop
+        /// string might remove).
+        tokens: &'a [(usize, usize, u32)],
+    },
+}
+
+/// [`generate`], calling `progress` before each prefill and after each decoding step (for
+/// progress bars and streaming).
 pub fn generate_with_progress<B: Backend, P: Policy<B>>(
     policy: &P,
     tokenizer: &ChatTokenizer,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
-    mut progress: impl FnMut(usize),
+    mut progress: impl FnMut(Progress),
 ) -> Result<RolloutBatch> {
     params.validate()?;
     let (vocab, context) = (policy.vocab_size(), policy.max_context());
@@ -164,8 +184,17 @@ pub fn generate_with_progress<B: Backend, P: Policy<B>>(
             rows: chunk,
             stop: &stop,
         };
-        chunk.run(policy, tokenizer, params, &mut stats, &mut |tokens| {
-            progress(generated + tokens)
+        chunk.run(policy, tokenizer, params, &mut stats, &mut |event| {
+            progress(match event {
+                Progress::Decoded {
+                    generated: tokens,
+                    tokens: drawn,
+                } => Progress::Decoded {
+                    generated: generated + tokens,
+                    tokens: drawn,
+                },
+                prefill => prefill,
+            })
         })?;
         generated += chunk.rows.iter().map(|r| r.response.len()).sum::<usize>();
     }
@@ -182,14 +211,15 @@ struct Chunk<'a, 'r> {
 
 impl Chunk<'_, '_> {
     /// One prefill of the chunk's prompts, then token-by-token decoding through the KV cache
-    /// until every row finishes; `progress(tokens)` after each step with the chunk's count.
+    /// until every row finishes; `progress` before the prefill and after each step (with the
+    /// chunk's count).
     fn run<B: Backend, P: Policy<B>>(
         &mut self,
         policy: &P,
         tokenizer: &ChatTokenizer,
         params: &SamplingParams,
         stats: &mut RolloutStats,
-        progress: &mut impl FnMut(usize),
+        progress: &mut impl FnMut(Progress),
     ) -> Result<()> {
         let (vocab, context) = (policy.vocab_size(), policy.max_context());
         let device = policy.devices().into_iter().next().unwrap_or_default();
@@ -200,6 +230,9 @@ impl Chunk<'_, '_> {
             .map(|r| self.prompts[r.prompt_index].as_slice())
             .collect();
         let (ids, padding) = left_padded::<B>(&inputs, tokenizer.pad_id(), &device);
+        progress(Progress::Prefill {
+            tokens: ids.dims().iter().product(),
+        });
         let mut cache = policy.new_cache(padding);
         cache.reserve((ids.dims()[1] + params.max_new_tokens).min(context));
         let mut logits = last_logits(policy, policy.hidden_cached(ids, &mut cache));
@@ -228,8 +261,10 @@ impl Chunk<'_, '_> {
                 .into_par_iter()
                 .map(|(u, row_logits)| draw(row_logits, params, u))
                 .collect();
+            let mut drawn = Vec::with_capacity(active.len());
             for (&r, d) in active.iter().zip(&draws) {
                 let row = &mut self.rows[r];
+                drawn.push((row.prompt_index, row.sample_index, d.token));
                 row.response.push(d.token);
                 row.logprobs.push(d.logprob);
                 row.sampling_logprobs.push(d.sampling_logprob);
@@ -240,7 +275,10 @@ impl Chunk<'_, '_> {
                 )?;
             }
             generated += active.len();
-            progress(generated);
+            progress(Progress::Decoded {
+                generated,
+                tokens: &drawn,
+            });
             let keep: Vec<usize> = (0..active.len())
                 .filter(|&k| self.rows[active[k]].finished.is_none())
                 .collect();

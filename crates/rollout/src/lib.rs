@@ -33,6 +33,6 @@ mod stop;
 
 pub use batch::{FinishReason, RolloutBatch, RolloutStats, Sample};
 pub use error::{Result, RolloutError};
-pub use generate::{generate, generate_with_progress};
+pub use generate::{Progress, generate, generate_with_progress};
 pub use params::SamplingParams;
 pub use score::{ScoreOptions, Scores, TokenScores, TopK, score, score_by};
