@@ -81,7 +81,8 @@ pub struct LlamaConfig {
     pub max_position_embeddings: usize,
     /// Whether the output projection is the token embedding.
     pub tie_word_embeddings: bool,
-    /// Biases on the q, k, v projections (Qwen2).
+    /// Biases on the q, k, v projections (Qwen2; Llama and Qwen3 with `attention_bias`, which
+    /// also puts one on the output projection).
     pub attention_bias: bool,
     /// RMSNorm on queries and keys per head (Qwen3).
     pub qk_norm: bool,
@@ -112,6 +113,12 @@ struct HfConfig {
 }
 
 impl LlamaConfig {
+    /// Whether the attention's output projection has a bias: with `attention_bias`, except on
+    /// Qwen2 (whose biases are on q, k and v only), as in `transformers`.
+    pub fn output_bias(&self) -> bool {
+        self.attention_bias && self.architecture != Architecture::Qwen2
+    }
+
     /// Reads a Hugging Face `config.json` (`model_type` llama, qwen2 or qwen3).
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -227,9 +234,18 @@ impl LlamaConfig {
             .ok_or_else(|| missing(file, "general.architecture"))?
             .to_string();
         let (architecture, attention_bias, qk_norm) = match arch.as_str() {
-            "llama" => (Architecture::Llama, false, false),
+            // llama.cpp's llama and qwen3 graphs take attention biases when the file has them.
+            "llama" => (
+                Architecture::Llama,
+                file.tensor("blk.0.attn_q.bias").is_some(),
+                false,
+            ),
             "qwen2" => (Architecture::Qwen2, true, false),
-            "qwen3" => (Architecture::Qwen3, false, true),
+            "qwen3" => (
+                Architecture::Qwen3,
+                file.tensor("blk.0.attn_q.bias").is_some(),
+                true,
+            ),
             other => {
                 return Err(PolicyError::Unsupported {
                     path: file.path.clone(),

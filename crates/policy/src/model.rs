@@ -331,7 +331,7 @@ impl<B: Backend> Llama<B> {
                         linear(q_out, d, bias),
                         linear(kv_out, d, bias),
                         linear(kv_out, d, bias),
-                        linear(d, q_out, false),
+                        linear(d, q_out, config.output_bias()),
                     ],
                     config
                         .qk_norm

@@ -73,9 +73,26 @@ impl<B: Backend> Llama<B> {
                 device,
             )
         };
-        let linear = |name: &str, out: usize, inp: usize| -> Result<_> {
+        // A bias is read where the config has one and refused where it has none: a file and a
+        // config that disagree would compute something else than the model's authors.
+        let linear = |name: &str, out: usize, inp: usize, with_bias: bool| -> Result<_> {
             let w = required(source, &format!("{name}.weight"), &[out, inp])?;
-            let bias = optional(source, &format!("{name}.bias"), &[out])?;
+            let bias_name = format!("{name}.bias");
+            let bias = match with_bias {
+                true => Some(required(source, &bias_name, &[out])?),
+                false if source.read(&bias_name)?.is_some() => {
+                    return Err(PolicyError::Corrupt {
+                        path: source.path().to_path_buf(),
+                        detail: format!(
+                            "tensor `{}` is in the file, but the config gives this layer no bias \
+                             (attention_bias = {})",
+                            source.file_name(&bias_name),
+                            config.attention_bias
+                        ),
+                    });
+                }
+                false => None,
+            };
             Ok(b.linear(
                 tensor(w, &[out, inp]).reshape([out, inp]),
                 bias.map(|v| tensor(v, &[out])),
@@ -93,6 +110,7 @@ impl<B: Backend> Llama<B> {
             config.num_attention_heads * hd,
             config.num_key_value_heads * hd,
         );
+        let (qkv_bias, o_bias) = (config.attention_bias, config.output_bias());
         let layers = (0..config.num_hidden_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}.");
@@ -107,10 +125,10 @@ impl<B: Backend> Llama<B> {
                     input_layernorm: norm(&format!("{p}input_layernorm.weight"), d)?,
                     self_attn: b.attention(
                         [
-                            linear(&format!("{p}self_attn.q_proj"), q_out, d)?,
-                            linear(&format!("{p}self_attn.k_proj"), kv_out, d)?,
-                            linear(&format!("{p}self_attn.v_proj"), kv_out, d)?,
-                            linear(&format!("{p}self_attn.o_proj"), d, q_out)?,
+                            linear(&format!("{p}self_attn.q_proj"), q_out, d, qkv_bias)?,
+                            linear(&format!("{p}self_attn.k_proj"), kv_out, d, qkv_bias)?,
+                            linear(&format!("{p}self_attn.v_proj"), kv_out, d, qkv_bias)?,
+                            linear(&format!("{p}self_attn.o_proj"), d, q_out, o_bias)?,
                         ],
                         qk_norm,
                     ),
@@ -119,9 +137,9 @@ impl<B: Backend> Llama<B> {
                         d,
                     )?,
                     mlp: b.mlp([
-                        linear(&format!("{p}mlp.gate_proj"), ff, d)?,
-                        linear(&format!("{p}mlp.up_proj"), ff, d)?,
-                        linear(&format!("{p}mlp.down_proj"), d, ff)?,
+                        linear(&format!("{p}mlp.gate_proj"), ff, d, false)?,
+                        linear(&format!("{p}mlp.up_proj"), ff, d, false)?,
+                        linear(&format!("{p}mlp.down_proj"), d, ff, false)?,
                     ]),
                 })
             })
@@ -130,7 +148,7 @@ impl<B: Backend> Llama<B> {
         let embedding = required(source, "model.embed_tokens.weight", &[v, d])?;
         let lm_head = match config.tie_word_embeddings {
             true => None,
-            false => Some(linear("lm_head", v, d)?),
+            false => Some(linear("lm_head", v, d, false)?),
         };
         Ok(b.model(
             tensor(embedding, &[v, d]).reshape([v, d]),

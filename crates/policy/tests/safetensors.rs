@@ -288,3 +288,49 @@ proptest! {
         let _ = Llama::<B>::from_hf_folder(&dir, &Default::default());
     }
 }
+
+/// Biases follow the config: one it promises must be there, one it does not must not be
+/// (either way the model would compute something else); a Llama with `attention_bias` has
+/// them on q, k, v and the output projection, as in `transformers`, and round-trips.
+#[test]
+fn attention_biases_follow_the_config() {
+    let load = |dir: &Path| Llama::<B>::from_hf_folder(dir, &Default::default());
+
+    let (dir, _) = saved_tiny("bias-missing", 5);
+    rewrite(&dir, |t| {
+        t.retain(|(n, ..)| n != "model.layers.0.self_attn.q_proj.bias")
+    });
+    let err = load(&dir).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::MissingTensor { name, .. } if name == "model.layers.0.self_attn.q_proj.bias"),
+        "{err}"
+    );
+
+    let (dir, _) = saved_tiny("bias-extra", 6);
+    rewrite(&dir, |t| {
+        let d = common::tiny(opd_policy::Architecture::Qwen2, false).hidden_size;
+        let zeros = vec![0u8; 4 * d];
+        t.push((
+            "model.layers.1.self_attn.o_proj.bias".into(),
+            Dtype::F32,
+            vec![d],
+            zeros,
+        ));
+    });
+    let err = load(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("`model.layers.1.self_attn.o_proj.bias` is in the file, but the config gives this layer no bias"),
+        "{err}"
+    );
+
+    let mut config = common::tiny(opd_policy::Architecture::Llama, false);
+    config.attention_bias = true;
+    let model = Llama::<B>::init(&config, 7, &Default::default());
+    assert!(model.layers[0].self_attn.o_proj.base.bias.is_some());
+    let dir = scratch("llama-bias");
+    model.save_hf(&dir, SaveDtype::F32).unwrap();
+    let loaded = load(&dir).unwrap();
+    let diff = common::max_diff(model.logits(probe(), &[0]), loaded.logits(probe(), &[0]));
+    assert_eq!(diff, 0.0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
