@@ -51,6 +51,24 @@ pub enum RolloutError {
         /// Tokens generated before it.
         step: usize,
     },
+    /// A sampled token is one the tokenizer does not have (its vocabulary is smaller than the
+    /// model's output): its text would be dropped without a word.
+    #[error(
+        "sample {sample} of prompt {prompt} drew token id {token} at token {step}, which the \
+         tokenizer (of {tokens} tokens) does not have"
+    )]
+    UnknownToken {
+        /// Index of the prompt.
+        prompt: usize,
+        /// Index of the sample among the prompt's `n`.
+        sample: usize,
+        /// Tokens generated before it.
+        step: usize,
+        /// The token id.
+        token: u32,
+        /// The tokenizer's vocabulary size.
+        tokens: usize,
+    },
     /// The tokenizer or the sequence layout failed.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),

@@ -222,6 +222,7 @@ impl Chunk<'_, '_> {
         progress: &mut impl FnMut(Progress),
     ) -> Result<()> {
         let (vocab, context) = (policy.vocab_size(), policy.max_context());
+        let known_tokens = tokenizer.inner.get_vocab_size(true);
         let device = policy.devices().into_iter().next().unwrap_or_default();
         let started = Instant::now();
         let inputs: Vec<&[u32]> = self
@@ -264,6 +265,15 @@ impl Chunk<'_, '_> {
             let mut drawn = Vec::with_capacity(active.len());
             for (&r, d) in active.iter().zip(&draws) {
                 let row = &mut self.rows[r];
+                if d.token as usize >= known_tokens {
+                    return Err(RolloutError::UnknownToken {
+                        prompt: row.prompt_index,
+                        sample: row.sample_index,
+                        step: row.response.len(),
+                        token: d.token,
+                        tokens: known_tokens,
+                    });
+                }
                 drawn.push((row.prompt_index, row.sample_index, d.token));
                 row.response.push(d.token);
                 row.logprobs.push(d.logprob);

@@ -389,6 +389,36 @@ fn non_finite_logits_are_an_error_naming_the_step() {
     assert_eq!(FinishReason::Length.to_string(), "length");
 }
 
+/// A model with more outputs than its tokenizer has tokens (allowed at load: Qwen pads its
+/// output) that samples one of the extra ids stops with an error naming it.
+#[test]
+fn a_token_the_tokenizer_lacks_is_an_error() {
+    let (model, tok) = tiny();
+    let mut config = model.config.clone();
+    config.vocab_size += 8;
+    config.tie_word_embeddings = false;
+    let wider = Llama::<B>::init(&config, 8, &Default::default());
+    // Push every logit beyond the tokenizer's 40 words up: greedy draws one of them.
+    let mut bias = vec![0.0f32; config.vocab_size];
+    bias[40..].iter_mut().for_each(|b| *b = 100.0);
+    let mut wider = wider;
+    wider.lm_head = Some(burn::nn::Linear {
+        weight: burn::module::Param::from_tensor(Tensor::zeros(
+            [config.hidden_size, config.vocab_size],
+            &Default::default(),
+        )),
+        bias: Some(burn::module::Param::from_tensor(Tensor::from_floats(
+            bias.as_slice(),
+            &Default::default(),
+        ))),
+    });
+    let err = generate(&wider, &tok, &prompts(), &SamplingParams::greedy(4)).unwrap_err();
+    assert!(
+        matches!(err, RolloutError::UnknownToken { step: 0, token, tokens: 40, .. } if token >= 40),
+        "{err}"
+    );
+}
+
 #[test]
 fn smollm2_samples_are_well_formed_and_reproducible() {
     let path = common::smollm2_path();
