@@ -33,6 +33,9 @@ impl Shard {
         // SAFETY: the map is read-only and lives as long as the shard; a checkpoint is not
         // expected to be modified while a model loads from it.
         let bytes = unsafe { Mmap::map(&file) }.map_err(io)?;
+        if let Some(detail) = truncation(&bytes) {
+            return Err(PolicyError::Corrupt { path, detail });
+        }
         let (header_len, metadata) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| PolicyError::Corrupt {
                 path: path.clone(),
@@ -45,6 +48,32 @@ impl Shard {
             metadata,
         })
     }
+}
+
+/// Why a safetensors file is shorter than its own header says, in absolute file offsets, or
+/// `None` when it is not (other damage is left to the safetensors parser).
+fn truncation(bytes: &[u8]) -> Option<String> {
+    let declared = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header_end = 8u64.saturating_add(declared);
+    if (bytes.len() as u64) < header_end {
+        return Some(format!(
+            "truncated: the header needs bytes 8..{header_end} of the file, but the file has {} bytes",
+            bytes.len()
+        ));
+    }
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..header_end as usize]).ok()?;
+    let data_end = header
+        .as_object()?
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()?;
+    let end = header_end.saturating_add(data_end);
+    ((bytes.len() as u64) < end).then(|| {
+        format!(
+            "truncated: the tensors need bytes {header_end}..{end} of the file, but the file has {} bytes",
+            bytes.len()
+        )
+    })
 }
 
 /// Converts little-endian F32, F16 or BF16 bytes to f32.

@@ -167,7 +167,22 @@ fn bad_folders_give_typed_errors_naming_the_file_and_tensor() {
     std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
     let err = load(&dir);
     assert!(matches!(err, PolicyError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    let (len, text) = (bytes.len(), err.to_string());
+    assert!(
+        text.contains("model.safetensors")
+            && text.contains("truncated: the tensors need bytes")
+            && text.contains(&format!(
+                "..{len} of the file, but the file has {} bytes",
+                len - 3
+            )),
+        "{text}"
+    );
+    std::fs::write(&path, &bytes[..20]).unwrap();
+    let text = load(&dir).to_string();
+    assert!(
+        text.contains("truncated: the header needs bytes 8.."),
+        "{text}"
+    );
 
     let (dir, _) = saved_tiny("arch", 7);
     let config = dir.join("config.json");
