@@ -147,12 +147,36 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
             }
         },
     )
-    .map_err(|e| match e {
-        // One prompt: no index to give.
-        RolloutError::PromptTooLong { len, context, .. } => {
-            format!("the prompt has {len} tokens; the model's context is {context} tokens").into()
+    .map_err(|e| -> Box<dyn Error> {
+        // One prompt: no prompt index to give, and no sample index for one answer.
+        let answer = |sample: usize| match args.n {
+            1 => "the answer".to_string(),
+            _ => format!("answer {sample}"),
+        };
+        match e {
+            RolloutError::PromptTooLong { len, context, .. } => {
+                format!("the prompt has {len} tokens; the model's context is {context} tokens")
+                    .into()
+            }
+            RolloutError::NonFiniteLogits { sample, step, .. } => format!(
+                "the model's logits are not finite at token {step} of {}",
+                answer(sample)
+            )
+            .into(),
+            RolloutError::UnknownToken {
+                sample,
+                step,
+                token,
+                tokens,
+                ..
+            } => format!(
+                "{} drew token id {token} at token {step}, which the tokenizer (of {tokens} \
+                 tokens) does not have",
+                answer(sample)
+            )
+            .into(),
+            other => other.into(),
         }
-        other => Box::<dyn Error>::from(other),
     })?;
     bar.finish_and_clear();
     // Written and flushed with errors returned, so that a closed or full stdout is an error to
