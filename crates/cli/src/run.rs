@@ -8,6 +8,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
@@ -132,13 +133,13 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
 
     let (student, tokenizer) = load_model::<B>(&config.model, device)?;
     let (train_tasks, test_tasks) = tasks(&config.data)?;
-    let env = environment(config.environment)?;
+    let env: Rc<dyn Environment> = environment(config.environment)?.into();
     let mut trainer = Trainer::new(
         config.train.clone(),
         student,
         tokenizer.clone(),
         train_tasks,
-        environment(config.environment)?,
+        Rc::clone(&env),
     )?;
     if let Some(source) = &config.teacher {
         let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(source, device)?;

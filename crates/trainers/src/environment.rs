@@ -75,3 +75,11 @@ impl<E: Environment + ?Sized> Environment for Box<E> {
         (**self).evaluate(task, response)
     }
 }
+
+/// A shared environment is an environment: the trainer and a held-out evaluation grade with
+/// the same one.
+impl<E: Environment + ?Sized> Environment for std::rc::Rc<E> {
+    fn evaluate(&self, task: &Task, response: &str) -> Outcome {
+        (**self).evaluate(task, response)
+    }
+}
