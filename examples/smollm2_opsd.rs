@@ -20,6 +20,8 @@
 //!
 //! Held-out accuracy is greedy on the 100 questions, as `opd eval --config` measures it; the
 //! table and `runs/smollm2/compare.png` (and `.svg`) show the ranking, whatever it is.
+//! Measured at the default budget: before 0.23; after, OPSD 0.30, SFT 0.89, GRPO 0.66
+//! (`docs/trainers/opsd.md` has the curves and what they say).
 
 use std::path::Path;
 use std::time::Instant;
