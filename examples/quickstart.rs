@@ -22,13 +22,12 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use opd_cli::RunConfig;
-use opd_cli::plot::{Curves, write_curves};
+use opd_cli::plot::plot_runs;
 use opd_cli::run::{METRICS, RunReport, read_metrics, train};
 use opd_cli::setup::tasks;
 use opd_rollout::{SamplingParams, generate};
 use opd_trainers::data::write_jsonl;
 use opd_trainers::{Task, prompt_ids};
-use serde_json::Value;
 
 type Backend = Autodiff<Flex>;
 
@@ -220,20 +219,8 @@ fn main() {
         student.evaluation.map_or(f64::NAN, |e| e.accuracy)
     );
 
-    let records: Vec<(&str, Vec<Value>)> = runs
-        .iter()
-        .map(|(name, run)| {
-            (
-                *name,
-                read_metrics(&run.dir.join(METRICS)).expect("metrics"),
-            )
-        })
-        .collect();
-    let plotted: Vec<Curves> = records
-        .iter()
-        .map(|(name, records)| Curves { name, records })
-        .collect();
-    write_curves(&plotted, &root.join("compare")).expect("the plot");
+    let named: Vec<(&str, &Path)> = runs.iter().map(|(n, r)| (*n, r.dir.as_path())).collect();
+    plot_runs(&named, &root.join("compare")).expect("the plot");
     println!(
         "\nwrote runs/quickstart/compare.png and .svg in {:.0} s",
         clock.elapsed().as_secs_f64()

@@ -29,8 +29,8 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Flex};
 use opd_cli::RunConfig;
 use opd_cli::config::Budget;
-use opd_cli::plot::{Curves, write_curves};
-use opd_cli::run::{METRICS, RunReport, read_metrics, train};
+use opd_cli::plot::plot_runs;
+use opd_cli::run::{RunReport, train};
 use opd_trainers::{Objective, SftConfig};
 
 type Backend = Autodiff<Flex>;
@@ -95,15 +95,10 @@ fn main() {
     let grpo = trained("GRPO", &grpo);
 
     let runs = [("OPSD", &opsd), ("SFT", &sft), ("GRPO", &grpo)];
-    let records: Vec<(&str, Vec<serde_json::Value>)> = runs
-        .iter()
-        .map(|(name, run)| {
-            (
-                *name,
-                read_metrics(&run.dir.join(METRICS)).expect("metrics"),
-            )
-        })
-        .collect();
+    let named: Vec<(&str, &Path)> = runs.iter().map(|(n, r)| (*n, r.dir.as_path())).collect();
+    let metrics = plot_runs(&named, &root.join("compare")).expect("the metrics and the plot");
+    let records: Vec<(&str, Vec<serde_json::Value>)> =
+        runs.iter().map(|(name, _)| *name).zip(metrics).collect();
     println!("\nheld-out accuracy (greedy, 100 questions) against tokens spent:");
     for (name, records) in &records {
         let evals: Vec<String> = records
@@ -139,11 +134,6 @@ fn main() {
         );
     }
 
-    let plotted: Vec<Curves> = records
-        .iter()
-        .map(|(name, records)| Curves { name, records })
-        .collect();
-    write_curves(&plotted, &root.join("compare")).expect("the plot");
     println!(
         "\nwrote runs/smollm2/compare.png and .svg in {:.0} s",
         clock.elapsed().as_secs_f64()

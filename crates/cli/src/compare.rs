@@ -1,11 +1,10 @@
 //! `opd compare RUN...`: several runs' learning curves on one plot.
 
 use std::error::Error;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use opd_cli::plot::{Curves, write_curves};
-use opd_cli::run::{METRICS, read_metrics};
+use opd_cli::plot::plot_runs;
 
 /// Arguments of `opd compare`.
 #[derive(Args)]
@@ -21,17 +20,13 @@ pub struct CompareArgs {
 /// Runs `opd compare`: one line per run in each panel, and a table of each run's last
 /// held-out accuracy.
 pub fn run(args: CompareArgs) -> Result<(), Box<dyn Error>> {
-    let mut all = Vec::new();
-    for run in &args.runs {
-        all.push(read_metrics(&run.join(METRICS))?);
-    }
     let names: Vec<String> = args.runs.iter().map(|r| r.display().to_string()).collect();
-    let curves: Vec<Curves> = names
+    let runs: Vec<(&str, &Path)> = names
         .iter()
-        .zip(&all)
-        .map(|(name, records)| Curves { name, records })
+        .map(String::as_str)
+        .zip(args.runs.iter().map(PathBuf::as_path))
         .collect();
-    write_curves(&curves, &args.out)?;
+    let all = plot_runs(&runs, &args.out)?;
     println!(
         "{:<40} {:>8} {:>18} {:>10}",
         "run", "steps", "generated tokens", "accuracy"

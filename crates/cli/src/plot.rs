@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 use crate::error::{CliError, Result};
+use crate::run::{METRICS, read_metrics};
 
 /// One run's records and the name its curves carry.
 pub struct Curves<'a> {
@@ -96,6 +97,22 @@ fn points(panel: &Panel, records: &[Value]) -> Vec<(f64, f64)> {
         .filter_map(|r| Some((r[panel.x].as_f64()?, r[*key].as_f64()?)))
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect()
+}
+
+/// Reads the `metrics.jsonl` of each named run folder and draws them together at `stem`
+/// ([`write_curves`]); returns each run's records, in order.
+pub fn plot_runs(runs: &[(&str, &Path)], stem: &Path) -> Result<Vec<Vec<Value>>> {
+    let records = runs
+        .iter()
+        .map(|(_, dir)| read_metrics(&dir.join(METRICS)))
+        .collect::<Result<Vec<_>>>()?;
+    let curves: Vec<Curves> = runs
+        .iter()
+        .zip(&records)
+        .map(|((name, _), records)| Curves { name, records })
+        .collect();
+    write_curves(&curves, stem)?;
+    Ok(records)
 }
 
 /// Writes `stem.png` and `stem.svg`: four panels (held-out accuracy against generated tokens,
