@@ -16,29 +16,19 @@ never a question.
 
 import argparse
 import ast
-import importlib.util
 import json
 import pathlib
 import random
-import subprocess
 import sys
 import tempfile
 import types
 import zipfile
 
+from pypi_wheel import download_wheel
+
 VERSION = "0.1.25"
 PACKAGE = "reasoning_gym/arithmetic/gsm_symbolic"
 INSTRUCTION = " Give the final answer after ####."
-
-
-def download_wheel(into: pathlib.Path) -> pathlib.Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-         "--only-binary=:all:", "--python-version", "3.12",
-         f"reasoning-gym=={VERSION}", "-d", str(into)],
-        check=True,
-    )
-    return next(into.glob("reasoning_gym-*.whl"))
 
 
 def load(name: str, source: str):
@@ -89,7 +79,8 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        templates, license_text = generators(download_wheel(pathlib.Path(tmp)))
+        wheel = download_wheel("reasoning-gym", VERSION, pathlib.Path(tmp))
+        templates, license_text = generators(wheel)
     rng = random.Random(args.seed)
     total = args.train + args.test
     rows, seen = [], set()

