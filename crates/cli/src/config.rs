@@ -270,10 +270,73 @@ impl RunConfig {
                 return Err("`data` needs `train` (a JSONL file) or `arithmetic`".into());
             }
         }
+        let dir = &self.output.dir;
+        let normal: Vec<_> = dir.components().collect();
+        if dir.as_os_str().is_empty()
+            || normal
+                .iter()
+                .all(|c| matches!(c, std::path::Component::CurDir))
+        {
+            return Err(format!(
+                "`output.dir` = {dir:?}: expected a folder of the run's own (e.g. \"runs/opsd\"), not the working directory"
+            ));
+        }
         if self.output.keep_checkpoints == 0 {
             return Err("`output.keep_checkpoints` must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// The settings `--resume` may change: where the run stops (`train.steps`, `budget`), how
+/// often and how many checkpoints it keeps (`output.checkpoint_every`,
+/// `output.keep_checkpoints`), and where its folder is (`output.dir`). None of them changes a
+/// step the run takes; every other setting does, or changes what its evaluations measure.
+pub const RESUMABLE: [&str; 5] = [
+    "train.steps",
+    "budget",
+    "output.checkpoint_every",
+    "output.keep_checkpoints",
+    "output.dir",
+];
+
+impl RunConfig {
+    /// The first setting (as a dotted key) in which `self` differs from `saved` other than
+    /// those [`RESUMABLE`] allows; `None` when a run saved with `saved` may resume as `self`.
+    pub fn resume_difference(&self, saved: &RunConfig) -> Option<String> {
+        let value = |config: &RunConfig| {
+            let mut v = serde_json::to_value(config).expect("a run config serializes");
+            for key in RESUMABLE {
+                let (section, field) = key.split_once('.').unwrap_or((key, ""));
+                match field {
+                    "" => v[section] = serde_json::Value::Null,
+                    field => v[section][field] = serde_json::Value::Null,
+                }
+            }
+            v
+        };
+        first_difference(&value(self), &value(saved), "")
+    }
+}
+
+/// The dotted path of the first place `a` and `b` differ.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let null = serde_json::Value::Null;
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                first_difference(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), &path)
+            })
+        }
+        _ if a == b => None,
+        _ => Some(at.to_string()),
     }
 }
 
@@ -295,5 +358,73 @@ fn check_source(key: &str, source: &ModelSource) -> std::result::Result<(), Stri
             }
         }
         (Some(_), None) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = r#"
+[model.scratch]
+alphabet = "0123456789+"
+
+[data.arithmetic]
+max_operand = 9
+
+[output]
+dir = "runs/x"
+
+[train]
+steps = 10
+objective = { method = "grpo", group_size = 4 }
+"#;
+
+    #[test]
+    fn a_resume_may_change_only_where_the_run_stops_and_saves() {
+        let saved = RunConfig::parse(RUN, Path::new("saved.toml")).unwrap();
+        let changed = |from: &str, to: &str| {
+            RunConfig::parse(&RUN.replace(from, to), Path::new("new.toml")).unwrap()
+        };
+        assert_eq!(saved.resume_difference(&saved), None);
+        let allowed = changed("[output]", "[budget]\ngenerated_tokens = 5\n\n[output]")
+            .resume_difference(&saved);
+        assert_eq!(allowed, None);
+        let allowed = changed("steps = 10", "steps = 20").resume_difference(&saved);
+        assert_eq!(allowed, None);
+        let moved = changed(
+            "dir = \"runs/x\"",
+            "dir = \"elsewhere/x\"\ncheckpoint_every = 3",
+        );
+        assert_eq!(moved.resume_difference(&saved), None);
+        let refused = [
+            (
+                "max_operand = 9",
+                "max_operand = 8",
+                "data.arithmetic.max_operand",
+            ),
+            (
+                "group_size = 4",
+                "group_size = 8",
+                "train.objective.group_size",
+            ),
+            ("steps = 10", "steps = 10\nseed = 3", "train.seed"),
+            (
+                "dir = \"runs/x\"",
+                "dir = \"runs/x\"\neval_tasks = 5",
+                "output.eval_tasks",
+            ),
+            (
+                "alphabet = \"0123456789+\"",
+                "alphabet = \"0123456789+-\"",
+                "model.scratch.alphabet",
+            ),
+        ];
+        for (from, to, key) in refused {
+            assert_eq!(
+                changed(from, to).resume_difference(&saved).as_deref(),
+                Some(key)
+            );
+        }
     }
 }

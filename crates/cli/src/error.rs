@@ -34,6 +34,27 @@ pub enum CliError {
         /// What is missing.
         problem: String,
     },
+    /// A task that no run could use as it is.
+    #[error("{origin}: {problem}")]
+    Task {
+        /// Where it came from: `file:line`, or the generator and index.
+        origin: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The run was asked to stop (SIGINT, SIGTERM) and stopped after a step, with a checkpoint.
+    #[error(
+        "stopped by {signal} after step {step}; checkpoint {}: continue with --resume",
+        checkpoint.display()
+    )]
+    Stopped {
+        /// The signal's name.
+        signal: &'static str,
+        /// Steps taken.
+        step: usize,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+    },
     /// From the trainer, the data or the environment.
     #[error(transparent)]
     Train(#[from] opd_trainers::TrainError),

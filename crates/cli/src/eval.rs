@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use opd_cli::RunConfig;
-use opd_cli::config::EnvironmentConfig;
-use opd_cli::setup::{environment, tasks};
+use opd_cli::config::{DataConfig, EnvironmentConfig};
+use opd_cli::setup::{Split, TaskChecks, check_tasks, environment, splits};
+use opd_policy::Policy;
 use opd_rollout::SamplingParams;
-use opd_trainers::data::read_jsonl;
 use opd_trainers::{RustTests, evaluate};
 
 /// Arguments of `opd eval`.
@@ -21,9 +21,10 @@ pub struct EvalArgs {
     /// A `.gguf` file or a Hugging Face folder to evaluate.
     #[arg(long, required_unless_present = "config")]
     model: Option<PathBuf>,
-    /// Held-out tasks (JSONL) in place of the run file's; graded by their tests (Rust code) when
-    /// they have tests, else by their final number (math).
-    #[arg(long, conflicts_with = "config")]
+    /// Held-out tasks (JSONL) in place of the run file's; graded by the run file's environment,
+    /// or without one by their tests (Rust code) when they have tests, else by their final
+    /// number (math).
+    #[arg(long)]
     data: Option<PathBuf>,
     /// Answers sampled per task (k of avg@k and pass@k).
     #[arg(long, default_value_t = 1)]
@@ -34,9 +35,9 @@ pub struct EvalArgs {
     /// Most tokens per answer.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
-    /// Evaluate only the first N tasks.
-    #[arg(long)]
-    limit: Option<usize>,
+    /// Evaluate only the first N tasks (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
     /// Random seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -45,9 +46,19 @@ pub struct EvalArgs {
 /// Runs `opd eval` on the CPU.
 pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
     let (model_path, test, env) = match (&args.config, &args.data) {
-        (Some(config_path), _) => {
+        (Some(config_path), data) => {
             let config = RunConfig::from_file(config_path)?;
-            let (_, test) = tasks(&config.data)?;
+            let test = match data {
+                Some(path) => {
+                    splits(&DataConfig {
+                        train: None,
+                        test: Some(path.clone()),
+                        arithmetic: None,
+                    })?
+                    .1
+                }
+                None => splits(&config.data)?.1,
+            };
             let model = args
                 .model
                 .clone()
@@ -55,8 +66,13 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
             (model, test, environment(config.environment)?)
         }
         (None, Some(data)) => {
-            let test = read_jsonl(data)?;
-            let kind = match test.iter().any(|t| t.tests.is_some()) {
+            let test = splits(&DataConfig {
+                train: None,
+                test: Some(data.clone()),
+                arithmetic: None,
+            })?
+            .1;
+            let kind = match test.tasks.iter().any(|t| t.tests.is_some()) {
                 true => EnvironmentConfig::RustTests(RustTests::default()),
                 false => EnvironmentConfig::Math,
             };
@@ -68,10 +84,14 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
         }
         (None, None) => unreachable!("clap requires --config or --data"),
     };
-    if test.is_empty() {
+    if test.tasks.is_empty() {
         return Err("the run file names no held-out tasks (data.test)".into());
     }
-    let test = &test[..args.limit.unwrap_or(test.len()).min(test.len())];
+    let limit = args.limit.map_or(test.tasks.len(), |n| n as usize);
+    let test = Split {
+        tasks: test.tasks.into_iter().take(limit).collect(),
+        origins: test.origins.into_iter().take(limit).collect(),
+    };
     let params = SamplingParams {
         temperature: args.temperature,
         n: args.samples,
@@ -82,6 +102,16 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
     params.validate()?;
     let (model, tokenizer) =
         opd_policy::load::<burn::backend::Flex>(&model_path, &Default::default())?;
+    // Every task checked first: one that fits no context or that no answer could pass is an
+    // error naming it, not a silent 0.
+    let checks = TaskChecks {
+        tokenizer: &tokenizer,
+        context: model.max_context(),
+        alphabet: None,
+        graded_by: Some(&*env),
+    };
+    check_tasks(&test, &checks)?;
+    let test = &test.tasks;
     let e = evaluate(&model, &tokenizer, &*env, test, &params)?;
     let k = args.samples;
     println!(

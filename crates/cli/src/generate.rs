@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use opd_policy::Message;
+use opd_policy::{LlamaConfig, Message};
 use opd_rollout::{Progress, RolloutError, SamplingParams, generate_with_progress};
 
 use crate::BackendChoice;
@@ -122,6 +122,7 @@ fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
     } else {
         tokenizer.encode(&prompt_text)?
     };
+    check_memory(&model.config, prompt.len(), &params, available_memory())?;
     // One answer streams to stdout as it is sampled; several are printed at the end. The bar
     // (stderr) shows the prefill, then the tokens.
     let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64).with_style(
@@ -216,4 +217,66 @@ fn read_prompt(path: &Path) -> Result<String, Box<dyn Error>> {
         std::fs::read_to_string(path)
     };
     read.map_err(|e| format!("prompt file {}: {e}", path.display()).into())
+}
+
+/// Bytes kept per answer besides its tokens: the sampler's state and bookkeeping.
+const ANSWER_BYTES: u64 = 512;
+/// Bytes kept per generated token: the id, two log-probs, and its text.
+const TOKEN_BYTES: u64 = 24;
+
+/// The system's available memory (`MemAvailable` of `/proc/meminfo`), where it can be read.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses `--n`, `--max-new-tokens` and `--max-batch` whose answers and KV caches would not
+/// fit in `available` bytes, naming the largest `--n` (or `--max-batch`) that would: the
+/// answers (`n × (512 + 24 · max_new_tokens)` bytes) are all kept until printed, and one
+/// batch's caches (`2 · layers · kv_heads · head_dim · 4` bytes per position) are reserved for
+/// `prompt + max_new_tokens` positions, at most the context.
+fn check_memory(
+    config: &LlamaConfig,
+    prompt: usize,
+    params: &SamplingParams,
+    available: Option<u64>,
+) -> Result<(), Box<dyn Error>> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    let per_answer = ANSWER_BYTES + TOKEN_BYTES * params.max_new_tokens as u64;
+    let positions = (prompt + params.max_new_tokens).min(config.max_position_embeddings) as u64;
+    let per_row = 2
+        * (config.num_hidden_layers * config.num_key_value_heads * config.head_dim) as u64
+        * 4
+        * positions
+        + 8 * config.vocab_size as u64;
+    let rows = params.n.min(params.max_batch) as u64;
+    let needed = (params.n as u64).saturating_mul(per_answer) + rows * per_row;
+    if needed <= available {
+        return Ok(());
+    }
+    let room = available.saturating_sub(rows * per_row);
+    let hint = if room / per_answer >= 1 {
+        format!("at most --n {}", room / per_answer)
+    } else {
+        format!(
+            "a smaller --max-batch (at most {}) or --max-new-tokens",
+            (available / per_row).max(1)
+        )
+    };
+    Err(format!(
+        "--n {} answers of up to {} tokens with batches of {} need about {:.1} GiB ({:.1} GiB of answers, {:.1} GiB of KV cache); {:.1} GiB of memory is available: {hint}",
+        params.n,
+        params.max_new_tokens,
+        rows,
+        gib(needed),
+        gib(params.n as u64 * per_answer),
+        gib(rows * per_row),
+        gib(available)
+    )
+    .into())
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod folder;
 pub mod plot;
 pub mod run;
 pub mod setup;

@@ -66,7 +66,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => match train::run(args) {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
         #[cfg(feature = "flex")]
         Command::Eval(args) => eval::run(args),
         Command::Compare(args) => compare::run(args),

@@ -6,29 +6,39 @@
 //! `step-NNNNNN/` checkpoints (the newest `keep_checkpoints`) and, at the end, `final/`: the
 //! student as a Hugging Face folder (adapters merged).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opd_divergences::DivergenceBackend;
+use opd_policy::Policy;
 use opd_policy::SaveDtype;
 use opd_rollout::SamplingParams;
 use opd_teachers::External;
-use opd_trainers::checkpoint::{checkpoint_dir, latest_checkpoint, prune_checkpoints};
-use opd_trainers::{Environment, Evaluation, Objective, StepMetrics, Task, Trainer, evaluate};
+use opd_trainers::checkpoint::{
+    self, checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints,
+};
+use opd_trainers::{
+    Environment, Evaluation, Objective, StepMetrics, Task, TokensSpent, Trainer, evaluate,
+    learning_rate,
+};
 use serde_json::{Value, json};
 
 use crate::config::RunConfig;
 use crate::error::{CliError, Result};
+use crate::folder::{MetricsLines, MetricsLog, RunFolder, write_atomically};
 use crate::plot::{Curves, write_curves};
-use crate::setup::{environment, load_model, tasks};
+use crate::setup::{TaskChecks, check_tasks, environment, load_model, splits};
 
 /// The metrics file of a run folder.
 pub const METRICS: &str = "metrics.jsonl";
+
+/// The run file as the run was last started with.
+pub const CONFIG: &str = "config.toml";
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -41,45 +51,11 @@ pub struct RunReport {
     pub generated_tokens: u64,
     /// The last held-out evaluation.
     pub evaluation: Option<Evaluation>,
+    /// Updates skipped as non-finite (in this process).
+    pub skipped_updates: usize,
 }
 
-/// The lines of a `metrics.jsonl`.
-pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| CliError::Run {
-                path: path.to_path_buf(),
-                problem: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
-    move |source| CliError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Appends records to `metrics.jsonl`, flushing each line.
-struct MetricsLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl MetricsLog {
-    fn append(&mut self, record: &Value) -> Result<()> {
-        writeln!(self.file, "{record}").map_err(io(&self.path))?;
-        self.file.flush().map_err(io(&self.path))
-    }
-}
+pub use crate::folder::read_metrics;
 
 /// The greedy held-out evaluation of `trainer`'s student on the first `limit` test tasks.
 fn held_out<B: AutodiffBackend + DivergenceBackend>(
@@ -109,36 +85,200 @@ fn held_out<B: AutodiffBackend + DivergenceBackend>(
 }
 
 /// Runs `config` into its output folder on `device`: from scratch, or with `resume` from the
-/// newest checkpoint there. A fresh run refuses a folder that already holds one.
+/// newest checkpoint there (see [`train_until`]).
 pub fn train<B: AutodiffBackend + DivergenceBackend>(
     config: &RunConfig,
     resume: bool,
     device: &B::Device,
 ) -> Result<RunReport> {
+    train_until::<B>(config, resume, device, &AtomicUsize::new(0))
+}
+
+/// The name of a signal number that asks a run to stop.
+fn signal_name(signal: usize) -> &'static str {
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// What a checked resume continues from.
+struct Resumed {
+    /// The newest checkpoint, verified.
+    checkpoint: PathBuf,
+    /// The run file the run was last started with.
+    saved: RunConfig,
+}
+
+/// Checks that the run in `folder` may continue as `config`, reading only: a newest
+/// checkpoint that is intact (else an error naming the damaged file and offering the previous
+/// checkpoint), a saved `config.toml` that differs only in [`crate::config::RESUMABLE`]
+/// settings, and a run not yet finished.
+fn check_resume(folder: &RunFolder, config: &RunConfig) -> Result<Resumed> {
+    let dir = folder.dir();
+    let refuse = |problem: String| CliError::Run {
+        path: dir.to_path_buf(),
+        problem,
+    };
+    let all = checkpoints(dir);
+    let Some((done, checkpoint)) = all.last().cloned() else {
+        return Err(refuse(
+            "no checkpoint to resume from (the run stopped before its first one, or this is not \
+             a run folder): remove the folder to start over"
+                .into(),
+        ));
+    };
+    let saved_path = dir.join(CONFIG);
+    let saved = RunConfig::from_file(&saved_path)?;
+    if let Some(key) = config.resume_difference(&saved) {
+        return Err(refuse(format!(
+            "was run with another `{key}` (see {}); a resumed run may change only {}",
+            saved_path.display(),
+            crate::config::RESUMABLE.join(", ")
+        )));
+    }
+    if let Err(damaged) = checkpoint::verify(&checkpoint) {
+        let previous = all[..all.len() - 1]
+            .iter()
+            .rev()
+            .find(|(_, p)| checkpoint::verify(p).is_ok());
+        let offer = match previous {
+            Some((_, p)) => format!(
+                "; the previous checkpoint {} is intact: remove {} and resume again to continue \
+                 from it",
+                p.display(),
+                checkpoint.display()
+            ),
+            None => "; no earlier checkpoint is intact".into(),
+        };
+        return Err(refuse(format!("{damaged}{offer}")));
+    }
+    let spent = checkpoint::tokens_spent(&checkpoint)?;
+    let budget_spent = config
+        .budget
+        .is_some_and(|b| spent.is_some_and(|s| spent_tokens(config, s) >= b.generated_tokens));
+    if done >= config.train.steps || budget_spent {
+        return Err(refuse(format!(
+            "finished at step {done} (train.steps = {}{}): raise train.steps (or the budget) to \
+             continue it",
+            config.train.steps,
+            config
+                .budget
+                .map(|b| format!(", budget {} tokens", b.generated_tokens))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(Resumed { checkpoint, saved })
+}
+
+/// The tokens a run's budget counts: those the student sampled; for SFT, which samples none,
+/// those of the references it trained on (someone generated them: a teacher, a person).
+fn spent_tokens(config: &RunConfig, spent: TokensSpent) -> u64 {
+    match config.train.objective {
+        Objective::Sft(_) => spent.trained,
+        _ => spent.generated,
+    }
+}
+
+/// Cuts `metrics.jsonl` back to the records of the first `done` steps (train records of
+/// steps `< done`, evaluations at steps `≤ done`), atomically and keeping each kept line byte
+/// for byte; a torn last line is dropped with a warning. Returns the kept records.
+fn cut_back(path: &Path, done: usize) -> Result<Vec<Value>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let read = MetricsLines::read(path)?;
+    if let Some(bytes) = read.torn_bytes {
+        tracing::warn!(
+            "{}: dropped a torn last line ({bytes} bytes: the run was stopped while writing it)",
+            path.display()
+        );
+    }
+    let total = read.lines.len();
+    let done = done as u64;
+    let kept: Vec<(String, Value)> = read
+        .lines
+        .into_iter()
+        .filter(|(_, r)| match r["kind"].as_str() {
+            Some("train") => r["step"].as_u64().is_some_and(|s| s < done),
+            _ => r["step"].as_u64().is_some_and(|s| s <= done),
+        })
+        .collect();
+    if kept.len() < total || read.torn_bytes.is_some() {
+        let text: String = kept.iter().map(|(line, _)| format!("{line}\n")).collect();
+        write_atomically(path, text.as_bytes())?;
+    }
+    Ok(kept.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Runs `config` into its output folder on `device`, from scratch or (`resume`) from the
+/// newest checkpoint there, until `train.steps`, the budget, or `stop` (a signal number set
+/// by a handler; 0 for none) after a step: then a checkpoint is written and the run returns
+/// [`CliError::Stopped`].
+///
+/// The folder has one writer ([`RunFolder::lock`]). A fresh run needs it absent or empty; a
+/// resume is checked (config, checkpoint files, not finished) and the tasks loaded and
+/// checked before any file is written, so a refused run changes nothing. `docs/run-folder.md`
+/// says what the folder guarantees.
+pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
+    config: &RunConfig,
+    resume: bool,
+    device: &B::Device,
+    stop: &AtomicUsize,
+) -> Result<RunReport> {
     let dir = config.output.dir.clone();
-    let metrics_path = dir.join(METRICS);
-    let checkpoint = latest_checkpoint(&dir);
-    if !resume && (checkpoint.is_some() || metrics_path.exists()) {
+    if resume && !dir.is_dir() {
         return Err(CliError::Run {
             path: dir,
-            problem:
-                "holds an earlier run: pass --resume to continue it, or choose another output.dir"
-                    .into(),
+            problem: "no such run folder to resume".into(),
         });
     }
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let copy = dir.join("config.toml");
-    let text = toml::to_string_pretty(config).expect("a run config serializes");
-    std::fs::write(&copy, text).map_err(io(&copy))?;
+    let folder = RunFolder::lock(&dir)?;
+    let metrics_path = dir.join(METRICS);
+    let resumed = if resume {
+        Some(check_resume(&folder, config)?)
+    } else {
+        let entries = folder.entries()?;
+        if !entries.is_empty() {
+            let holds_run = metrics_path.exists() || latest_checkpoint(&dir).is_some();
+            let problem = if holds_run {
+                "holds an earlier run: pass --resume to continue it, or choose another output.dir"
+                    .to_string()
+            } else {
+                format!(
+                    "holds files that are not this run's ({}): a fresh run writes into a new or \
+                     empty folder",
+                    entries.join(", ")
+                )
+            };
+            return Err(CliError::Run { path: dir, problem });
+        }
+        None
+    };
 
     let (student, tokenizer) = load_model::<B>(&config.model, device)?;
-    let (train_tasks, test_tasks) = tasks(&config.data)?;
+    let (train_split, test_split) = splits(&config.data)?;
     let env: Rc<dyn Environment> = environment(config.environment)?.into();
+    let rewarded = match &config.train.objective {
+        Objective::Grpo(_) | Objective::Sdpo(_) => true,
+        Objective::Opd(c) => c.reward_weight != 0.0,
+        _ => false,
+    };
+    let checks = |graded: bool| TaskChecks {
+        tokenizer: &tokenizer,
+        context: student.max_context(),
+        alphabet: config.model.scratch.as_ref().map(|s| s.alphabet.as_str()),
+        graded_by: graded.then_some(&*env),
+    };
+    check_tasks(&train_split, &checks(rewarded))?;
+    check_tasks(&test_split, &checks(true))?;
+    let test_tasks = test_split.tasks;
     let mut trainer = Trainer::new(
         config.train.clone(),
         student,
         tokenizer.clone(),
-        train_tasks,
+        train_split.tasks,
         Rc::clone(&env),
     )?;
     if let Some(source) = &config.teacher {
@@ -148,39 +288,21 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
         trainer = trainer.with_teacher(external);
     }
 
-    // Resume: the trainer's state, and the metrics of the steps the checkpoint holds.
+    // Resume the trainer's state (refused, with nothing written, when it is not this run's);
+    // only then cut the metrics back to the checkpoint's steps.
     let mut records = Vec::new();
-    if resume && let Some(checkpoint) = &checkpoint {
-        trainer.resume(checkpoint)?;
-        if metrics_path.exists() {
-            records = read_metrics(&metrics_path)?;
-        }
-        let done = trainer.steps_done() as u64;
-        records.retain(|r| match r["kind"].as_str() {
-            Some("train") => r["step"].as_u64().is_some_and(|s| s < done),
-            _ => r["step"].as_u64().is_some_and(|s| s <= done),
-        });
-        tracing::info!("resumed {} at step {done}", checkpoint.display());
+    if let Some(resumed) = &resumed {
+        trainer.resume(&resumed.checkpoint)?;
+        let done = trainer.steps_done();
+        records = cut_back(&metrics_path, done)?;
+        warn_schedule(&resumed.saved, config, done);
+        tracing::info!("resumed {} at step {done}", resumed.checkpoint.display());
     }
-    let mut log = MetricsLog {
-        path: metrics_path.clone(),
-        file: std::fs::File::create(&metrics_path).map_err(io(&metrics_path))?,
-    };
-    for record in &records {
-        log.append(record)?;
-    }
-    // The tokens a step spends: those the student sampled; for SFT, which samples none, those
-    // of the references it trained on (someone generated them: a teacher, a person).
-    let spent_key = match config.train.objective {
-        Objective::Sft(_) => "trained_tokens",
-        _ => "generated_tokens",
-    };
-    let spent = |record: &Value| record[spent_key].as_u64().unwrap_or(0);
-    let mut generated: u64 = records
-        .iter()
-        .filter(|r| r["kind"] == "train")
-        .map(spent)
-        .sum();
+    let text = toml::to_string_pretty(config).expect("a run config serializes");
+    write_atomically(&dir.join(CONFIG), text.as_bytes())?;
+    let mut log = MetricsLog::append_to(&metrics_path)?;
+    let spent = |trainer: &Trainer<B>| spent_tokens(config, trainer.tokens_spent());
+    let mut generated = spent(&trainer);
 
     let steps = config.train.steps;
     let bar = progress(steps as u64, trainer.steps_done() as u64);
@@ -217,6 +339,12 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
         plot_run(&dir, records)?;
         Ok(held)
     };
+    let save = |trainer: &Trainer<B>| -> Result<PathBuf> {
+        let path = checkpoint_dir(&dir, trainer.steps_done());
+        trainer.save_checkpoint(&path)?;
+        prune_checkpoints(&dir, out.keep_checkpoints)?;
+        Ok(path)
+    };
     let mut last_eval = None;
     if trainer.steps_done() == 0 {
         last_eval = evaluation(&trainer, 0, &mut log, &mut records)?;
@@ -226,10 +354,12 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
             .budget
             .is_some_and(|b| generated >= b.generated_tokens)
     };
+    let (taken_before, mut skipped) = (trainer.steps_done(), 0);
     while trainer.steps_done() < steps && !over_budget(generated) {
         let metrics: StepMetrics = trainer.step()?;
+        generated = spent(&trainer);
+        skipped += metrics.skipped_updates;
         let mut record = serde_json::to_value(&metrics).expect("metrics serialize");
-        generated += spent(&record);
         record["kind"] = json!("train");
         record["generated_tokens_total"] = json!(generated);
         log.append(&record)?;
@@ -240,25 +370,67 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
             metrics.loss, metrics.reward_mean, metrics.tokens_per_second.rollout
         ));
         let done = trainer.steps_done();
+        let signal = stop.load(Ordering::SeqCst);
+        if signal != 0 {
+            bar.finish_and_clear();
+            return Err(CliError::Stopped {
+                signal: signal_name(signal),
+                step: done,
+                checkpoint: save(&trainer)?,
+            });
+        }
         let finished = done == steps || over_budget(generated);
         let due = |every: usize| (every > 0 && done % every == 0) || finished;
         if due(out.eval_every) {
             last_eval = evaluation(&trainer, generated, &mut log, &mut records)?.or(last_eval);
         }
         if due(out.checkpoint_every) {
-            trainer.save_checkpoint(checkpoint_dir(&dir, done))?;
-            prune_checkpoints(&dir, out.keep_checkpoints)?;
+            save(&trainer)?;
         }
     }
     bar.finish_and_clear();
     let final_dir = dir.join("final");
     opd_policy::save(trainer.student(), &tokenizer, &final_dir, SaveDtype::F32)?;
+    let updates = (trainer.steps_done() - taken_before) * config.train.mini_batches;
+    if skipped > 0 {
+        tracing::warn!(
+            "{skipped} of the {updates} updates were skipped as non-finite (see the warnings in {})",
+            metrics_path.display()
+        );
+    }
+    if skipped * 2 > updates {
+        return Err(CliError::Run {
+            path: dir,
+            problem: format!(
+                "{skipped} of the {updates} updates were skipped as non-finite: the model barely \
+                 trained (lower optimizer.learning_rate)"
+            ),
+        });
+    }
     Ok(RunReport {
         dir,
         steps: trainer.steps_done(),
         generated_tokens: generated,
         evaluation: last_eval,
+        skipped_updates: skipped,
     })
+}
+
+/// Says how the learning rate moves when `train.steps` changed on resume: warmup and cosine
+/// run over `train.steps`, so a new horizon moves the schedule from the next step on.
+fn warn_schedule(saved: &RunConfig, config: &RunConfig, done: usize) {
+    let (before, after) = (saved.train.steps, config.train.steps);
+    if before == after {
+        return;
+    }
+    let minis = config.train.mini_batches;
+    let o = &config.train.optimizer;
+    let old = learning_rate(o, done * minis, before * minis);
+    let new = learning_rate(o, done * minis, after * minis);
+    tracing::warn!(
+        "train.steps changed from {before} to {after}: the cosine now ends at step {after}, so \
+         the learning rate at step {done} is {new:.3e} where it would have been {old:.3e}"
+    );
 }
 
 /// Redraws `curves.png` and `curves.svg` in the run folder.

@@ -1,12 +1,14 @@
 //! What a run file names, built: the models, the tasks and the environment.
 
+use std::path::Path;
+
 use burn::tensor::backend::Backend;
 use opd_policy::{ChatTokenizer, Llama};
-use opd_trainers::data::read_jsonl;
-use opd_trainers::{Environment, ExactAnswer, MathAnswer, Task};
+use opd_trainers::data::read_jsonl_lines;
+use opd_trainers::{Environment, ExactAnswer, MathAnswer, Task, prompt_ids};
 
 use crate::config::{DataConfig, EnvironmentConfig, ModelSource, SCRATCH_TEMPLATE};
-use crate::error::Result;
+use crate::error::{CliError, Result};
 
 /// The model and tokenizer of `source` (a file or folder, or a seeded scratch model), with
 /// LoRA adapters attached when it asks for them.
@@ -29,22 +31,129 @@ pub fn load_model<B: Backend>(
     Ok((model, tokenizer))
 }
 
+/// Tasks and where each came from (`file:line`, or the generator and index), for errors
+/// found after loading.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    /// The tasks, in file order.
+    pub tasks: Vec<Task>,
+    /// Where each task came from.
+    pub origins: Vec<String>,
+}
+
+impl Split {
+    fn from_jsonl(path: &Path) -> Result<Self> {
+        let (origins, tasks) = read_jsonl_lines(path)?
+            .into_iter()
+            .map(|(line, task)| (format!("{}:{line}", path.display()), task))
+            .unzip();
+        Ok(Self { tasks, origins })
+    }
+
+    fn generated(tasks: Vec<Task>, what: &str) -> Self {
+        let origins = (0..tasks.len())
+            .map(|i| format!("{what} task {i}"))
+            .collect();
+        Self { tasks, origins }
+    }
+}
+
 /// The training and held-out tasks.
 pub fn tasks(data: &DataConfig) -> Result<(Vec<Task>, Vec<Task>)> {
+    let (train, test) = splits(data)?;
+    Ok((train.tasks, test.tasks))
+}
+
+/// The training and held-out tasks, with where each came from.
+pub fn splits(data: &DataConfig) -> Result<(Split, Split)> {
     if let Some(arithmetic) = &data.arithmetic {
-        return Ok(arithmetic
+        let (train, test) = arithmetic
             .generator
-            .split(arithmetic.train_tasks, arithmetic.test_tasks)?);
+            .split(arithmetic.train_tasks, arithmetic.test_tasks)?;
+        return Ok((
+            Split::generated(train, "arithmetic training"),
+            Split::generated(test, "arithmetic held-out"),
+        ));
     }
     let train = match &data.train {
-        Some(path) => read_jsonl(path)?,
-        None => Vec::new(),
+        Some(path) => Split::from_jsonl(path)?,
+        None => Split::default(),
     };
     let test = match &data.test {
-        Some(path) => read_jsonl(path)?,
-        None => Vec::new(),
+        Some(path) => Split::from_jsonl(path)?,
+        None => Split::default(),
     };
     Ok((train, test))
+}
+
+/// What [`check_tasks`] checks a split against.
+pub struct TaskChecks<'a> {
+    /// The student's tokenizer.
+    pub tokenizer: &'a ChatTokenizer,
+    /// The student's context, in tokens.
+    pub context: usize,
+    /// A character model's alphabet: every character of a prompt or reference must be in it.
+    pub alphabet: Option<&'a str>,
+    /// The environment, when every task must be gradable by it.
+    pub graded_by: Option<&'a dyn Environment>,
+}
+
+/// Checks every task of `split` before any step runs, so that a bad one is an error naming
+/// it now rather than a failure when its batch comes up, or a silent 0: its prompt (through
+/// the chat template) leaves room for an answer in the context; on a character model it
+/// spells only the alphabet; and, where asked, the environment can grade it.
+pub fn check_tasks(split: &Split, checks: &TaskChecks) -> Result<()> {
+    let error = |origin: &str, problem: String| CliError::Task {
+        origin: origin.to_string(),
+        problem,
+    };
+    for (task, origin) in split.tasks.iter().zip(&split.origins) {
+        if let Some(alphabet) = checks.alphabet {
+            let texts = [
+                ("prompt", Some(&task.prompt)),
+                ("reference", task.reference.as_ref()),
+            ];
+            for (field, text) in texts {
+                let Some(text) = text else { continue };
+                if let Some(c) = text.chars().find(|c| !alphabet.contains(*c)) {
+                    return Err(error(
+                        origin,
+                        format!(
+                            "the {field} has {c:?}, which the scratch model's alphabet {alphabet:?} does not"
+                        ),
+                    ));
+                }
+            }
+        }
+        let prompt = prompt_ids(checks.tokenizer, &task.prompt)?;
+        if prompt.len() >= checks.context {
+            return Err(error(
+                origin,
+                format!(
+                    "the prompt is {} tokens through the chat template; the model's context is {} (a prompt must leave room for an answer)",
+                    prompt.len(),
+                    checks.context
+                ),
+            ));
+        }
+        if let Some(env) = checks.graded_by
+            && let Some(problem) = env.ungradable(task)
+        {
+            let unusable = split
+                .tasks
+                .iter()
+                .filter(|t| env.ungradable(t).is_some())
+                .count();
+            return Err(error(
+                origin,
+                format!(
+                    "{problem}: every answer to it would score 0 ({unusable} of the {} tasks are so)",
+                    split.tasks.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The environment a run grades with; a code environment checks that its compiler runs.

@@ -1,5 +1,5 @@
 //! `opd generate` and its stdout: a reader that goes away is a clean exit, a full disk is a
-//! reported error, and a large `--n` runs in bounded batches; `opd export` refuses a folder
+//! reported error, and a large `--n` runs in bounded batches (one beyond memory is refused); `opd export` refuses a folder
 //! that holds files. Never a panic.
 
 use std::process::{Command, Stdio};
@@ -193,4 +193,18 @@ fn one_answer_streams_and_never_prints_a_cut_stop_string() {
     );
     // The sampler cuts at the token that starts the stop string (" Paris").
     assert_eq!(opd(&["--stop", "Paris."]), "The capital of France is\n");
+}
+
+#[test]
+fn an_n_beyond_memory_is_refused_with_the_limit() {
+    let out = generate(&["--n", "4000000000", "--temperature", "1"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("GiB of memory is available: at most --n"),
+        "{stderr}"
+    );
 }

@@ -1,63 +1,12 @@
 //! `opd train` as a user runs it: a run killed with SIGKILL mid-run and resumed takes the same
 //! steps as an unbroken one; bad run files are refused with the key and the file.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opd_cli::run::{METRICS, read_metrics};
-
-const OPD: &str = env!("CARGO_BIN_EXE_opd");
-
-/// The model of every run here: one small block on characters.
-const TINY_MODEL: &str = r#"[model.scratch]
-alphabet = "0123456789+"
-layers = 1
-hidden_size = 32
-intermediate_size = 64
-heads = 2
-max_positions = 16"#;
-
-/// A small GRPO run on single-digit addition, writing to `dir`.
-fn run_file(folder: &Path, name: &str, steps: usize) -> PathBuf {
-    let text = format!(
-        r#"
-{TINY_MODEL}
-
-[data.arithmetic]
-max_operand = 9
-train_tasks = 80
-test_tasks = 20
-
-[output]
-dir = "{}"
-checkpoint_every = 3
-keep_checkpoints = 2
-eval_every = 5
-
-[train]
-steps = {steps}
-prompts_per_step = 4
-micro_batch = 16
-sampling = {{ max_new_tokens = 3 }}
-optimizer = {{ learning_rate = 1e-2 }}
-objective = {{ method = "grpo", group_size = 4 }}
-"#,
-        folder.join(name).display()
-    );
-    let path = folder.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn train_losses(run: &Path) -> Vec<(u64, f64)> {
-    read_metrics(&run.join(METRICS))
-        .unwrap()
-        .iter()
-        .filter(|r| r["kind"] == "train")
-        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
-        .collect()
-}
+#[path = "support/runs.rs"]
+mod runs;
+use runs::{OPD, TINY_MODEL, run_file, train_losses};
 
 #[test]
 fn a_killed_run_resumes_with_the_losses_of_an_unbroken_one() {

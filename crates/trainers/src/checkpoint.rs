@@ -5,14 +5,19 @@
 //!   LoRA adapters), f32, named by module path, their parameter ids in the metadata;
 //! - `optimizer.bin`: AdamW's moments and step counts (a burn record, full precision);
 //! - `teacher.safetensors`: an EMA teacher's average of the same parameters, when it has one;
-//! - `state.json`: the step, the position in the task order, the collapse watch's baseline and
-//!   the config.
+//! - `state.json`: the step, the position in the task order, the collapse watch's baseline,
+//!   the tokens spent, a fingerprint of the tasks, the config, and a manifest of the other
+//!   files (bytes and CRC-32 of each).
 //!
 //! Rollout seeds are `seed + step`, so the step is the sampler's whole random state. A
-//! checkpoint is written as `step-000012.tmp/` and renamed when complete: a folder without the
-//! suffix is never partial, and a killed run resumes from the last complete one.
+//! checkpoint is written as `step-000012.tmp/` (each file fsynced, `state.json` last), the
+//! folder fsynced and renamed, and the run folder fsynced: a folder without the suffix is
+//! never partial, even after a power loss, and a killed run resumes from the last complete
+//! one. [`verify`] checks every file against the manifest before anything is read, so a
+//! damaged file is an error naming it, never a panic in a decoder.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::ParamId;
@@ -25,9 +30,10 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::environment::Task;
 use crate::error::{Result, TrainError};
 use crate::named::{self, Named};
-use crate::trainer::Trainer;
+use crate::trainer::{TokensSpent, Trainer};
 
 const TRAINABLE: &str = "trainable.safetensors";
 const OPTIMIZER: &str = "optimizer.bin";
@@ -40,7 +46,47 @@ struct State {
     steps_done: usize,
     tasks_drawn: usize,
     first_response_length: Option<f64>,
+    /// Absent in checkpoints of earlier versions.
+    #[serde(default)]
+    tokens_spent: Option<TokensSpent>,
+    /// [`tasks_fingerprint`] of the trainer's tasks; absent in earlier versions.
+    #[serde(default)]
+    tasks: Option<String>,
     config: TrainConfig,
+    /// Every other file of the checkpoint; absent in earlier versions (then not verified).
+    #[serde(default)]
+    files: Option<BTreeMap<String, FileSum>>,
+}
+
+/// A file's size and CRC-32 (IEEE), as the manifest records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FileSum {
+    bytes: u64,
+    crc32: u32,
+}
+
+impl FileSum {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        }
+    }
+}
+
+/// A fingerprint of `tasks`: their count and the CRC-32 of their JSON lines. A resumed run
+/// must draw from the same tasks, in the same order, as the saved one.
+pub fn tasks_fingerprint(tasks: &[Task]) -> String {
+    let mut hasher = crc32fast::Hasher::new();
+    for task in tasks {
+        hasher.update(
+            serde_json::to_string(task)
+                .expect("a task serializes")
+                .as_bytes(),
+        );
+        hasher.update(b"\n");
+    }
+    format!("{} tasks, crc32 {:08x}", tasks.len(), hasher.finalize())
 }
 
 /// The folder of the checkpoint taken after `steps_done` steps in `run`.
@@ -143,10 +189,67 @@ fn decode(path: &Path) -> Result<HashMap<String, (TensorData, Option<ParamId>)>>
         .collect()
 }
 
-/// Writes `dir/name` (the folder exists).
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// Writes `dir/name` (the folder exists) and waits until it is on disk; returns its sum.
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<FileSum> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).map_err(|e| problem(&path, e))
+    let mut file = std::fs::File::create(&path).map_err(|e| problem(&path, e))?;
+    file.write_all(bytes).map_err(|e| problem(&path, e))?;
+    file.sync_all().map_err(|e| problem(&path, e))?;
+    Ok(FileSum::of(bytes))
+}
+
+/// Flushes a folder's entries (new files, a rename) to disk; a no-op where folders cannot be
+/// opened (Windows).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Reads and parses a checkpoint's `state.json`.
+fn read_state(dir: &Path) -> Result<State> {
+    let path = dir.join(STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| problem(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| problem(&path, format!("damaged: {e}")))
+}
+
+/// Checks the checkpoint in `dir`: `state.json` parses and every file its manifest names
+/// has the recorded size and CRC-32. The error names the first damaged file. Checkpoints of
+/// earlier versions, without a manifest, pass unchecked.
+pub fn verify(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let state = read_state(dir)?;
+    for (name, expected) in state.files.iter().flatten() {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| problem(&path, e))?;
+        let found = FileSum::of(&bytes);
+        if found.bytes != expected.bytes {
+            return Err(problem(
+                &path,
+                format!(
+                    "damaged: {} bytes, the manifest says {}",
+                    found.bytes, expected.bytes
+                ),
+            ));
+        }
+        if found.crc32 != expected.crc32 {
+            return Err(problem(
+                &path,
+                format!(
+                    "damaged: CRC-32 {:08x}, the manifest says {:08x}",
+                    found.crc32, expected.crc32
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The tokens spent by the run whose checkpoint is in `dir`, when it records them.
+pub fn tokens_spent(dir: impl AsRef<Path>) -> Result<Option<TokensSpent>> {
+    Ok(read_state(dir.as_ref())?.tokens_spent)
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
@@ -159,40 +262,53 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             std::fs::remove_dir_all(&tmp).map_err(|e| problem(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| problem(&tmp, e))?;
+        let mut files = BTreeMap::new();
         let trainable = named::collect(self.student(), &|_, trainable| trainable);
-        write(&tmp, TRAINABLE, &encode(&trainable))?;
+        files.insert(
+            TRAINABLE.to_string(),
+            write(&tmp, TRAINABLE, &encode(&trainable))?,
+        );
         let optimizer = BinBytesRecorder::<FullPrecisionSettings>::default()
             .record(self.optimizer.to_record(), ())
             .map_err(|e| problem(&tmp.join(OPTIMIZER), e))?;
-        write(&tmp, OPTIMIZER, &optimizer)?;
+        files.insert(OPTIMIZER.to_string(), write(&tmp, OPTIMIZER, &optimizer)?);
         if let Some(teacher) = self.teacher_weights() {
             let paths: BTreeSet<String> = trainable.iter().map(|t| t.path.clone()).collect();
             let moved = named::collect(teacher, &|path, _| paths.contains(path));
-            write(&tmp, TEACHER, &encode(&moved))?;
+            files.insert(TEACHER.to_string(), write(&tmp, TEACHER, &encode(&moved))?);
         }
         let state = State {
             steps_done: self.step,
             tasks_drawn: self.order.drawn(),
             first_response_length: self.collapse.first_length,
+            tokens_spent: Some(self.spent),
+            tasks: Some(tasks_fingerprint(self.tasks())),
             config: self.config.clone(),
+            files: Some(files),
         };
         let json = serde_json::to_string_pretty(&state).expect("state serializes");
         write(&tmp, STATE, json.as_bytes())?;
+        sync_dir(&tmp).map_err(|e| problem(&tmp, e))?;
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| problem(dir, e))?;
         }
-        std::fs::rename(&tmp, dir).map_err(|e| problem(dir, e))
+        std::fs::rename(&tmp, dir).map_err(|e| problem(dir, e))?;
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        sync_dir(parent.unwrap_or(Path::new("."))).map_err(|e| problem(dir, e))
     }
 
     /// Continues from the checkpoint in `dir`: this trainer must be built as the saved one was
     /// (the same config but for `steps`, initial model, tasks and teacher); the student's
     /// trainable weights, the optimizer, an EMA teacher, the step and the task order are then
     /// those of the saved run, and the next steps are the ones it would have taken.
+    ///
+    /// Every file is checked against the manifest ([`verify`]) before any is read; tasks other
+    /// than the saved run's are refused.
     pub fn resume(&mut self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         let state_path = dir.join(STATE);
-        let text = std::fs::read_to_string(&state_path).map_err(|e| problem(&state_path, e))?;
-        let state: State = serde_json::from_str(&text).map_err(|e| problem(&state_path, e))?;
+        verify(dir)?;
+        let state = read_state(dir)?;
         let saved = TrainConfig {
             steps: self.config.steps,
             ..state.config.clone()
@@ -201,6 +317,18 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             return Err(problem(
                 &state_path,
                 "the run was saved with another config (only `steps` may change on resume)",
+            ));
+        }
+        let fingerprint = tasks_fingerprint(self.tasks());
+        if let Some(saved) = &state.tasks
+            && *saved != fingerprint
+        {
+            return Err(problem(
+                &state_path,
+                format!(
+                    "the run was saved with other tasks ({saved}; these are {fingerprint}): a \
+                     resumed run must draw from the same tasks"
+                ),
             ));
         }
         let trainable = dir.join(TRAINABLE);
@@ -222,6 +350,9 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         self.step = state.steps_done;
         self.order.skip_to(state.tasks_drawn);
         self.collapse.first_length = state.first_response_length;
+        if let Some(spent) = state.tokens_spent {
+            self.spent = spent;
+        }
         Ok(())
     }
 }

@@ -230,6 +230,12 @@ fn clip(text: &str) -> String {
 }
 
 impl Environment for RustTests {
+    fn ungradable(&self, task: &Task) -> Option<String> {
+        task.tests
+            .is_none()
+            .then(|| "no `tests` to run the answer's code against".to_string())
+    }
+
     fn evaluate(&self, task: &Task, response: &str) -> Outcome {
         let Some(tests) = &task.tests else {
             return failed("The task has no tests to run.".into());

@@ -453,6 +453,9 @@ fn unit(field: &'static str, value: f64) -> Result<()> {
     }
 }
 
+/// The most answers per prompt GRPO and SDPO accept (group sizes in the sources are 4–64).
+const MAX_GROUP_SIZE: usize = 1024;
+
 fn at_least(field: &'static str, value: usize, min: usize, expected: &'static str) -> Result<()> {
     if value >= min {
         Ok(())
@@ -498,6 +501,16 @@ impl TrainConfig {
         at_least("micro_batch", self.micro_batch, 1, "at least 1")?;
         at_least("mini_batches", self.mini_batches, 1, "at least 1")?;
         at_least("chunk_size", self.chunk_size, 1, "at least 1")?;
+        if matches!(self.objective, Objective::Grpo(_) | Objective::Sdpo(_)) {
+            let group = self.objective.group_size();
+            if !(2..=MAX_GROUP_SIZE).contains(&group) {
+                return Err(config_error(
+                    "objective.group_size",
+                    group,
+                    "2 to 1024 answers per prompt: GRPO and SDPO compare answers to the same prompt",
+                ));
+            }
+        }
         let rows = self.prompts_per_step * self.objective.group_size();
         if self.mini_batches > rows {
             return Err(config_error(
@@ -547,6 +560,13 @@ impl TrainConfig {
             return Err(config_error("sampling.top_k", 0, "at least 1, or absent"));
         }
         at_least("sampling.max_new_tokens", s.max_new_tokens, 1, "at least 1")?;
+        if s.stop_strings.iter().any(String::is_empty) {
+            return Err(config_error(
+                "sampling.stop_strings",
+                "\"\"",
+                "non-empty strings (an empty one would end every answer before its first token)",
+            ));
+        }
         if let Some(min) = self.collapse.min_entropy
             && !(min.is_finite() && min >= 0.0)
         {

@@ -48,6 +48,13 @@ pub struct Outcome {
 pub trait Environment {
     /// The verdict on `response` (the decoded answer, special tokens dropped) to `task`.
     fn evaluate(&self, task: &Task, response: &str) -> Outcome;
+
+    /// Why no answer to `task` could ever be graded correct (no `answer`, no tests), so that
+    /// a run refuses the task when its data loads instead of scoring it 0. `None` when it can.
+    fn ungradable(&self, task: &Task) -> Option<String> {
+        let _ = task;
+        None
+    }
 }
 
 /// Reward 1 when the answer, trimmed, equals the task's `answer`, else 0; a wrong answer's
@@ -67,10 +74,20 @@ impl Environment for ExactAnswer {
             feedback: (!correct).then(|| format!("{given} is wrong, the answer is {expected}")),
         }
     }
+
+    fn ungradable(&self, task: &Task) -> Option<String> {
+        task.answer
+            .is_none()
+            .then(|| "no `answer` to compare with".to_string())
+    }
 }
 
 /// A boxed environment is an environment: runs choose theirs from a config file.
 impl<E: Environment + ?Sized> Environment for Box<E> {
+    fn ungradable(&self, task: &Task) -> Option<String> {
+        (**self).ungradable(task)
+    }
+
     fn evaluate(&self, task: &Task, response: &str) -> Outcome {
         (**self).evaluate(task, response)
     }
@@ -79,6 +96,10 @@ impl<E: Environment + ?Sized> Environment for Box<E> {
 /// A shared environment is an environment: the trainer and a held-out evaluation grade with
 /// the same one.
 impl<E: Environment + ?Sized> Environment for std::rc::Rc<E> {
+    fn ungradable(&self, task: &Task) -> Option<String> {
+        (**self).ungradable(task)
+    }
+
     fn evaluate(&self, task: &Task, response: &str) -> Outcome {
         (**self).evaluate(task, response)
     }

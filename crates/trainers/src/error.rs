@@ -56,6 +56,21 @@ pub enum TrainError {
         /// The value.
         value: f64,
     },
+    /// Every update of several steps in a row was skipped as non-finite
+    /// ([`crate::MAX_SKIPPED_STEPS_IN_A_ROW`]): the weights no longer move.
+    #[error(
+        "the updates of {steps} steps in a row (the last: step {last_step}) were skipped as \
+         non-finite ({warning}); the run stops: lower optimizer.learning_rate or \
+         optimizer.max_grad_norm, or look for NaN in the data"
+    )]
+    NonFiniteRun {
+        /// Steps in a row with every update skipped.
+        steps: usize,
+        /// The last of them.
+        last_step: usize,
+        /// The last skipped update's warning.
+        warning: String,
+    },
     /// The collapse watch fired and the config says to stop.
     #[error("step {step}: collapse: {reason}")]
     Collapse {

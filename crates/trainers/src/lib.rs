@@ -58,4 +58,4 @@ pub use math::{MathAnswer, final_number};
 pub use metrics::{Phases, StepMetrics};
 pub use rows::prompt_ids;
 pub use schedule::learning_rate;
-pub use trainer::Trainer;
+pub use trainer::{MAX_SKIPPED_STEPS_IN_A_ROW, TokensSpent, Trainer};

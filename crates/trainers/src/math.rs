@@ -57,6 +57,15 @@ pub struct MathAnswer {
 }
 
 impl Environment for MathAnswer {
+    fn ungradable(&self, task: &Task) -> Option<String> {
+        match task.answer.as_deref() {
+            None => Some("no `answer` (the final number an answer is graded against)".into()),
+            Some(answer) => final_number(answer)
+                .is_none()
+                .then(|| format!("the `answer` {answer:?} holds no number to grade against")),
+        }
+    }
+
     fn evaluate(&self, task: &Task, response: &str) -> Outcome {
         let expected = task.answer.as_deref().and_then(final_number);
         let given = final_number(response);

@@ -101,6 +101,24 @@ pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
     pub(crate) order: TaskOrder,
     pub(crate) step: usize,
     pub(crate) collapse: CollapseState,
+    pub(crate) spent: TokensSpent,
+    /// Steps in a row whose every update was skipped as non-finite.
+    skipped_in_a_row: usize,
+}
+
+/// Steps in a row whose every update is skipped as non-finite before the run stops with
+/// [`TrainError::NonFiniteRun`]: past this, the weights no longer move and the run only
+/// spends time.
+pub const MAX_SKIPPED_STEPS_IN_A_ROW: usize = 5;
+
+/// Tokens a run has spent since its first step (kept in checkpoints, so a resumed run's
+/// budget goes on from where it stopped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokensSpent {
+    /// Tokens the student sampled in rollouts: `Σ_steps` [`StepMetrics::generated_tokens`].
+    pub generated: u64,
+    /// Tokens the loss was computed on: `Σ_steps` [`StepMetrics::trained_tokens`].
+    pub trained: u64,
 }
 
 fn self_teacher<B: AutodiffBackend>(
@@ -205,6 +223,8 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             order,
             step: 0,
             collapse: CollapseState::default(),
+            spent: TokensSpent::default(),
+            skipped_in_a_row: 0,
         })
     }
 
@@ -267,6 +287,16 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         self.step
     }
 
+    /// Tokens generated and trained on over all steps taken (resumed runs included).
+    pub fn tokens_spent(&self) -> TokensSpent {
+        self.spent
+    }
+
+    /// The tasks the trainer draws from, in the order it was given them.
+    pub fn tasks(&self) -> &[Task] {
+        &self.tasks
+    }
+
     /// Runs `config.steps` steps, calling `on_step` with each step's metrics.
     pub fn train(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> Result<()> {
         while self.step < self.config.steps {
@@ -325,6 +355,21 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             ],
         )?;
         self.step += 1;
+        self.spent.generated += metrics.generated_tokens as u64;
+        self.spent.trained += metrics.trained_tokens as u64;
+        let all_skipped = metrics.skipped_updates > 0 && metrics.skipped_updates == minis.len();
+        self.skipped_in_a_row = if all_skipped {
+            self.skipped_in_a_row + 1
+        } else {
+            0
+        };
+        if self.skipped_in_a_row >= MAX_SKIPPED_STEPS_IN_A_ROW {
+            return Err(TrainError::NonFiniteRun {
+                steps: self.skipped_in_a_row,
+                last_step: self.step - 1,
+                warning: metrics.warnings.last().cloned().unwrap_or_default(),
+            });
+        }
         Ok(metrics)
     }
 

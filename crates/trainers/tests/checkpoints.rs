@@ -5,7 +5,9 @@ mod toy;
 
 use burn::module::Module;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
-use opd_trainers::checkpoint::{checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints};
+use opd_trainers::checkpoint::{
+    checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints, verify,
+};
 use opd_trainers::{
     GrpoConfig, Objective, SdftConfig, TeacherWeights, TrainConfig, TrainError, Trainer,
 };
@@ -132,6 +134,53 @@ fn another_config_is_refused_and_old_checkpoints_are_pruned() {
         Trainer::new(other, student, tokenizer(), mapping_tasks(), Revealing).unwrap();
     match trainer_b.resume(checkpoint_dir(run.path(), 3)) {
         Err(TrainError::Checkpoint { problem, .. }) => assert!(problem.contains("another config")),
+        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn other_tasks_or_a_damaged_file_are_refused_and_tokens_spent_survive() {
+    let objective = Objective::Sdft(SdftConfig::default());
+    let run = tempfile::tempdir().unwrap();
+    let student = Llama::<A>::init(&config(), 11, &Default::default());
+    let mut saved = trainer(&objective, student.clone(), 3);
+    saved.step().unwrap();
+    saved.step().unwrap();
+    let dir = checkpoint_dir(run.path(), 2);
+    saved.save_checkpoint(&dir).unwrap();
+    assert!(saved.tokens_spent().trained > 0);
+    verify(&dir).unwrap();
+
+    let mut resumed = trainer(&objective, student.clone(), 3);
+    resumed.resume(&dir).unwrap();
+    assert_eq!(resumed.tokens_spent(), saved.tokens_spent());
+
+    let mut fewer = mapping_tasks();
+    fewer.pop();
+    let mut run_config = toy_config(objective.clone(), 3, 1e-2);
+    run_config.mini_batches = 2;
+    let mut other = Trainer::new(run_config, student.clone(), tokenizer(), fewer, Revealing)
+        .unwrap()
+        .with_template(template());
+    match other.resume(&dir) {
+        Err(TrainError::Checkpoint { problem, .. }) => {
+            assert!(problem.contains("other tasks"), "{problem}")
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+    }
+
+    // One flipped byte in the weights: named, before any is read.
+    let weights = dir.join("trainable.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let mut fresh = trainer(&objective, student, 3);
+    match fresh.resume(&dir) {
+        Err(TrainError::Checkpoint { path, problem }) => {
+            assert_eq!(path, weights);
+            assert!(problem.contains("CRC-32"), "{problem}");
+        }
         other => panic!("expected a checkpoint error, got {:?}", other.err()),
     }
 }

@@ -9,6 +9,14 @@ use crate::error::{Result, TrainError};
 /// Reads one [`Task`] per line of `path` (blank lines skipped). A malformed row, an unknown
 /// key or an empty prompt is an error naming the file and line.
 pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Task>> {
+    Ok(read_jsonl_lines(path)?
+        .into_iter()
+        .map(|(_, task)| task)
+        .collect())
+}
+
+/// [`read_jsonl`], with each task's 1-based line, for errors found later that name it.
+pub fn read_jsonl_lines(path: impl AsRef<Path>) -> Result<Vec<(usize, Task)>> {
     let path = path.as_ref();
     let error = |line, problem: String| TrainError::Data {
         path: path.to_path_buf(),
@@ -32,7 +40,7 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Task>> {
         if task.prompt.trim().is_empty() {
             return Err(error(line_number, "the prompt is empty".into()));
         }
-        tasks.push(task);
+        tasks.push((line_number, task));
     }
     if tasks.is_empty() {
         return Err(error(0, "no tasks in the file".into()));

@@ -5,4 +5,4 @@ mod arithmetic;
 mod jsonl;
 
 pub use arithmetic::{Arithmetic, Operation};
-pub use jsonl::{read_jsonl, write_jsonl};
+pub use jsonl::{read_jsonl, read_jsonl_lines, write_jsonl};
