@@ -389,8 +389,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         }
     }
     bar.finish_and_clear();
-    let final_dir = dir.join("final");
-    opd_policy::save(trainer.student(), &tokenizer, &final_dir, SaveDtype::F32)?;
+    save_final(&trainer, &tokenizer, &dir)?;
     let updates = (trainer.steps_done() - taken_before) * config.train.mini_batches;
     if skipped > 0 {
         tracing::warn!(
@@ -414,6 +413,30 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         evaluation: last_eval,
         skipped_updates: skipped,
     })
+}
+
+/// Writes the student as `final/`: into `final.tmp/`, fsynced, then renamed over any older
+/// `final/`, so that `final/` is always one whole model.
+fn save_final<B: AutodiffBackend + DivergenceBackend>(
+    trainer: &Trainer<B>,
+    tokenizer: &opd_policy::ChatTokenizer,
+    dir: &Path,
+) -> Result<()> {
+    let (tmp, final_dir) = (dir.join("final.tmp"), dir.join("final"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    opd_policy::save(trainer.student(), tokenizer, &tmp, SaveDtype::F32)?;
+    checkpoint::sync_dir(&tmp).map_err(io(&tmp))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    checkpoint::sync_dir(dir).map_err(io(dir))
 }
 
 /// Says how the learning rate moves when `train.steps` changed on resume: warmup and cosine

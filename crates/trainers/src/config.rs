@@ -136,7 +136,9 @@ impl SamplingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnNonFinite {
-    /// Drop the update, report it in the step's metrics and a warning, and go on.
+    /// Drop the update, report it in the step's metrics and a warning, and go on; after
+    /// [`crate::MAX_SKIPPED_STEPS_IN_A_ROW`] steps in a row with every update skipped, stop with
+    /// [`TrainError::NonFiniteRun`].
     Skip,
     /// Stop the run with [`TrainError::NonFinite`].
     Stop,
