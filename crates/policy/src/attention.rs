@@ -30,6 +30,20 @@ pub(crate) fn grouped_attention<B: Backend>(
     if let Some(out) = flex::attention(&q, &k, &v, layout) {
         return out;
     }
+    #[cfg(feature = "flex")]
+    if let Some(out) = crate::attention_grad::attention(&q, &k, &v, layout) {
+        return out;
+    }
+    generic_attention(q, k, v, layout)
+}
+
+/// burn's `attention` with the explicit mask of [`SlotLayout::mask`], on any backend.
+pub(crate) fn generic_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    layout: &SlotLayout,
+) -> Tensor<B, 3> {
     let [batch, heads, len, head_dim] = q.dims();
     let kv_heads = k.dims()[1];
     let group = heads / kv_heads;

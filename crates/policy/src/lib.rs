@@ -29,6 +29,8 @@
 //! ```
 
 mod attention;
+#[cfg(feature = "flex")]
+mod attention_grad;
 pub mod characters;
 pub mod chat;
 pub mod checkpoint;

@@ -1,0 +1,603 @@
+//! Grouped-query attention of the training forward on the CPU (`Autodiff<Flex>`, f32) as one
+//! graph node with a closed-form backward that keeps no `[B, H, T, T]` tensor.
+//!
+//! burn's autodiff attention keeps the scores, the softmax and the mask of every layer for the
+//! backward (about 7 GB for SmolLM2 at B = 8, T = 512). Here the forward keeps only what it
+//! was given, its output and the log-sum-exp `L` of each query; the backward recomputes the
+//! probabilities one row `b` and head `h` at a time, in blocks of query rows (flash
+//! attention's recomputation, with each block's products through the `gemm` crate):
+//!
+//! ```text
+//! S = Q Kᵀ / √hd (visible keys only: the SlotLayout rule)     P = exp(S − L)     O = P V
+//! D_t = Σ_d dO_td O_td      dV += Pᵀ dO      dP = dO Vᵀ      dS = P ∘ (dP − D)
+//! dQ = dS K / √hd           dK += dSᵀ Q / √hd
+//! ```
+//!
+//! Memory beyond the inputs and outputs: `L` (`B·H·T` floats) and one `T × T` block per
+//! thread. Blocks of query rows see only keys up to their last row, so the masked upper
+//! triangle is not computed. It runs for a block of `T` new tokens with no cached slots
+//! (`layout.start = 0`), which is the training forward; anything else takes burn's ops.
+
+use std::any::Any;
+use std::ops::Range;
+
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+use crate::kv_cache::SlotLayout;
+
+type Ad = Autodiff<Flex>;
+type AdPrimitive = FloatTensor<Ad>;
+
+/// Query rows per block of the score matrix.
+const BLOCK: usize = 64;
+
+/// The shapes of one call.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    len: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// What the backward needs: the inputs (shared storage, not copies), the output and `L`.
+#[derive(Debug, Clone)]
+struct Saved {
+    dims: Dims,
+    padding: Vec<usize>,
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    out: FlexTensor,
+    lse: Vec<f32>,
+}
+
+/// The autodiff primitive under `t` when `B` is `Autodiff<Flex>` and `t` holds f32 values.
+fn autodiff_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<AdPrimitive> {
+    let TensorPrimitive::Float(primitive) = t.clone().into_primitive() else {
+        return None;
+    };
+    let ad = *(Box::new(primitive) as Box<dyn Any>)
+        .downcast::<AdPrimitive>()
+        .ok()?;
+    (ad.primitive.dtype() == DType::F32).then_some(ad)
+}
+
+/// The values of a flex tensor, row-major.
+fn values<const D: usize>(t: &FlexTensor) -> Vec<f32> {
+    Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t.clone()))
+        .into_data()
+        .into_vec::<f32>()
+        .expect("f32 values")
+}
+
+/// The keys query slot `t` of a row with `pad` left-padding slots sees.
+fn visible(t: usize, pad: usize) -> Range<usize> {
+    if t < pad { t..t + 1 } else { pad..t + 1 }
+}
+
+/// A row-major matrix view: pointer, row stride, column stride (in elements).
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    row: isize,
+    col: isize,
+}
+
+impl View {
+    fn rows(data: &[f32], at: usize, row: usize) -> Self {
+        Self {
+            ptr: data[at..].as_ptr(),
+            row: row as isize,
+            col: 1,
+        }
+    }
+
+    /// The transpose of the row-major matrix at `at` with row stride `row`.
+    fn transposed(data: &[f32], at: usize, row: usize) -> Self {
+        Self {
+            ptr: data[at..].as_ptr(),
+            row: 1,
+            col: row as isize,
+        }
+    }
+}
+
+/// `dst[m × n] (row stride dst_row) = [dst +] alpha · lhs[m × k] · rhs[k × n]`, on this thread.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dst_row: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    alpha: f32,
+) {
+    assert!(m == 0 || dst.len() >= (m - 1) * dst_row + n);
+    // SAFETY: `dst` holds the `m × n` block at row stride `dst_row` (asserted); `lhs` and
+    // `rhs` point into slices that hold their `m × k` and `k × n` blocks at their strides (the
+    // callers build them from the tensors' full buffers with in-range offsets).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col,
+            lhs.row,
+            rhs.ptr,
+            rhs.col,
+            rhs.row,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Row blocks `[r0, r1)` of the `T` query rows.
+fn blocks(len: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..len)
+        .step_by(BLOCK)
+        .map(move |r0| r0..(r0 + BLOCK).min(len))
+}
+
+/// `P = softmax(S)` in place over the visible keys of rows `rows` (row stride `stride`; the
+/// block's row `i` is query `rows.start + i`; `keys = rows.end` columns), zero elsewhere;
+/// returns each row's `L`.
+fn softmax_rows(scores: &mut [f32], stride: usize, rows: Range<usize>, pad: usize) -> Vec<f32> {
+    let keys = rows.end;
+    rows.enumerate()
+        .map(|(i, t)| {
+            let row = &mut scores[i * stride..i * stride + keys];
+            let shown = visible(t, pad);
+            let max = row[shown.clone()]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f32;
+            for x in &mut row[shown.clone()] {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            for x in &mut row[shown.clone()] {
+                *x /= sum;
+            }
+            row[..shown.start].fill(0.0);
+            row[shown.end..].fill(0.0);
+            max + sum.ln()
+        })
+        .collect()
+}
+
+/// Forward: the output `[B, T, H·hd]` and `L` `[B, H, T]`.
+fn forward(dims: Dims, padding: &[usize], q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let Dims {
+        batch,
+        heads,
+        kv_heads,
+        len,
+        head_dim: hd,
+    } = dims;
+    let group = dims.group();
+    let tasks: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..kv_heads).map(move |kv| (b, kv)))
+        .collect();
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(b, kv)| {
+            let kv_at = (b * kv_heads + kv) * len * hd;
+            let mut scores = vec![0.0f32; BLOCK * len];
+            let mut out = vec![0.0f32; group * len * hd];
+            let mut lse = Vec::with_capacity(group * len);
+            for g in 0..group {
+                let q_at = (b * heads + kv * group + g) * len * hd;
+                for rows in blocks(len) {
+                    let (m, keys) = (rows.len(), rows.end);
+                    let q_block = View::rows(q, q_at + rows.start * hd, hd);
+                    let k_t = View::transposed(k, kv_at, hd);
+                    matmul(
+                        [m, keys, hd],
+                        &mut scores,
+                        len,
+                        false,
+                        q_block,
+                        k_t,
+                        dims.scale(),
+                    );
+                    lse.extend(softmax_rows(&mut scores, len, rows.clone(), padding[b]));
+                    let out_block = &mut out[(g * len + rows.start) * hd..];
+                    let p = View::rows(&scores, 0, len);
+                    let v_rows = View::rows(v, kv_at, hd);
+                    matmul([m, hd, keys], out_block, hd, false, p, v_rows, 1.0);
+                }
+            }
+            (out, lse)
+        })
+        .collect();
+    let mut out = vec![0.0f32; batch * len * heads * hd];
+    let mut lse = vec![0.0f32; batch * heads * len];
+    for (&(b, kv), (part, part_lse)) in tasks.iter().zip(parts) {
+        for g in 0..group {
+            let h = kv * group + g;
+            for t in 0..len {
+                let from = (g * len + t) * hd;
+                let to = ((b * len + t) * heads + h) * hd;
+                out[to..to + hd].copy_from_slice(&part[from..from + hd]);
+            }
+            let at = (b * heads + h) * len;
+            lse[at..at + len].copy_from_slice(&part_lse[g * len..(g + 1) * len]);
+        }
+    }
+    (out, lse)
+}
+
+/// Backward: `dQ` `[B, H, T, hd]`, `dK` and `dV` `[B, KV, T, hd]` for `dO` `[B, T, H·hd]`.
+fn backward(saved: &Saved, grad_out: &[f32]) -> [Vec<f32>; 3] {
+    let dims = saved.dims;
+    let Dims {
+        batch,
+        heads,
+        kv_heads,
+        len,
+        head_dim: hd,
+    } = dims;
+    let group = dims.group();
+    let (q, k, v, out) = (
+        values::<4>(&saved.q),
+        values::<4>(&saved.k),
+        values::<4>(&saved.v),
+        values::<3>(&saved.out),
+    );
+    let scale = dims.scale();
+    let row = heads * hd; // row stride of O and dO
+    let tasks: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..kv_heads).map(move |kv| (b, kv)))
+        .collect();
+    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(b, kv)| {
+            let kv_at = (b * kv_heads + kv) * len * hd;
+            let pad = saved.padding[b];
+            let mut p = vec![0.0f32; BLOCK * len];
+            let mut dp = vec![0.0f32; BLOCK * len];
+            let mut dq = vec![0.0f32; group * len * hd];
+            let (mut dk, mut dv) = (vec![0.0f32; len * hd], vec![0.0f32; len * hd]);
+            for g in 0..group {
+                let h = kv * group + g;
+                let q_at = (b * heads + h) * len * hd;
+                let lse = &saved.lse[(b * heads + h) * len..][..len];
+                for rows in blocks(len) {
+                    let (m, keys) = (rows.len(), rows.end);
+                    let o_at = (b * len + rows.start) * row + h * hd;
+                    let q_block = View::rows(&q, q_at + rows.start * hd, hd);
+                    let d_out = View::rows(grad_out, o_at, row);
+                    // P = exp(S − L) on visible keys.
+                    let k_t = View::transposed(&k, kv_at, hd);
+                    matmul([m, keys, hd], &mut p, len, false, q_block, k_t, scale);
+                    for (i, t) in rows.clone().enumerate() {
+                        let r = &mut p[i * len..i * len + keys];
+                        let shown = visible(t, pad);
+                        for (s, x) in r.iter_mut().enumerate() {
+                            *x = if shown.contains(&s) {
+                                (*x - lse[t]).exp()
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    // dV += Pᵀ dO.
+                    let p_t = View::transposed(&p, 0, len);
+                    matmul([keys, hd, m], &mut dv, hd, true, p_t, d_out, 1.0);
+                    // dP = dO Vᵀ; dS = P ∘ (dP − D).
+                    let v_t = View::transposed(&v, kv_at, hd);
+                    matmul([m, keys, hd], &mut dp, len, false, d_out, v_t, 1.0);
+                    for (i, t) in rows.clone().enumerate() {
+                        let at = (b * len + t) * row + h * hd;
+                        let d: f32 = grad_out[at..at + hd]
+                            .iter()
+                            .zip(&out[at..at + hd])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        let (pr, dpr) = (&mut p[i * len..i * len + keys], &dp[i * len..]);
+                        for (x, &y) in pr.iter_mut().zip(dpr) {
+                            *x *= y - d;
+                        }
+                    }
+                    // dQ = dS K / √hd; dK += dSᵀ Q / √hd.
+                    let ds = View::rows(&p, 0, len);
+                    let dq_block = &mut dq[(g * len + rows.start) * hd..];
+                    let k_rows = View::rows(&k, kv_at, hd);
+                    matmul([m, hd, keys], dq_block, hd, false, ds, k_rows, scale);
+                    let ds_t = View::transposed(&p, 0, len);
+                    matmul([keys, hd, m], &mut dk, hd, true, ds_t, q_block, scale);
+                }
+            }
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![0.0f32; batch * heads * len * hd];
+    let mut dk = vec![0.0f32; batch * kv_heads * len * hd];
+    let mut dv = vec![0.0f32; batch * kv_heads * len * hd];
+    for (&(b, kv), (part_q, part_k, part_v)) in tasks.iter().zip(parts) {
+        let q_at = (b * heads + kv * group) * len * hd;
+        dq[q_at..q_at + part_q.len()].copy_from_slice(&part_q);
+        let kv_at = (b * kv_heads + kv) * len * hd;
+        dk[kv_at..kv_at + len * hd].copy_from_slice(&part_k);
+        dv[kv_at..kv_at + len * hd].copy_from_slice(&part_v);
+    }
+    [dq, dk, dv]
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let saved = ops.state;
+        let grad_out = values::<3>(&grads.consume::<Flex>(&ops.node));
+        let Dims {
+            batch,
+            heads,
+            kv_heads,
+            len,
+            head_dim,
+        } = saved.dims;
+        let [dq, dk, dv] = backward(&saved, &grad_out);
+        let shapes = [
+            [batch, heads, len, head_dim],
+            [batch, kv_heads, len, head_dim],
+            [batch, kv_heads, len, head_dim],
+        ];
+        for ((parent, grad), shape) in ops.parents.into_iter().zip([dq, dk, dv]).zip(shapes) {
+            if let Some(node) = parent {
+                grads
+                    .register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(grad, shape)));
+            }
+        }
+    }
+}
+
+/// The attention of [`crate::attention::grouped_attention`] as one autodiff node, when `B` is
+/// `Autodiff<Flex>` with f32 values and the layout is a training forward (no cached slots);
+/// `None` otherwise.
+pub(crate) fn attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    layout: &SlotLayout,
+) -> Option<Tensor<B, 3>> {
+    let [batch, heads, len, head_dim] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let shaped = layout.padding.len() == batch && keys == len && heads % kv_heads == 0;
+    if layout.start != 0 || !shaped {
+        return None;
+    }
+    let (q, k, v) = (autodiff_flex(q)?, autodiff_flex(k)?, autodiff_flex(v)?);
+    let dims = Dims {
+        batch,
+        heads,
+        kv_heads,
+        len,
+        head_dim,
+    };
+    let (out, lse) = forward(
+        dims,
+        &layout.padding,
+        &values::<4>(&q.primitive),
+        &values::<4>(&k.primitive),
+        &values::<4>(&v.primitive),
+    );
+    let out = FlexTensor::from_data(TensorData::new(out, [batch, len, heads * head_dim]));
+    let node = match AttentionBackward
+        .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = Saved {
+                dims,
+                padding: layout.padding.clone(),
+                q: q.primitive,
+                k: k.primitive,
+                v: v.primitive,
+                out: out.clone(),
+                lse,
+            };
+            prep.finish(saved, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    let primitive = *(Box::new(node) as Box<dyn Any>)
+        .downcast::<B::FloatTensorPrimitive>()
+        .ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::attention::generic_attention;
+
+    /// `Σ out ∘ w` and the gradients of q, k, v, through `path`.
+    fn loss_and_grads(
+        path: impl Fn(Tensor<Ad, 4>, Tensor<Ad, 4>, Tensor<Ad, 4>) -> Tensor<Ad, 3>,
+        [q, k, v]: &[Tensor<Flex, 4>; 3],
+        w: &Tensor<Flex, 3>,
+    ) -> (Vec<f32>, [Vec<f32>; 3]) {
+        let [q, k, v] = [q, k, v].map(|t| Tensor::<Ad, 4>::from_inner(t.clone()).require_grad());
+        let out = path(q.clone(), k.clone(), v.clone());
+        let values = out.clone().inner().into_data().into_vec::<f32>().unwrap();
+        let grads = (out * Tensor::from_inner(w.clone())).sum().backward();
+        let grad = |t: &Tensor<Ad, 4>| t.grad(&grads).unwrap().into_data().into_vec().unwrap();
+        (values, [grad(&q), grad(&k), grad(&v)])
+    }
+
+    fn inputs(
+        [batch, heads, kv_heads, len, hd]: [usize; 5],
+        seed: u64,
+    ) -> ([Tensor<Flex, 4>; 3], Tensor<Flex, 3>) {
+        let device = Default::default();
+        Flex::seed(&device, seed);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::random([batch, heads, len, hd], normal, &device);
+        let k = Tensor::random([batch, kv_heads, len, hd], normal, &device);
+        let v = Tensor::random([batch, kv_heads, len, hd], normal, &device);
+        let w = Tensor::random([batch, len, heads * hd], normal, &device);
+        ([q, k, v], w)
+    }
+
+    fn close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= tolerance,
+            "{what}: worst relative difference {worst}"
+        );
+    }
+
+    #[test]
+    fn values_and_gradients_match_burns_attention() {
+        // Two blocks of query rows (T > 64), grouped heads, and left padding in one row.
+        let dims = [2, 6, 2, 70, 16];
+        let (qkv, w) = inputs(dims, 3);
+        let layout = SlotLayout {
+            padding: vec![0, 5],
+            start: 0,
+        };
+        let fused = |q, k, v| attention(&q, &k, &v, &layout).expect("the fused path runs");
+        let generic = |q, k, v| generic_attention(q, k, v, &layout);
+        let (out, grads) = loss_and_grads(fused, &qkv, &w);
+        let (expected, expected_grads) = loss_and_grads(generic, &qkv, &w);
+        close(&out, &expected, 1e-5, "output");
+        for (name, (got, want)) in ["dq", "dk", "dv"]
+            .iter()
+            .zip(grads.iter().zip(&expected_grads))
+        {
+            close(got, want, 1e-4, name);
+        }
+    }
+
+    #[test]
+    fn padding_and_groups_in_every_arrangement_match() {
+        for (i, (dims, padding)) in [
+            ([1, 2, 2, 3, 8], vec![0]),
+            ([2, 4, 4, 6, 16], vec![0, 2]),
+            ([2, 4, 4, 6, 16], vec![3, 0]),
+            ([3, 4, 4, 5, 16], vec![0, 1, 4]),
+            ([2, 4, 2, 7, 16], vec![6, 0]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (qkv, w) = inputs(dims, 3 + i as u64);
+            let layout = SlotLayout { padding, start: 0 };
+            let fused = |q, k, v| attention(&q, &k, &v, &layout).expect("the fused path runs");
+            let generic = |q, k, v| generic_attention(q, k, v, &layout);
+            let (out, grads) = loss_and_grads(fused, &qkv, &w);
+            let (expected, expected_grads) = loss_and_grads(generic, &qkv, &w);
+            close(&out, &expected, 1e-5, &format!("case {i} output"));
+            for (name, (got, want)) in ["dq", "dk", "dv"]
+                .iter()
+                .zip(grads.iter().zip(&expected_grads))
+            {
+                close(got, want, 1e-4, &format!("case {i} {name}"));
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dims = [1, 2, 1, 5, 4];
+        let (qkv, w) = inputs(dims, 5);
+        let layout = SlotLayout {
+            padding: vec![2],
+            start: 0,
+        };
+        let loss = |qkv: &[Tensor<Flex, 4>; 3]| -> f64 {
+            let [q, k, v] = qkv.clone().map(Tensor::<Ad, 4>::from_inner);
+            let out = attention(&q, &k, &v, &layout).unwrap().inner();
+            (out.cast(burn::tensor::DType::F64) * w.clone().cast(burn::tensor::DType::F64))
+                .sum()
+                .into_scalar()
+                .elem::<f64>()
+        };
+        let fused = |q, k, v| attention(&q, &k, &v, &layout).unwrap();
+        let (_, grads) = loss_and_grads(fused, &qkv, &w);
+        let h = 1e-2;
+        for (which, grad) in grads.iter().enumerate() {
+            let base = qkv[which].clone().into_data().into_vec::<f32>().unwrap();
+            for (i, &analytic) in grad.iter().enumerate() {
+                let shifted = |delta: f32| {
+                    let mut values = base.clone();
+                    values[i] += delta;
+                    let mut moved = qkv.clone();
+                    moved[which] = Tensor::from_data(
+                        TensorData::new(values, qkv[which].shape()),
+                        &Default::default(),
+                    );
+                    loss(&moved)
+                };
+                let numeric = (shifted(h) - shifted(-h)) / (2.0 * h as f64);
+                assert!(
+                    (numeric - analytic as f64).abs() < 2e-3 * (1.0 + numeric.abs()),
+                    "input {which}, element {i}: finite difference {numeric}, analytic {analytic}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_backends_and_cached_layouts_take_burns_ops() {
+        let (qkv, _) = inputs([1, 2, 1, 4, 4], 1);
+        let [q, k, v] = qkv;
+        let layout = SlotLayout {
+            padding: vec![0],
+            start: 0,
+        };
+        assert!(
+            attention(&q, &k, &v, &layout).is_none(),
+            "Flex without autodiff"
+        );
+        let [q, k, v] = [q, k, v].map(Tensor::<Ad, 4>::from_inner);
+        let cached = SlotLayout {
+            padding: vec![0],
+            start: 2,
+        };
+        assert!(attention(&q, &k, &v, &cached).is_none());
+    }
+}
