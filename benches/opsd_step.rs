@@ -82,6 +82,7 @@ impl Environment for FinalNumber {
 }
 
 fn main() {
+    opd_policy::allocator::tune();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("numbers"))

@@ -20,6 +20,7 @@ const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const QUESTION: &str = "Explain in a few sentences why the sky is blue and why sunsets are red.";
 
 fn main() {
+    opd_policy::allocator::tune();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("numbers"))

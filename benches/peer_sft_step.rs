@@ -32,6 +32,7 @@ fn row(b: usize, len: usize, vocab: usize) -> Vec<u32> {
 }
 
 fn main() {
+    opd_policy::allocator::tune();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("numbers"))

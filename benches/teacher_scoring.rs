@@ -121,6 +121,7 @@ fn memory(student: Llama<A>, lora: bool, with_teacher: bool) {
 }
 
 fn main() {
+    opd_policy::allocator::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
     let (student, _) =

@@ -129,6 +129,7 @@ fn accuracy_curve(dir: &Path) -> Vec<(u64, f64)> {
 }
 
 fn main() {
+    opd_policy::allocator::tune();
     let root = Path::new("runs/quickstart");
     let _ = std::fs::remove_dir_all(root);
     std::fs::create_dir_all(root).expect("runs/quickstart");

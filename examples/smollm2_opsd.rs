@@ -64,6 +64,7 @@ fn trained(name: &str, config: &RunConfig) -> RunReport {
 }
 
 fn main() {
+    opd_policy::allocator::tune();
     let model = Path::new("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !model.exists() {
         eprintln!(

@@ -60,6 +60,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    opd_policy::allocator::tune();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .without_time()

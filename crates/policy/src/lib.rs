@@ -28,6 +28,7 @@
 //! # Ok::<(), opd_policy::PolicyError>(())
 //! ```
 
+pub mod allocator;
 mod attention;
 #[cfg(feature = "flex")]
 mod attention_grad;
