@@ -110,6 +110,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(parent.unwrap_or(Path::new("."))).map_err(io(path))
 }
 
+/// Removes what a process killed mid-write leaves in `dir`: `NAME.tmp` files and folders of
+/// [`write_atomically`] and of the final model (partial checkpoints are pruned with the old
+/// ones). Only the folder's writer calls it.
+pub fn remove_leftovers(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok())
+    {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = ["metrics.jsonl.tmp", "config.toml.tmp", "final.tmp"];
+        if !ours.contains(&name.as_str()) {
+            continue;
+        }
+        let removed = match path.is_dir() {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+        removed.map_err(io(&path))?;
+    }
+    Ok(())
+}
+
 /// Appends records to `metrics.jsonl`: each one line, written in one call.
 pub struct MetricsLog {
     path: PathBuf,

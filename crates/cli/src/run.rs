@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::config::RunConfig;
 use crate::error::{CliError, Result};
-use crate::folder::{MetricsLines, MetricsLog, RunFolder, write_atomically};
+use crate::folder::{MetricsLines, MetricsLog, RunFolder, remove_leftovers, write_atomically};
 use crate::plot::{Curves, write_curves};
 use crate::setup::{TaskChecks, check_tasks, environment, load_model, splits};
 
@@ -158,7 +158,9 @@ fn check_resume(folder: &RunFolder, config: &RunConfig) -> Result<Resumed> {
     let budget_spent = config
         .budget
         .is_some_and(|b| spent.is_some_and(|s| spent_tokens(config, s) >= b.generated_tokens));
-    if done >= config.train.steps || budget_spent {
+    // A run killed after its last checkpoint but before `final/` was whole resumes to write it.
+    let finished = done >= config.train.steps || budget_spent;
+    if finished && dir.join("final").is_dir() {
         return Err(refuse(format!(
             "finished at step {done} (train.steps = {}{}): raise train.steps (or the budget) to \
              continue it",
@@ -290,6 +292,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
 
     // Resume the trainer's state (refused, with nothing written, when it is not this run's);
     // only then cut the metrics back to the checkpoint's steps.
+    remove_leftovers(&dir)?;
     let mut records = Vec::new();
     if let Some(resumed) = &resumed {
         trainer.resume(&resumed.checkpoint)?;

@@ -377,29 +377,88 @@ fn sigterm_stops_after_the_step_with_a_checkpoint() {
 #[test]
 fn a_second_sigint_stops_at_once() {
     let folder = tempfile::tempdir().unwrap();
-    // Steps of a second or so: a wider model and longer answers.
+    // Steps of seconds: a wider model and longer answers.
     let text = run_text(&folder.path().join("run"), 1_000_000)
         .replace("hidden_size = 32", "hidden_size = 256")
         .replace("intermediate_size = 64", "intermediate_size = 1024")
         .replace("layers = 1", "layers = 6")
         .replace("max_positions = 16", "max_positions = 256")
         .replace("max_new_tokens = 3", "max_new_tokens = 200")
-        .replace("prompts_per_step = 4", "prompts_per_step = 16");
+        .replace("prompts_per_step = 4", "prompts_per_step = 32");
     let file = folder.path().join("run.toml");
     std::fs::write(&file, text).unwrap();
     let run = folder.path().join("run");
     let mut child = spawn_train(&file, false);
+    // stderr read as it comes, so the second signal follows the run's answer to the first.
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = (
+        std::sync::Arc::new(std::sync::Mutex::new(String::new())),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let (sink, tell) = (std::sync::Arc::clone(&lines), seen.0);
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let heard = line.contains("send the signal again");
+            sink.lock().unwrap().push_str(&(line + "\n"));
+            if heard {
+                let _ = tell.send(());
+            }
+        }
+    });
     wait_for("no step", || train_lines(&run) >= 1);
     signal(&child, "INT");
-    std::thread::sleep(Duration::from_millis(50));
+    seen.1
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first signal was heard");
     signal(&child, "INT");
     let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    reader.join().unwrap();
+    let err = lines.lock().unwrap().clone();
     assert_eq!(status.code(), Some(128 + 2), "{err}");
-    assert!(err.contains("send the signal again"), "{err}");
     assert!(
         !err.contains("stopped by SIGINT"),
         "the step finished first: {err}"
     );
+}
+
+#[test]
+fn what_a_kill_mid_write_leaves_is_ignored_and_cleaned() {
+    let folder = tempfile::tempdir().unwrap();
+    let expected = train_losses(&finished(folder.path(), "unbroken", 9).with_extension(""));
+    let file = finished(folder.path(), "run", 6);
+    let run = folder.path().join("run");
+    // A kill inside a checkpoint write, a metrics cut-back, a config write and a final save.
+    let partial = run.join("step-000009.tmp");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::write(partial.join("trainable.safetensors"), b"half a fi").unwrap();
+    std::fs::write(run.join("metrics.jsonl.tmp"), b"{\"kind\":\"tr").unwrap();
+    std::fs::write(run.join("config.toml.tmp"), b"[model").unwrap();
+    std::fs::create_dir(run.join("final.tmp")).unwrap();
+    std::fs::write(file.as_path(), run_text(&run, 9)).unwrap();
+    let out = opd(&["train", "--resume"], &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(train_losses(&run), expected);
+    let left: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_run_killed_before_its_final_model_was_whole_resumes_to_write_it() {
+    let folder = tempfile::tempdir().unwrap();
+    let file = finished(folder.path(), "run", 6);
+    let run = folder.path().join("run");
+    let losses = train_losses(&run);
+    std::fs::remove_dir_all(run.join("final")).unwrap();
+    let out = opd(&["train", "--resume"], &file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(run.join("final/model.safetensors").exists());
+    assert_eq!(train_losses(&run), losses, "no step was taken again");
 }
