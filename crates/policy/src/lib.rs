@@ -49,6 +49,8 @@ mod openblas;
 pub mod params;
 pub mod policy;
 pub mod rope;
+#[cfg(feature = "flex")]
+mod rope_grad;
 pub mod row_matmul;
 pub mod safetensors;
 pub mod sequence;
