@@ -44,6 +44,8 @@ pub mod kv_cache;
 mod load_gguf;
 pub mod lora;
 pub mod model;
+#[cfg(feature = "flex")]
+mod norm_grad;
 #[cfg(feature = "openblas")]
 mod openblas;
 pub mod params;

@@ -82,6 +82,15 @@ pub struct Llama<B: Backend> {
     inv_freq: Vec<f64>,
 }
 
+/// `norm(x)`: on `Autodiff<Flex>` one graph node with a closed-form backward
+/// (`norm_grad.rs`), elsewhere burn's ops.
+fn normed<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    return crate::norm_grad::rms_norm(norm, x);
+    #[cfg(not(feature = "flex"))]
+    norm.forward(x)
+}
+
 /// What one attention call sees besides its input: rotary tables and the slots' layout.
 struct Context<B: Backend> {
     rope: RopeTables<B>,
@@ -100,7 +109,7 @@ impl<B: Backend> Attention<B> {
         let rotated = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
             let t = t.reshape([batch, len, n, self.head_dim]);
             let t = match norm {
-                Some(norm) => norm.forward(t),
+                Some(norm) => normed(norm, t),
                 None => t,
             };
             context.rope.apply_heads(t)
@@ -138,8 +147,8 @@ impl<B: Backend> Block<B> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), context, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+                .forward(normed(&self.input_layernorm, x), context, cache);
+        x.clone() + self.mlp.forward(normed(&self.post_attention_layernorm, x))
     }
 
     fn linears_mut(&mut self) -> [(LoraTarget, &mut LoraLinear<B>); 7] {
@@ -178,7 +187,7 @@ impl<B: Backend> Llama<B> {
         if let Some(cache) = cache {
             cache.advance(len);
         }
-        self.norm.forward(x)
+        normed(&self.norm, x)
     }
 
     /// Final hidden states `[B, T, d]` (after the last norm) for a left-padded batch `ids`
