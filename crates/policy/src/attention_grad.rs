@@ -18,23 +18,19 @@
 //! triangle is not computed. It runs for a block of `T` new tokens with no cached slots
 //! (`layout.start = 0`), which is the training forward; anything else takes burn's ops.
 
-use std::any::Any;
 use std::ops::Range;
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorData, TensorPrimitive};
+use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::flex_tensor::{flex_values, from_autodiff_flex, to_autodiff_flex};
 use crate::kv_cache::SlotLayout;
-
-type Ad = Autodiff<Flex>;
-type AdPrimitive = FloatTensor<Ad>;
 
 /// Query rows per block of the score matrix.
 const BLOCK: usize = 64;
@@ -69,25 +65,6 @@ struct Saved {
     v: FlexTensor,
     out: FlexTensor,
     lse: Vec<f32>,
-}
-
-/// The autodiff primitive under `t` when `B` is `Autodiff<Flex>` and `t` holds f32 values.
-fn autodiff_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<AdPrimitive> {
-    let TensorPrimitive::Float(primitive) = t.clone().into_primitive() else {
-        return None;
-    };
-    let ad = *(Box::new(primitive) as Box<dyn Any>)
-        .downcast::<AdPrimitive>()
-        .ok()?;
-    (ad.primitive.dtype() == DType::F32).then_some(ad)
-}
-
-/// The values of a flex tensor, row-major.
-fn values<const D: usize>(t: &FlexTensor) -> Vec<f32> {
-    Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t.clone()))
-        .into_data()
-        .into_vec::<f32>()
-        .expect("f32 values")
 }
 
 /// The keys query slot `t` of a row with `pad` left-padding slots sees.
@@ -270,10 +247,10 @@ fn backward(saved: &Saved, grad_out: &[f32]) -> [Vec<f32>; 3] {
     } = dims;
     let group = dims.group();
     let (q, k, v, out) = (
-        values::<4>(&saved.q),
-        values::<4>(&saved.k),
-        values::<4>(&saved.v),
-        values::<3>(&saved.out),
+        flex_values(&saved.q),
+        flex_values(&saved.k),
+        flex_values(&saved.v),
+        flex_values(&saved.out),
     );
     let scale = dims.scale();
     let row = heads * hd; // row stride of O and dO
@@ -363,7 +340,7 @@ impl Backward<Flex, 3> for AttentionBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let saved = ops.state;
-        let grad_out = values::<3>(&grads.consume::<Flex>(&ops.node));
+        let grad_out = flex_values(&grads.consume::<Flex>(&ops.node));
         let Dims {
             batch,
             heads,
@@ -401,7 +378,11 @@ pub(crate) fn attention<B: Backend>(
     if layout.start != 0 || !shaped {
         return None;
     }
-    let (q, k, v) = (autodiff_flex(q)?, autodiff_flex(k)?, autodiff_flex(v)?);
+    let (q, k, v) = (
+        to_autodiff_flex(q.clone())?,
+        to_autodiff_flex(k.clone())?,
+        to_autodiff_flex(v.clone())?,
+    );
     let dims = Dims {
         batch,
         heads,
@@ -412,9 +393,9 @@ pub(crate) fn attention<B: Backend>(
     let (out, lse) = forward(
         dims,
         &layout.padding,
-        &values::<4>(&q.primitive),
-        &values::<4>(&k.primitive),
-        &values::<4>(&v.primitive),
+        &flex_values(&q.primitive),
+        &flex_values(&k.primitive),
+        &flex_values(&v.primitive),
     );
     let out = FlexTensor::from_data(TensorData::new(out, [batch, len, heads * head_dim]));
     let node = match AttentionBackward
@@ -436,18 +417,19 @@ pub(crate) fn attention<B: Backend>(
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    let primitive = *(Box::new(node) as Box<dyn Any>)
-        .downcast::<B::FloatTensorPrimitive>()
-        .ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+    from_autodiff_flex(node)
 }
 
 #[cfg(test)]
 mod tests {
     use burn::tensor::Distribution;
 
+    use burn::backend::Autodiff;
+
     use super::*;
     use crate::attention::generic_attention;
+
+    type Ad = Autodiff<Flex>;
 
     /// `Σ out ∘ w` and the gradients of q, k, v, through `path`.
     fn loss_and_grads(

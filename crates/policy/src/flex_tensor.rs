@@ -1,12 +1,18 @@
 //! Tensors of the CPU backend (`flex`) in and out of burn's generic [`Tensor`], for the few
-//! kernels that read its storage directly ([`crate::row_matmul`], [`crate::rope`]). Any other
-//! backend, `Autodiff` included, gets `None` and takes the generic path.
+//! kernels that read its storage directly ([`crate::row_matmul`], [`crate::rope`]), and of
+//! `Autodiff<Flex>`, for the training forward's graph nodes (`attention_grad`, `rope_grad`,
+//! `norm_grad`). Any other backend gets `None` and takes the generic path.
 
 use std::any::Any;
 
 use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData, TensorPrimitive};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+
+/// The primitive of an `Autodiff<Flex>` float tensor: the inner `FlexTensor` and its node.
+pub type AutodiffFlex = FloatTensor<Autodiff<Flex>>;
 
 /// The `flex` tensor under `t`, when `B` is `Flex` and `t` holds unquantized f32 values.
 pub fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
@@ -42,4 +48,34 @@ pub fn from_flex<B: Backend, const D: usize>(flex: FlexTensor) -> Option<Tensor<
         .downcast::<B::FloatTensorPrimitive>()
         .ok()?;
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+/// The autodiff primitive under `t`, when `B` is `Autodiff<Flex>` and `t` holds f32 values.
+pub fn to_autodiff_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<AutodiffFlex> {
+    let TensorPrimitive::Float(primitive) = t.into_primitive() else {
+        return None;
+    };
+    let ad = *(Box::new(primitive) as Box<dyn Any>)
+        .downcast::<AutodiffFlex>()
+        .ok()?;
+    (ad.primitive.dtype() == DType::F32).then_some(ad)
+}
+
+/// A tensor of `B` around an `Autodiff<Flex>` primitive, when `B` is `Autodiff<Flex>`.
+pub fn from_autodiff_flex<B: Backend, const D: usize>(t: AutodiffFlex) -> Option<Tensor<B, D>> {
+    let primitive = *(Box::new(t) as Box<dyn Any>)
+        .downcast::<FloatTensor<B>>()
+        .ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+/// The values of an f32 flex tensor of any rank, row-major.
+pub fn flex_values(t: &FlexTensor) -> Vec<f32> {
+    let flat = t
+        .clone()
+        .reshape(burn::tensor::Shape::new([t.shape().num_elements()]));
+    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(flat))
+        .into_data()
+        .into_vec::<f32>()
+        .expect("f32 values")
 }

@@ -8,20 +8,17 @@
 //!
 //! The node keeps `x` (shared, not copied), `γ` and `r`.
 
-use std::any::Any;
-
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
 use burn::nn::RmsNorm;
 use burn::prelude::*;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-type Ad = Autodiff<Flex>;
+use crate::flex_tensor::{flex_values as values, from_autodiff_flex, to_autodiff_flex};
 
 /// What the backward needs.
 #[derive(Debug, Clone)]
@@ -31,26 +28,6 @@ struct Saved {
     gamma: Vec<f32>,
     /// `r` of each row.
     inverse_rms: Vec<f32>,
-}
-
-fn values(t: &FlexTensor) -> Vec<f32> {
-    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(
-        t.clone()
-            .reshape(burn::tensor::Shape::new([t.shape().num_elements()])),
-    ))
-    .into_data()
-    .into_vec::<f32>()
-    .expect("f32 values")
-}
-
-fn autodiff_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FloatTensor<Ad>> {
-    let TensorPrimitive::Float(primitive) = t.into_primitive() else {
-        return None;
-    };
-    let ad = *(Box::new(primitive) as Box<dyn Any>)
-        .downcast::<FloatTensor<Ad>>()
-        .ok()?;
-    (ad.primitive.dtype() == DType::F32).then_some(ad)
 }
 
 #[derive(Debug)]
@@ -114,8 +91,8 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(
 
 fn fused<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Option<Tensor<B, D>> {
     let dims = x.dims();
-    let x = autodiff_flex(x)?;
-    let gamma = autodiff_flex(norm.gamma.val())?;
+    let x = to_autodiff_flex(x)?;
+    let gamma = to_autodiff_flex(norm.gamma.val())?;
     let d = dims[D - 1];
     let gamma_values = values(&gamma.primitive);
     if gamma_values.len() != d || d == 0 {
@@ -154,10 +131,7 @@ fn fused<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Opti
         ),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    let primitive = *(Box::new(node) as Box<dyn Any>)
-        .downcast::<FloatTensor<B>>()
-        .ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+    from_autodiff_flex(node)
 }
 
 #[cfg(test)]
@@ -165,7 +139,11 @@ mod tests {
     use burn::module::Param;
     use burn::tensor::Distribution;
 
+    use burn::backend::Autodiff;
+
     use super::*;
+
+    type Ad = Autodiff<Flex>;
 
     #[test]
     fn values_and_gradients_match_burns_rms_norm() {

@@ -7,21 +7,18 @@
 //! output is head-major `[B, n, T, hd]`, the layout attention reads, and its input's gradient
 //! token-major `[B, T, n, hd]`, the projection's.
 
-use std::any::Any;
 use std::sync::Arc;
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorData, TensorPrimitive};
+use burn::tensor::TensorData;
 
+use crate::flex_tensor::{flex_values, from_autodiff_flex, to_autodiff_flex};
 use crate::rope::{Direction, rotate};
-
-type Ad = Autodiff<Flex>;
 
 /// What the backward needs: the input's shape `[B, T, n, hd]` and the tables.
 #[derive(Debug, Clone)]
@@ -41,11 +38,7 @@ impl Backward<Flex, 1> for RopeBackward {
             return;
         };
         let Saved { dims, tables } = ops.state;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let dy = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(grad))
-            .into_data()
-            .into_vec::<f32>()
-            .expect("f32 gradient");
+        let dy = flex_values(&grads.consume::<Flex>(&ops.node));
         let dx = rotate(&dy, dims, &tables, Direction::BackToTokens);
         grads.register::<Flex>(parent.id, FlexTensor::from_data(TensorData::new(dx, dims)));
     }
@@ -57,22 +50,15 @@ pub(crate) fn apply_heads<B: Backend>(
     x: &Tensor<B, 4>,
     tables: &Arc<[Vec<f32>; 2]>,
 ) -> Option<Tensor<B, 4>> {
-    let TensorPrimitive::Float(primitive) = x.clone().into_primitive() else {
-        return None;
-    };
-    let x_ad = *(Box::new(primitive) as Box<dyn Any>)
-        .downcast::<FloatTensor<Ad>>()
-        .ok()?;
-    if x_ad.primitive.dtype() != DType::F32 {
-        return None;
-    }
+    let x_ad = to_autodiff_flex(x.clone())?;
     let dims = x.dims();
     let [rows, len, heads, hd] = dims;
-    let values = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x_ad.primitive.clone()))
-        .into_data()
-        .into_vec::<f32>()
-        .ok()?;
-    let y = rotate(&values, dims, tables, Direction::ToHeads);
+    let y = rotate(
+        &flex_values(&x_ad.primitive),
+        dims,
+        tables,
+        Direction::ToHeads,
+    );
     let y = FlexTensor::from_data(TensorData::new(y, [rows, heads, len, hd]));
     let node = match RopeBackward
         .prepare::<NoCheckpointing>([x_ad.node.clone()])
@@ -88,19 +74,20 @@ pub(crate) fn apply_heads<B: Backend>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    let primitive = *(Box::new(node) as Box<dyn Any>)
-        .downcast::<FloatTensor<B>>()
-        .ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+    from_autodiff_flex(node)
 }
 
 #[cfg(test)]
 mod tests {
     use burn::tensor::Distribution;
 
+    use burn::backend::Autodiff;
+
     use crate::rope::RopeTables;
 
     use super::*;
+
+    type Ad = Autodiff<Flex>;
 
     #[test]
     fn values_and_gradients_match_burns_rope() {
