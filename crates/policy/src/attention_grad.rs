@@ -53,6 +53,14 @@ impl Dims {
     fn scale(&self) -> f32 {
         1.0 / (self.head_dim as f32).sqrt()
     }
+
+    /// The units of parallel work: each row `b` and key/value head, which owns its `G` query
+    /// heads and its keys' and values' gradients.
+    fn tasks(&self) -> Vec<(usize, usize)> {
+        (0..self.batch)
+            .flat_map(|b| (0..self.kv_heads).map(move |kv| (b, kv)))
+            .collect()
+    }
 }
 
 /// What the backward needs: the inputs (shared storage, not copies), the output and `L`.
@@ -183,9 +191,7 @@ fn forward(dims: Dims, padding: &[usize], q: &[f32], k: &[f32], v: &[f32]) -> (V
         head_dim: hd,
     } = dims;
     let group = dims.group();
-    let tasks: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..kv_heads).map(move |kv| (b, kv)))
-        .collect();
+    let tasks = dims.tasks();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(b, kv)| {
@@ -254,9 +260,7 @@ fn backward(saved: &Saved, grad_out: &[f32]) -> [Vec<f32>; 3] {
     );
     let scale = dims.scale();
     let row = heads * hd; // row stride of O and dO
-    let tasks: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..kv_heads).map(move |kv| (b, kv)))
-        .collect();
+    let tasks = dims.tasks();
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(b, kv)| {
