@@ -4,7 +4,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Distribution, Int, Tensor};
 use opd_divergences::sampled::Estimator;
 use opd_divergences::{
-    Divergence, DivergenceOptions, Support, Teacher, divergence, token_log_probs,
+    Divergence, DivergenceOptions, Support, TeacherTarget, divergence, token_log_probs,
 };
 
 pub type B = Autodiff<Flex>;
@@ -71,17 +71,17 @@ pub fn forward_backward(kind: Kind, inputs: &Inputs) -> Tensor<Flex, 2> {
     let per_position = match kind {
         Kind::FullJsd => divergence(
             student.clone(),
-            Teacher::Logits(teacher),
+            TeacherTarget::Logits(teacher),
             options(Divergence::Jsd { beta: 0.5 }),
         ),
         Kind::FullReverseKl => divergence(
             student.clone(),
-            Teacher::Logits(teacher),
+            TeacherTarget::Logits(teacher),
             options(Divergence::ReverseKl),
         ),
         Kind::TopK64ReverseKl => divergence(
             student.clone(),
-            Teacher::Logits(teacher),
+            TeacherTarget::Logits(teacher),
             options(Divergence::ReverseKl).with_support(Support::TeacherTopK(64)),
         ),
         Kind::SampledK3 => {

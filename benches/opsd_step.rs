@@ -8,10 +8,10 @@
 //! usage: opsd_step [STEPS] [MAX_NEW_TOKENS]
 
 use burn::backend::{Autodiff, Flex};
+use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 use opd_teachers::{Conditioned, Privileged, PrivilegedTemplate};
 use opd_trainers::{
-    Environment, Objective, OpsdConfig, OptimizerConfig, Outcome, SamplingConfig, StepMetrics,
-    Task, TrainConfig, Trainer, prompt_ids,
+    Objective, OpsdConfig, OptimizerConfig, SamplingConfig, StepMetrics, TrainConfig, Trainer,
 };
 
 #[path = "peak_rss.rs"]

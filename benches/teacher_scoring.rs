@@ -17,7 +17,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use opd_policy::{Llama, LoraConfig, LoraTarget, Policy, SequenceBatch};
-use opd_teachers::{FrozenInitial, Request, Support, Teacher};
+use opd_teachers::{FrozenInitial, Request, Teacher, TeacherSupport};
 
 #[path = "peak_rss.rs"]
 mod peak_rss;
@@ -58,13 +58,13 @@ fn speed(student: &Llama<A>, batch: usize, context: usize, response: usize, auto
     let request = |support| Request::new(support, 1.0).unwrap();
     let sampled = best(|| {
         teacher
-            .outputs(student, &sequences, &request(Support::SampledToken))
+            .outputs(student, &sequences, &request(TeacherSupport::SampledToken))
             .unwrap();
     });
     eprintln!("fast path, sampled-token: {sampled:.2} s");
     let logits = best(|| {
         teacher
-            .outputs(student, &sequences, &request(Support::Logits))
+            .outputs(student, &sequences, &request(TeacherSupport::Logits))
             .unwrap();
     });
     eprintln!("fast path, full logits: {logits:.2} s");
@@ -110,7 +110,7 @@ fn memory(student: Llama<A>, lora: bool, with_teacher: bool) {
         student = optimizer.step(1e-4, student, grads);
     }
     if let Some(teacher) = &teacher {
-        let request = Request::new(Support::SampledToken, 1.0).unwrap();
+        let request = Request::new(TeacherSupport::SampledToken, 1.0).unwrap();
         teacher.outputs(&student, &train, &request).unwrap();
     }
     println!(

@@ -12,7 +12,7 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, activation::softmax};
-use opd_divergences::{Divergence, DivergenceOptions, Teacher, divergence};
+use opd_divergences::{Divergence, DivergenceOptions, TeacherTarget, divergence};
 use plotters::prelude::*;
 
 type B = Autodiff<Flex>;
@@ -71,7 +71,7 @@ fn fit(name: &'static str, d: Divergence, x: &[f32], teacher: &[f32]) -> Fit {
     for _ in 0..STEPS {
         let (m, s) = (mu.clone().require_grad(), log_sigma.clone().require_grad());
         let student = gaussian_logits(&xs, m.clone(), s.clone());
-        let loss = divergence(student, Teacher::Logits(teacher.clone()), options)
+        let loss = divergence(student, TeacherTarget::Logits(teacher.clone()), options)
             .expect("valid inputs")
             .sum();
         value = loss.clone().into_scalar();

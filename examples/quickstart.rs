@@ -26,8 +26,8 @@ use opd_cli::plot::plot_runs;
 use opd_cli::run::{METRICS, RunReport, read_metrics, train};
 use opd_cli::setup::tasks;
 use opd_rollout::{SamplingParams, generate};
-use opd_trainers::data::write_jsonl;
-use opd_trainers::{Task, prompt_ids};
+use opd_tasks::data::write_jsonl;
+use opd_tasks::{Task, prompt_ids};
 
 type Backend = Autodiff<Flex>;
 
@@ -120,11 +120,8 @@ fn accuracy_curve(dir: &Path) -> Vec<(u64, f64)> {
     read_metrics(&dir.join(METRICS))
         .expect("metrics")
         .iter()
-        .filter(|r| r["kind"] == "eval")
-        .map(|r| {
-            let tokens = r["generated_tokens_total"].as_u64().unwrap_or(0);
-            (tokens, r["accuracy"].as_f64().unwrap_or(f64::NAN))
-        })
+        .filter_map(|r| r.eval())
+        .map(|e| (e.generated_tokens_total, e.accuracy))
         .collect()
 }
 

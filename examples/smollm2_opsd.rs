@@ -30,6 +30,7 @@ use burn::backend::{Autodiff, Flex};
 use opd_cli::RunConfig;
 use opd_cli::config::Budget;
 use opd_cli::plot::plot_runs;
+use opd_cli::record::Record;
 use opd_cli::run::{RunReport, train};
 use opd_trainers::{Objective, SftConfig};
 
@@ -98,33 +99,25 @@ fn main() {
     let runs = [("OPSD", &opsd), ("SFT", &sft), ("GRPO", &grpo)];
     let named: Vec<(&str, &Path)> = runs.iter().map(|(n, r)| (*n, r.dir.as_path())).collect();
     let metrics = plot_runs(&named, &root.join("compare")).expect("the metrics and the plot");
-    let records: Vec<(&str, Vec<serde_json::Value>)> =
+    let records: Vec<(&str, Vec<Record>)> =
         runs.iter().map(|(name, _)| *name).zip(metrics).collect();
     println!("\nheld-out accuracy (greedy, 100 questions) against tokens spent:");
     for (name, records) in &records {
         let evals: Vec<String> = records
             .iter()
-            .filter(|r| r["kind"] == "eval")
-            .map(|r| {
-                format!(
-                    "{}: {:.2}",
-                    r["generated_tokens_total"],
-                    r["accuracy"].as_f64().unwrap_or(f64::NAN)
-                )
-            })
+            .filter_map(|r| r.eval())
+            .map(|e| format!("{}: {:.2}", e.generated_tokens_total, e.accuracy))
             .collect();
         println!("  {name:<5} {}", evals.join("  "));
     }
-    let accuracy_at = |records: &[serde_json::Value], first: bool| {
-        let mut evals = records.iter().filter(|r| r["kind"] == "eval");
+    let accuracy_at = |records: &[Record], first: bool| {
+        let mut evals = records.iter().filter_map(|r| r.eval());
         let record = if first {
             evals.next()
         } else {
             evals.next_back()
         };
-        record
-            .and_then(|r| r["accuracy"].as_f64())
-            .unwrap_or(f64::NAN)
+        record.map_or(f64::NAN, |e| e.accuracy)
     };
     println!("\n{:<6}{:>8}{:>8}", "", "before", "after");
     for (name, records) in &records {

@@ -32,10 +32,10 @@ pub fn run(args: CompareArgs) -> Result<(), Box<dyn Error>> {
         "run", "steps", "generated tokens", "accuracy"
     );
     for (name, records) in names.iter().zip(&all) {
-        let last_eval = records.iter().rev().find(|r| r["kind"] == "eval");
-        let steps = records.iter().filter(|r| r["kind"] == "train").count();
-        let tokens = last_eval.and_then(|r| r["generated_tokens_total"].as_u64());
-        let accuracy = last_eval.and_then(|r| r["accuracy"].as_f64());
+        let last_eval = records.iter().rev().find_map(|r| r.eval());
+        let steps = records.iter().filter(|r| r.train().is_some()).count();
+        let tokens = last_eval.map(|e| e.generated_tokens_total);
+        let accuracy = last_eval.map(|e| e.accuracy);
         println!(
             "{name:<40} {steps:>8} {:>18} {:>10}",
             tokens.map_or("-".into(), |t| t.to_string()),

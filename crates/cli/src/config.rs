@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use opd_policy::{Architecture, LlamaConfig, LoraConfig};
-use opd_trainers::data::Arithmetic;
-use opd_trainers::{Objective, RustTests, TrainConfig};
+use opd_tasks::RustTests;
+use opd_tasks::data::Arithmetic;
+use opd_trainers::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
@@ -243,10 +244,13 @@ impl RunConfig {
             other => other.to_string(),
         })?;
         check_source("model", &self.model)?;
-        let opd = matches!(self.train.objective, Objective::Opd(_));
-        match (&self.teacher, opd) {
+        let method = self.train.objective.settings();
+        match (&self.teacher, method.needs_teacher_model()) {
             (None, true) => {
-                return Err("`teacher` is required with train.objective.method = \"opd\"".into());
+                return Err(format!(
+                    "`teacher` is required with train.objective.method = \"{}\"",
+                    method.name()
+                ));
             }
             (Some(_), false) => {
                 return Err(format!(

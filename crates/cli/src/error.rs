@@ -55,9 +55,12 @@ pub enum CliError {
         /// The checkpoint written.
         checkpoint: PathBuf,
     },
-    /// From the trainer, the data or the environment.
+    /// From the trainer.
     #[error(transparent)]
     Train(#[from] opd_trainers::TrainError),
+    /// From the data, its environment or an evaluation.
+    #[error(transparent)]
+    Tasks(#[from] opd_tasks::TaskError),
     /// From loading or saving a model.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),

@@ -9,7 +9,7 @@ use opd_cli::config::{DataConfig, EnvironmentConfig};
 use opd_cli::setup::{Split, TaskChecks, check_tasks, environment, splits};
 use opd_policy::Policy;
 use opd_rollout::SamplingParams;
-use opd_trainers::{RustTests, evaluate};
+use opd_tasks::{RustTests, evaluate};
 
 /// Arguments of `opd eval`.
 #[derive(Args)]

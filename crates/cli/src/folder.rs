@@ -14,12 +14,15 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use opd_trainers::checkpoint::sync_dir;
-use serde_json::Value;
 
 use crate::error::{CliError, Result};
+use crate::record::Record;
 
 /// The lock file of a run folder.
 pub const LOCK: &str = ".lock";
+
+/// The metrics file of a run folder.
+pub const METRICS: &str = "metrics.jsonl";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     move |source| CliError::Io {
@@ -154,8 +157,8 @@ impl MetricsLog {
     }
 
     /// Writes `record` and its newline with one `write` to the file.
-    pub fn append(&mut self, record: &Value) -> Result<()> {
-        let mut line = serde_json::to_string(record).expect("a JSON value serializes");
+    pub fn append(&mut self, record: &Record) -> Result<()> {
+        let mut line = serde_json::to_string(record).expect("a record serializes");
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(io(&self.path))
     }
@@ -166,7 +169,7 @@ impl MetricsLog {
 #[derive(Debug, Default)]
 pub struct MetricsLines {
     /// Complete lines: the text (without newline) and its record.
-    pub lines: Vec<(String, Value)>,
+    pub lines: Vec<(String, Record)>,
     /// Bytes of a torn last line, skipped.
     pub torn_bytes: Option<usize>,
 }
@@ -201,13 +204,13 @@ impl MetricsLines {
     }
 
     /// The records.
-    pub fn records(&self) -> Vec<Value> {
+    pub fn records(&self) -> Vec<Record> {
         self.lines.iter().map(|(_, r)| r.clone()).collect()
     }
 }
 
 /// The records of a `metrics.jsonl`; a torn last line is skipped with a warning.
-pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
+pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
     let read = MetricsLines::read(path)?;
     if let Some(bytes) = read.torn_bytes {
         tracing::warn!(
@@ -221,18 +224,34 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::EvalRecord;
+
+    fn eval(step: usize) -> Record {
+        Record::Eval(EvalRecord {
+            step,
+            generated_tokens_total: 10 * step as u64,
+            accuracy: 0.5,
+            reward: 0.5,
+            answers: 4,
+        })
+    }
+
+    fn line(step: usize) -> String {
+        serde_json::to_string(&eval(step)).unwrap()
+    }
 
     #[test]
     fn a_last_line_without_its_newline_is_torn_and_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
-        std::fs::write(&path, "{\"step\":0}\n{\"step\":1}\n{\"step\":2}").unwrap();
+        let torn = &line(2)[..10];
+        std::fs::write(&path, format!("{}\n{}\n{torn}", line(0), line(1))).unwrap();
         let read = MetricsLines::read(&path).unwrap();
         assert_eq!(read.lines.len(), 2);
-        assert_eq!(read.lines[1].0, "{\"step\":1}");
+        assert_eq!(read.lines[1].0, line(1));
         assert_eq!(read.torn_bytes, Some(10));
         // A complete line that does not parse is damage, not a torn write: an error with its line.
-        std::fs::write(&path, "{\"step\":0}\n{\"st\n{\"step\":2}\n").unwrap();
+        std::fs::write(&path, format!("{}\n{{\"st\n{}\n", line(0), line(2))).unwrap();
         let error = MetricsLines::read(&path).unwrap_err().to_string();
         assert!(error.contains("line 2"), "{error}");
     }
@@ -242,11 +261,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
         let mut log = MetricsLog::append_to(&path).unwrap();
-        log.append(&serde_json::json!({"step": 0, "loss": 1.5}))
-            .unwrap();
-        log.append(&serde_json::json!({"step": 1})).unwrap();
+        log.append(&eval(0)).unwrap();
+        log.append(&eval(1)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "{\"loss\":1.5,\"step\":0}\n{\"step\":1}\n");
+        assert_eq!(text, format!("{}\n{}\n", line(0), line(1)));
+        assert_eq!(
+            MetricsLines::read(&path).unwrap().records(),
+            [eval(0), eval(1)]
+        );
         write_atomically(&path, b"x\n").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"x\n");
         assert!(!dir.path().join("metrics.jsonl.tmp").exists());

@@ -5,51 +5,52 @@ use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::Value;
 
 use crate::error::{CliError, Result};
-use crate::run::{METRICS, read_metrics};
+use crate::folder::{METRICS, read_metrics};
+use crate::record::Record;
 
 /// One run's records and the name its curves carry.
 pub struct Curves<'a> {
     /// Legend name.
     pub name: &'a str,
     /// The lines of its `metrics.jsonl`.
-    pub records: &'a [Value],
+    pub records: &'a [Record],
 }
 
-/// A panel: its title, x key and y key of the records it reads, and which records.
+/// A value a panel reads from a record (`None` for records of another kind).
+type Read = fn(&Record) -> Option<f64>;
+
+/// A panel: its title, its x, and the y it draws: the first of `y` the run has.
 struct Panel {
     title: &'static str,
-    kind: &'static str,
-    x: &'static str,
-    y: &'static [&'static str],
+    x: Read,
+    y: &'static [Read],
 }
 
 const PANELS: [Panel; 4] = [
     Panel {
         title: "held-out accuracy vs generated tokens",
-        kind: "eval",
-        x: "generated_tokens_total",
-        y: &["accuracy"],
+        x: |r| r.eval().map(|e| e.generated_tokens_total as f64),
+        y: &[|r| r.eval().map(|e| e.accuracy)],
     },
     Panel {
         title: "train reward (mean) vs step",
-        kind: "train",
-        x: "step",
-        y: &["reward_mean"],
+        x: |r| r.train().map(|m| m.step as f64),
+        y: &[|r| r.train().map(|m| m.reward_mean)],
     },
     Panel {
         title: "loss vs step",
-        kind: "train",
-        x: "step",
-        y: &["loss"],
+        x: |r| r.train().map(|m| m.step as f64),
+        y: &[|r| r.train().map(|m| m.loss)],
     },
     Panel {
         title: "divergence to the teacher (or entropy) vs step",
-        kind: "train",
-        x: "step",
-        y: &["divergence_mean", "entropy"],
+        x: |r| r.train().map(|m| m.step as f64),
+        y: &[
+            |r| r.train().and_then(|m| m.divergence_mean),
+            |r| r.train().map(|m| m.entropy),
+        ],
     },
 ];
 
@@ -83,25 +84,25 @@ pub fn register_system_font() -> bool {
     })
 }
 
-/// The `(x, y)` points of a panel in one run: `y` is the first key of `panel.y` the run has.
-fn points(panel: &Panel, records: &[Value]) -> Vec<(f64, f64)> {
-    let of_kind = || records.iter().filter(|r| r["kind"] == panel.kind);
-    let Some(key) = panel
-        .y
-        .iter()
-        .find(|k| of_kind().any(|r| r[**k].is_number()))
-    else {
+/// The `(x, y)` points of a panel in one run: `y` is the first of `panel.y` the run has.
+fn points(panel: &Panel, records: &[Record]) -> Vec<(f64, f64)> {
+    let Some(y) = panel.y.iter().find(|y| {
+        records
+            .iter()
+            .any(|r| (panel.x)(r).is_some() && y(r).is_some())
+    }) else {
         return Vec::new();
     };
-    of_kind()
-        .filter_map(|r| Some((r[panel.x].as_f64()?, r[*key].as_f64()?)))
+    records
+        .iter()
+        .filter_map(|r| Some(((panel.x)(r)?, y(r)?)))
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect()
 }
 
 /// Reads the `metrics.jsonl` of each named run folder and draws them together at `stem`
 /// ([`write_curves`]); returns each run's records, in order.
-pub fn plot_runs(runs: &[(&str, &Path)], stem: &Path) -> Result<Vec<Vec<Value>>> {
+pub fn plot_runs(runs: &[(&str, &Path)], stem: &Path) -> Result<Vec<Vec<Record>>> {
     let records = runs
         .iter()
         .map(|(_, dir)| read_metrics(&dir.join(METRICS)))

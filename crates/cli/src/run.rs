@@ -18,24 +18,19 @@ use opd_divergences::DivergenceBackend;
 use opd_policy::Policy;
 use opd_policy::SaveDtype;
 use opd_rollout::SamplingParams;
+use opd_tasks::{Environment, Evaluation, Task, evaluate};
 use opd_teachers::External;
 use opd_trainers::checkpoint::{
     self, checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints,
 };
-use opd_trainers::{
-    Environment, Evaluation, Objective, StepMetrics, Task, TokensSpent, Trainer, evaluate,
-    learning_rate,
-};
-use serde_json::{Value, json};
+use opd_trainers::{Flow, StepMetrics, TokensSpent, Trainer, learning_rate};
 
 use crate::config::RunConfig;
 use crate::error::{CliError, Result};
 use crate::folder::{MetricsLines, MetricsLog, RunFolder, remove_leftovers, write_atomically};
 use crate::plot::{Curves, write_curves};
+use crate::record::{EvalRecord, Record, TrainRecord};
 use crate::setup::{TaskChecks, check_tasks, environment, load_model, splits};
-
-/// The metrics file of a run folder.
-pub const METRICS: &str = "metrics.jsonl";
 
 /// The run file as the run was last started with.
 pub const CONFIG: &str = "config.toml";
@@ -55,7 +50,7 @@ pub struct RunReport {
     pub skipped_updates: usize,
 }
 
-pub use crate::folder::read_metrics;
+pub use crate::folder::{METRICS, read_metrics};
 
 /// The greedy held-out evaluation of `trainer`'s student on the first `limit` test tasks.
 fn held_out<B: AutodiffBackend + DivergenceBackend>(
@@ -177,16 +172,17 @@ fn check_resume(folder: &RunFolder, config: &RunConfig) -> Result<Resumed> {
 /// The tokens a run's budget counts: those the student sampled; for SFT, which samples none,
 /// those of the references it trained on (someone generated them: a teacher, a person).
 fn spent_tokens(config: &RunConfig, spent: TokensSpent) -> u64 {
-    match config.train.objective {
-        Objective::Sft(_) => spent.trained,
-        _ => spent.generated,
+    if config.train.objective.settings().samples() {
+        spent.generated
+    } else {
+        spent.trained
     }
 }
 
 /// Cuts `metrics.jsonl` back to the records of the first `done` steps (train records of
 /// steps `< done`, evaluations at steps `≤ done`), atomically and keeping each kept line byte
 /// for byte; a torn last line is dropped with a warning. Returns the kept records.
-fn cut_back(path: &Path, done: usize) -> Result<Vec<Value>> {
+fn cut_back(path: &Path, done: usize) -> Result<Vec<Record>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -198,13 +194,12 @@ fn cut_back(path: &Path, done: usize) -> Result<Vec<Value>> {
         );
     }
     let total = read.lines.len();
-    let done = done as u64;
-    let kept: Vec<(String, Value)> = read
+    let kept: Vec<(String, Record)> = read
         .lines
         .into_iter()
-        .filter(|(_, r)| match r["kind"].as_str() {
-            Some("train") => r["step"].as_u64().is_some_and(|s| s < done),
-            _ => r["step"].as_u64().is_some_and(|s| s <= done),
+        .filter(|(_, r)| match r {
+            Record::Train(_) => r.step() < done,
+            Record::Eval(_) => r.step() <= done,
         })
         .collect();
     if kept.len() < total || read.torn_bytes.is_some() {
@@ -262,11 +257,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     let (student, tokenizer) = load_model::<B>(&config.model, device)?;
     let (train_split, test_split) = splits(&config.data)?;
     let env: Rc<dyn Environment> = environment(config.environment)?.into();
-    let rewarded = match &config.train.objective {
-        Objective::Grpo(_) | Objective::Sdpo(_) => true,
-        Objective::Opd(c) => c.reward_weight != 0.0,
-        _ => false,
-    };
+    let rewarded = config.train.objective.settings().uses_rewards();
     let checks = |graded: bool| TaskChecks {
         tokenizer: &tokenizer,
         context: student.max_context(),
@@ -276,19 +267,26 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     check_tasks(&train_split, &checks(rewarded))?;
     check_tasks(&test_split, &checks(true))?;
     let test_tasks = test_split.tasks;
-    let mut trainer = Trainer::new(
+    let teacher = match &config.teacher {
+        Some(source) => {
+            let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(source, device)?;
+            let external = External::new(teacher, &teacher_tokenizer, &student, &tokenizer)
+                .map_err(opd_trainers::TrainError::from)?;
+            Some(external)
+        }
+        None => None,
+    };
+    let mut builder = Trainer::builder(
         config.train.clone(),
         student,
         tokenizer.clone(),
         train_split.tasks,
         Rc::clone(&env),
-    )?;
-    if let Some(source) = &config.teacher {
-        let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(source, device)?;
-        let external = External::new(teacher, &teacher_tokenizer, trainer.student(), &tokenizer)
-            .map_err(opd_trainers::TrainError::from)?;
-        trainer = trainer.with_teacher(external);
+    );
+    if let Some(teacher) = teacher {
+        builder = builder.teacher(teacher);
     }
+    let mut trainer = builder.build()?;
 
     // Resume the trainer's state (refused, with nothing written, when it is not this run's);
     // only then cut the metrics back to the checkpoint's steps.
@@ -315,7 +313,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     let evaluation = |trainer: &Trainer<B>,
                       generated: u64,
                       log: &mut MetricsLog,
-                      records: &mut Vec<Value>|
+                      records: &mut Vec<Record>|
      -> Result<Option<Evaluation>> {
         let held = held_out(
             trainer,
@@ -328,13 +326,12 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         if let Some(e) = &held {
             let done = trainer.steps_done();
             bar.suspend(|| tracing::info!("step {done}: held-out accuracy {:.3}", e.accuracy));
-            let record = json!({
-                "kind": "eval",
-                "step": done,
-                "generated_tokens_total": generated,
-                "accuracy": e.accuracy,
-                "reward": e.reward,
-                "answers": e.answers,
+            let record = Record::Eval(EvalRecord {
+                step: done,
+                generated_tokens_total: generated,
+                accuracy: e.accuracy,
+                reward: e.reward,
+                answers: e.answers,
             });
             log.append(&record)?;
             records.push(record);
@@ -358,20 +355,23 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
             .is_some_and(|b| generated >= b.generated_tokens)
     };
     let (taken_before, mut skipped) = (trainer.steps_done(), 0);
-    while trainer.steps_done() < steps && !over_budget(generated) {
-        let metrics: StepMetrics = trainer.step()?;
-        generated = spent(&trainer);
+    let within_budget = !over_budget(generated);
+    // After each of the trainer's steps: the metrics line, a stop on a signal (with a
+    // checkpoint), evaluations and checkpoints when due, the budget.
+    let after_step = |trainer: &Trainer<B>, metrics: StepMetrics| -> Result<Flow> {
+        generated = spent(trainer);
         skipped += metrics.skipped_updates;
-        let mut record = serde_json::to_value(&metrics).expect("metrics serialize");
-        record["kind"] = json!("train");
-        record["generated_tokens_total"] = json!(generated);
-        log.append(&record)?;
-        records.push(record);
         bar.set_position(trainer.steps_done() as u64);
         bar.set_message(format!(
             "loss {:.4} reward {:.3} {:.0} tok/s",
             metrics.loss, metrics.reward_mean, metrics.tokens_per_second.rollout
         ));
+        let record = Record::Train(Box::new(TrainRecord {
+            metrics,
+            generated_tokens_total: generated,
+        }));
+        log.append(&record)?;
+        records.push(record);
         let done = trainer.steps_done();
         let signal = stop.load(Ordering::SeqCst);
         if signal != 0 {
@@ -379,17 +379,21 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
             return Err(CliError::Stopped {
                 signal: signal_name(signal),
                 step: done,
-                checkpoint: save(&trainer)?,
+                checkpoint: save(trainer)?,
             });
         }
         let finished = done == steps || over_budget(generated);
-        let due = |every: usize| (every > 0 && done % every == 0) || finished;
+        let due = |every: usize| (every > 0 && done.is_multiple_of(every)) || finished;
         if due(out.eval_every) {
-            last_eval = evaluation(&trainer, generated, &mut log, &mut records)?.or(last_eval);
+            last_eval = evaluation(trainer, generated, &mut log, &mut records)?.or(last_eval);
         }
         if due(out.checkpoint_every) {
-            save(&trainer)?;
+            save(trainer)?;
         }
+        Ok(if finished { Flow::Stop } else { Flow::Continue })
+    };
+    if within_budget {
+        trainer.train_with(after_step)?;
     }
     bar.finish_and_clear();
     save_final(&trainer, &tokenizer, &dir)?;
@@ -460,7 +464,7 @@ fn warn_schedule(saved: &RunConfig, config: &RunConfig, done: usize) {
 }
 
 /// Redraws `curves.png` and `curves.svg` in the run folder.
-fn plot_run(dir: &Path, records: &[Value]) -> Result<()> {
+fn plot_run(dir: &Path, records: &[Record]) -> Result<()> {
     let run = Curves {
         name: "run",
         records,

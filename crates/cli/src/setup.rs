@@ -4,8 +4,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use opd_policy::{ChatTokenizer, Llama};
-use opd_trainers::data::read_jsonl_lines;
-use opd_trainers::{Environment, ExactAnswer, MathAnswer, Task, prompt_ids};
+use opd_tasks::data::read_jsonl_lines;
+use opd_tasks::{Environment, ExactAnswer, MathAnswer, Task, prompt_ids};
 
 use crate::config::{DataConfig, EnvironmentConfig, ModelSource, SCRATCH_TEMPLATE};
 use crate::error::{CliError, Result};

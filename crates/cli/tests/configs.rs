@@ -2,8 +2,8 @@
 //! exist; every method has one.
 
 use opd_cli::RunConfig;
+use opd_tasks::data::read_jsonl;
 use opd_trainers::Objective;
-use opd_trainers::data::read_jsonl;
 
 #[test]
 fn every_shipped_run_file_is_valid_and_every_method_has_one() {

@@ -1,5 +1,9 @@
 //! Fused CPU kernels for burn's `Flex` backend.
 //!
+//! (Longer than most files here: the value and gradient kernels of the three divergences
+//! share their row passes and the dispatch between them and the portable path; they are read
+//! and changed together.)
+//!
 //! Each selected row is processed in a few passes over its `V` logits, in parallel over rows,
 //! with no `[chunk, V]` temporaries: two log-sum-exps, then the value or the gradient written
 //! straight into the output. Cases the kernels do not cover (top-k supports, a precomputed

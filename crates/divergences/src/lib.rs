@@ -24,14 +24,14 @@
 //! ```
 //! use burn::backend::{Autodiff, Flex};
 //! use burn::tensor::Tensor;
-//! use opd_divergences::{Divergence, DivergenceOptions, Teacher, divergence};
+//! use opd_divergences::{Divergence, DivergenceOptions, TeacherTarget, divergence};
 //!
 //! type B = Autodiff<Flex>;
 //! let device = Default::default();
 //! let student = Tensor::<B, 2>::from_floats([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], &device)
 //!     .require_grad();
 //! let teacher = Tensor::<B, 2>::from_floats([[2.0, 1.0, 0.5], [0.0, 1.0, 2.0]], &device);
-//! let kl = divergence(student.clone(), Teacher::Logits(teacher), DivergenceOptions::new(Divergence::ReverseKl))?;
+//! let kl = divergence(student.clone(), TeacherTarget::Logits(teacher), DivergenceOptions::new(Divergence::ReverseKl))?;
 //! let grads = kl.sum().backward();
 //! assert_eq!(student.grad(&grads).unwrap().dims(), [2, 3]);
 //! # Ok::<(), opd_divergences::DivergenceError>(())
@@ -57,5 +57,5 @@ pub use chunks::Rows;
 pub use error::{DivergenceError, Result};
 pub use kind::{Divergence, DivergenceOptions, Support};
 pub use loss::{DistillationLoss, LossOutput};
-pub use positions::{Teacher, divergence, token_log_probs};
+pub use positions::{TeacherTarget, divergence, token_log_probs};
 pub use reduce::{Reduction, clip_per_token, reduce};

@@ -6,7 +6,7 @@ use crate::backend::DivergenceBackend;
 use crate::check;
 use crate::error::Result;
 use crate::kind::DivergenceOptions;
-use crate::positions::{Teacher, divergence_at};
+use crate::positions::{TeacherTarget, divergence_at};
 use crate::reduce::{Reduction, clip_per_token, reduce_unchecked};
 
 /// `L = reduce_{m}(min(D(p_T ‖ p_S)_{b,t}, clip))` over student logits `[B, T, V]`.
@@ -61,7 +61,7 @@ impl DistillationLoss {
     pub fn forward<B: DivergenceBackend>(
         &self,
         student: Tensor<B, 3>,
-        teacher: Teacher<B, 3>,
+        teacher: TeacherTarget<B, 3>,
         mask: Tensor<B, 2, Bool>,
     ) -> Result<LossOutput<B>> {
         let [batch, time, _] = student.dims();

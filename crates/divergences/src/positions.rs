@@ -1,5 +1,6 @@
 //! Divergences at positions: student and teacher logits `[N, V]`, one value per position.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::backend::DivergenceBackend;
@@ -12,7 +13,7 @@ use crate::kind::DivergenceOptions;
 /// The teacher side of a divergence, as tensors of rank `D` (2 for positions `[N, ·]`,
 /// 3 for sequences `[B, T, ·]`). Gradients never flow into it.
 #[derive(Debug, Clone)]
-pub enum Teacher<B: DivergenceBackend, const D: usize> {
+pub enum TeacherTarget<B: Backend, const D: usize> {
     /// Full teacher logits, the student's shape.
     Logits(Tensor<B, D>),
     /// A precomputed top-k, as returned by served teachers: token ids and their log-probs,
@@ -26,13 +27,13 @@ pub enum Teacher<B: DivergenceBackend, const D: usize> {
     },
 }
 
-impl<B: DivergenceBackend, const D: usize> Teacher<B, D> {
+impl<B: DivergenceBackend, const D: usize> TeacherTarget<B, D> {
     /// Checks the teacher against the student's shape and vocabulary. A precomputed top-k is
     /// checked on the evaluated `rows` only: padding positions may hold any id and −∞.
     fn validate(&self, student: &[usize], rows: &Rows) -> Result<()> {
         match self {
-            Teacher::Logits(t) => check::same_shape("teacher logits", student, &t.dims()),
-            Teacher::TopK { ids, log_probs } => {
+            TeacherTarget::Logits(t) => check::same_shape("teacher logits", student, &t.dims()),
+            TeacherTarget::TopK { ids, log_probs } => {
                 let ids_shape = ids.dims();
                 let mut expected = student.to_vec();
                 expected[D - 1] = ids_shape[D - 1];
@@ -51,8 +52,8 @@ impl<B: DivergenceBackend, const D: usize> Teacher<B, D> {
     /// Flattens the leading axes: `[…, X] → [N, X]` as backend primitives.
     fn into_rows(self) -> TeacherLogits<B> {
         match self {
-            Teacher::Logits(t) => TeacherLogits::Logits(primitive(flatten(t))),
-            Teacher::TopK { ids, log_probs } => TeacherLogits::TopK {
+            TeacherTarget::Logits(t) => TeacherLogits::Logits(primitive(flatten(t))),
+            TeacherTarget::TopK { ids, log_probs } => TeacherLogits::TopK {
                 ids: flatten(ids).into_primitive(),
                 log_probs: primitive(flatten(log_probs)),
             },
@@ -72,7 +73,7 @@ where
 /// The divergence at each selected row of `student` (any rank, vocabulary last), checked.
 pub(crate) fn divergence_at<B: DivergenceBackend, const D: usize>(
     student: Tensor<B, D>,
-    teacher: Teacher<B, D>,
+    teacher: TeacherTarget<B, D>,
     rows: Rows,
     options: DivergenceOptions,
 ) -> Result<Tensor<B, 1>> {
@@ -98,7 +99,7 @@ pub(crate) fn divergence_at<B: DivergenceBackend, const D: usize>(
 /// input, invalid options, or a non-finite result (NaN or infinite logits).
 pub fn divergence<B: DivergenceBackend>(
     student: Tensor<B, 2>,
-    teacher: Teacher<B, 2>,
+    teacher: TeacherTarget<B, 2>,
     options: DivergenceOptions,
 ) -> Result<Tensor<B, 1>> {
     divergence_at(student, teacher, Rows::All, options)

@@ -8,8 +8,8 @@ mod common;
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::*;
 use opd_divergences::{
-    DistillationLoss, Divergence, DivergenceError, DivergenceOptions, Reduction, Support, Teacher,
-    divergence, reduce, token_log_probs,
+    DistillationLoss, Divergence, DivergenceError, DivergenceOptions, Reduction, Support,
+    TeacherTarget, divergence, reduce, token_log_probs,
 };
 
 fn options() -> DivergenceOptions {
@@ -20,7 +20,7 @@ fn options() -> DivergenceOptions {
 fn teacher_with_another_vocabulary_is_a_shape_error() {
     let err = divergence(
         Mat::random(2, 5, 1.0, 1).tensor::<Plain>(),
-        Teacher::Logits(Mat::random(2, 6, 1.0, 2).tensor()),
+        TeacherTarget::Logits(Mat::random(2, 6, 1.0, 2).tensor()),
         options(),
     )
     .unwrap_err();
@@ -43,7 +43,7 @@ fn teacher_with_another_vocabulary_is_a_shape_error() {
 #[test]
 fn precomputed_top_k_is_checked() {
     let student = Mat::random(2, 5, 1.0, 1).tensor::<Plain>();
-    let bad_rows = Teacher::TopK {
+    let bad_rows = TeacherTarget::TopK {
         ids: int_tensor(vec![0, 1, 2], [3, 1]),
         log_probs: Mat::random(3, 1, 1.0, 3).tensor(),
     };
@@ -51,7 +51,7 @@ fn precomputed_top_k_is_checked() {
         divergence(student.clone(), bad_rows, options()),
         Err(DivergenceError::ShapeMismatch { .. })
     ));
-    let out_of_vocab = Teacher::TopK {
+    let out_of_vocab = TeacherTarget::TopK {
         ids: int_tensor(vec![0, 7], [2, 1]),
         log_probs: Mat::random(2, 1, 1.0, 3).tensor(),
     };
@@ -62,7 +62,7 @@ fn precomputed_top_k_is_checked() {
             ..
         })
     ));
-    let nan = Teacher::TopK {
+    let nan = TeacherTarget::TopK {
         ids: int_tensor(vec![0, 1], [2, 1]),
         log_probs: Tensor::from_data(TensorData::new(vec![f32::NAN, -1.0], [2, 1]), &device()),
     };
@@ -80,7 +80,7 @@ fn nan_or_infinite_logits_are_reported_not_propagated() {
     zt.data[16] = f64::INFINITY;
     let err = divergence(
         zs.tensor::<Plain>(),
-        Teacher::Logits(zt.tensor()),
+        TeacherTarget::Logits(zt.tensor()),
         options(),
     )
     .unwrap_err();
@@ -99,7 +99,7 @@ fn nan_or_infinite_logits_are_reported_not_propagated() {
 fn empty_inputs_and_masks_are_errors() {
     let empty = divergence(
         Tensor::<Plain, 2>::zeros([0, 5], &device()),
-        Teacher::Logits(Tensor::zeros([0, 5], &device())),
+        TeacherTarget::Logits(Tensor::zeros([0, 5], &device())),
         options(),
     );
     assert!(matches!(empty, Err(DivergenceError::Empty { .. })));
@@ -113,7 +113,7 @@ fn empty_inputs_and_masks_are_errors() {
         Tensor::<Plain, 2, Bool>::from_data(TensorData::new(vec![false, false], [1, 2]), &device());
     assert_eq!(
         DistillationLoss::new(options())
-            .forward(student, Teacher::Logits(teacher), none.clone())
+            .forward(student, TeacherTarget::Logits(teacher), none.clone())
             .unwrap_err(),
         DivergenceError::EmptyMask
     );
@@ -131,7 +131,7 @@ fn empty_inputs_and_masks_are_errors() {
 #[test]
 fn invalid_parameters_are_errors() {
     let zs = || Mat::random(2, 5, 1.0, 1).tensor::<Plain>();
-    let zt = || Teacher::Logits(Mat::random(2, 5, 1.0, 2).tensor::<Plain>());
+    let zt = || TeacherTarget::Logits(Mat::random(2, 5, 1.0, 2).tensor::<Plain>());
     for bad in [
         options().with_temperature(0.0),
         options().with_temperature(f64::NAN),
@@ -172,7 +172,7 @@ fn padding_positions_are_never_evaluated() {
     let out = DistillationLoss::new(options())
         .forward(
             student.clone(),
-            Teacher::Logits(zt.tensor::<B>().reshape([2, 2, 6])),
+            TeacherTarget::Logits(zt.tensor::<B>().reshape([2, 2, 6])),
             mask,
         )
         .unwrap();

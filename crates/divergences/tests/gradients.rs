@@ -9,7 +9,7 @@ mod common;
 use burn::tensor::{Tensor, activation::log_softmax};
 use common::*;
 use opd_divergences::{
-    Divergence, DivergenceOptions, Support, Teacher, divergence, token_log_probs,
+    Divergence, DivergenceOptions, Support, TeacherTarget, divergence, token_log_probs,
 };
 
 const DIVERGENCES: [Divergence; 5] = [
@@ -40,7 +40,12 @@ fn ref_support(s: Support) -> RefSupport {
 /// (so the upstream gradient is not all ones).
 fn our_gradient(zs: &Mat, zt: &Mat, options: DivergenceOptions, weights: &[f64]) -> Vec<f64> {
     let student = zs.tensor::<B>().require_grad();
-    let d = divergence(student.clone(), Teacher::Logits(zt.tensor::<B>()), options).unwrap();
+    let d = divergence(
+        student.clone(),
+        TeacherTarget::Logits(zt.tensor::<B>()),
+        options,
+    )
+    .unwrap();
     let w = Mat {
         rows: 1,
         cols: weights.len(),
@@ -217,7 +222,7 @@ fn precomputed_top_k_gradient_matches_finite_differences() {
     };
     for d in DIVERGENCES {
         let student = zs.tensor::<B>().require_grad();
-        let teacher = Teacher::TopK {
+        let teacher = TeacherTarget::TopK {
             ids: int_tensor::<B, 2>(ids.clone(), [3, k]),
             log_probs: lp.tensor::<B>(),
         };
@@ -243,7 +248,7 @@ fn teacher_receives_no_gradient() {
     let teacher = zt.tensor::<B>().require_grad();
     let d = divergence(
         student.clone(),
-        Teacher::Logits(teacher.clone()),
+        TeacherTarget::Logits(teacher.clone()),
         DivergenceOptions::new(Divergence::ReverseKl),
     )
     .unwrap();
@@ -299,13 +304,13 @@ fn untracked_student_gives_plain_values() {
     let zt = Mat::random(2, 5, 1.0, 11);
     let tracked = divergence(
         zs.tensor::<B>(),
-        Teacher::Logits(zt.tensor::<B>()),
+        TeacherTarget::Logits(zt.tensor::<B>()),
         DivergenceOptions::new(Divergence::ForwardKl),
     )
     .unwrap();
     let plain = divergence(
         zs.tensor::<Plain>(),
-        Teacher::Logits(zt.tensor::<Plain>()),
+        TeacherTarget::Logits(zt.tensor::<Plain>()),
         DivergenceOptions::new(Divergence::ForwardKl),
     )
     .unwrap();

@@ -8,7 +8,7 @@ mod common;
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::*;
 use opd_divergences::{
-    DistillationLoss, Divergence, DivergenceOptions, Reduction, Teacher, divergence,
+    DistillationLoss, Divergence, DivergenceOptions, Reduction, TeacherTarget, divergence,
 };
 
 fn setup() -> (Mat, Mat, Tensor<B, 2, Bool>) {
@@ -25,7 +25,7 @@ fn per_row(zs: &Mat, zt: &Mat) -> Vec<f64> {
     to_vec(
         divergence(
             zs.tensor::<Plain>(),
-            Teacher::Logits(zt.tensor()),
+            TeacherTarget::Logits(zt.tensor()),
             DivergenceOptions::new(Divergence::ReverseKl),
         )
         .unwrap(),
@@ -37,7 +37,7 @@ fn loss(zs: &Mat, zt: &Mat, mask: Tensor<B, 2, Bool>, l: DistillationLoss) -> (f
     let out = l
         .forward(
             student.clone(),
-            Teacher::Logits(zt.tensor::<B>().reshape([2, 3, 7])),
+            TeacherTarget::Logits(zt.tensor::<B>().reshape([2, 3, 7])),
             mask,
         )
         .unwrap();
@@ -123,7 +123,7 @@ fn a_top_k_teacher_may_hold_anything_at_padding() {
             log_probs.push(row[id] as f32);
         }
     }
-    let teacher = |ids: Vec<i64>, log_probs: Vec<f32>| Teacher::TopK {
+    let teacher = |ids: Vec<i64>, log_probs: Vec<f32>| TeacherTarget::TopK {
         ids: int_tensor::<B, 3>(ids, [2, 3, k]),
         log_probs: Tensor::from_data(TensorData::new(log_probs, [2, 3, k]), &device()),
     };

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use opd_divergences::{Divergence, DivergenceOptions, Support, Teacher, divergence};
+use opd_divergences::{Divergence, DivergenceOptions, Support, TeacherTarget, divergence};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
@@ -14,7 +14,7 @@ fn values(zs: &Mat, zt: &Mat, options: DivergenceOptions) -> Vec<f64> {
     to_vec(
         divergence(
             zs.tensor::<Plain>(),
-            Teacher::Logits(zt.tensor::<Plain>()),
+            TeacherTarget::Logits(zt.tensor::<Plain>()),
             options,
         )
         .unwrap(),

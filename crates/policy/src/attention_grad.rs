@@ -1,6 +1,10 @@
 //! Grouped-query attention of the training forward on the CPU (`Autodiff<Flex>`, f32) as one
 //! graph node with a closed-form backward that keeps no `[B, H, T, T]` tensor.
 //!
+//! (Longer than most files here: the forward and backward kernels share the blocking, the
+//! visibility rule and the units of work, and are checked against each other; split, each
+//! half would be unreadable without the other.)
+//!
 //! burn's autodiff attention keeps the scores, the softmax and the mask of every layer for the
 //! backward (about 7 GB for SmolLM2 at B = 8, T = 512). Here the forward keeps only what it
 //! was given, its output and the log-sum-exp `L` of each query; the backward recomputes the

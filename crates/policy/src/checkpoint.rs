@@ -61,7 +61,7 @@ fn check_tokenizer(path: &Path, vocab: usize, tokenizer: &ChatTokenizer) -> Resu
             )));
         }
     }
-    let tokens = tokenizer.inner.get_vocab_size(true);
+    let tokens = tokenizer.vocab_size();
     if tokens > vocab {
         return Err(corrupt(format!(
             "the tokenizer has {tokens} tokens but the model scores only {vocab}"

@@ -40,7 +40,7 @@ pub mod error;
 #[cfg(feature = "flex")]
 mod flex_tensor;
 pub mod gguf;
-pub mod kv_cache;
+mod kv_cache;
 mod load_gguf;
 pub mod lora;
 pub mod model;
@@ -50,11 +50,11 @@ mod norm_grad;
 mod openblas;
 pub mod params;
 pub mod policy;
-pub mod rope;
+mod rope;
 #[cfg(feature = "flex")]
 mod rope_grad;
-pub mod row_matmul;
-pub mod safetensors;
+mod row_matmul;
+mod safetensors;
 pub mod sequence;
 pub mod tokenizer;
 mod weights;

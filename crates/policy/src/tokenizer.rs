@@ -132,7 +132,7 @@ pub struct SpecialTokens {
 #[derive(Debug, Clone)]
 pub struct ChatTokenizer {
     /// The `tokenizers` pipeline.
-    pub inner: Tokenizer,
+    pub(crate) inner: Tokenizer,
     /// BOS, EOS and padding ids.
     pub special: SpecialTokens,
     /// The chat template, when the model has one.
@@ -164,6 +164,20 @@ fn token_text(value: &serde_json::Value) -> Option<&str> {
 }
 
 impl ChatTokenizer {
+    /// A tokenizer from a `tokenizers` pipeline, the model's special tokens and its chat
+    /// template (none: [`Self::apply_chat_template`] is an error).
+    pub fn new(
+        pipeline: Tokenizer,
+        special: SpecialTokens,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
+        Self {
+            inner: pipeline,
+            special,
+            chat_template,
+        }
+    }
+
     /// The tokenizer stored in a GGUF file's metadata, with its special ids and chat template.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let id = |key: &str| {
@@ -253,6 +267,17 @@ impl ChatTokenizer {
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| PolicyError::Tokenizer(e.to_string()))
+    }
+
+    /// Tokens in the vocabulary, added tokens included: `|V|` as the model's embedding
+    /// table must hold it.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The token string of `id` (as in `tokenizer.json`), `None` when there is none.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The text of a token id, `""` when unknown.

@@ -222,7 +222,7 @@ impl Chunk<'_, '_> {
         progress: &mut impl FnMut(Progress),
     ) -> Result<()> {
         let (vocab, context) = (policy.vocab_size(), policy.max_context());
-        let known_tokens = tokenizer.inner.get_vocab_size(true);
+        let known_tokens = tokenizer.vocab_size();
         let device = policy.devices().into_iter().next().unwrap_or_default();
         let started = Instant::now();
         let inputs: Vec<&[u32]> = self

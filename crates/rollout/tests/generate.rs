@@ -16,7 +16,7 @@ type B = Flex;
 /// A tiny Llama whose vocabulary is the bytes of a small byte-level tokenizer.
 fn tiny() -> (Llama<B>, ChatTokenizer) {
     let tokenizer = tokenizer();
-    let vocab = tokenizer.inner.get_vocab_size(true);
+    let vocab = tokenizer.vocab_size();
     let config = LlamaConfig {
         architecture: Architecture::Llama,
         vocab_size: vocab,
@@ -49,15 +49,12 @@ fn tokenizer() -> ChatTokenizer {
     let mut inner = tokenizers::Tokenizer::new(model);
     inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
     inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    ChatTokenizer {
-        inner,
-        special: opd_policy::SpecialTokens {
-            bos: None,
-            eos: vec![0],
-            pad: Some(0),
-        },
-        chat_template: None,
-    }
+    let special = opd_policy::SpecialTokens {
+        bos: None,
+        eos: vec![0],
+        pad: Some(0),
+    };
+    ChatTokenizer::new(inner, special, None)
 }
 
 fn prompts() -> Vec<Vec<u32>> {

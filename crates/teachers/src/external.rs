@@ -25,7 +25,7 @@ impl<B: AutodiffBackend> External<B> {
         student_tokenizer: &ChatTokenizer,
     ) -> Result<Self> {
         let (teacher_size, student_size) = (model.vocab_size(), student.vocab_size());
-        let token = |t: &ChatTokenizer, id: u32| t.inner.id_to_token(id).unwrap_or_default();
+        let token = |t: &ChatTokenizer, id: u32| t.id_to_token(id).unwrap_or_default();
         let first_difference = (0..teacher_size.min(student_size) as u32)
             .find(|&id| token(tokenizer, id) != token(student_tokenizer, id))
             .map(|id| (id, token(tokenizer, id), token(student_tokenizer, id)));

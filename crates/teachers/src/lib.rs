@@ -2,7 +2,7 @@
 //!
 //! Teachers score the student's own tokens. Given the student's batch in the shared
 //! [`opd_policy::SequenceBatch`] layout, a [`Teacher`] returns its distribution at every
-//! response position in the support the loss asks for ([`Support`]: full logits, a top-k with
+//! response position in the support the loss asks for ([`TeacherSupport`]: full logits, a top-k with
 //! its tail, or the sampled token's log-prob), at the loss's temperature, as constants: the
 //! teacher runs on the inner backend (no graph, the fast CPU kernels), also when it shares the
 //! student's weights.
@@ -18,13 +18,13 @@
 //!
 //! ```no_run
 //! use burn::backend::{Autodiff, Flex};
-//! use opd_teachers::{FrozenInitial, Request, Support, Teacher};
+//! use opd_teachers::{FrozenInitial, Request, TeacherSupport, Teacher};
 //!
 //! type B = Autodiff<Flex>;
 //! # fn run(student: opd_policy::Llama<B>, batch: opd_policy::SequenceBatch) -> opd_teachers::Result<()> {
 //! let teacher = FrozenInitial::new(&student);
-//! let request = Request::new(Support::Logits, 1.0)?;
-//! let target = teacher.outputs(&student, &batch, &request)?.into_divergence_teacher(1.0)?;
+//! let request = Request::new(TeacherSupport::Logits, 1.0)?;
+//! let target = teacher.outputs(&student, &batch, &request)?.into_target(1.0)?;
 //! # Ok(()) }
 //! ```
 
@@ -42,7 +42,7 @@ pub use error::{Result, TeacherError};
 pub use external::External;
 pub use frozen::{Current, FrozenInitial};
 pub use opd_policy::params::EmaRate;
-pub use output::{Request, Support, TeacherOutput};
+pub use output::{Request, TeacherOutput, TeacherSupport};
 pub use privileged::{Conditioned, ConditionedOutput, Privileged, PrivilegedTemplate};
 pub use teacher::{InnerLlama, Teacher};
 pub use trust_region::TrustRegion;

@@ -1,14 +1,15 @@
 //! What a teacher is asked for and what it returns: its distribution at every response
 //! position of the student's batch, in the support the loss needs, as constants.
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor};
+use opd_divergences::TeacherTarget;
 
 use crate::error::{Result, TeacherError};
 
 /// The support of the teacher's distribution the loss needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Support {
+pub enum TeacherSupport {
     /// Full logits `[B, R, V]`: full-vocabulary divergences, or a top-k support chosen by
     /// the loss (the student's top-k, as SDPO's code does).
     Logits,
@@ -25,7 +26,7 @@ pub enum Support {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Request {
     /// What to return.
-    pub support: Support,
+    pub support: TeacherSupport,
     /// Temperature of the teacher's distribution (the loss's temperature).
     pub temperature: f64,
     /// Rows per teacher forward for the top-k and sampled-token supports: memory grows as
@@ -35,7 +36,7 @@ pub struct Request {
 
 impl Request {
     /// A request for `support` at temperature `τ`, 4 rows per forward.
-    pub fn new(support: Support, temperature: f64) -> Result<Self> {
+    pub fn new(support: TeacherSupport, temperature: f64) -> Result<Self> {
         if !(temperature.is_finite() && temperature > 0.0) {
             return Err(TeacherError::InvalidArgument {
                 name: "temperature",
@@ -56,19 +57,12 @@ impl Request {
 /// Padding positions hold zeros (top-k: id 0 and −∞); the response mask says which count.
 #[derive(Debug, Clone)]
 pub enum TeacherOutput<B: AutodiffBackend> {
-    /// Raw logits `z_T` `[B, R, V]`, to be used at `temperature`.
-    Logits {
-        /// The logits.
-        logits: Tensor<B, 3>,
-        /// The temperature they were requested at.
-        temperature: f64,
-    },
-    /// Top-k ids and `log softmax(z_T / τ)` at them, `[B, R, k]`, most likely first.
-    TopK {
-        /// Token ids.
-        ids: Tensor<B, 3, Int>,
-        /// Their log-probs at `temperature`.
-        log_probs: Tensor<B, 3>,
+    /// A distribution over the vocabulary, as the divergences take it: raw logits `z_T`
+    /// `[B, R, V]` to be used at `temperature`, or the top-k ids and
+    /// `log softmax(z_T / τ)` at them `[B, R, k]`, most likely first.
+    Distribution {
+        /// The logits or the top-k.
+        target: TeacherTarget<B, 3>,
         /// `τ`.
         temperature: f64,
     },
@@ -85,9 +79,9 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
     /// The temperature the output was computed at.
     pub fn temperature(&self) -> f64 {
         match self {
-            Self::Logits { temperature, .. }
-            | Self::TopK { temperature, .. }
-            | Self::SampledToken { temperature, .. } => *temperature,
+            Self::Distribution { temperature, .. } | Self::SampledToken { temperature, .. } => {
+                *temperature
+            }
         }
     }
 
@@ -106,8 +100,11 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
 
     fn name(&self) -> &'static str {
         match self {
-            Self::Logits { .. } => "full logits",
-            Self::TopK { .. } => "a top-k",
+            Self::Distribution {
+                target: TeacherTarget::Logits(_),
+                ..
+            } => "full logits",
+            Self::Distribution { .. } => "a top-k",
             Self::SampledToken { .. } => "sampled-token log-probs",
         }
     }
@@ -115,19 +112,10 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
     /// The teacher side of a divergence over `[B, R, V]` student logits evaluated at
     /// `loss_temperature`: an error unless it is the temperature the teacher scored at, or if
     /// the output holds sampled-token log-probs only.
-    pub fn into_divergence_teacher(
-        self,
-        loss_temperature: f64,
-    ) -> Result<opd_divergences::Teacher<B, 3>>
-    where
-        B: opd_divergences::DivergenceBackend,
-    {
+    pub fn into_target(self, loss_temperature: f64) -> Result<TeacherTarget<B, 3>> {
         self.check_temperature(loss_temperature)?;
         match self {
-            Self::Logits { logits, .. } => Ok(opd_divergences::Teacher::Logits(logits)),
-            Self::TopK { ids, log_probs, .. } => {
-                Ok(opd_divergences::Teacher::TopK { ids, log_probs })
-            }
+            Self::Distribution { target, .. } => Ok(target),
             other => Err(TeacherError::WrongSupport {
                 have: other.name(),
                 want: "logits or a top-k",

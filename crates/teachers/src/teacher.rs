@@ -2,11 +2,12 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
+use opd_divergences::TeacherTarget;
 use opd_policy::{Llama, SequenceBatch};
 use opd_rollout::{ScoreOptions, score_by};
 
 use crate::error::{Result, TeacherError};
-use crate::output::{Request, Support, TeacherOutput};
+use crate::output::{Request, TeacherOutput, TeacherSupport};
 
 /// The model a teacher runs: the inner (no-grad) backend of the student's.
 pub type InnerLlama<B> = Llama<<B as AutodiffBackend>::InnerBackend>;
@@ -77,21 +78,21 @@ pub(crate) fn respond<B: AutodiffBackend>(
 ) -> Result<TeacherOutput<B>> {
     let temperature = request.temperature;
     let top_k = match request.support {
-        Support::Logits => {
-            return Ok(TeacherOutput::Logits {
-                logits: Tensor::from_inner(logits(batch)?),
+        TeacherSupport::Logits => {
+            return Ok(TeacherOutput::Distribution {
+                target: TeacherTarget::Logits(Tensor::from_inner(logits(batch)?)),
                 temperature,
             });
         }
-        Support::TopK(0) => {
+        TeacherSupport::TopK(0) => {
             return Err(TeacherError::InvalidArgument {
                 name: "top_k",
                 value: "0".into(),
                 expected: "at least 1 token",
             });
         }
-        Support::TopK(k) => k,
-        Support::SampledToken => 0,
+        TeacherSupport::TopK(k) => k,
+        TeacherSupport::SampledToken => 0,
     };
     let options = ScoreOptions {
         micro_batch: request.micro_batch,
@@ -100,9 +101,11 @@ pub(crate) fn respond<B: AutodiffBackend>(
     };
     let scores = score_by(batch, options, |rows| Ok(logits(rows)?))?;
     Ok(match scores.top_k {
-        Some(top) => TeacherOutput::TopK {
-            ids: Tensor::from_inner(top.ids),
-            log_probs: Tensor::from_inner(top.log_probs),
+        Some(top) => TeacherOutput::Distribution {
+            target: TeacherTarget::TopK {
+                ids: Tensor::from_inner(top.ids),
+                log_probs: Tensor::from_inner(top.log_probs),
+            },
             temperature,
         },
         None => TeacherOutput::SampledToken {

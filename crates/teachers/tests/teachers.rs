@@ -17,7 +17,7 @@ use opd_policy::{
 };
 use opd_teachers::{
     Conditioned, Current, Ema, EmaRate, External, FrozenInitial, Privileged, PrivilegedTemplate,
-    Request, Support, Teacher, TeacherError, TeacherOutput, TrustRegion,
+    Request, Teacher, TeacherError, TeacherOutput, TeacherSupport, TrustRegion,
 };
 use smollm2::smollm2_path;
 
@@ -69,12 +69,15 @@ fn privileged_batch() -> SequenceBatch {
 }
 
 fn full() -> Request {
-    Request::new(Support::Logits, 1.0).unwrap()
+    Request::new(TeacherSupport::Logits, 1.0).unwrap()
 }
 
 fn logits(out: TeacherOutput<A>) -> Tensor<A, 3> {
     match out {
-        TeacherOutput::Logits { logits, .. } => logits,
+        TeacherOutput::Distribution {
+            target: opd_divergences::TeacherTarget::Logits(logits),
+            ..
+        } => logits,
         other => panic!("expected logits, got {other:?}"),
     }
 }
@@ -223,7 +226,7 @@ fn gradients_reach_only_the_student_when_the_teacher_shares_its_weights() {
         let value = loss
             .forward(
                 student_logits,
-                opd_divergences::Teacher::Logits(teacher),
+                opd_divergences::TeacherTarget::Logits(teacher),
                 mask.clone(),
             )
             .unwrap()
@@ -254,23 +257,26 @@ fn top_k_and_sampled_token_outputs_agree_with_the_full_one() {
     let request = |support| Request::new(support, tau).unwrap();
     let full = logits(
         teacher
-            .outputs(&student, &b, &request(Support::Logits))
+            .outputs(&student, &b, &request(TeacherSupport::Logits))
             .unwrap(),
     );
     let log_p = host(log_softmax(full.div_scalar(tau), 2));
     let vocab = 61;
     let width = b.response_width();
     let sampled = teacher
-        .outputs(&student, &b, &request(Support::SampledToken))
+        .outputs(&student, &b, &request(TeacherSupport::SampledToken))
         .unwrap()
         .into_token_log_probs(tau)
         .unwrap();
     let sampled = host(sampled);
     let (ids, top) = match teacher
-        .outputs(&student, &b, &request(Support::TopK(5)))
+        .outputs(&student, &b, &request(TeacherSupport::TopK(5)))
         .unwrap()
     {
-        TeacherOutput::TopK { ids, log_probs, .. } => (
+        TeacherOutput::Distribution {
+            target: opd_divergences::TeacherTarget::TopK { ids, log_probs },
+            ..
+        } => (
             ids.into_data().convert::<i64>().into_vec::<i64>().unwrap(),
             host(log_probs),
         ),
@@ -291,10 +297,10 @@ fn top_k_and_sampled_token_outputs_agree_with_the_full_one() {
     }
     // The loss must use the teacher's temperature.
     let out = teacher
-        .outputs(&student, &b, &request(Support::TopK(5)))
+        .outputs(&student, &b, &request(TeacherSupport::TopK(5)))
         .unwrap();
     assert!(matches!(
-        out.into_divergence_teacher(1.0),
+        out.into_target(1.0),
         Err(TeacherError::TemperatureMismatch { .. })
     ));
 }
@@ -312,15 +318,12 @@ fn words(n: usize, renamed: Option<usize>) -> ChatTokenizer {
         .unk_token("w1".into())
         .build()
         .unwrap();
-    ChatTokenizer {
-        inner: tokenizers::Tokenizer::new(model),
-        special: SpecialTokens {
-            bos: None,
-            eos: vec![0],
-            pad: Some(0),
-        },
-        chat_template: None,
-    }
+    let special = SpecialTokens {
+        bos: None,
+        eos: vec![0],
+        pad: Some(0),
+    };
+    ChatTokenizer::new(tokenizers::Tokenizer::new(model), special, None)
 }
 
 #[test]
@@ -503,7 +506,7 @@ fn smollm2_teacher_with_the_reference_solution_knows_the_answer() {
         .collect();
     assert_eq!(answer.len(), 3);
     let b = SequenceBatch::new(vec![tokenizer.encode(&context).unwrap()], vec![response]).unwrap();
-    let request = Request::new(Support::SampledToken, 1.0).unwrap();
+    let request = Request::new(TeacherSupport::SampledToken, 1.0).unwrap();
     let student_lp = host(
         Current
             .outputs(&student, &b, &request)

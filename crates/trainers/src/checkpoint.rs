@@ -21,19 +21,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::ParamId;
-use burn::optim::Optimizer;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
+use opd_tasks::Task;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::environment::Task;
 use crate::error::{Result, TrainError};
 use crate::named::{self, Named};
-use crate::trainer::{TokensSpent, Trainer};
+use crate::state::{Progress, SavedState, TokensSpent};
+use crate::trainer::Trainer;
 
 const TRAINABLE: &str = "trainable.safetensors";
 const OPTIMIZER: &str = "optimizer.bin";
@@ -262,28 +262,30 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             std::fs::remove_dir_all(&tmp).map_err(|e| problem(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| problem(&tmp, e))?;
+        let saved = self.state();
         let mut files = BTreeMap::new();
-        let trainable = named::collect(self.student(), &|_, trainable| trainable);
+        let trainable = named::collect(saved.student, &|_, trainable| trainable);
         files.insert(
             TRAINABLE.to_string(),
             write(&tmp, TRAINABLE, &encode(&trainable))?,
         );
         let optimizer = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(self.optimizer.to_record(), ())
+            .record(saved.optimizer, ())
             .map_err(|e| problem(&tmp.join(OPTIMIZER), e))?;
         files.insert(OPTIMIZER.to_string(), write(&tmp, OPTIMIZER, &optimizer)?);
-        if let Some(teacher) = self.teacher_weights() {
+        if let Some(teacher) = saved.teacher {
             let paths: BTreeSet<String> = trainable.iter().map(|t| t.path.clone()).collect();
             let moved = named::collect(teacher, &|path, _| paths.contains(path));
             files.insert(TEACHER.to_string(), write(&tmp, TEACHER, &encode(&moved))?);
         }
+        let p = saved.progress;
         let state = State {
-            steps_done: self.step,
-            tasks_drawn: self.order.drawn(),
-            first_response_length: self.collapse.first_length,
-            tokens_spent: Some(self.spent),
-            tasks: Some(tasks_fingerprint(self.tasks())),
-            config: self.config.clone(),
+            steps_done: p.steps_done,
+            tasks_drawn: p.tasks_drawn,
+            first_response_length: p.first_response_length,
+            tokens_spent: Some(p.tokens_spent),
+            tasks: Some(tasks_fingerprint(saved.tasks)),
+            config: saved.config.clone(),
             files: Some(files),
         };
         let json = serde_json::to_string_pretty(&state).expect("state serializes");
@@ -309,17 +311,18 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let state_path = dir.join(STATE);
         verify(dir)?;
         let state = read_state(dir)?;
+        let now = self.state();
         let saved = TrainConfig {
-            steps: self.config.steps,
+            steps: now.config.steps,
             ..state.config.clone()
         };
-        if saved != self.config {
+        if saved != *now.config {
             return Err(problem(
                 &state_path,
                 "the run was saved with another config (only `steps` may change on resume)",
             ));
         }
-        let fingerprint = tasks_fingerprint(self.tasks());
+        let fingerprint = tasks_fingerprint(now.tasks);
         if let Some(saved) = &state.tasks
             && *saved != fingerprint
         {
@@ -332,27 +335,33 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             ));
         }
         let trainable = dir.join(TRAINABLE);
-        let student = named::replace(self.student().clone(), decode(&trainable)?)
+        let student = named::replace(now.student.clone(), decode(&trainable)?)
             .map_err(|e| problem(&trainable, e))?;
-        self.student = Some(student);
         let optimizer_path = dir.join(OPTIMIZER);
         let bytes = std::fs::read(&optimizer_path).map_err(|e| problem(&optimizer_path, e))?;
-        let device = crate::trainer::device_of(self.student());
-        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+        let device = crate::trainer::device_of(now.student);
+        let optimizer = BinBytesRecorder::<FullPrecisionSettings>::default()
             .load(bytes, &device)
             .map_err(|e| problem(&optimizer_path, e))?;
-        self.optimizer = self.optimizer.clone().load_record(record);
-        if let Some(teacher) = self.teacher_weights().cloned() {
-            let path = dir.join(TEACHER);
-            let weights = named::replace(teacher, decode(&path)?).map_err(|e| problem(&path, e))?;
-            self.set_teacher_weights(weights);
-        }
-        self.step = state.steps_done;
-        self.order.skip_to(state.tasks_drawn);
-        self.collapse.first_length = state.first_response_length;
-        if let Some(spent) = state.tokens_spent {
-            self.spent = spent;
-        }
+        let teacher = match now.teacher.cloned() {
+            Some(teacher) => {
+                let path = dir.join(TEACHER);
+                Some(named::replace(teacher, decode(&path)?).map_err(|e| problem(&path, e))?)
+            }
+            None => None,
+        };
+        let progress = Progress {
+            steps_done: state.steps_done,
+            tasks_drawn: state.tasks_drawn,
+            first_response_length: state.first_response_length,
+            tokens_spent: state.tokens_spent.unwrap_or(now.progress.tokens_spent),
+        };
+        self.restore(SavedState {
+            progress,
+            student,
+            optimizer,
+            teacher,
+        });
         Ok(())
     }
 }

@@ -26,16 +26,6 @@ pub enum TrainError {
         /// What is missing or wrong.
         problem: String,
     },
-    /// A data file cannot be read, or one of its rows is malformed.
-    #[error("{}:{line}: {problem}", path.display())]
-    Data {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The 1-based line (0 when the file itself cannot be read).
-        line: usize,
-        /// What is wrong.
-        problem: String,
-    },
     /// A checkpoint cannot be written or read, or belongs to another run.
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint {
@@ -86,6 +76,9 @@ pub enum TrainError {
     /// From the model or its batch layout.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),
+    /// From a task's data or its environment.
+    #[error(transparent)]
+    Tasks(#[from] opd_tasks::TaskError),
     /// From sampling.
     #[error(transparent)]
     Rollout(#[from] opd_rollout::RolloutError),

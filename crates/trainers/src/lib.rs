@@ -26,36 +26,32 @@
 //! | SDFT | `KL(p_θ(·|x) ‖ p_T(·|x, demo))` |
 //! | SDPO | `min(sg ρ, 2) · JSD_α(p_T(·|x, f, demo) ‖ p_θ(·|x))` on the student's top-100 + tail |
 
+mod check;
 pub mod checkpoint;
-mod code;
 pub mod config;
-pub mod data;
 mod diagnostics;
-mod environment;
 mod error;
-mod evaluate;
 mod grads;
-mod math;
+mod method;
 mod metrics;
+mod micro;
 mod named;
 pub mod objectives;
 mod order;
 mod rows;
-mod sandbox;
 mod schedule;
+mod state;
+mod telemetry;
 mod trainer;
+mod update;
 
-pub use code::{RustTests, rust_code};
 pub use config::{
-    Aggregation, CollapseWatch, DistillForm, GrpoConfig, Objective, OnNonFinite, OpdConfig,
-    OpdForm, OpsdConfig, OptimizerConfig, SamplingConfig, SdftConfig, SdpoConfig, SftConfig,
-    TeacherWeights, TrainConfig,
+    Aggregation, CollapseWatch, DistillForm, GrpoConfig, MethodSettings, Objective, OnNonFinite,
+    OpdConfig, OpdForm, OpsdConfig, OptimizerConfig, SampledTokenBaseline, SamplingConfig,
+    SdftConfig, SdpoConfig, SftConfig, TeacherWeights, TrainConfig, TrustRegionEstimator,
 };
-pub use environment::{Environment, ExactAnswer, Outcome, Task};
 pub use error::{Result, TrainError};
-pub use evaluate::{Evaluation, evaluate};
-pub use math::{MathAnswer, final_number};
 pub use metrics::{Phases, StepMetrics};
-pub use rows::prompt_ids;
 pub use schedule::learning_rate;
-pub use trainer::{MAX_SKIPPED_STEPS_IN_A_ROW, TokensSpent, Trainer};
+pub use state::{OptimizerRecord, Progress, SavedState, TokensSpent, TrainerState};
+pub use trainer::{Flow, MAX_SKIPPED_STEPS_IN_A_ROW, Trainer, TrainerBuilder};

@@ -2,31 +2,41 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Seconds (or tokens per second) of each phase of a step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Phases {
     /// Student sampling (no graph).
+    #[serde(deserialize_with = "nan_if_null")]
     pub rollout: f64,
     /// Teacher and reference scoring (no graph).
+    #[serde(deserialize_with = "nan_if_null")]
     pub teacher: f64,
     /// Student forward and backward.
+    #[serde(deserialize_with = "nan_if_null")]
     pub train: f64,
     /// Gradient clipping, the AdamW step and the teacher's update.
+    #[serde(deserialize_with = "nan_if_null")]
     pub optimizer: f64,
 }
 
 /// Everything measured in one step. `None` where a metric does not apply to the method.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+///
+/// As JSON (a line of `metrics.jsonl`), a NaN or infinite number is written `null` (JSON has
+/// no NaN) and read back as NaN.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     /// Step index (0-based).
     pub step: usize,
     /// Learning rate of the step's first update.
+    #[serde(deserialize_with = "nan_if_null")]
     pub learning_rate: f64,
     /// The loss (mean over the step's optimizer updates).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Its parts (`pg`, `kl`, `distill`, `trust_region`, `nll`), unweighted.
+    #[serde(deserialize_with = "nan_if_null_values")]
     pub loss_parts: BTreeMap<String, f64>,
     /// Mean per-token divergence to the teacher (the k3 estimate of the reverse KL for
     /// sampled-token forms), over counted tokens.
@@ -34,18 +44,23 @@ pub struct StepMetrics {
     /// Its maximum.
     pub divergence_max: Option<f64>,
     /// Mean per-token entropy of the student (nats).
+    #[serde(deserialize_with = "nan_if_null")]
     pub entropy: f64,
     /// Mean per-token entropy of the teacher (full-logit teachers).
     pub teacher_entropy: Option<f64>,
     /// Mean response length (tokens).
+    #[serde(deserialize_with = "nan_if_null")]
     pub response_length_mean: f64,
     /// Longest response.
     pub response_length_max: usize,
     /// Fraction of responses cut by `max_new_tokens`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub clipped_fraction: f64,
     /// Mean environment reward.
+    #[serde(deserialize_with = "nan_if_null")]
     pub reward_mean: f64,
     /// Fraction of correct answers.
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
     /// Fraction of groups with all-equal rewards (zero advantage), TRL's `frac_reward_zero_std`.
     pub frac_reward_zero_std: Option<f64>,
@@ -60,6 +75,7 @@ pub struct StepMetrics {
     /// Its maximum.
     pub ratio_max: Option<f64>,
     /// Global gradient norm before clipping (last update of the step).
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Mean `|S ∩ T| / k` of the student's and teacher's top-k sets.
     pub topk_overlap: Option<f64>,
@@ -81,6 +97,20 @@ pub struct StepMetrics {
     pub tokens_per_second: Phases,
     /// Collapse-watch and non-finite warnings raised this step.
     pub warnings: Vec<String>,
+}
+
+/// A number written `null` (a NaN or infinity serialized to JSON) read back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`nan_if_null`] for each value of a map.
+fn nan_if_null_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let map = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 /// Mean, min and max of a stream of values.

@@ -1,12 +1,12 @@
 //! The rows a step trains on: the student's samples (or, for SFT, the reference answers),
 //! with what the environment said about each.
 
-use opd_policy::{ChatTokenizer, Llama, Message};
+use opd_policy::{ChatTokenizer, Llama};
 use opd_rollout::{FinishReason, SamplingParams, generate};
 
 use crate::config::SamplingConfig;
-use crate::environment::{Environment, Outcome, Task};
 use crate::error::{Result, TrainError};
+use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 
 /// A step's rows in prompt-major order (answer `j` of prompt `i` at `i · G + j`).
 #[derive(Debug, Clone, Default)]
@@ -27,11 +27,6 @@ pub(crate) struct Rows {
     pub outcomes: Vec<Outcome>,
 }
 
-/// The user turn of `prompt` through the chat template, with the generation prompt, as ids.
-pub fn prompt_ids(tokenizer: &ChatTokenizer, prompt: &str) -> Result<Vec<u32>> {
-    Ok(tokenizer.encode_chat(&[Message::user(prompt)], true)?)
-}
-
 /// `group` samples of the student (on its inner backend, no graph) for each task.
 pub(crate) fn sampled<B: burn::tensor::backend::Backend>(
     student: &Llama<B>,
@@ -45,7 +40,7 @@ pub(crate) fn sampled<B: burn::tensor::backend::Backend>(
     let prompts = tasks
         .iter()
         .map(|(_, task)| prompt_ids(tokenizer, &task.prompt))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<opd_tasks::Result<Vec<_>>>()?;
     let params = SamplingParams {
         temperature: sampling.temperature,
         top_k: sampling.top_k,

@@ -16,9 +16,10 @@ use toy::{A, Revealing, config, copy_base, mapping_tasks, template, tokenizer, t
 fn trainer(objective: &Objective, student: Llama<A>, steps: usize) -> Trainer<A> {
     let mut run: TrainConfig = toy_config(objective.clone(), steps, 1e-2);
     run.mini_batches = 2;
-    Trainer::new(run, student, tokenizer(), mapping_tasks(), Revealing)
+    Trainer::builder(run, student, tokenizer(), mapping_tasks(), Revealing)
+        .template(template())
+        .build()
         .unwrap()
-        .with_template(template())
 }
 
 /// Every parameter's values, in visiting order.
@@ -159,9 +160,10 @@ fn other_tasks_or_a_damaged_file_are_refused_and_tokens_spent_survive() {
     fewer.pop();
     let mut run_config = toy_config(objective.clone(), 3, 1e-2);
     run_config.mini_batches = 2;
-    let mut other = Trainer::new(run_config, student.clone(), tokenizer(), fewer, Revealing)
-        .unwrap()
-        .with_template(template());
+    let mut other = Trainer::builder(run_config, student.clone(), tokenizer(), fewer, Revealing)
+        .template(template())
+        .build()
+        .unwrap();
     match other.resume(&dir) {
         Err(TrainError::Checkpoint { problem, .. }) => {
             assert!(problem.contains("other tasks"), "{problem}")

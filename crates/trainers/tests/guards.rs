@@ -4,9 +4,10 @@
 #[path = "support/toy.rs"]
 mod toy;
 
+use opd_tasks::{Environment, Outcome, Task};
 use opd_trainers::{
-    Environment, GrpoConfig, Objective, OnNonFinite, OpdConfig, OpdForm, OpsdConfig, Outcome,
-    SamplingConfig, Task, TrainConfig, TrainError, Trainer,
+    GrpoConfig, Objective, OnNonFinite, OpdConfig, OpdForm, OpsdConfig, SamplingConfig,
+    TrainConfig, TrainError, Trainer,
 };
 use toy::*;
 
@@ -35,7 +36,7 @@ fn invalid_configs_name_their_field() {
     assert_eq!(field_of(nan_lr), "optimizer.learning_rate");
     let sampled_with_top_p = TrainConfig {
         objective: Objective::Opd(OpdConfig {
-            form: OpdForm::Advantage,
+            form: OpdForm::advantage(),
             ..OpdConfig::default()
         }),
         sampling: SamplingConfig {
@@ -97,9 +98,11 @@ fn a_task_without_what_the_objective_needs_is_named() {
 fn opd_without_a_teacher_says_so() {
     let config = toy_config(Objective::Opd(OpdConfig::default()), 1, 1e-3);
     let student = Llama::<A>::init(&config_model(), 1, &Default::default());
-    let mut trainer =
-        Trainer::new(config, student, tokenizer(), mapping_tasks(), Revealing).unwrap();
-    let err = trainer.step().unwrap_err();
+    // A trainer that cannot run cannot be built.
+    let err = match Trainer::new(config, student, tokenizer(), mapping_tasks(), Revealing) {
+        Err(err) => err,
+        Ok(_) => panic!("OPD without a teacher was built"),
+    };
     assert!(
         matches!(
             err,
@@ -220,4 +223,64 @@ fn the_collapse_watch_warns_or_stops() {
         Err(TrainError::Collapse { step: 0, reason }) => assert!(reason.contains("entropy")),
         other => panic!("expected the run to stop at step 0, got {other:?}"),
     }
+}
+
+#[test]
+fn each_opd_form_reads_only_its_own_settings() {
+    let parse = |json: &str| serde_json::from_str::<Objective>(json);
+    let divergence =
+        parse(r#"{"method": "opd", "form": "divergence", "divergence_beta": 0.5}"#).unwrap();
+    assert_eq!(
+        divergence,
+        Objective::Opd(OpdConfig {
+            form: OpdForm::Divergence {
+                beta: 0.5,
+                teacher_top_k: None
+            },
+            ..OpdConfig::default()
+        })
+    );
+    // A setting of another form would be silently ignored: it is refused, naming both.
+    let err = parse(r#"{"method": "opd", "form": "surrogate", "discount": 0.5}"#).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("`discount`") && message.contains("advantage"),
+        "{message}"
+    );
+    // That form's default changes nothing and is accepted, as older run files wrote it.
+    parse(r#"{"method": "opd", "form": "surrogate", "discount": 0.0, "divergence_beta": 1.0}"#)
+        .unwrap();
+    // Every form survives a round trip through its run-file spelling.
+    for form in [
+        OpdForm::surrogate(),
+        OpdForm::advantage(),
+        OpdForm::divergence(),
+    ] {
+        let objective = Objective::Opd(OpdConfig {
+            form,
+            ..OpdConfig::default()
+        });
+        let json = serde_json::to_string(&objective).unwrap();
+        assert_eq!(parse(&json).unwrap(), objective, "{json}");
+    }
+}
+
+#[test]
+fn a_teacher_for_a_method_without_one_is_refused() {
+    let config = toy_config(Objective::Grpo(GrpoConfig::default()), 1, 1e-3);
+    let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+    let teacher = opd_teachers::FrozenInitial::new(&student);
+    let built = Trainer::builder(config, student, tokenizer(), mapping_tasks(), Revealing)
+        .teacher(teacher)
+        .build();
+    assert!(
+        matches!(
+            built,
+            Err(TrainError::Config {
+                field: "teacher",
+                ..
+            })
+        ),
+        "GRPO was built with a teacher"
+    );
 }

@@ -5,7 +5,8 @@ mod toy;
 
 use std::time::Instant;
 
-use opd_trainers::{Objective, SftConfig, Task, Trainer};
+use opd_tasks::Task;
+use opd_trainers::{Objective, SftConfig, Trainer};
 use toy::*;
 
 #[test]
@@ -136,7 +137,7 @@ fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>) -> f64 {
         v.iter().map(|z| z - lse).collect()
     };
     mean(mapping_tasks().iter().map(|task| {
-        let ids = opd_trainers::prompt_ids(&tok, &task.prompt).unwrap();
+        let ids = opd_tasks::prompt_ids(&tok, &task.prompt).unwrap();
         let (s, t) = (last(student, &ids), last(teacher, &ids));
         s.iter()
             .zip(&t)
@@ -168,9 +169,11 @@ fn opd(form: OpdForm, steps: usize, seeds: &[u64], kl_ratio: f64, gain: f64) {
         config.seed = seed;
         // One answer per prompt: each step draws the ten questions four times.
         config.prompts_per_step = 40;
-        let trainer = Trainer::new(config, copy_base(), tok.clone(), mapping_tasks(), Revealing)
-            .unwrap()
-            .with_teacher(external);
+        let trainer =
+            Trainer::builder(config, copy_base(), tok.clone(), mapping_tasks(), Revealing)
+                .teacher(external)
+                .build()
+                .unwrap();
         let (trained, _) = run(trainer, "opd");
         after.push(accuracy(&trained, 8, 2));
         kl_after.push(answer_reverse_kl(&trained, &teacher));
@@ -196,7 +199,7 @@ fn opd(form: OpdForm, steps: usize, seeds: &[u64], kl_ratio: f64, gain: f64) {
 
 #[test]
 fn opd_divergence_form_reaches_the_teacher() {
-    opd(OpdForm::Divergence, 40, &[7], 0.05, 1.0);
+    opd(OpdForm::divergence(), 40, &[7], 0.05, 1.0);
 }
 
 // The sampled-token forms see one token per position: slower than the full divergence, and
@@ -206,12 +209,12 @@ fn opd_divergence_form_reaches_the_teacher() {
 // means over five seeds, set below the worse of those teachers.
 #[test]
 fn opd_surrogate_lowers_the_reverse_kl_and_raises_accuracy() {
-    opd(OpdForm::Surrogate, 150, &[7, 8, 9, 10, 11], 0.75, 0.25);
+    opd(OpdForm::surrogate(), 150, &[7, 8, 9, 10, 11], 0.75, 0.25);
 }
 
 #[test]
 fn opd_advantage_form_lowers_the_reverse_kl_and_raises_accuracy() {
-    opd(OpdForm::Advantage, 150, &[7, 8, 9, 10, 11], 0.65, 0.3);
+    opd(OpdForm::advantage(), 150, &[7, 8, 9, 10, 11], 0.65, 0.3);
 }
 
 /// What a self-distillation run measured.
@@ -234,15 +237,16 @@ fn self_distill(
     name: &str,
 ) -> Distilled {
     let before = accuracy(&student, 8, 3);
-    let trainer = Trainer::new(
+    let trainer = Trainer::builder(
         toy_config(objective, steps, lr),
         student,
         tokenizer(),
         mapping_tasks(),
         Revealing,
     )
-    .unwrap()
-    .with_template(template());
+    .template(template())
+    .build()
+    .unwrap();
     let (student, all) = run(trainer, name);
     let after = accuracy(&student, 8, 3);
     let (d0, d1) = first_last(&all, 3, |m| m.divergence_mean.unwrap());

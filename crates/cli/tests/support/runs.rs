@@ -72,7 +72,7 @@ pub fn train_losses(run: &Path) -> Vec<(u64, f64)> {
     read_metrics(&run.join(METRICS))
         .unwrap()
         .iter()
-        .filter(|r| r["kind"] == "train")
-        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .filter_map(|r| r.train())
+        .map(|m| (m.step as u64, m.loss))
         .collect()
 }

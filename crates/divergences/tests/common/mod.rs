@@ -55,7 +55,7 @@ where
     BK: opd_divergences::DivergenceBackend + burn::tensor::backend::AutodiffBackend,
 {
     let student = zs.tensor::<BK>().require_grad();
-    let teacher = opd_divergences::Teacher::Logits(zt.tensor::<BK>());
+    let teacher = opd_divergences::TeacherTarget::Logits(zt.tensor::<BK>());
     let d = opd_divergences::divergence(student.clone(), teacher, options).unwrap();
     let values = to_vec(d.clone());
     let grads = d.sum().backward();

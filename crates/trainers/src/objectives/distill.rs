@@ -20,3 +20,14 @@ pub fn clipped_importance_weight<B: Backend>(
 ) -> Tensor<B, 2> {
     super::importance_ratio(lp.detach(), old).clamp_max(clip)
 }
+
+/// The sampled-token distillation loss with a stated baseline:
+/// `ℓ_t = −sg(log p_T(ŷ_t) − b_t) · log p_θ(ŷ_t)`; [`sampled_token`] is `b_t = log p_θ(ŷ_t)`,
+/// `b_t = log π_old(ŷ_t)` gives Tinker's per-token advantage.
+pub fn sampled_token_against<B: Backend>(
+    lp: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    baseline: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    reinforce_surrogate(lp, token_advantage(baseline, teacher))
+}

@@ -46,3 +46,21 @@ pub fn importance_weighted<B: Backend>(
 ) -> Tensor<B, 2> {
     (importance_ratio(lp, old) * advantages.detach()).neg()
 }
+
+/// A single-sample estimate of the trust region `KL(π_old ‖ π_θ)` at each token drawn from
+/// `π_old`, with gradient through `lp`; with `log ρ_t = lp − old` (clamped to `[−20, 20]`):
+/// `k1 = −log ρ_t`, `k2 = (log ρ_t)²/2`, `k3 = ρ_t − 1 − log ρ_t` (the surrogate's own term).
+/// `k1` and `k3` are unbiased; `k3` and `k2` are non-negative.
+pub fn trust_region<B: Backend>(
+    lp: Tensor<B, 2>,
+    old: Tensor<B, 2>,
+    estimator: opd_divergences::sampled::Estimator,
+) -> Tensor<B, 2> {
+    use opd_divergences::sampled::Estimator;
+    let log_ratio = (lp - old.detach()).clamp(-20.0, 20.0);
+    match estimator {
+        Estimator::K1 => log_ratio.neg(),
+        Estimator::K2 => log_ratio.square().mul_scalar(0.5),
+        Estimator::K3 => log_ratio.clone().exp() - 1.0 - log_ratio,
+    }
+}

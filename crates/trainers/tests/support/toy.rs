@@ -11,11 +11,9 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, backend::Backend};
 use opd_policy::{Architecture, ChatTokenizer, Llama, LlamaConfig};
 use opd_rollout::{SamplingParams, ScoreOptions, score};
+use opd_tasks::{Environment, Outcome, Task, evaluate};
 use opd_teachers::PrivilegedTemplate;
-use opd_trainers::{
-    Environment, Objective, OptimizerConfig, Outcome, SftConfig, Task, TrainConfig, Trainer,
-    evaluate,
-};
+use opd_trainers::{Objective, OptimizerConfig, SftConfig, TrainConfig, Trainer};
 
 pub type A = Autodiff<Flex>;
 
@@ -180,7 +178,7 @@ pub fn nll(model: &Llama<A>, tasks: &[Task]) -> f64 {
     let tok = tokenizer();
     let contexts = tasks
         .iter()
-        .map(|t| opd_trainers::prompt_ids(&tok, &t.prompt).unwrap())
+        .map(|t| opd_tasks::prompt_ids(&tok, &t.prompt).unwrap())
         .collect();
     let responses = tasks
         .iter()

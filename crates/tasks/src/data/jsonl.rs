@@ -3,8 +3,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
-use crate::environment::Task;
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TaskError};
+use crate::task::Task;
 
 /// Reads one [`Task`] per line of `path` (blank lines skipped). A malformed row, an unknown
 /// key or an empty prompt is an error naming the file and line.
@@ -18,7 +18,7 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Result<Vec<Task>> {
 /// [`read_jsonl`], with each task's 1-based line, for errors found later that name it.
 pub fn read_jsonl_lines(path: impl AsRef<Path>) -> Result<Vec<(usize, Task)>> {
     let path = path.as_ref();
-    let error = |line, problem: String| TrainError::Data {
+    let error = |line, problem: String| TaskError::Data {
         path: path.to_path_buf(),
         line,
         problem,
@@ -51,7 +51,7 @@ pub fn read_jsonl_lines(path: impl AsRef<Path>) -> Result<Vec<(usize, Task)>> {
 /// Writes `tasks` to `path`, one JSON object per line.
 pub fn write_jsonl(path: impl AsRef<Path>, tasks: &[Task]) -> Result<()> {
     let path = path.as_ref();
-    let error = |e: std::io::Error| TrainError::Data {
+    let error = |e: std::io::Error| TaskError::Data {
         path: path.to_path_buf(),
         line: 0,
         problem: e.to_string(),

@@ -1,6 +1,6 @@
 //! The math environment: the final number of an answer against the task's.
 
-use crate::environment::{Environment, Outcome, Task};
+use crate::task::{Environment, Outcome, Task};
 
 /// The final answer of `response`: the first number after the last `####` when there is one
 /// (GSM8K's convention), else the last number in the text. Thousands separators, a leading `$`

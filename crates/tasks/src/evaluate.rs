@@ -1,11 +1,16 @@
 //! Accuracy of a model on held-out tasks.
 
-use opd_policy::{ChatTokenizer, Llama};
+use opd_policy::{ChatTokenizer, Llama, Message};
 use opd_rollout::{SamplingParams, generate};
 
-use crate::environment::{Environment, Task};
 use crate::error::Result;
-use crate::rows::prompt_ids;
+use crate::task::{Environment, Task};
+
+/// The user turn of `prompt` through the chat template, with the generation prompt, as ids:
+/// the context a student answers in, in training and in evaluation alike.
+pub fn prompt_ids(tokenizer: &ChatTokenizer, prompt: &str) -> Result<Vec<u32>> {
+    Ok(tokenizer.encode_chat(&[Message::user(prompt)], true)?)
+}
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

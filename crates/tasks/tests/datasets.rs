@@ -1,10 +1,10 @@
 //! The committed datasets: they parse, their splits are disjoint, and their references pass
 //! the environments that grade them.
 
-use opd_trainers::data::read_jsonl;
-use opd_trainers::{Environment, MathAnswer, RustTests};
+use opd_tasks::data::read_jsonl;
+use opd_tasks::{Environment, MathAnswer, RustTests};
 
-fn committed(path: &str) -> Vec<opd_trainers::Task> {
+fn committed(path: &str) -> Vec<opd_tasks::Task> {
     let path = format!("{}/../../data/{path}", env!("CARGO_MANIFEST_DIR"));
     read_jsonl(&path).expect("the committed tasks")
 }

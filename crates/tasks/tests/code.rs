@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use opd_trainers::{Environment, RustTests, Task, rust_code};
+use opd_tasks::{Environment, RustTests, Task, rust_code};
 
 const TESTS: &str = "#[cfg(test)]
 mod tests {

@@ -5,9 +5,9 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::environment::{Environment, Outcome, Task};
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TaskError};
 use crate::sandbox::{Finished, Limits, run_limited};
+use crate::task::{Environment, Outcome, Task};
 
 /// Most characters of compiler or test output kept as feedback.
 const FEEDBACK_CHARS: usize = 2000;
@@ -78,7 +78,7 @@ impl RustTests {
     /// Checks the settings and that `rustc` runs here: a run fails at setup, not at its first
     /// grade.
     pub fn check(&self) -> Result<()> {
-        let problem = |value: String, expected: &'static str| TrainError::Config {
+        let problem = |value: String, expected: &'static str| TaskError::Config {
             field: "environment",
             value,
             expected,

@@ -5,8 +5,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::environment::Task;
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TaskError};
+use crate::task::Task;
 
 /// An arithmetic operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ impl Arithmetic {
         questions.sort_unstable_by_key(|&(a, op, b)| (op as u8, a, b));
         questions.dedup();
         if self.operations.is_empty() || train + test > questions.len() || train == 0 {
-            return Err(TrainError::Config {
+            return Err(TaskError::Config {
                 field: "data.arithmetic",
                 value: format!(
                     "{train} train + {test} test questions, {} distinct",

@@ -1,0 +1,103 @@
+//! SDFT (arXiv 2601.19897): the student's weights, shown a demonstration, teach the student
+//! with the reverse KL at every token of its own answer.
+
+use burn::tensor::backend::AutodiffBackend;
+use opd_divergences::{Divergence, DivergenceBackend};
+use opd_policy::Llama;
+use opd_tasks::Task;
+use opd_teachers::Privileged;
+use serde::{Deserialize, Serialize};
+
+use super::distill_support;
+use super::grpo::check_aggregation;
+use super::opsd::{SampledTokenBaseline, SelfDistillTargets, needs_reference};
+use super::self_teacher::{SelfTeacher, self_teacher_hooks};
+use super::{Method, MicroBatch, Parts, Prepared, Rollouts};
+use crate::check::{positive, teacher_weights, unbiased_sampling};
+use crate::config::{Aggregation, DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
+use crate::error::Result;
+
+/// SDFT: a demonstration in the teacher's context, `ℓ_t = KL(p_θ ‖ p_T)` (reverse KL) at
+/// every token of the student's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdftConfig {
+    /// The teacher's weights. Default EMA with η = 0.05.
+    pub teacher: TeacherWeights,
+    /// Full-vocabulary reverse KL or the sampled-token form. Default full.
+    pub form: DistillForm,
+    /// Temperature of both distributions in the loss. Default 1.
+    pub temperature: f64,
+    /// Loss aggregation. Default token mean.
+    pub aggregation: Aggregation,
+}
+
+impl Default for SdftConfig {
+    fn default() -> Self {
+        Self {
+            teacher: TeacherWeights::Ema(0.05),
+            form: DistillForm::Full,
+            temperature: 1.0,
+            aggregation: Aggregation::TokenMean,
+        }
+    }
+}
+
+impl MethodSettings for SdftConfig {
+    fn name(&self) -> &'static str {
+        "sdft"
+    }
+
+    fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
+        teacher_weights("objective.teacher", self.teacher)?;
+        positive("objective.temperature", self.temperature)?;
+        check_aggregation(self.aggregation)?;
+        if self.form == DistillForm::SampledToken {
+            unbiased_sampling(sampling)?;
+        }
+        Ok(())
+    }
+}
+
+/// The SDFT method.
+pub(super) struct Sdft<B: AutodiffBackend + DivergenceBackend> {
+    config: SdftConfig,
+    teacher: SelfTeacher<B>,
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> Sdft<B> {
+    pub fn new(config: SdftConfig, parts: Parts<'_, B>) -> Result<Self> {
+        let teacher = SelfTeacher::new(config.teacher, parts)?;
+        Ok(Self { config, teacher })
+    }
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sdft<B> {
+    fn rollouts(&self) -> Rollouts {
+        Rollouts::Sampled { group: 1 }
+    }
+
+    fn check_task(&self, task: &Task) -> Option<String> {
+        needs_reference("sdft", task)
+    }
+
+    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+        let c = &self.config;
+        let demonstration =
+            |i| Privileged::Demonstration(micro.task(i).reference.clone().unwrap_or_default());
+        let support = (distill_support(c.form), c.temperature);
+        self.teacher
+            .prepare(student, micro, demonstration, support, |teacher| {
+                Ok(SelfDistillTargets {
+                    teacher,
+                    divergence: Divergence::ReverseKl,
+                    form: c.form,
+                    baseline: SampledTokenBaseline::Current,
+                    token_clip: None,
+                    aggregation: c.aggregation,
+                })
+            })
+    }
+
+    self_teacher_hooks!();
+}

@@ -1,0 +1,59 @@
+//! SFT: `ℓ_t = −log p_θ(y*_t | x, y*_<t)` on the tasks' reference answers, token mean.
+
+use burn::tensor::backend::AutodiffBackend;
+use opd_divergences::DivergenceBackend;
+use opd_policy::Llama;
+use opd_tasks::Task;
+use serde::{Deserialize, Serialize};
+
+use super::{Forward, Loss, Method, MicroBatch, Prepared, Rollouts, Targets};
+use crate::config::{MethodSettings, SamplingConfig};
+use crate::error::Result;
+use crate::objectives::sft;
+
+/// SFT: `L = −(1/N) Σ_{b,t} log p_θ(y*_t | x, y*_<t)` over the reference answer tokens only.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {}
+
+impl MethodSettings for SftConfig {
+    fn name(&self) -> &'static str {
+        "sft"
+    }
+
+    fn samples(&self) -> bool {
+        false
+    }
+
+    fn validate(&self, _sampling: &SamplingConfig) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The SFT method: rows are the references, the loss their NLL.
+pub(super) struct Sft;
+
+/// SFT fixes nothing before the update.
+struct Nll;
+
+impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for Nll {
+    fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
+        Ok(Loss::single("nll", sft::nll(student.log_probs.clone())))
+    }
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sft {
+    fn rollouts(&self) -> Rollouts {
+        Rollouts::References
+    }
+
+    fn check_task(&self, task: &Task) -> Option<String> {
+        task.reference
+            .is_none()
+            .then(|| "sft needs a reference solution or demonstration".into())
+    }
+
+    fn targets(&self, _student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+        Ok(Prepared::on_responses(micro, Nll))
+    }
+}

@@ -1,0 +1,101 @@
+//! The targets stage: a step's rows split into mini-batches of micro-batches, each with the
+//! constants its method fixed before the step's first update.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Bool, Tensor, TensorData};
+use opd_divergences::DivergenceBackend;
+use opd_policy::{Llama, SequenceBatch};
+use opd_tasks::Task;
+
+use crate::diagnostics::host;
+use crate::error::Result;
+use crate::method::{Method, MicroBatch, Prepared, Sizes};
+use crate::objectives::Normalizer;
+use crate::rows::Rows;
+
+/// One micro-batch, fixed before the step's first update.
+pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
+    pub batch: SequenceBatch,
+    pub response_mask: Tensor<B, 2, Bool>,
+    /// `log π_old(ŷ_t)` `[m, R]`.
+    pub old: Tensor<B, 2>,
+    /// The method's constants and loss mask.
+    pub prepared: Prepared<B>,
+    /// Host copy of the loss mask.
+    pub counted: Vec<bool>,
+    /// Counted tokens, and rows with at least one.
+    pub count: Normalizer,
+}
+
+/// The rows with a response, split into `mini_batches` slices of `sizes.micro_batch` rows,
+/// each with its method's targets.
+pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
+    method: &dyn Method<B>,
+    student: &Llama<B>,
+    rows: &Rows,
+    tasks: &[Task],
+    advantages: &[f64],
+    mini_batches: usize,
+    sizes: Sizes,
+) -> Result<Vec<Vec<Micro<B>>>> {
+    let kept: Vec<usize> = (0..rows.responses.len())
+        .filter(|&r| !rows.responses[r].is_empty())
+        .collect();
+    let n = mini_batches.min(kept.len());
+    let device = crate::trainer::device_of(student);
+    let mut minis = Vec::with_capacity(n);
+    for u in 0..n {
+        let slice = &kept[u * kept.len() / n..(u + 1) * kept.len() / n];
+        let mut micros = Vec::new();
+        for chunk in slice.chunks(sizes.micro_batch) {
+            let batch = SequenceBatch::new(
+                chunk.iter().map(|&r| rows.contexts[r].clone()).collect(),
+                chunk.iter().map(|&r| rows.responses[r].clone()).collect(),
+            )?;
+            let response_mask = batch.response_mask::<B>(&device);
+            let width = batch.response_width();
+            let mut old_host = vec![0.0f32; chunk.len() * width];
+            for (i, &r) in chunk.iter().enumerate() {
+                old_host[i * width..i * width + rows.old[r].len()].copy_from_slice(&rows.old[r]);
+            }
+            let old = Tensor::from_data(
+                TensorData::new(old_host.clone(), [chunk.len(), width]),
+                &device,
+            );
+            let micro = MicroBatch {
+                rows,
+                chunk,
+                tasks,
+                advantages,
+                batch: &batch,
+                response_mask: &response_mask,
+                old: &old,
+                old_host: &old_host,
+                sizes,
+            };
+            let prepared = method.targets(student, &micro)?;
+            let counted: Vec<bool> = host(prepared.loss_mask.clone().int().float())
+                .iter()
+                .map(|&m| m > 0.5)
+                .collect();
+            let per_row: Vec<usize> = counted
+                .chunks(width.max(1))
+                .map(|row| row.iter().filter(|&&m| m).count())
+                .collect();
+            let count = Normalizer {
+                tokens: per_row.iter().sum(),
+                sequences: per_row.iter().filter(|&&n| n > 0).count(),
+            };
+            micros.push(Micro {
+                batch,
+                response_mask,
+                old,
+                prepared,
+                counted,
+                count,
+            });
+        }
+        minis.push(micros);
+    }
+    Ok(minis)
+}
