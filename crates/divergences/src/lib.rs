@@ -58,4 +58,4 @@ pub use error::{DivergenceError, Result};
 pub use kind::{Divergence, DivergenceOptions, Support};
 pub use loss::{DistillationLoss, LossOutput};
 pub use positions::{TeacherTarget, divergence, token_log_probs};
-pub use reduce::{Reduction, clip_per_token, reduce};
+pub use reduce::{Counts, Reduction, clip_per_token, reduce, reduce_share};

@@ -7,7 +7,7 @@ use crate::check;
 use crate::error::Result;
 use crate::kind::DivergenceOptions;
 use crate::positions::{TeacherTarget, divergence_at};
-use crate::reduce::{Reduction, clip_per_token, reduce_unchecked};
+use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
 
 /// `L = reduce_{m}(min(D(p_T ‖ p_S)_{b,t}, clip))` over student logits `[B, T, V]`.
 ///
@@ -66,6 +66,7 @@ impl DistillationLoss {
     ) -> Result<LossOutput<B>> {
         let [batch, time, _] = student.dims();
         check::same_shape("mask", &[batch, time], &mask.dims())?;
+        check_reduction(self.reduction)?;
         let rows = check::mask_rows(&mask)?;
         let tokens = rows.count(batch * time);
         let values = divergence_at(student, teacher, rows.clone(), self.options)?;

@@ -14,7 +14,7 @@ use crate::check;
 use crate::error::Result;
 use crate::loss::{LossOutput, scatter_rows};
 use crate::positions::token_log_probs_at;
-use crate::reduce::{Reduction, clip_per_token, reduce_unchecked};
+use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
 
 /// A single-sample estimator of `KL(p_S‖p_T)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +128,7 @@ impl SampledTokenLoss {
         let dims = student_log_probs.dims();
         check::same_shape("teacher log-probs", &dims, &teacher_log_probs.dims())?;
         check::same_shape("mask", &dims, &mask.dims())?;
+        check_reduction(self.reduction)?;
         let tokens = check::mask_rows(&mask)?.count(dims[0] * dims[1]);
         // Off-mask positions may hold anything (padding): replace them before any arithmetic.
         let off = mask.clone().bool_not();

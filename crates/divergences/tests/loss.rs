@@ -54,10 +54,13 @@ fn reductions_follow_their_formulas() {
     let token_mean = (d[0] + d[1] + d[2] + d[3]) / 4.0;
     let sequence_mean = ((d[0] + d[1] + d[2]) / 3.0 + d[3]) / 2.0;
     let sum = d[0] + d[1] + d[2] + d[3];
+    // Dr. GRPO's constant: the sum over 2 sequences of a nominal 5 tokens each.
+    let constant = sum / (2.0 * 5.0);
     for (reduction, expected) in [
         (Reduction::TokenMean, token_mean),
         (Reduction::SequenceMean, sequence_mean),
         (Reduction::Sum, sum),
+        (Reduction::Constant(5), constant),
     ] {
         let (value, _) = loss(&zs, &zt, mask.clone(), base.with_reduction(reduction));
         assert!(

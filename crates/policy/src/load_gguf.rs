@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use crate::config::{Architecture, LlamaConfig};
 use crate::error::{PolicyError, Result};
 use crate::gguf::GgufFile;
+use crate::lora::LoraTarget;
 use crate::model::Llama;
 use crate::weights::WeightSource;
 
@@ -47,16 +48,12 @@ fn gguf_name(hf: &str) -> Option<String> {
     let module = match module {
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
+        projection => LoraTarget::ALL
+            .into_iter()
+            .find(|t| t.module() == projection)?
+            .gguf_module(),
     };
     Some(format!("blk.{layer}.{module}.{kind}"))
 }
@@ -78,7 +75,11 @@ impl WeightSource for GgufSource<'_> {
         gguf_name(name).unwrap_or_else(|| name.to_string())
     }
 
-    fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+    fn contains(&self, name: &str) -> Result<bool> {
+        Ok(gguf_name(name).is_some_and(|gguf| self.file.tensor(&gguf).is_some()))
+    }
+
+    fn read(&self, name: &str, _expected: &[usize]) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let Some(gguf) = gguf_name(name) else {
             return Ok(None);
         };

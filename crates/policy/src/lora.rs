@@ -12,6 +12,8 @@ use burn::nn::Linear;
 use burn::tensor::{Distribution, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
+use crate::config::LlamaConfig;
+
 /// The linear layers of a decoder block that can carry an adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +45,57 @@ impl LoraTarget {
         Self::UpProj,
         Self::DownProj,
     ];
+
+    /// The projection's module path in a decoder block, as Hugging Face names it
+    /// (`self_attn.q_proj`); its tensors are `….weight` and `….bias`.
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::QProj => "self_attn.q_proj",
+            Self::KProj => "self_attn.k_proj",
+            Self::VProj => "self_attn.v_proj",
+            Self::OProj => "self_attn.o_proj",
+            Self::GateProj => "mlp.gate_proj",
+            Self::UpProj => "mlp.up_proj",
+            Self::DownProj => "mlp.down_proj",
+        }
+    }
+
+    /// The same module as llama.cpp's GGUF files name it (`attn_q`).
+    pub fn gguf_module(self) -> &'static str {
+        match self {
+            Self::QProj => "attn_q",
+            Self::KProj => "attn_k",
+            Self::VProj => "attn_v",
+            Self::OProj => "attn_output",
+            Self::GateProj => "ffn_gate",
+            Self::UpProj => "ffn_up",
+            Self::DownProj => "ffn_down",
+        }
+    }
+
+    /// The `[out, in]` shape of its weight in `config`: `H·hd`, `KV·hd`, `d` and `ff` sized.
+    pub fn shape(self, config: &LlamaConfig) -> [usize; 2] {
+        let (d, ff) = (config.hidden_size, config.intermediate_size);
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        match self {
+            Self::QProj => [q, d],
+            Self::KProj | Self::VProj => [kv, d],
+            Self::OProj => [d, q],
+            Self::GateProj | Self::UpProj => [ff, d],
+            Self::DownProj => [d, ff],
+        }
+    }
+
+    /// Whether it has a bias in `config` (q/k/v with `attention_bias`; o when the
+    /// architecture's output projection has one too).
+    pub fn has_bias(self, config: &LlamaConfig) -> bool {
+        match self {
+            Self::QProj | Self::KProj | Self::VProj => config.attention_bias,
+            Self::OProj => config.output_bias(),
+            Self::GateProj | Self::UpProj | Self::DownProj => false,
+        }
+    }
 }
 
 /// Rank, scale and placement of LoRA adapters.

@@ -9,15 +9,17 @@
 //! logits = W_out · n(h_L)                                            W_out = E when tied
 //! ```
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::config::LlamaConfig;
+use crate::error::Result;
 use crate::kv_cache::{KvCache, SlotLayout};
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::rope::RopeTables;
+use crate::weights::{RandomSource, Weights};
 
 /// Attention with grouped key/value heads and rotary positions.
 #[derive(Module, Debug)]
@@ -151,7 +153,21 @@ impl<B: Backend> Block<B> {
         x.clone() + self.mlp.forward(normed(&self.post_attention_layernorm, x))
     }
 
-    fn linears_mut(&mut self) -> [(LoraTarget, &mut LoraLinear<B>); 7] {
+    /// The seven projections with their names, in [`LoraTarget::ALL`]'s order.
+    pub(crate) fn projections(&self) -> [(LoraTarget, &LoraLinear<B>); 7] {
+        let (attn, mlp) = (&self.self_attn, &self.mlp);
+        [
+            (LoraTarget::QProj, &attn.q_proj),
+            (LoraTarget::KProj, &attn.k_proj),
+            (LoraTarget::VProj, &attn.v_proj),
+            (LoraTarget::OProj, &attn.o_proj),
+            (LoraTarget::GateProj, &mlp.gate_proj),
+            (LoraTarget::UpProj, &mlp.up_proj),
+            (LoraTarget::DownProj, &mlp.down_proj),
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [(LoraTarget, &mut LoraLinear<B>); 7] {
         let (attn, mlp) = (&mut self.self_attn, &mut self.mlp);
         [
             (LoraTarget::QProj, &mut attn.q_proj),
@@ -243,7 +259,7 @@ impl<B: Backend> Llama<B> {
     pub fn with_lora(self, lora: &LoraConfig) -> Self {
         let mut model = self.no_grad();
         for block in &mut model.layers {
-            for (target, linear) in block.linears_mut() {
+            for (target, linear) in block.projections_mut() {
                 if lora.targets.contains(&target) {
                     let plain = LoraLinear::new(linear.base.clone());
                     *linear = plain.attach(lora.rank, lora.alpha);
@@ -258,7 +274,7 @@ impl<B: Backend> Llama<B> {
     pub fn with_adapters_enabled(&self, enabled: bool) -> Self {
         let mut model = self.clone();
         for block in &mut model.layers {
-            for (_, linear) in block.linears_mut() {
+            for (_, linear) in block.projections_mut() {
                 linear.set_enabled(enabled);
             }
         }
@@ -268,25 +284,17 @@ impl<B: Backend> Llama<B> {
     /// Whether any linear layer carries a LoRA adapter.
     pub fn has_adapters(&self) -> bool {
         self.layers.iter().any(|block| {
-            let (attn, mlp) = (&block.self_attn, &block.mlp);
-            [
-                &attn.q_proj,
-                &attn.k_proj,
-                &attn.v_proj,
-                &attn.o_proj,
-                &mlp.gate_proj,
-                &mlp.up_proj,
-                &mlp.down_proj,
-            ]
-            .iter()
-            .any(|linear| linear.lora.is_some())
+            block
+                .projections()
+                .iter()
+                .any(|(_, linear)| linear.lora.is_some())
         })
     }
 
     /// Folds every enabled adapter into its base weight (`W ← W + (α/r)·A·B`).
     pub fn merge_adapters(mut self) -> Self {
         for block in &mut self.layers {
-            for (_, linear) in block.linears_mut() {
+            for (_, linear) in block.projections_mut() {
                 let taken = std::mem::replace(linear, LoraLinear::new(linear.base.clone()));
                 *linear = taken.merge();
             }
@@ -301,146 +309,102 @@ impl<B: Backend> Llama<B> {
     /// norm gains `1 + U(−0.05, 0.05)`. The weights depend on the seed only (not on the
     /// backend's global RNG), so parallel tests get the same model.
     pub fn init(config: &LlamaConfig, seed: u64, device: &B::Device) -> Self {
-        use rand::{Rng, SeedableRng};
-        let b = Builder { config };
-        let rng = std::cell::RefCell::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-        let values = |n: usize, scale: f32, around: f32| -> Vec<f32> {
-            let mut rng = rng.borrow_mut();
-            (0..n)
-                .map(|_| around + scale * (2.0 * rng.random::<f32>() - 1.0))
-                .collect()
-        };
-        let uniform = |[rows, cols]: [usize; 2]| {
-            Tensor::from_data(
-                TensorData::new(values(rows * cols, 0.05, 0.0), [rows, cols]),
-                device,
-            )
-        };
-        let vector = |n: usize, around: f32| {
-            Tensor::from_data(TensorData::new(values(n, 0.05, around), [n]), device)
-        };
-        let linear = |out: usize, inp: usize, bias: bool| {
-            b.linear(uniform([out, inp]), bias.then(|| vector(out, 0.0)))
-        };
-        let (d, hd, ff) = (
-            config.hidden_size,
-            config.head_dim,
-            config.intermediate_size,
-        );
-        let (q_out, kv_out) = (
-            config.num_attention_heads * hd,
-            config.num_key_value_heads * hd,
-        );
-        let bias = config.attention_bias;
+        Self::from_source(config, &RandomSource::new(seed), device)
+            .expect("a random source holds every tensor the config asks for")
+    }
+
+    /// The model from `w` (its Hugging Face names: `model.layers.0.…`, `lm_head`).
+    pub(crate) fn load(w: &Weights<'_, B>) -> Result<Self> {
+        let config = w.config;
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let model = w.pp("model");
         let layers = (0..config.num_hidden_layers)
-            .map(|_| Block {
-                input_layernorm: b.norm(vector(d, 1.0)),
-                self_attn: b.attention(
-                    [
-                        linear(q_out, d, bias),
-                        linear(kv_out, d, bias),
-                        linear(kv_out, d, bias),
-                        linear(d, q_out, config.output_bias()),
-                    ],
-                    config
-                        .qk_norm
-                        .then(|| [b.norm(vector(hd, 1.0)), b.norm(vector(hd, 1.0))]),
-                ),
-                post_attention_layernorm: b.norm(vector(d, 1.0)),
-                mlp: b.mlp([
-                    linear(ff, d, false),
-                    linear(ff, d, false),
-                    linear(d, ff, false),
-                ]),
-            })
-            .collect();
-        let lm_head = (!config.tie_word_embeddings).then(|| linear(config.vocab_size, d, false));
-        b.model(
-            uniform([config.vocab_size, d]).mul_scalar(5.0),
-            layers,
-            b.norm(vector(d, 1.0)),
-            lm_head,
-        )
-    }
-}
-
-/// Builds a model from weights in Hugging Face layout (`[out, in]` matrices).
-pub(crate) struct Builder<'a> {
-    pub config: &'a LlamaConfig,
-}
-
-impl Builder<'_> {
-    /// A linear layer from an `[out, in]` matrix and an optional bias. The `[in, out]` weight
-    /// burn expects is kept as a transposed view of the `[out, in]` matrix, the layout
-    /// [`crate::row_matmul::matmul_weight`] reads in place.
-    pub fn linear<B: Backend>(
-        &self,
-        weight: Tensor<B, 2>,
-        bias: Option<Tensor<B, 1>>,
-    ) -> Linear<B> {
-        Linear {
-            weight: burn::module::Param::from_tensor(weight.transpose()),
-            bias: bias.map(burn::module::Param::from_tensor),
-        }
-    }
-
-    /// An RMSNorm with the config's epsilon.
-    pub fn norm<B: Backend>(&self, gamma: Tensor<B, 1>) -> RmsNorm<B> {
-        RmsNorm {
-            gamma: burn::module::Param::from_tensor(gamma),
-            epsilon: self.config.rms_norm_eps,
-        }
-    }
-
-    /// An attention layer from its `[q, k, v, o]` projections and optional q/k norms.
-    pub fn attention<B: Backend>(
-        &self,
-        [q, k, v, o]: [Linear<B>; 4],
-        qk_norm: Option<[RmsNorm<B>; 2]>,
-    ) -> Attention<B> {
-        let (q_norm, k_norm) = match qk_norm {
-            Some([q, k]) => (Some(q), Some(k)),
-            None => (None, None),
+            .map(|l| Block::load(&model.pp(&format!("layers.{l}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            false => Some(w.linear("lm_head", [v, d], false)?),
         };
-        Attention {
-            q_proj: LoraLinear::new(q),
-            k_proj: LoraLinear::new(k),
-            v_proj: LoraLinear::new(v),
-            o_proj: LoraLinear::new(o),
-            q_norm,
-            k_norm,
-            heads: self.config.num_attention_heads,
-            kv_heads: self.config.num_key_value_heads,
-            head_dim: self.config.head_dim,
-        }
-    }
-
-    /// The SwiGLU MLP from its `[gate, up, down]` projections.
-    pub fn mlp<B: Backend>(&self, [gate, up, down]: [Linear<B>; 3]) -> Mlp<B> {
-        Mlp {
-            gate_proj: LoraLinear::new(gate),
-            up_proj: LoraLinear::new(up),
-            down_proj: LoraLinear::new(down),
-        }
-    }
-
-    /// The whole model.
-    pub fn model<B: Backend>(
-        &self,
-        embedding: Tensor<B, 2>,
-        layers: Vec<Block<B>>,
-        norm: RmsNorm<B>,
-        lm_head: Option<Linear<B>>,
-    ) -> Llama<B> {
-        Llama {
+        Ok(Self {
             embed_tokens: Embedding {
-                weight: burn::module::Param::from_tensor(embedding),
+                weight: Param::from_tensor(model.pp("embed_tokens").tensor("weight", [v, d])?),
             },
             layers,
-            norm,
+            norm: model.norm("norm", d)?,
             lm_head,
-            config: self.config.clone(),
-            inv_freq: crate::rope::inverse_frequencies(self.config),
-        }
+            config: config.clone(),
+            inv_freq: crate::rope::inverse_frequencies(config),
+        })
+    }
+}
+
+impl<B: Backend> Block<B> {
+    /// A decoder block from `w` (`input_layernorm`, `self_attn`, `post_attention_layernorm`,
+    /// `mlp`).
+    fn load(w: &Weights<'_, B>) -> Result<Self> {
+        let d = w.config.hidden_size;
+        Ok(Self {
+            input_layernorm: w.norm("input_layernorm", d)?,
+            self_attn: Attention::load(w)?,
+            post_attention_layernorm: w.norm("post_attention_layernorm", d)?,
+            mlp: Mlp::load(w)?,
+        })
+    }
+}
+
+/// A block's projection `target` from `w`, named as [`LoraTarget::module`] says.
+fn projection<B: Backend>(w: &Weights<'_, B>, target: LoraTarget) -> Result<LoraLinear<B>> {
+    let config = w.config;
+    let linear = w.linear(
+        target.module(),
+        target.shape(config),
+        target.has_bias(config),
+    )?;
+    Ok(LoraLinear::new(linear))
+}
+
+impl<B: Backend> Attention<B> {
+    /// The projections `self_attn.{q,k,v,o}_proj` and, for Qwen3, the q/k norms, from the
+    /// block's `w`.
+    fn load(w: &Weights<'_, B>) -> Result<Self> {
+        let config = w.config;
+        let hd = config.head_dim;
+        let [q_proj, k_proj, v_proj, o_proj] = [
+            LoraTarget::QProj,
+            LoraTarget::KProj,
+            LoraTarget::VProj,
+            LoraTarget::OProj,
+        ]
+        .map(|target| projection(w, target));
+        let attn = w.pp("self_attn");
+        let (q_norm, k_norm) = match config.qk_norm {
+            true => (
+                Some(attn.norm("q_norm", hd)?),
+                Some(attn.norm("k_norm", hd)?),
+            ),
+            false => (None, None),
+        };
+        Ok(Self {
+            q_proj: q_proj?,
+            k_proj: k_proj?,
+            v_proj: v_proj?,
+            o_proj: o_proj?,
+            q_norm,
+            k_norm,
+            heads: config.num_attention_heads,
+            kv_heads: config.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    /// The projections `mlp.{gate,up,down}_proj` from the block's `w`.
+    fn load(w: &Weights<'_, B>) -> Result<Self> {
+        Ok(Self {
+            gate_proj: projection(w, LoraTarget::GateProj)?,
+            up_proj: projection(w, LoraTarget::UpProj)?,
+            down_proj: projection(w, LoraTarget::DownProj)?,
+        })
     }
 }

@@ -157,7 +157,11 @@ impl WeightSource for SafetensorsSource {
         &self.folder
     }
 
-    fn read(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+    fn contains(&self, name: &str) -> Result<bool> {
+        Ok(self.index.contains_key(name))
+    }
+
+    fn read(&self, name: &str, _expected: &[usize]) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let Some(&shard) = self.index.get(name) else {
             return Ok(None);
         };
@@ -221,17 +225,8 @@ impl<B: Backend> Llama<B> {
         for (l, block) in model.layers.iter().enumerate() {
             let p = format!("model.layers.{l}.");
             let attn = &block.self_attn;
-            let mlp = &block.mlp;
-            for (name, layer) in [
-                ("self_attn.q_proj", &attn.q_proj),
-                ("self_attn.k_proj", &attn.k_proj),
-                ("self_attn.v_proj", &attn.v_proj),
-                ("self_attn.o_proj", &attn.o_proj),
-                ("mlp.gate_proj", &mlp.gate_proj),
-                ("mlp.up_proj", &mlp.up_proj),
-                ("mlp.down_proj", &mlp.down_proj),
-            ] {
-                let (wn, w, bias) = linear(&format!("{p}{name}"), &layer.base);
+            for (target, layer) in block.projections() {
+                let (wn, w, bias) = linear(&format!("{p}{}", target.module()), &layer.base);
                 push(wn, w);
                 if let Some((bn, b)) = bias {
                     push(bn, b);

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use opd_divergences::Reduction;
+
 use crate::check::{at_least, config_error, positive, unit};
 use crate::error::Result;
 pub use crate::method::{
@@ -243,18 +245,6 @@ pub trait MethodSettings {
 
     /// Checks the settings, and the sampling they need; errors name the field.
     fn validate(&self, sampling: &SamplingConfig) -> Result<()>;
-}
-
-/// How per-token losses become one number (TRL's `loss_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Aggregation {
-    /// `Σ_{b,t} ℓ / Σ_{b,t} 1`: every token weighs the same (DAPO, TRL's default).
-    TokenMean,
-    /// `mean_b (Σ_t ℓ / |y_b|)`: every answer weighs the same (the original GRPO).
-    SequenceMean,
-    /// `Σ_{b,t} ℓ / (B · L)` with a constant `L` tokens per answer (Dr. GRPO: no length bias).
-    Constant(usize),
 }
 
 /// Whose weights a self-teacher uses.

@@ -46,8 +46,8 @@ mod trainer;
 mod update;
 
 pub use config::{
-    Aggregation, CollapseWatch, DistillForm, GrpoConfig, MethodSettings, Objective, OnNonFinite,
-    OpdConfig, OpdForm, OpsdConfig, OptimizerConfig, SampledTokenBaseline, SamplingConfig,
+    CollapseWatch, DistillForm, GrpoConfig, MethodSettings, Objective, OnNonFinite, OpdConfig,
+    OpdForm, OpsdConfig, OptimizerConfig, Reduction, SampledTokenBaseline, SamplingConfig,
     SdftConfig, SdpoConfig, SftConfig, TeacherWeights, TrainConfig, TrustRegionEstimator,
 };
 pub use error::{Result, TrainError};

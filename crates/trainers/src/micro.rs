@@ -10,8 +10,8 @@ use opd_tasks::Task;
 use crate::diagnostics::host;
 use crate::error::Result;
 use crate::method::{Method, MicroBatch, Prepared, Sizes};
-use crate::objectives::Normalizer;
 use crate::rows::Rows;
+use opd_divergences::Counts;
 
 /// One micro-batch, fixed before the step's first update.
 pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
@@ -24,7 +24,7 @@ pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
     /// Host copy of the loss mask.
     pub counted: Vec<bool>,
     /// Counted tokens, and rows with at least one.
-    pub count: Normalizer,
+    pub count: Counts,
 }
 
 /// The rows with a response, split into `mini_batches` slices of `sizes.micro_batch` rows,
@@ -82,7 +82,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 .chunks(width.max(1))
                 .map(|row| row.iter().filter(|&&m| m).count())
                 .collect();
-            let count = Normalizer {
+            let count = Counts {
                 tokens: per_row.iter().sum(),
                 sequences: per_row.iter().filter(|&&n| n > 0).count(),
             };

@@ -12,8 +12,9 @@ use crate::diagnostics::host;
 use crate::error::{Result, TrainError};
 use crate::method::Forward;
 use crate::micro::Micro;
-use crate::objectives::{Normalizer, aggregate, importance_ratio};
+use crate::objectives::importance_ratio;
 use crate::telemetry::Telemetry;
+use opd_divergences::{Counts, reduce_share};
 
 /// What a mini-batch's backward passes produced.
 pub(crate) enum Gradients {
@@ -45,11 +46,11 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
     telemetry: &mut Telemetry,
 ) -> Result<Gradients> {
     let norm = mini.iter().fold(
-        Normalizer {
+        Counts {
             tokens: 0,
             sequences: 0,
         },
-        |n, m| Normalizer {
+        |n, m| Counts {
             tokens: n.tokens + m.count.tokens,
             sequences: n.sequences + m.count.sequences,
         },
@@ -83,7 +84,7 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
 fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     student: &Llama<B>,
     micro: &Micro<B>,
-    norm: Normalizer,
+    norm: Counts,
     settings: LossSettings,
     telemetry: &mut Telemetry,
 ) -> Result<(Tensor<B, 1>, f64)> {
@@ -121,7 +122,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         .parts
         .iter()
         .map(|(_, per_token)| {
-            aggregate(
+            reduce_share(
                 per_token.clone(),
                 forward.loss_mask.clone(),
                 loss.aggregation,

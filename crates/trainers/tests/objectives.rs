@@ -3,8 +3,8 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bool, Tensor, TensorData};
-use opd_trainers::Aggregation;
-use opd_trainers::objectives::{Normalizer, aggregate, distill, grpo, opd, sft};
+use opd_divergences::{Counts, Reduction, reduce_share};
+use opd_trainers::objectives::{distill, grpo, opd, sft};
 
 type A = Autodiff<Flex>;
 
@@ -201,35 +201,35 @@ fn mask() -> Tensor<A, 2, Bool> {
 #[test]
 fn aggregations_match_hand_values_and_add_up_over_micro_batches() {
     let values = tensor(LP);
-    let norm = Normalizer {
+    let norm = Counts {
         tokens: 3,
         sequences: 2,
     };
-    let scalar = |how| aggregate(values.clone(), mask(), how, norm).into_scalar() as f64;
+    let scalar = |how| reduce_share(values.clone(), mask(), how, norm).into_scalar() as f64;
     close(
-        &[scalar(Aggregation::TokenMean)],
+        &[scalar(Reduction::TokenMean)],
         &[(-0.5 - 1.2 - 0.1) / 3.0],
         "token mean",
     );
     close(
-        &[scalar(Aggregation::SequenceMean)],
+        &[scalar(Reduction::SequenceMean)],
         &[((-0.5 - 1.2) / 2.0 + -0.1) / 2.0],
         "sequence mean",
     );
     close(
-        &[scalar(Aggregation::Constant(4))],
+        &[scalar(Reduction::Constant(4))],
         &[(-0.5 - 1.2 - 0.1) / 8.0],
         "constant",
     );
     // Rows aggregated one at a time with the whole batch's normalizer add up to the whole.
     for how in [
-        Aggregation::TokenMean,
-        Aggregation::SequenceMean,
-        Aggregation::Constant(4),
+        Reduction::TokenMean,
+        Reduction::SequenceMean,
+        Reduction::Constant(4),
     ] {
         let parts: f64 = (0..2)
             .map(|r| {
-                aggregate(
+                reduce_share(
                     values.clone().narrow(0, r, 1),
                     mask().narrow(0, r, 1),
                     how,
@@ -243,7 +243,7 @@ fn aggregations_match_hand_values_and_add_up_over_micro_batches() {
     // NaN off the mask never leaks in.
     let with_nan = values.clone().mask_fill(mask().bool_not(), f32::NAN);
     assert!(
-        aggregate(with_nan, mask(), Aggregation::TokenMean, norm)
+        reduce_share(with_nan, mask(), Reduction::TokenMean, norm)
             .into_scalar()
             .is_finite()
     );

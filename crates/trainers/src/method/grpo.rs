@@ -12,7 +12,7 @@ use super::{
     Clipped, Forward, Loss, Method, MicroBatch, Prepared, Rollouts, SequenceAdvantages, Targets,
 };
 use crate::check::{at_least, config_error, non_negative, positive};
-use crate::config::{Aggregation, MethodSettings, SamplingConfig};
+use crate::config::{MethodSettings, Reduction, SamplingConfig};
 use crate::error::Result;
 use crate::objectives::grpo;
 
@@ -31,7 +31,7 @@ pub struct GrpoConfig {
     /// Upper clip `ε_high` (DAPO's clip-higher uses 0.28). Default 0.2.
     pub epsilon_high: f64,
     /// Loss aggregation. Default token mean.
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
     /// Weight `β` of the k3 KL to the initial policy; 0 skips the reference forward. Default 0
     /// (TRL's default).
     pub kl_beta: f64,
@@ -44,7 +44,7 @@ impl Default for GrpoConfig {
             scale_rewards: true,
             epsilon_low: 0.2,
             epsilon_high: 0.2,
-            aggregation: Aggregation::TokenMean,
+            aggregation: Reduction::TokenMean,
             kl_beta: 0.0,
         }
     }
@@ -91,9 +91,9 @@ pub(super) fn check_clip(low: f64, high: f64) -> Result<()> {
 }
 
 /// A constant normalizer of at least one token.
-pub(super) fn check_aggregation(aggregation: Aggregation) -> Result<()> {
+pub(super) fn check_aggregation(aggregation: Reduction) -> Result<()> {
     match aggregation {
-        Aggregation::Constant(0) => Err(config_error(
+        Reduction::Constant(0) => Err(config_error(
             "objective.aggregation",
             "constant 0",
             "a positive number of tokens per answer",

@@ -39,7 +39,7 @@ pub use sdft::SdftConfig;
 pub use sdpo::SdpoConfig;
 pub use sft::SftConfig;
 
-use crate::config::{Aggregation, DistillForm, Objective};
+use crate::config::{DistillForm, Objective, Reduction};
 use crate::error::{Result, TrainError};
 use crate::rows::Rows;
 
@@ -214,7 +214,7 @@ pub struct Loss<B: AutodiffBackend + DivergenceBackend> {
     /// aggregates add up to the loss.
     pub parts: Vec<(&'static str, Tensor<B, 2>)>,
     /// How the parts become one number.
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
     /// The per-token divergence to the teacher or reference, for the metrics.
     pub divergence: Option<Tensor<B, 2>>,
     /// GRPO's clip counts over the counted tokens.
@@ -226,7 +226,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Loss<B> {
     pub fn single(name: &'static str, per_token: Tensor<B, 2>) -> Self {
         Self {
             parts: vec![(name, per_token)],
-            aggregation: Aggregation::TokenMean,
+            aggregation: Reduction::TokenMean,
             divergence: None,
             clipped: None,
         }

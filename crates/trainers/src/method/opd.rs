@@ -15,7 +15,7 @@ use super::grpo::check_aggregation;
 use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, SequenceAdvantages};
 use super::{Targets, grpo::Advantages};
 use crate::check::{non_negative, top_k, unbiased_sampling, unit};
-use crate::config::{Aggregation, MethodSettings, SamplingConfig};
+use crate::config::{MethodSettings, Reduction, SamplingConfig};
 use crate::diagnostics::host;
 use crate::error::{Result, TrainError};
 use crate::objectives::opd;
@@ -31,14 +31,14 @@ pub struct OpdConfig {
     /// The form of the loss and its settings. Default the surrogate.
     pub form: OpdForm,
     /// Loss aggregation. Default token mean.
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
 }
 
 impl Default for OpdConfig {
     fn default() -> Self {
         Self {
             form: OpdForm::surrogate(),
-            aggregation: Aggregation::TokenMean,
+            aggregation: Reduction::TokenMean,
         }
     }
 }
@@ -182,17 +182,17 @@ enum OpdTargets<B: AutodiffBackend + DivergenceBackend> {
         teacher: Tensor<B, 2>,
         beta: f64,
         trust_region: TrustRegion<B>,
-        aggregation: Aggregation,
+        aggregation: Reduction,
     },
     Advantage {
         teacher: Tensor<B, 2>,
         advantages: Advantages<B>,
-        aggregation: Aggregation,
+        aggregation: Reduction,
     },
     Divergence {
         teacher: TeacherOutput<B>,
         beta: f64,
-        aggregation: Aggregation,
+        aggregation: Reduction,
     },
 }
 
@@ -368,7 +368,7 @@ struct OpdFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     teacher_top_k: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aggregation: Option<Aggregation>,
+    aggregation: Option<Reduction>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,7 +445,7 @@ impl TryFrom<OpdFields> for OpdConfig {
         };
         Ok(Self {
             form,
-            aggregation: f.aggregation.unwrap_or(Aggregation::TokenMean),
+            aggregation: f.aggregation.unwrap_or(Reduction::TokenMean),
         })
     }
 }

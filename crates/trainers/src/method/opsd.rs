@@ -14,7 +14,7 @@ use super::grpo::check_aggregation;
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, Targets};
 use crate::check::{positive, teacher_weights, unbiased_sampling, unit};
-use crate::config::{Aggregation, DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
+use crate::config::{DistillForm, MethodSettings, Reduction, SamplingConfig, TeacherWeights};
 use crate::error::{Result, TrainError};
 use crate::objectives::distill;
 
@@ -35,7 +35,7 @@ pub struct OpsdConfig {
     /// Temperature of both distributions in the loss. Default 1.
     pub temperature: f64,
     /// Loss aggregation. Default token mean (the OPSD code's).
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
     /// The sampled-token form's baseline. Default the current policy.
     pub baseline: SampledTokenBaseline,
 }
@@ -48,7 +48,7 @@ impl Default for OpsdConfig {
             token_clip: None,
             teacher: TeacherWeights::FrozenInitial,
             temperature: 1.0,
-            aggregation: Aggregation::TokenMean,
+            aggregation: Reduction::TokenMean,
             baseline: SampledTokenBaseline::Current,
         }
     }
@@ -116,7 +116,7 @@ pub(super) struct SelfDistillTargets<B: AutodiffBackend + DivergenceBackend> {
     pub form: DistillForm,
     pub baseline: SampledTokenBaseline,
     pub token_clip: Option<f64>,
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SelfDistillTargets<B> {

@@ -14,7 +14,7 @@ use super::opsd::{SampledTokenBaseline, SelfDistillTargets, needs_reference};
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Method, MicroBatch, Parts, Prepared, Rollouts};
 use crate::check::{positive, teacher_weights, unbiased_sampling};
-use crate::config::{Aggregation, DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
+use crate::config::{DistillForm, MethodSettings, Reduction, SamplingConfig, TeacherWeights};
 use crate::error::Result;
 
 /// SDFT: a demonstration in the teacher's context, `ℓ_t = KL(p_θ ‖ p_T)` (reverse KL) at
@@ -29,7 +29,7 @@ pub struct SdftConfig {
     /// Temperature of both distributions in the loss. Default 1.
     pub temperature: f64,
     /// Loss aggregation. Default token mean.
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
 }
 
 impl Default for SdftConfig {
@@ -38,7 +38,7 @@ impl Default for SdftConfig {
             teacher: TeacherWeights::Ema(0.05),
             form: DistillForm::Full,
             temperature: 1.0,
-            aggregation: Aggregation::TokenMean,
+            aggregation: Reduction::TokenMean,
         }
     }
 }

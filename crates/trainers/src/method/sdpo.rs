@@ -13,7 +13,7 @@ use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts};
 use super::{SequenceAdvantages, Targets};
 use crate::check::{at_least, positive, teacher_weights, top_k, unit};
-use crate::config::{Aggregation, MethodSettings, SamplingConfig, TeacherWeights};
+use crate::config::{MethodSettings, Reduction, SamplingConfig, TeacherWeights};
 use crate::error::Result;
 use crate::objectives::distill;
 
@@ -45,7 +45,7 @@ pub struct SdpoConfig {
     /// Temperature of both distributions in the loss. Default 1.
     pub temperature: f64,
     /// Loss aggregation. Default token mean.
-    pub aggregation: Aggregation,
+    pub aggregation: Reduction,
 }
 
 impl Default for SdpoConfig {
@@ -61,7 +61,7 @@ impl Default for SdpoConfig {
             epsilon_low: 0.2,
             epsilon_high: 0.2,
             temperature: 1.0,
-            aggregation: Aggregation::TokenMean,
+            aggregation: Reduction::TokenMean,
         }
     }
 }
