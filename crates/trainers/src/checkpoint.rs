@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::named::{self, Named};
-use crate::state::{Progress, SavedState, TokensSpent};
+use crate::state::{RunProgress, SavedState, TokensSpent};
 use crate::trainer::Trainer;
 
 const TRAINABLE: &str = "trainable.safetensors";
@@ -350,7 +350,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             }
             None => None,
         };
-        let progress = Progress {
+        let progress = RunProgress {
             steps_done: state.steps_done,
             tasks_drawn: state.tasks_drawn,
             first_response_length: state.first_response_length,

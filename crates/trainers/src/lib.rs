@@ -53,5 +53,5 @@ pub use config::{
 pub use error::{Result, TrainError};
 pub use metrics::{Phases, StepMetrics};
 pub use schedule::learning_rate;
-pub use state::{OptimizerRecord, Progress, SavedState, TokensSpent, TrainerState};
+pub use state::{OptimizerRecord, RunProgress, SavedState, TokensSpent, TrainerState};
 pub use trainer::{Flow, MAX_SKIPPED_STEPS_IN_A_ROW, Trainer, TrainerBuilder};

@@ -22,7 +22,7 @@ pub struct TokensSpent {
 
 /// Where a run stands besides its weights and optimizer.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Progress {
+pub struct RunProgress {
     /// Steps taken.
     pub steps_done: usize,
     /// Tasks drawn from the seeded order.
@@ -44,7 +44,7 @@ pub struct TrainerState<'a, B: AutodiffBackend> {
     /// The tasks the trainer draws from.
     pub tasks: &'a [Task],
     /// Steps, task order, collapse baseline, tokens.
-    pub progress: Progress,
+    pub progress: RunProgress,
     /// The student now.
     pub student: &'a Llama<B>,
     /// AdamW's moments and step counts.
@@ -56,7 +56,7 @@ pub struct TrainerState<'a, B: AutodiffBackend> {
 /// What [`crate::Trainer::restore`] puts back (read from a checkpoint).
 pub struct SavedState<B: AutodiffBackend> {
     /// Steps, task order, collapse baseline, tokens.
-    pub progress: Progress,
+    pub progress: RunProgress,
     /// The student's weights.
     pub student: Llama<B>,
     /// AdamW's state.

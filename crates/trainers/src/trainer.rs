@@ -22,7 +22,7 @@ use crate::micro::{Micro, prepare};
 use crate::order::TaskOrder;
 use crate::rows;
 use crate::schedule::learning_rate;
-use crate::state::{Progress, SavedState, TokensSpent, TrainerState};
+use crate::state::{RunProgress, SavedState, TokensSpent, TrainerState};
 use crate::telemetry::{Step, Telemetry, watch_collapse};
 use crate::update::{Gradients, LossSettings, gradients};
 
@@ -213,7 +213,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         TrainerState {
             config: &self.config,
             tasks: &self.tasks,
-            progress: Progress {
+            progress: RunProgress {
                 steps_done: self.step,
                 tasks_drawn: self.order.drawn(),
                 first_response_length: self.collapse.first_length,
