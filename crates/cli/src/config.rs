@@ -18,9 +18,10 @@ use crate::error::{CliError, Result};
 pub struct RunConfig {
     /// The student.
     pub model: ModelSource,
-    /// OPD's teacher model (required for `method = "opd"`, refused otherwise).
+    /// OPD's teacher: a model to load, or a server to ask (required for `method = "opd"`,
+    /// refused otherwise).
     #[serde(default)]
-    pub teacher: Option<ModelSource>,
+    pub teacher: Option<TeacherSource>,
     /// Training and held-out tasks.
     pub data: DataConfig,
     /// How answers are graded.
@@ -60,6 +61,42 @@ pub struct ModelSource {
     /// Train LoRA adapters of this rank and scale on these layers, the base frozen.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+}
+
+/// OPD's teacher: a model loaded into the trainer (`path` or `scratch`), or one served over
+/// HTTP by `opd serve` (`url`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSource {
+    /// A `.gguf` file or a Hugging Face folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A model initialized from a seed on a character vocabulary.
+    #[serde(default)]
+    pub scratch: Option<ScratchModel>,
+    /// A scoring server (`http://HOST:PORT`, `opd serve`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The server's bearer token; default the environment's `OPD_TEACHER_TOKEN`, if set.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The longest one request to the server may take. Default 120.
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+    /// How long a run waits for an unreachable or busy server before it stops. Default 300.
+    #[serde(default)]
+    pub wait_seconds: Option<f64>,
+}
+
+impl TeacherSource {
+    /// The model to load, when the teacher is not served.
+    pub fn model(&self) -> Option<ModelSource> {
+        (self.url.is_none()).then(|| ModelSource {
+            path: self.path.clone(),
+            scratch: self.scratch.clone(),
+            lora: None,
+        })
+    }
 }
 
 /// A small Llama initialized from a seed, on a character tokenizer: for tasks like arithmetic
@@ -258,7 +295,7 @@ impl RunConfig {
                     self.train.objective.name()
                 ));
             }
-            (Some(teacher), true) => check_source("teacher", teacher)?,
+            (Some(teacher), true) => check_teacher(teacher)?,
             (None, false) => {}
         }
         let d = &self.data;
@@ -344,9 +381,53 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> O
     }
 }
 
+fn check_teacher(teacher: &TeacherSource) -> std::result::Result<(), String> {
+    let seconds = |key: &str, value: Option<f64>| match value {
+        Some(v) if !(v.is_finite() && v > 0.0) => Err(format!(
+            "`teacher.{key}` = {v}: expected a finite number of seconds > 0"
+        )),
+        _ => Ok(()),
+    };
+    match (&teacher.url, teacher.model()) {
+        (Some(url), None) => {
+            if teacher.path.is_some() || teacher.scratch.is_some() {
+                return Err(
+                    "`teacher` has `url` and a model (`path` or `scratch`): choose one".into(),
+                );
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "`teacher.url` = {url:?}: expected http://HOST:PORT"
+                ));
+            }
+            seconds("timeout_seconds", teacher.timeout_seconds)?;
+            seconds("wait_seconds", teacher.wait_seconds)
+        }
+        (None, Some(model)) => {
+            if teacher.token.is_some()
+                || teacher.timeout_seconds.is_some()
+                || teacher.wait_seconds.is_some()
+            {
+                return Err(
+                    "`teacher.token`, `timeout_seconds` and `wait_seconds` are for a served \
+                     teacher (`url`)"
+                        .into(),
+                );
+            }
+            check_source("teacher", &model)
+        }
+        _ => unreachable!("model() is Some exactly when url is None"),
+    }
+}
+
 fn check_source(key: &str, source: &ModelSource) -> std::result::Result<(), String> {
     match (&source.path, &source.scratch) {
         (Some(_), Some(_)) => Err(format!("`{key}` has both `path` and `scratch`: choose one")),
+        (None, None) if key == "teacher" => Err(
+            "`teacher` needs `path` (a .gguf file or a Hugging Face folder), `scratch` or `url` \
+             (a server, `opd serve`)"
+                .into(),
+        ),
         (None, None) => Err(format!(
             "`{key}` needs `path` (a .gguf file or a Hugging Face folder) or `scratch`"
         )),

@@ -2,7 +2,8 @@
 //!
 //! The library behind the `opd` command: run files ([`config::RunConfig`], TOML), what they
 //! name built ([`setup`]), a run driven to the end with metrics, evaluations, checkpoints and
-//! curves ([`run::train`]), and learning-curve plots ([`plot`]). The examples use it too.
+//! curves ([`run::train`]), learning-curve plots ([`plot`]), and a scoring server for remote
+//! teachers ([`server`]). The examples use it too.
 
 pub mod config;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod folder;
 pub mod plot;
 pub mod record;
 pub mod run;
+pub mod server;
 pub mod setup;
 
 pub use config::RunConfig;

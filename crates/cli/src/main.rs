@@ -6,6 +6,7 @@
 //! opd compare runs/sft runs/opd runs/grpo --out compare
 //! opd generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2 + 2?" --chat
 //! opd export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2-hf --dtype bf16
+//! opd serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --listen 127.0.0.1:8000
 //! ```
 
 mod compare;
@@ -14,6 +15,7 @@ mod eval;
 #[cfg(feature = "flex")]
 mod export;
 mod generate;
+mod serve;
 mod stream;
 mod train;
 
@@ -57,6 +59,8 @@ enum Command {
     /// Write a model (GGUF or Hugging Face) as a Hugging Face folder that transformers loads.
     #[cfg(feature = "flex")]
     Export(export::ExportArgs),
+    /// Score student tokens over HTTP: a teacher for trainers on other machines.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         #[cfg(feature = "flex")]
         Command::Export(args) => export::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,13 +19,13 @@ use opd_policy::Policy;
 use opd_policy::SaveDtype;
 use opd_rollout::SamplingParams;
 use opd_tasks::{Environment, Evaluation, Task, evaluate};
-use opd_teachers::External;
+use opd_teachers::{External, Remote, RemoteOptions, Teacher, TeacherError};
 use opd_trainers::checkpoint::{
     self, checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints,
 };
-use opd_trainers::{Flow, StepMetrics, TokensSpent, Trainer, learning_rate};
+use opd_trainers::{Flow, StepMetrics, TokensSpent, TrainError, Trainer, learning_rate};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TeacherSource};
 use crate::error::{CliError, Result};
 use crate::folder::{MetricsLines, MetricsLog, RunFolder, remove_leftovers, write_atomically};
 use crate::plot::{Curves, write_curves};
@@ -268,12 +268,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     check_tasks(&test_split, &checks(true))?;
     let test_tasks = test_split.tasks;
     let teacher = match &config.teacher {
-        Some(source) => {
-            let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(source, device)?;
-            let external = External::new(teacher, &teacher_tokenizer, &student, &tokenizer)
-                .map_err(opd_trainers::TrainError::from)?;
-            Some(external)
-        }
+        Some(source) => Some(teacher::<B>(source, &student, &tokenizer, device)?),
         None => None,
     };
     let mut builder = Trainer::builder(
@@ -284,7 +279,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         Rc::clone(&env),
     );
     if let Some(teacher) = teacher {
-        builder = builder.teacher(teacher);
+        builder = builder.teacher_boxed(teacher);
     }
     let mut trainer = builder.build()?;
 
@@ -393,7 +388,23 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         Ok(if finished { Flow::Stop } else { Flow::Continue })
     };
     if within_budget {
-        trainer.train_with(after_step)?;
+        let trained = trainer.train_with(after_step);
+        if let Err(CliError::Train(TrainError::Teacher(e @ TeacherError::Remote { .. }))) = trained
+        {
+            // The step failed before its first update: the trainer is as the last step left it.
+            bar.finish_and_clear();
+            let checkpoint = save(&trainer)?;
+            return Err(CliError::Run {
+                path: dir,
+                problem: format!(
+                    "{e}; the run stopped after step {} with a checkpoint in {}: resume it with \
+                     --resume once the teacher answers",
+                    trainer.steps_done(),
+                    checkpoint.display()
+                ),
+            });
+        }
+        trained?;
     }
     bar.finish_and_clear();
     save_final(&trainer, &tokenizer, &dir)?;
@@ -420,6 +431,45 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         evaluation: last_eval,
         skipped_updates: skipped,
     })
+}
+
+/// OPD's teacher: the model `source` names, checked against the student's vocabulary, or
+/// the server it names (whose vocabulary is checked when connecting).
+fn teacher<B: AutodiffBackend + DivergenceBackend>(
+    source: &TeacherSource,
+    student: &opd_policy::Llama<B>,
+    tokenizer: &opd_policy::ChatTokenizer,
+    device: &B::Device,
+) -> Result<Box<dyn Teacher<B>>> {
+    let error = opd_trainers::TrainError::from;
+    if let Some(model) = source.model() {
+        let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(&model, device)?;
+        let external = External::new(teacher, &teacher_tokenizer, student, tokenizer);
+        return Ok(Box::new(external.map_err(error)?));
+    }
+    let url = source
+        .url
+        .clone()
+        .expect("a teacher without a model has a url");
+    let mut options = RemoteOptions::new(url);
+    options.token = source
+        .token
+        .clone()
+        .or_else(|| std::env::var("OPD_TEACHER_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if let Some(seconds) = source.timeout_seconds {
+        options.timeout = Duration::from_secs_f64(seconds);
+    }
+    if let Some(seconds) = source.wait_seconds {
+        options.wait = Duration::from_secs_f64(seconds);
+    }
+    let remote = Remote::connect(options, tokenizer, student.vocab_size()).map_err(error)?;
+    tracing::info!(
+        "teacher: {} served at {} (vocabulary checked)",
+        remote.info().name,
+        source.url.as_deref().unwrap_or_default()
+    );
+    Ok(Box::new(remote))
 }
 
 /// Writes the student as `final/`: into `final.tmp/`, fsynced, then renamed over any older

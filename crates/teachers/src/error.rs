@@ -60,6 +60,15 @@ pub enum TeacherError {
         /// The valid range.
         expected: &'static str,
     },
+    /// A remote teacher could not be reached in time, refused a request or answered
+    /// something else than it was asked.
+    #[error("teacher at {url}: {problem}")]
+    Remote {
+        /// The server.
+        url: String,
+        /// What went wrong.
+        problem: String,
+    },
     /// The model, tokenizer, chat template or layout failed.
     #[error(transparent)]
     Policy(#[from] opd_policy::PolicyError),

@@ -10,6 +10,7 @@
 //! | strategy | teacher weights | update |
 //! |---|---|---|
 //! | [`External`] | another model with the same vocabulary | none |
+//! | [`Remote`] | a model served over HTTP (`opd serve`), same vocabulary | none |
 //! | [`FrozenInitial`] | the student at the start (LoRA: adapters off) | none |
 //! | [`Current`] | the student now, stop-gradient | every step |
 //! | [`Ema`] | `θ_T ← (1 − η)·θ_T + η·θ` after each step | [`Teacher::after_step`] |
@@ -34,6 +35,7 @@ mod external;
 mod frozen;
 mod output;
 pub mod privileged;
+pub mod remote;
 mod teacher;
 mod trust_region;
 
@@ -44,5 +46,6 @@ pub use frozen::{Current, FrozenInitial};
 pub use opd_policy::params::EmaRate;
 pub use output::{Request, TeacherOutput, TeacherSupport};
 pub use privileged::{Conditioned, ConditionedOutput, Privileged, PrivilegedTemplate};
+pub use remote::{Remote, RemoteOptions};
 pub use teacher::{InnerLlama, Teacher};
 pub use trust_region::TrustRegion;

@@ -80,6 +80,12 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
         self
     }
 
+    /// [`Self::teacher`] for a teacher chosen at run time.
+    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B>>) -> Self {
+        self.teacher = Some(teacher);
+        self
+    }
+
     /// The wording of the self-teacher's privileged prompt.
     pub fn template(mut self, template: PrivilegedTemplate) -> Self {
         self.template = template;
@@ -265,8 +271,10 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
 
     /// One step of the recipe; returns its metrics.
     pub fn step(&mut self) -> Result<StepMetrics> {
-        // 1. Prompts.
-        let picked = self.order.take(self.config.prompts_per_step);
+        // 1. Prompts, from a copy of the order: a step that fails before its first update
+        // (a teacher that cannot be reached) leaves the trainer as it was.
+        let mut order = self.order.clone();
+        let picked = order.take(self.config.prompts_per_step);
         // 2. Rollouts: the current weights on the inner backend, a fresh seed each step.
         let clock = Instant::now();
         let rollouts = self.method.rollouts();
@@ -310,6 +318,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             train_seconds += train;
             optimizer_seconds += optimizer;
         }
+        self.order = order;
         // 6. Metrics, and the watches.
         let collapse = watch_collapse(
             &mut self.collapse,

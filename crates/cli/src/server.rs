@@ -1,0 +1,459 @@
+//! `opd serve`: a model that scores student tokens over HTTP, for trainers on other machines
+//! (the [`opd_teachers::Remote`] teacher). The protocol is [`opd_teachers::remote::protocol`].
+//!
+//! Requests from many clients are batched on the server: handlers put each request on a
+//! bounded queue, and one scoring thread, which owns the model, takes every queued request
+//! that asks for the same thing (top-k, temperature, full log-probs) up to `batch_rows`
+//! sequences and scores them in one call. A full queue is answered at once with 503 and
+//! `Retry-After` (back-pressure); every malformed request with a JSON 4xx naming the field.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use opd_policy::{ChatTokenizer, Llama, Policy, SequenceBatch};
+use opd_rollout::{ScoreOptions, score};
+use opd_teachers::remote::protocol::{
+    ErrorBody, ErrorDetail, MAX_FULL_VOCAB, ModelInfo, ScoreRequest, ScoreResponse, Scored,
+    token_table_crc32,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// Limits and sizes of a server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeOptions {
+    /// Sent by clients as `Authorization: Bearer …`; `None` lets anyone score.
+    pub token: Option<String>,
+    /// Most sequences in one request. Default 256.
+    pub max_sequences: usize,
+    /// Most tokens (context + response) of one sequence; the model's context at most.
+    pub max_tokens: usize,
+    /// Largest request body. Default 64 MiB.
+    pub max_body_bytes: usize,
+    /// Requests waiting to be scored before new ones get 503. Default 64.
+    pub queue: usize,
+    /// Sequences scored together, across requests. Default 16.
+    pub batch_rows: usize,
+    /// Sequences per forward pass. Default 4.
+    pub micro_batch: usize,
+}
+
+impl ServeOptions {
+    /// The defaults, for a model of `max_context` tokens.
+    pub fn new(max_context: usize) -> Self {
+        Self {
+            token: None,
+            max_sequences: 256,
+            max_tokens: max_context,
+            max_body_bytes: 64 << 20,
+            queue: 64,
+            batch_rows: 16,
+            micro_batch: 4,
+        }
+    }
+}
+
+/// An answer that is not a score: a status and [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>, field: Option<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field,
+        }
+    }
+
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message, Some(field.into()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                field: self.field,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A request on its way to the scoring thread.
+struct Job {
+    request: ScoreRequest,
+    reply: oneshot::Sender<Result<ScoreResponse, ApiError>>,
+}
+
+/// What the handlers share.
+pub struct ServerState {
+    info: ModelInfo,
+    options: ServeOptions,
+    queue: mpsc::Sender<Job>,
+}
+
+impl ServerState {
+    /// Starts the scoring thread, which owns `model`, and returns the handlers' state.
+    pub fn start<B: Backend>(
+        model: Llama<B>,
+        tokenizer: &ChatTokenizer,
+        name: impl Into<String>,
+        options: ServeOptions,
+    ) -> Arc<Self>
+    where
+        Llama<B>: Send + 'static,
+    {
+        let vocab = model.vocab_size();
+        let info = ModelInfo {
+            name: name.into(),
+            vocab_size: vocab,
+            tokenizer_size: tokenizer.vocab_size(),
+            token_table_crc32: token_table_crc32(
+                (0..vocab as u32).map(|id| tokenizer.id_to_token(id).unwrap_or_default()),
+            ),
+            bos: tokenizer.special.bos,
+            eos: tokenizer.special.eos.clone(),
+            max_context: model.max_context(),
+        };
+        let (queue, jobs) = mpsc::channel(options.queue.max(1));
+        let (batch_rows, micro_batch) = (options.batch_rows.max(1), options.micro_batch.max(1));
+        std::thread::Builder::new()
+            .name("opd-serve-scorer".into())
+            .spawn(move || score_jobs(model, jobs, batch_rows, micro_batch))
+            .expect("a thread starts");
+        Arc::new(Self {
+            info,
+            options,
+            queue,
+        })
+    }
+
+    /// The served model's identity.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+}
+
+/// The scoring thread: takes the queued requests that ask for the same scores, up to
+/// `batch_rows` sequences, and scores them together.
+fn score_jobs<B: Backend>(
+    model: Llama<B>,
+    mut jobs: mpsc::Receiver<Job>,
+    batch_rows: usize,
+    micro_batch: usize,
+) {
+    let mut waiting: Vec<Job> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.blocking_recv() {
+                Some(job) => waiting.push(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            waiting.push(job);
+        }
+        // The first request's kind, and every waiting request of that kind that fits.
+        let key = |r: &ScoreRequest| (r.top_k, r.temperature.to_bits(), r.full);
+        let first = key(&waiting[0].request);
+        let mut rows = 0;
+        let mut taken = Vec::new();
+        let mut rest = Vec::new();
+        for job in waiting.drain(..) {
+            let n = job.request.sequences.len();
+            if key(&job.request) == first && (taken.is_empty() || rows + n <= batch_rows) {
+                rows += n;
+                taken.push(job);
+            } else {
+                rest.push(job);
+            }
+        }
+        waiting = rest;
+        let requests: Vec<&ScoreRequest> = taken.iter().map(|j| &j.request).collect();
+        let mut answers = score_together(&model, &requests, micro_batch);
+        for (job, answer) in taken.into_iter().zip(answers.drain(..)) {
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// Scores `requests` (of one kind) in one batch and splits the results back.
+fn score_together<B: Backend>(
+    model: &Llama<B>,
+    requests: &[&ScoreRequest],
+    micro_batch: usize,
+) -> Vec<Result<ScoreResponse, ApiError>> {
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, None);
+    let sequences: Vec<_> = requests.iter().flat_map(|r| &r.sequences).collect();
+    let batch = SequenceBatch::new(
+        sequences.iter().map(|s| s.context.clone()).collect(),
+        sequences.iter().map(|s| s.response.clone()).collect(),
+    );
+    let first = requests[0];
+    let scored = batch
+        .map_err(|e| internal(e.to_string()))
+        .and_then(|batch| {
+            let options = ScoreOptions {
+                micro_batch,
+                top_k: first.top_k,
+                temperature: first.temperature,
+            };
+            let rows = score(model, &batch, options)
+                .map_err(|e| internal(e.to_string()))?
+                .to_rows(&batch);
+            let full = match first.full {
+                true => Some(full_log_probs(
+                    model,
+                    &batch,
+                    first.temperature,
+                    micro_batch,
+                )?),
+                false => None,
+            };
+            Ok(rows
+                .into_iter()
+                .enumerate()
+                .map(|(b, row)| Scored {
+                    logprobs: row.logprobs,
+                    top_ids: row
+                        .top_k
+                        .iter()
+                        .map(|p| p.iter().map(|(id, _)| *id).collect())
+                        .collect(),
+                    top_logprobs: row
+                        .top_k
+                        .iter()
+                        .map(|p| p.iter().map(|(_, lp)| *lp).collect())
+                        .collect(),
+                    full_logprobs: full.as_ref().map(|f| f[b].clone()).unwrap_or_default(),
+                })
+                .collect::<Vec<_>>())
+        });
+    match scored {
+        Ok(mut all) => requests
+            .iter()
+            .map(|r| {
+                Ok(ScoreResponse {
+                    results: all.drain(..r.sequences.len()).collect(),
+                })
+            })
+            .collect(),
+        Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// `log softmax(z / τ)` at every response position of every row, `[B][R][V]`.
+fn full_log_probs<B: Backend>(
+    model: &Llama<B>,
+    batch: &SequenceBatch,
+    temperature: f64,
+    micro_batch: usize,
+) -> Result<Vec<Vec<Vec<f32>>>, ApiError> {
+    let mut out = Vec::with_capacity(batch.len());
+    for start in (0..batch.len()).step_by(micro_batch) {
+        let end = (start + micro_batch).min(batch.len());
+        let rows = batch
+            .rows(start..end)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+        let logits = model
+            .response_logits(&rows)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+        let [_, width, vocab] = logits.dims();
+        let values: Vec<f32> = log_softmax(logits.div_scalar(temperature), 2)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32 values");
+        for (i, response) in rows.responses().iter().enumerate() {
+            out.push(
+                (0..response.len())
+                    .map(|t| values[(i * width + t) * vocab..(i * width + t + 1) * vocab].to_vec())
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a request against the model and the limits; the error names the field.
+fn check(request: &ScoreRequest, state: &ServerState) -> Result<(), ApiError> {
+    let (info, limits) = (&state.info, &state.options);
+    let n = request.sequences.len();
+    if n == 0 || n > limits.max_sequences {
+        return Err(ApiError::field(
+            "sequences",
+            format!("{n} sequences: expected 1 to {}", limits.max_sequences),
+        ));
+    }
+    if !(request.temperature.is_finite() && request.temperature > 0.0) {
+        return Err(ApiError::field(
+            "temperature",
+            format!("{}: expected a finite number > 0", request.temperature),
+        ));
+    }
+    if request.top_k > info.vocab_size {
+        return Err(ApiError::field(
+            "top_k",
+            format!(
+                "{}: at most the vocabulary, {}",
+                request.top_k, info.vocab_size
+            ),
+        ));
+    }
+    if request.full && info.vocab_size > MAX_FULL_VOCAB {
+        return Err(ApiError::field(
+            "full",
+            format!(
+                "full log-probs of a {}-token vocabulary are not served (at most \
+                 {MAX_FULL_VOCAB}): ask for a top_k",
+                info.vocab_size
+            ),
+        ));
+    }
+    let limit = limits.max_tokens.min(info.max_context);
+    for (i, s) in request.sequences.iter().enumerate() {
+        for (part, ids) in [("context", &s.context), ("response", &s.response)] {
+            if ids.is_empty() {
+                return Err(ApiError::field(
+                    format!("sequences[{i}].{part}"),
+                    "empty: expected at least one token",
+                ));
+            }
+            if let Some(id) = ids.iter().find(|&&id| id as usize >= info.vocab_size) {
+                return Err(ApiError::field(
+                    format!("sequences[{i}].{part}"),
+                    format!(
+                        "token {id} is outside the {}-token vocabulary",
+                        info.vocab_size
+                    ),
+                ));
+            }
+        }
+        let tokens = s.context.len() + s.response.len();
+        if tokens > limit {
+            return Err(ApiError::field(
+                format!("sequences[{i}]"),
+                format!("{tokens} tokens (context + response): at most {limit}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `401` unless the request carries the server's token (when it has one).
+fn authorize(headers: &HeaderMap, state: &ServerState) -> Result<(), ApiError> {
+    let Some(token) = &state.options.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if given == token => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required (Authorization: Bearer …)",
+            Some("Authorization".into()),
+        )),
+    }
+}
+
+async fn model_info(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    match authorize(&headers, &state) {
+        Ok(()) => axum::Json(state.info.clone()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn score_handler(
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<ScoreResponse>, ApiError> {
+    authorize(&headers, &state)?;
+    let bytes = axum::body::to_bytes(body, state.options.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is larger than {} bytes, or was cut off",
+                    state.options.max_body_bytes
+                ),
+                None,
+            )
+        })?;
+    let request: ScoreRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        // serde names the field in its message ("unknown field `x`", "missing field `y`").
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("not a score request: {e}"),
+            None,
+        )
+    })?;
+    check(&request, &state)?;
+    let (reply, answer) = oneshot::channel();
+    state.queue.try_send(Job { request, reply }).map_err(|e| {
+        let why = match e {
+            mpsc::error::TrySendError::Full(_) => "the queue is full: retry shortly",
+            mpsc::error::TrySendError::Closed(_) => "the scorer has stopped",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why, None)
+    })?;
+    let scored = answer.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the scorer stopped before answering",
+            None,
+        )
+    })??;
+    Ok(axum::Json(scored))
+}
+
+/// The routes: `GET /v1/model`, `POST /v1/score`; anything else 404 with a JSON body.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/model", get(model_info))
+        .route("/v1/score", post(score_handler))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route: GET /v1/model, POST /v1/score",
+                None,
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,328 @@
+//! A teacher on another machine: `opd serve` (or any server speaking [`protocol`]) scores the
+//! student's tokens over HTTP.
+//!
+//! The vocabulary is checked when connecting ([`Remote::connect`]): the served model's size and
+//! the CRC-32 of its token table must be the student's, so a teacher with another vocabulary
+//! is refused before a step runs. A request that fails for a reason that may pass (the server
+//! unreachable, busy: 429 and 503, or failing: 5xx) is retried with exponential backoff
+//! (honouring `Retry-After`) for up to `wait`; then the step fails before any update, with an
+//! error naming the server.
+
+pub mod protocol;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use opd_divergences::TeacherTarget;
+use opd_policy::{ChatTokenizer, Llama, SequenceBatch};
+use protocol::{MAX_FULL_VOCAB, ModelInfo, ScoreRequest, ScoreResponse, Sequence};
+
+use crate::error::{Result, TeacherError};
+use crate::output::{Request, TeacherOutput, TeacherSupport};
+use crate::teacher::Teacher;
+
+/// Where the teacher is and how long to wait for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteOptions {
+    /// The server's base URL (`http://10.0.0.2:8000`).
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub token: Option<String>,
+    /// The longest one request may take. Default 120 s.
+    pub timeout: Duration,
+    /// How long a request is retried while the server is unreachable or busy. Default 300 s.
+    pub wait: Duration,
+}
+
+impl RemoteOptions {
+    /// `url` with the default timeout and wait.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into().trim_end_matches('/').to_string(),
+            token: None,
+            timeout: Duration::from_secs(120),
+            wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// **Remote** teacher: a model served over HTTP, `θ_T` fixed, scoring the student's tokens
+/// (OPD with a teacher that never sits in the trainer's memory).
+#[derive(Debug)]
+pub struct Remote {
+    options: RemoteOptions,
+    agent: ureq::Agent,
+    info: ModelInfo,
+    /// Response bytes received and response tokens scored, for [`Remote::bytes_per_token`].
+    received: AtomicU64,
+    scored: AtomicU64,
+}
+
+impl Remote {
+    /// Connects to the server of `options` and checks its vocabulary against the student's
+    /// (`student_tokenizer`, and the student model's `vocab_size`): another size or token
+    /// table is an error, as for an [`crate::External`] teacher.
+    pub fn connect(
+        options: RemoteOptions,
+        student_tokenizer: &ChatTokenizer,
+        vocab_size: usize,
+    ) -> Result<Self> {
+        let agent = ureq::AgentBuilder::new().timeout(options.timeout).build();
+        let remote = Self {
+            info: ModelInfo {
+                name: String::new(),
+                vocab_size: 0,
+                tokenizer_size: 0,
+                token_table_crc32: 0,
+                bos: None,
+                eos: Vec::new(),
+                max_context: 0,
+            },
+            options,
+            agent,
+            received: AtomicU64::new(0),
+            scored: AtomicU64::new(0),
+        };
+        let info: ModelInfo = remote.call("GET", "/v1/model", None)?;
+        let student_table = protocol::token_table_crc32(
+            (0..vocab_size as u32).map(|id| student_tokenizer.id_to_token(id).unwrap_or_default()),
+        );
+        if info.vocab_size != vocab_size || info.token_table_crc32 != student_table {
+            return Err(TeacherError::VocabularyMismatch {
+                teacher: info.vocab_size,
+                student: vocab_size,
+                first_difference: None,
+            });
+        }
+        Ok(Self { info, ..remote })
+    }
+
+    /// What the server said about its model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Response bytes received per response token scored so far (what travels over the wire).
+    pub fn bytes_per_token(&self) -> Option<f64> {
+        let scored = self.scored.load(Ordering::Relaxed);
+        (scored > 0).then(|| self.received.load(Ordering::Relaxed) as f64 / scored as f64)
+    }
+
+    fn error(&self, problem: impl Into<String>) -> TeacherError {
+        TeacherError::Remote {
+            url: self.options.url.clone(),
+            problem: problem.into(),
+        }
+    }
+
+    /// One call, retried while it may yet pass: the server unreachable, 429, 503 or another
+    /// 5xx, with backoff from 0.5 s doubling to 30 s (or the server's `Retry-After`), for up to
+    /// `wait`. A 4xx other than 429 fails at once with the server's message.
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&ScoreRequest>,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.options.url);
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(500);
+        loop {
+            let mut request = self.agent.request(method, &url);
+            if let Some(token) = &self.options.token {
+                request = request.set("Authorization", &format!("Bearer {token}"));
+            }
+            let sent = match body {
+                Some(body) => request.send_json(body),
+                None => request.call(),
+            };
+            let retry_after = match sent {
+                Ok(response) => {
+                    let text = response
+                        .into_string()
+                        .map_err(|e| self.error(format!("reading the answer to {path}: {e}")))?;
+                    self.received
+                        .fetch_add(text.len() as u64, Ordering::Relaxed);
+                    return serde_json::from_str(&text).map_err(|e| {
+                        self.error(format!("the answer to {path} is not opd's: {e}"))
+                    });
+                }
+                Err(ureq::Error::Status(code, response)) if code == 429 || code >= 500 => {
+                    let seconds = response
+                        .header("Retry-After")
+                        .and_then(|s| s.parse::<u64>().ok());
+                    let why = format!("{code} {}", response.into_string().unwrap_or_default());
+                    (seconds.map(Duration::from_secs), why)
+                }
+                Err(ureq::Error::Status(code, response)) => {
+                    let body = response.into_string().unwrap_or_default();
+                    let message = serde_json::from_str::<protocol::ErrorBody>(&body)
+                        .map(|b| match b.error.field {
+                            Some(field) => format!("{field}: {}", b.error.message),
+                            None => b.error.message,
+                        })
+                        .unwrap_or(body);
+                    return Err(self.error(format!("{path} refused ({code}): {message}")));
+                }
+                Err(ureq::Error::Transport(e)) => (None, e.to_string()),
+            };
+            let (wait, why) = retry_after;
+            let pause = wait.unwrap_or(delay);
+            if start.elapsed() + pause > self.options.wait {
+                return Err(self.error(format!(
+                    "{path} failed for {:.0} s, longer than the {:.0} s a run waits for its \
+                     teacher: {why}",
+                    start.elapsed().as_secs_f64(),
+                    self.options.wait.as_secs_f64()
+                )));
+            }
+            tracing::warn!(
+                "teacher {url}: {why}; retrying in {:.1} s",
+                pause.as_secs_f64()
+            );
+            std::thread::sleep(pause);
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Teacher<B> for Remote {
+    fn outputs(
+        &self,
+        student: &Llama<B>,
+        batch: &SequenceBatch,
+        request: &Request,
+    ) -> Result<TeacherOutput<B>> {
+        let (top_k, full) = match request.support {
+            TeacherSupport::SampledToken => (0, false),
+            TeacherSupport::TopK(k) => (k, false),
+            TeacherSupport::Logits if self.info.vocab_size <= MAX_FULL_VOCAB => (0, true),
+            TeacherSupport::Logits => {
+                return Err(self.error(format!(
+                    "full logits of a {}-token vocabulary do not travel (at most {MAX_FULL_VOCAB}): \
+                     use a top-k support (`teacher_top_k`)",
+                    self.info.vocab_size
+                )));
+            }
+        };
+        let body = ScoreRequest {
+            sequences: batch
+                .contexts()
+                .iter()
+                .zip(batch.responses())
+                .map(|(context, response)| Sequence {
+                    context: context.clone(),
+                    response: response.clone(),
+                })
+                .collect(),
+            top_k,
+            temperature: request.temperature,
+            full,
+        };
+        let answer: ScoreResponse = self.call("POST", "/v1/score", Some(&body))?;
+        let tokens: usize = batch.responses().iter().map(Vec::len).sum();
+        self.scored.fetch_add(tokens as u64, Ordering::Relaxed);
+        self.check(&answer, batch, top_k, full)?;
+        let device = burn::module::Module::devices(student)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let (rows, width) = (batch.len(), batch.response_width());
+        let temperature = request.temperature;
+        let padded =
+            |per_position: usize, fill: f32, value: &dyn Fn(usize, usize, usize) -> f32| {
+                let mut flat = vec![fill; rows * width * per_position];
+                for (b, scored) in answer.results.iter().enumerate() {
+                    for t in 0..scored.logprobs.len() {
+                        for j in 0..per_position {
+                            flat[(b * width + t) * per_position + j] = value(b, t, j);
+                        }
+                    }
+                }
+                flat
+            };
+        Ok(if full {
+            let vocab = self.info.vocab_size;
+            // log-probs at τ times τ are logits whose softmax at τ is the teacher's p_τ.
+            let values = padded(vocab, 0.0, &|b, t, j| {
+                answer.results[b].full_logprobs[t][j] * temperature as f32
+            });
+            TeacherOutput::Distribution {
+                target: TeacherTarget::Logits(Tensor::from_data(
+                    TensorData::new(values, [rows, width, vocab]),
+                    &device,
+                )),
+                temperature,
+            }
+        } else if top_k > 0 {
+            let ids = padded(top_k, 0.0, &|b, t, j| {
+                answer.results[b].top_ids[t][j] as f32
+            });
+            let log_probs = padded(top_k, f32::NEG_INFINITY, &|b, t, j| {
+                answer.results[b].top_logprobs[t][j]
+            });
+            let ids: Vec<i64> = ids.into_iter().map(|v| v as i64).collect();
+            TeacherOutput::Distribution {
+                target: TeacherTarget::TopK {
+                    ids: Tensor::from_data(TensorData::new(ids, [rows, width, top_k]), &device),
+                    log_probs: Tensor::from_data(
+                        TensorData::new(log_probs, [rows, width, top_k]),
+                        &device,
+                    ),
+                },
+                temperature,
+            }
+        } else {
+            let values = padded(1, 0.0, &|b, t, _| answer.results[b].logprobs[t]);
+            TeacherOutput::SampledToken {
+                log_probs: Tensor::from_data(TensorData::new(values, [rows, width]), &device),
+                temperature,
+            }
+        })
+    }
+}
+
+impl Remote {
+    /// The answer has one result per sequence and one entry per response token, of the sizes
+    /// asked for, with ids inside the vocabulary.
+    fn check(
+        &self,
+        answer: &ScoreResponse,
+        batch: &SequenceBatch,
+        top_k: usize,
+        full: bool,
+    ) -> Result<()> {
+        if answer.results.len() != batch.len() {
+            return Err(self.error(format!(
+                "{} results for {} sequences",
+                answer.results.len(),
+                batch.len()
+            )));
+        }
+        let vocab = self.info.vocab_size;
+        for (b, (scored, response)) in answer.results.iter().zip(batch.responses()).enumerate() {
+            let len = response.len();
+            let rows_ok = |rows: &[Vec<f32>], width: usize| {
+                rows.len() == len && rows.iter().all(|r| r.len() == width)
+            };
+            let ok = scored.logprobs.len() == len
+                && (top_k == 0
+                    || (rows_ok(&scored.top_logprobs, top_k)
+                        && scored.top_ids.len() == len
+                        && scored.top_ids.iter().all(|r| {
+                            r.len() == top_k && r.iter().all(|&id| (id as usize) < vocab)
+                        })))
+                && (!full || rows_ok(&scored.full_logprobs, vocab));
+            if !ok {
+                return Err(self.error(format!(
+                    "result {b} does not match its request ({len} response tokens, top_k \
+                     {top_k}{})",
+                    if full { ", full log-probs" } else { "" }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
