@@ -416,3 +416,117 @@ fn an_opd_step_whose_teacher_is_gone_changes_nothing_and_the_next_one_goes_on() 
     let metrics = trainer.step().unwrap();
     assert_eq!((metrics.step, trainer.steps_done()), (1, 2));
 }
+
+/// `opd serve` as a process on a free port: the child and its URL.
+fn serve_process(model: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .arg(model)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("opd serve says where it listens")
+            .unwrap();
+        if let Some(at) = line.find("http://") {
+            break line[at..].trim().to_string();
+        }
+    };
+    // Keep draining its stderr so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+#[test]
+fn opd_train_learns_from_a_teacher_served_by_opd_serve() {
+    let folder = tempfile::tempdir().unwrap();
+    // The teacher: a scratch model saved as a Hugging Face folder, served by `opd serve`.
+    let scratch = opd_cli::config::ScratchModel {
+        alphabet: "0123456789+".into(),
+        layers: 1,
+        hidden_size: 32,
+        intermediate_size: 64,
+        heads: 2,
+        max_positions: 16,
+        seed: 5,
+        ..Default::default()
+    };
+    let teacher = Llama::<Flex>::init(&scratch.llama_config(), 5, &Default::default());
+    let tok =
+        ChatTokenizer::characters(&scratch.alphabet, opd_cli::config::SCRATCH_TEMPLATE).unwrap();
+    let model_dir = folder.path().join("teacher");
+    opd_policy::save(&teacher, &tok, &model_dir, opd_policy::SaveDtype::F32).unwrap();
+    let (mut server, url) = serve_process(&model_dir);
+    let run = folder.path().join("run");
+    let file = folder.path().join("opd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[model.scratch]
+alphabet = "0123456789+"
+layers = 1
+hidden_size = 32
+intermediate_size = 64
+heads = 2
+max_positions = 16
+
+[teacher]
+url = "{url}"
+wait_seconds = 5
+
+[data.arithmetic]
+max_operand = 4
+train_tasks = 20
+test_tasks = 5
+
+[output]
+dir = "{}"
+
+[train]
+steps = 4
+prompts_per_step = 4
+micro_batch = 4
+sampling = {{ max_new_tokens = 3 }}
+objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
+"#,
+            run.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
+        .arg("train")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let records = opd_cli::run::read_metrics(&run.join(opd_cli::run::METRICS)).unwrap();
+    let divergences: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.train())
+        .filter_map(|m| m.divergence_mean)
+        .collect();
+    assert_eq!(divergences.len(), 4, "{stderr}");
+    assert!(divergences.iter().all(|d| d.is_finite() && *d >= 0.0));
+    // With the server gone, a resumed run stops: it waits `wait_seconds`, then says why.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("steps = 4", "steps = 6");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
+        .args(["train", "--resume"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(stderr.contains(&url) && stderr.contains("5 s"), "{stderr}");
+}
