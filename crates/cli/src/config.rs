@@ -77,6 +77,13 @@ pub struct TeacherSource {
     /// A scoring server (`http://HOST:PORT`, `opd serve`).
     #[serde(default)]
     pub url: Option<String>,
+    /// What the server speaks: `"opd"` (`opd serve`, default) or `"vllm"` (a vLLM or SGLang
+    /// server's completions endpoint with prompt log-probs).
+    #[serde(default)]
+    pub protocol: ServedProtocol,
+    /// The served model's name, for a vLLM server holding several; default its first.
+    #[serde(default)]
+    pub served_model: Option<String>,
     /// The server's bearer token; default the environment's `OPD_TEACHER_TOKEN`, if set.
     #[serde(default)]
     pub token: Option<String>,
@@ -86,6 +93,17 @@ pub struct TeacherSource {
     /// How long a run waits for an unreachable or busy server before it stops. Default 300.
     #[serde(default)]
     pub wait_seconds: Option<f64>,
+}
+
+/// The protocol of a served teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServedProtocol {
+    /// `opd serve`.
+    #[default]
+    Opd,
+    /// vLLM's OpenAI-compatible completions endpoint with `prompt_logprobs`.
+    Vllm,
 }
 
 impl TeacherSource {
@@ -407,10 +425,12 @@ fn check_teacher(teacher: &TeacherSource) -> std::result::Result<(), String> {
             if teacher.token.is_some()
                 || teacher.timeout_seconds.is_some()
                 || teacher.wait_seconds.is_some()
+                || teacher.served_model.is_some()
+                || teacher.protocol != ServedProtocol::Opd
             {
                 return Err(
-                    "`teacher.token`, `timeout_seconds` and `wait_seconds` are for a served \
-                     teacher (`url`)"
+                    "`teacher.token`, `timeout_seconds`, `wait_seconds`, `protocol` and \
+                     `served_model` are for a served teacher (`url`)"
                         .into(),
                 );
             }

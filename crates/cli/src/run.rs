@@ -19,13 +19,14 @@ use opd_policy::Policy;
 use opd_policy::SaveDtype;
 use opd_rollout::SamplingParams;
 use opd_tasks::{Environment, Evaluation, Task, evaluate};
+use opd_teachers::remote::Protocol;
 use opd_teachers::{External, Remote, RemoteOptions, Teacher, TeacherError};
 use opd_trainers::checkpoint::{
     self, checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints,
 };
 use opd_trainers::{Flow, StepMetrics, TokensSpent, TrainError, Trainer, learning_rate};
 
-use crate::config::{RunConfig, TeacherSource};
+use crate::config::{RunConfig, ServedProtocol, TeacherSource};
 use crate::error::{CliError, Result};
 use crate::folder::{MetricsLines, MetricsLog, RunFolder, remove_leftovers, write_atomically};
 use crate::plot::{Curves, write_curves};
@@ -452,6 +453,11 @@ fn teacher<B: AutodiffBackend + DivergenceBackend>(
         .clone()
         .expect("a teacher without a model has a url");
     let mut options = RemoteOptions::new(url);
+    if source.protocol == ServedProtocol::Vllm {
+        options.protocol = Protocol::Vllm {
+            model: source.served_model.clone().unwrap_or_default(),
+        };
+    }
     options.token = source
         .token
         .clone()

@@ -454,7 +454,6 @@ fn opd_train_learns_from_a_teacher_served_by_opd_serve() {
         heads: 2,
         max_positions: 16,
         seed: 5,
-        ..Default::default()
     };
     let teacher = Llama::<Flex>::init(&scratch.llama_config(), 5, &Default::default());
     let tok =
@@ -529,4 +528,53 @@ objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
     assert!(stderr.contains(&url) && stderr.contains("5 s"), "{stderr}");
+}
+
+#[test]
+fn the_vllm_endpoints_serve_the_same_scores_to_a_vllm_client() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let student = Llama::<A>::init(&config(), 4, &Default::default());
+    let tok = tokenizer("0123456789+");
+    let server = Running::start(teacher, ServeOptions::new(32));
+    let opd = Remote::connect(options(server.url()), &tok, student.vocab_size()).unwrap();
+    let mut vllm_options = options(server.url());
+    vllm_options.protocol = opd_teachers::remote::Protocol::Vllm {
+        model: String::new(),
+    };
+    let vllm = Remote::connect(vllm_options, &tok, student.vocab_size()).unwrap();
+    assert_eq!(vllm.info().name, "tiny");
+    let b = batch();
+    for support in [TeacherSupport::SampledToken, TeacherSupport::TopK(4)] {
+        let request = Request::new(support, 1.0).unwrap();
+        let (x, y) = (
+            opd.outputs(&student, &b, &request).unwrap(),
+            vllm.outputs(&student, &b, &request).unwrap(),
+        );
+        let values = |o: TeacherOutput<A>| match o {
+            TeacherOutput::SampledToken { log_probs, .. } => host(log_probs),
+            TeacherOutput::Distribution {
+                target: TeacherTarget::TopK { log_probs, .. },
+                ..
+            } => host(log_probs),
+            other => panic!("{other:?}"),
+        };
+        assert!(max_diff(&values(x), &values(y)) < 1e-6, "{support:?}");
+    }
+    // vLLM scores prompts at temperature 1: another is refused, not silently wrong.
+    let hot = Request::new(TeacherSupport::TopK(4), 0.5).unwrap();
+    match vllm.outputs(&student, &b, &hot) {
+        Err(TeacherError::Remote { problem, .. }) => {
+            assert!(problem.contains("temperature 1"), "{problem}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    // A vLLM client with another vocabulary decodes the probe ids differently.
+    let mut other = options(server.url());
+    other.protocol = opd_teachers::remote::Protocol::Vllm {
+        model: "tiny".into(),
+    };
+    match Remote::connect(other, &tokenizer("abcdefghij+"), 12) {
+        Err(TeacherError::VocabularyMismatch { .. }) => {}
+        other => panic!("expected a vocabulary mismatch, got {other:?}"),
+    }
 }

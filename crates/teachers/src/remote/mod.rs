@@ -9,6 +9,7 @@
 //! error naming the server.
 
 pub mod protocol;
+pub mod vllm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,11 +24,28 @@ use crate::error::{Result, TeacherError};
 use crate::output::{Request, TeacherOutput, TeacherSupport};
 use crate::teacher::Teacher;
 
+/// Which protocol the server speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// opd's own ([`protocol`]): `opd serve`.
+    #[default]
+    Opd,
+    /// The OpenAI-compatible completions endpoint with vLLM's `prompt_logprobs` ([`vllm`]): a
+    /// vLLM (or SGLang) server holding a large teacher. Scores at temperature 1, top-k up to the
+    /// server's `--max-logprobs`; the vocabulary is checked by decoding a spread of ids.
+    Vllm {
+        /// The served model's name (`model` of each request); empty: the server's first.
+        model: String,
+    },
+}
+
 /// Where the teacher is and how long to wait for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteOptions {
     /// The server's base URL (`http://10.0.0.2:8000`).
     pub url: String,
+    /// opd's protocol or vLLM's. Default opd's.
+    pub protocol: Protocol,
     /// Sent as `Authorization: Bearer …` when set.
     pub token: Option<String>,
     /// The longest one request may take. Default 120 s.
@@ -41,6 +59,7 @@ impl RemoteOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into().trim_end_matches('/').to_string(),
+            protocol: Protocol::Opd,
             token: None,
             timeout: Duration::from_secs(120),
             wait: Duration::from_secs(300),
@@ -70,7 +89,7 @@ impl Remote {
         vocab_size: usize,
     ) -> Result<Self> {
         let agent = ureq::AgentBuilder::new().timeout(options.timeout).build();
-        let remote = Self {
+        let mut remote = Self {
             info: ModelInfo {
                 name: String::new(),
                 vocab_size: 0,
@@ -85,7 +104,10 @@ impl Remote {
             received: AtomicU64::new(0),
             scored: AtomicU64::new(0),
         };
-        let info: ModelInfo = remote.call("GET", "/v1/model", None)?;
+        let info = match remote.options.protocol.clone() {
+            Protocol::Opd => remote.call::<ModelInfo>("GET", "/v1/model", None::<&()>)?,
+            Protocol::Vllm { model } => remote.vllm_info(&model, student_tokenizer, vocab_size)?,
+        };
         let student_table = protocol::token_table_crc32(
             (0..vocab_size as u32).map(|id| student_tokenizer.id_to_token(id).unwrap_or_default()),
         );
@@ -97,6 +119,50 @@ impl Remote {
             });
         }
         Ok(Self { info, ..remote })
+    }
+
+    /// A vLLM server's model, its vocabulary checked by decoding [`vllm::probe_ids`] there and
+    /// here: vLLM does not give its token table, so the identity recorded is the student's
+    /// once the texts agree.
+    fn vllm_info(
+        &mut self,
+        model: &str,
+        student_tokenizer: &ChatTokenizer,
+        vocab_size: usize,
+    ) -> Result<ModelInfo> {
+        let models: vllm::ModelList = self.call("GET", "/v1/models", None::<&()>)?;
+        let card = match model {
+            "" => models.data.first(),
+            name => models.data.iter().find(|m| m.id == name),
+        }
+        .ok_or_else(|| self.error(format!("serves no model named {model:?}")))?
+        .clone();
+        self.options.protocol = Protocol::Vllm {
+            model: card.id.clone(),
+        };
+        let ids = vllm::probe_ids(vocab_size, 256);
+        let theirs: vllm::DetokenizeResponse = self.call(
+            "POST",
+            "/detokenize",
+            Some(&vllm::DetokenizeRequest {
+                model: card.id.clone(),
+                tokens: ids.clone(),
+            }),
+        )?;
+        let ours = student_tokenizer.decode(&ids, false)?;
+        let table = protocol::token_table_crc32(
+            (0..vocab_size as u32).map(|id| student_tokenizer.id_to_token(id).unwrap_or_default()),
+        );
+        Ok(ModelInfo {
+            name: card.id,
+            vocab_size,
+            tokenizer_size: vocab_size,
+            // Texts that differ mark another vocabulary: a table that cannot match.
+            token_table_crc32: if theirs.prompt == ours { table } else { !table },
+            bos: student_tokenizer.special.bos,
+            eos: student_tokenizer.special.eos.clone(),
+            max_context: card.max_model_len.unwrap_or(usize::MAX),
+        })
     }
 
     /// What the server said about its model.
@@ -124,7 +190,7 @@ impl Remote {
         &self,
         method: &str,
         path: &str,
-        body: Option<&ScoreRequest>,
+        body: Option<&impl serde::Serialize>,
     ) -> Result<T> {
         let url = format!("{}{path}", self.options.url);
         let start = Instant::now();
@@ -207,21 +273,52 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
                 )));
             }
         };
-        let body = ScoreRequest {
-            sequences: batch
-                .contexts()
-                .iter()
-                .zip(batch.responses())
-                .map(|(context, response)| Sequence {
-                    context: context.clone(),
-                    response: response.clone(),
-                })
-                .collect(),
-            top_k,
-            temperature: request.temperature,
-            full,
+        let sequences: Vec<Sequence> = batch
+            .contexts()
+            .iter()
+            .zip(batch.responses())
+            .map(|(context, response)| Sequence {
+                context: context.clone(),
+                response: response.clone(),
+            })
+            .collect();
+        let answer = match &self.options.protocol {
+            Protocol::Opd => {
+                let body = ScoreRequest {
+                    sequences,
+                    top_k,
+                    temperature: request.temperature,
+                    full,
+                };
+                self.call::<ScoreResponse>("POST", "/v1/score", Some(&body))?
+            }
+            Protocol::Vllm { model } => {
+                if request.temperature != 1.0 || full {
+                    return Err(self.error(format!(
+                        "a vLLM server scores prompts from raw logits: temperature 1 and a \
+                         top-k or sampled-token support only (asked: temperature {}, {:?})",
+                        request.temperature, request.support
+                    )));
+                }
+                let body = vllm::request(model, &sequences, top_k);
+                let answer: vllm::CompletionResponse =
+                    self.call("POST", "/v1/completions", Some(&body))?;
+                let mut results = Vec::with_capacity(sequences.len());
+                for (i, sequence) in sequences.iter().enumerate() {
+                    let choice = answer
+                        .choices
+                        .iter()
+                        .find(|c| c.index == i)
+                        .and_then(|c| vllm::scored(c, sequence, top_k));
+                    results.push(choice.ok_or_else(|| {
+                        self.error(format!(
+                            "choice {i} lacks the prompt log-probs of its response (top {top_k})"
+                        ))
+                    })?);
+                }
+                ScoreResponse { results }
+            }
         };
-        let answer: ScoreResponse = self.call("POST", "/v1/score", Some(&body))?;
         let tokens: usize = batch.responses().iter().map(Vec::len).sum();
         self.scored.fetch_add(tokens as u64, Ordering::Relaxed);
         self.check(&answer, batch, top_k, full)?;

@@ -1,0 +1,90 @@
+//! The vLLM side of the remote teacher: a completions answer with `prompt_logprobs`, in the
+//! format of vLLM 0.6 to 0.11 (`CompletionResponseChoice.prompt_logprobs`:
+//! `list[dict[int, Logprob] | None]`, token ids as JSON keys, each `{logprob, rank,
+//! decoded_token}`, `null` for the first prompt token, the prompt's own token beside the top
+//! `k`, extra fields such as `stop_reason` and `usage` present). vLLM cannot run here: the file
+//! was written from vLLM's protocol definitions, with the values of a made-up prompt.
+
+use opd_teachers::remote::protocol::Sequence;
+use opd_teachers::remote::vllm::{self, CompletionResponse, Prompt};
+
+fn answer() -> CompletionResponse {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/vllm_completion_prompt_logprobs.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_vllm_answer_gives_each_response_tokens_log_prob_and_top_k() {
+    let answer = answer();
+    // Prompt 0 is context [151644, 785] + response [4226, 374, 220]: its first response token
+    // is scored at prompt position 2.
+    let first = Sequence {
+        context: vec![151644, 785],
+        response: vec![4226, 374, 220],
+    };
+    let scored = vllm::scored(&answer.choices[0], &first, 2).unwrap();
+    assert_eq!(scored.logprobs, [-0.3307, -0.0113, -0.6821]);
+    assert_eq!(scored.top_ids, [[4226, 1102], [374, 572], [220, 18]]);
+    assert_eq!(scored.top_logprobs[2], [-0.6821, -1.3752]);
+    // Without a top-k, the sampled token's log-prob alone; a token outside the top k (785, rank
+    // 231) is still found by its id.
+    let from_one = Sequence {
+        context: vec![151644],
+        response: vec![785, 4226],
+    };
+    let scored = vllm::scored(&answer.choices[0], &from_one, 0).unwrap();
+    assert_eq!(scored.logprobs, [-7.2512, -0.3307]);
+    assert!(scored.top_ids.is_empty());
+    // Ranks, not key order, decide the top-k order.
+    let second = Sequence {
+        context: vec![1],
+        response: vec![17, 10],
+    };
+    let scored = vllm::scored(&answer.choices[1], &second, 2).unwrap();
+    assert_eq!(scored.top_ids[1], [15, 10]);
+    assert_eq!(scored.logprobs, [-0.1005, -1.6094]);
+}
+
+#[test]
+fn an_answer_missing_what_was_asked_is_refused() {
+    let answer = answer();
+    // A top-3 was not returned (the server's --max-logprobs was lower, or the answer is cut).
+    let sequence = Sequence {
+        context: vec![151644, 785],
+        response: vec![4226],
+    };
+    assert!(vllm::scored(&answer.choices[0], &sequence, 3).is_none());
+    // A response token the position does not hold.
+    let other = Sequence {
+        context: vec![151644, 785],
+        response: vec![9999],
+    };
+    assert!(vllm::scored(&answer.choices[0], &other, 0).is_none());
+    // Longer than the prompt that was scored.
+    let long = Sequence {
+        context: vec![1],
+        response: vec![17, 10, 3],
+    };
+    assert!(vllm::scored(&answer.choices[1], &long, 0).is_none());
+}
+
+#[test]
+fn the_request_concatenates_context_and_response() {
+    let request = vllm::request(
+        "m",
+        &[Sequence {
+            context: vec![1, 2],
+            response: vec![3],
+        }],
+        5,
+    );
+    assert_eq!(request.prompt, Prompt::Many(vec![vec![1, 2, 3]]));
+    assert_eq!((request.max_tokens, request.prompt_logprobs), (1, 5));
+    let json = serde_json::to_value(&request).unwrap();
+    assert_eq!(json["echo"], true);
+    assert_eq!(json["prompt"][0][2], 3);
+}
