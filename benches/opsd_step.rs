@@ -53,6 +53,7 @@ fn problems() -> Vec<Task> {
         reference: Some(solution.into()),
         answer: Some(answer.into()),
         tests: None,
+        teacher: None,
     })
     .collect()
 }

@@ -108,6 +108,7 @@ fn teacher_samples(teacher: &Path, train_tasks: &[Task], budget: u64, out: &Path
                 reference: Some(sample.text),
                 answer: task.answer.clone(),
                 tests: None,
+                teacher: None,
             });
         }
     }

@@ -22,6 +22,10 @@ pub struct RunConfig {
     /// refused otherwise).
     #[serde(default)]
     pub teacher: Option<TeacherSource>,
+    /// Several named teachers in place of `teacher` (OPD): each task is scored by the one its
+    /// `teacher` field names, or by the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<TeacherSource>,
     /// Training and held-out tasks.
     pub data: DataConfig,
     /// How answers are graded.
@@ -68,6 +72,9 @@ pub struct ModelSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherSource {
+    /// The teacher's name, which tasks route to (`[[teachers]]` only).
+    #[serde(default)]
+    pub name: Option<String>,
     /// A `.gguf` file or a Hugging Face folder.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -299,23 +306,7 @@ impl RunConfig {
             other => other.to_string(),
         })?;
         check_source("model", &self.model)?;
-        let method = self.train.objective.settings();
-        match (&self.teacher, method.needs_teacher_model()) {
-            (None, true) => {
-                return Err(format!(
-                    "`teacher` is required with train.objective.method = \"{}\"",
-                    method.name()
-                ));
-            }
-            (Some(_), false) => {
-                return Err(format!(
-                    "`teacher` is only read by method = \"opd\" (this run is {}); the self-distillation methods use the student itself",
-                    self.train.objective.name()
-                ));
-            }
-            (Some(teacher), true) => check_teacher(teacher)?,
-            (None, false) => {}
-        }
+        self.check_teachers()?;
         let d = &self.data;
         match (d.arithmetic.is_some(), d.train.is_some(), d.test.is_some()) {
             (true, false, false) | (false, true, _) => {}
@@ -342,6 +333,61 @@ impl RunConfig {
         }
         if self.output.keep_checkpoints == 0 {
             return Err("`output.keep_checkpoints` must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// `teacher` or `teachers` as the method needs them.
+    fn check_teachers(&self) -> std::result::Result<(), String> {
+        let method = self.train.objective.settings();
+        if !self.teachers.is_empty() {
+            if self.teacher.is_some() {
+                return Err(
+                    "`teacher` and `teachers`: choose one (`[[teachers]]` for several)".into(),
+                );
+            }
+            if !method.needs_teacher_model() {
+                return Err(format!(
+                    "`teachers` are only read by method = \"opd\" (this run is {})",
+                    method.name()
+                ));
+            }
+            let mut names = Vec::new();
+            for (i, teacher) in self.teachers.iter().enumerate() {
+                match teacher.name.as_deref() {
+                    Some(name) if !name.is_empty() && !names.contains(&name) => names.push(name),
+                    _ => {
+                        return Err(format!(
+                            "`teachers[{i}].name`: each of several teachers needs a distinct name \
+                             (tasks route to it by their `teacher` field)"
+                        ));
+                    }
+                }
+                check_teacher(teacher)?;
+            }
+            return Ok(());
+        }
+        if self.teacher.as_ref().is_some_and(|t| t.name.is_some()) {
+            return Err(
+                "`teacher.name` names one of several `[[teachers]]`; a lone `[teacher]` has none"
+                    .into(),
+            );
+        }
+        match (&self.teacher, method.needs_teacher_model()) {
+            (None, true) => {
+                return Err(format!(
+                    "`teacher` is required with train.objective.method = \"{}\"",
+                    method.name()
+                ));
+            }
+            (Some(_), false) => {
+                return Err(format!(
+                    "`teacher` is only read by method = \"opd\" (this run is {}); the self-distillation methods use the student itself",
+                    self.train.objective.name()
+                ));
+            }
+            (Some(teacher), true) => check_teacher(teacher)?,
+            (None, false) => {}
         }
         Ok(())
     }
@@ -484,6 +530,42 @@ dir = "runs/x"
 steps = 10
 objective = { method = "grpo", group_size = 4 }
 "#;
+
+    #[test]
+    fn several_teachers_need_distinct_names_and_a_method_that_reads_them() {
+        let opd = RUN.replace(
+            "objective = { method = \"grpo\", group_size = 4 }",
+            "objective = { method = \"opd\" }",
+        );
+        let with = |teachers: &str| {
+            RunConfig::parse(&format!("{opd}\n{teachers}"), Path::new("run.toml"))
+                .map_err(|e| e.to_string())
+        };
+        let two = "[[teachers]]\nname = \"math\"\nurl = \"http://10.0.0.2:8000\"\n\n\
+                   [[teachers]]\nname = \"code\"\npath = \"code.gguf\"\n";
+        let run = with(two).unwrap();
+        assert_eq!(run.teachers.len(), 2);
+        assert_eq!(
+            run.teachers[1].model().unwrap().path.unwrap(),
+            Path::new("code.gguf")
+        );
+        let error = with(&two.replace("\"code\"\npath", "\"math\"\npath")).unwrap_err();
+        assert!(error.contains("teachers[1].name"), "{error}");
+        let error = with("[[teachers]]\nurl = \"http://h:1\"\n").unwrap_err();
+        assert!(error.contains("teachers[0].name"), "{error}");
+        let error = with(&format!("{two}\n[teacher]\npath = \"t.gguf\"\n")).unwrap_err();
+        assert!(error.contains("choose one"), "{error}");
+        let error = with("[teacher]\nname = \"x\"\npath = \"t.gguf\"\n").unwrap_err();
+        assert!(error.contains("teacher.name"), "{error}");
+        let error = RunConfig::parse(&format!("{RUN}\n{two}"), Path::new("run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("only read by method = \"opd\""), "{error}");
+        let error = with("[teacher]\nurl = \"ftp://h\"\n").unwrap_err();
+        assert!(error.contains("http://HOST:PORT"), "{error}");
+        let error = with("[teacher]\npath = \"t.gguf\"\nwait_seconds = 3\n").unwrap_err();
+        assert!(error.contains("served teacher"), "{error}");
+    }
 
     #[test]
     fn a_resume_may_change_only_where_the_run_stops_and_saves() {

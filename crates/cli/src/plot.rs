@@ -21,11 +21,16 @@ pub struct Curves<'a> {
 /// A value a panel reads from a record (`None` for records of another kind).
 type Read = fn(&Record) -> Option<f64>;
 
-/// A panel: its title, its x, and the y it draws: the first of `y` the run has.
+/// A record's values per teacher, in a run with several (`name`, value).
+type Split = fn(&Record) -> Vec<(String, f64)>;
+
+/// A panel: its title, its x, and the y it draws: the first of `y` the run has; with
+/// `split`, one line per teacher where the run has several.
 struct Panel {
     title: &'static str,
     x: Read,
     y: &'static [Read],
+    split: Option<Split>,
 }
 
 const PANELS: [Panel; 4] = [
@@ -33,16 +38,19 @@ const PANELS: [Panel; 4] = [
         title: "held-out accuracy vs generated tokens",
         x: |r| r.eval().map(|e| e.generated_tokens_total as f64),
         y: &[|r| r.eval().map(|e| e.accuracy)],
+        split: None,
     },
     Panel {
         title: "train reward (mean) vs step",
         x: |r| r.train().map(|m| m.step as f64),
         y: &[|r| r.train().map(|m| m.reward_mean)],
+        split: None,
     },
     Panel {
         title: "loss vs step",
         x: |r| r.train().map(|m| m.step as f64),
         y: &[|r| r.train().map(|m| m.loss)],
+        split: None,
     },
     Panel {
         title: "divergence to the teacher (or entropy) vs step",
@@ -51,6 +59,16 @@ const PANELS: [Panel; 4] = [
             |r| r.train().and_then(|m| m.divergence_mean),
             |r| r.train().map(|m| m.entropy),
         ],
+        split: Some(|r| {
+            r.train()
+                .map(|m| {
+                    m.teachers
+                        .iter()
+                        .filter_map(|(name, t)| Some((name.clone(), t.divergence_mean?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }),
     },
 ];
 
@@ -100,6 +118,31 @@ fn points(panel: &Panel, records: &[Record]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A run's lines in a panel: `(label, points)`, one per teacher when the panel splits by
+/// teacher and the run has several, else one.
+fn series(panel: &Panel, run: &Curves) -> Vec<(String, Vec<(f64, f64)>)> {
+    let split = panel.split.map(|split| {
+        let mut lines: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+        for record in run.records {
+            if let Some(x) = (panel.x)(record) {
+                for (name, y) in split(record) {
+                    if x.is_finite() && y.is_finite() {
+                        lines.entry(name).or_default().push((x, y));
+                    }
+                }
+            }
+        }
+        lines
+    });
+    match split.filter(|lines| !lines.is_empty()) {
+        Some(lines) => lines
+            .into_iter()
+            .map(|(name, points)| (format!("{} / {name}", run.name), points))
+            .collect(),
+        None => vec![(run.name.to_string(), points(panel, run.records))],
+    }
+}
+
 /// Reads the `metrics.jsonl` of each named run folder and draws them together at `stem`
 /// ([`write_curves`]); returns each run's records, in order.
 pub fn plot_runs(runs: &[(&str, &Path)], stem: &Path) -> Result<Vec<Vec<Record>>> {
@@ -146,8 +189,9 @@ where
     let text = register_system_font();
     root.fill(&WHITE)?;
     for (area, panel) in root.split_evenly((2, 2)).iter().zip(&PANELS) {
-        let series: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| points(panel, r.records)).collect();
-        let all = series.iter().flatten();
+        let series: Vec<(String, Vec<(f64, f64)>)> =
+            runs.iter().flat_map(|r| series(panel, r)).collect();
+        let all = series.iter().flat_map(|(_, points)| points);
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in all {
             (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -170,15 +214,16 @@ where
             mesh.x_labels(0).y_labels(0);
         }
         mesh.draw()?;
-        for ((run, points), color) in runs.iter().zip(series).zip(COLORS.iter().cycle()) {
+        let lines = series.len();
+        for ((label, points), color) in series.into_iter().zip(COLORS.iter().cycle()) {
             let line = chart.draw_series(LineSeries::new(points, color.stroke_width(2)))?;
             if text {
-                line.label(run.name).legend(move |(x, y)| {
+                line.label(label).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
             }
         }
-        if text && runs.len() > 1 {
+        if text && lines > 1 {
             chart
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))

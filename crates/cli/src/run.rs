@@ -269,9 +269,20 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     check_tasks(&test_split, &checks(true))?;
     let test_tasks = test_split.tasks;
     let teacher = match &config.teacher {
-        Some(source) => Some(teacher::<B>(source, &student, &tokenizer, device)?),
+        Some(source) => Some(load_teacher::<B>(source, &student, &tokenizer, device)?),
         None => None,
     };
+    let named = config
+        .teachers
+        .iter()
+        .map(|source| {
+            let name = source.name.clone().unwrap_or_default();
+            Ok((
+                name,
+                load_teacher::<B>(source, &student, &tokenizer, device)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut builder = Trainer::builder(
         config.train.clone(),
         student,
@@ -281,6 +292,9 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     );
     if let Some(teacher) = teacher {
         builder = builder.teacher_boxed(teacher);
+    }
+    for (name, teacher) in named {
+        builder = builder.named_teacher(name, teacher);
     }
     let mut trainer = builder.build()?;
 
@@ -436,7 +450,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
 
 /// OPD's teacher: the model `source` names, checked against the student's vocabulary, or
 /// the server it names (whose vocabulary is checked when connecting).
-fn teacher<B: AutodiffBackend + DivergenceBackend>(
+fn load_teacher<B: AutodiffBackend + DivergenceBackend>(
     source: &TeacherSource,
     student: &opd_policy::Llama<B>,
     tokenizer: &opd_policy::ChatTokenizer,

@@ -1,7 +1,8 @@
 //! Tasks and the environments that grade answers to them.
 
 /// One training or evaluation problem; one row of a JSONL data file
-/// (`{"prompt": …, "reference": …, "answer": …, "tests": …}`, only `prompt` required).
+/// (`{"prompt": …, "reference": …, "answer": …, "tests": …, "teacher": …}`, only `prompt`
+/// required).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
@@ -16,6 +17,10 @@ pub struct Task {
     /// Tests a code environment runs against the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<String>,
+    /// The name of the teacher that scores answers to this task, in a run with several
+    /// (on-policy distillation from `[[teachers]]`); absent: the run's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
 }
 
 impl Task {
@@ -27,6 +32,7 @@ impl Task {
             reference: Some(answer.clone()),
             answer: Some(answer),
             tests: None,
+            teacher: None,
         }
     }
 }

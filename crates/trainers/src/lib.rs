@@ -51,7 +51,7 @@ pub use config::{
     SdftConfig, SdpoConfig, SftConfig, TeacherWeights, TrainConfig, TrustRegionEstimator,
 };
 pub use error::{Result, TrainError};
-pub use metrics::{Phases, StepMetrics};
+pub use metrics::{Phases, StepMetrics, TeacherMetrics};
 pub use schedule::learning_rate;
 pub use state::{OptimizerRecord, RunProgress, SavedState, TokensSpent, TrainerState};
 pub use trainer::{Flow, MAX_SKIPPED_STEPS_IN_A_ROW, Trainer, TrainerBuilder};

@@ -97,6 +97,23 @@ pub struct StepMetrics {
     pub tokens_per_second: Phases,
     /// Collapse-watch and non-finite warnings raised this step.
     pub warnings: Vec<String>,
+    /// Per teacher, in a run with several (OPD's `[[teachers]]`): the divergence and top-k
+    /// overlap at the rows each scored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub teachers: BTreeMap<String, TeacherMetrics>,
+}
+
+/// One teacher's share of a step's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TeacherMetrics {
+    /// Response tokens it scored that the loss counted.
+    pub tokens: usize,
+    /// Mean per-token divergence to it over those tokens.
+    pub divergence_mean: Option<f64>,
+    /// Mean `|S ∩ T| / k` of the student's and its top-k sets (first mini-batch).
+    pub topk_overlap: Option<f64>,
+    /// Mean probability mass of the shared set under it.
+    pub shared_mass_teacher: Option<f64>,
 }
 
 /// A number written `null` (a NaN or infinity serialized to JSON) read back as NaN.
@@ -146,6 +163,10 @@ impl Running {
         for (v, _) in values.iter().zip(mask).filter(|(_, m)| **m) {
             self.add(*v as f64);
         }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
     }
 
     pub fn mean(&self) -> Option<f64> {

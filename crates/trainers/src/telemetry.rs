@@ -10,7 +10,7 @@ use opd_teachers::TeacherOutput;
 
 use crate::diagnostics::{self, CollapseState, Overlap, TopSets};
 use crate::method::{Clipped, SequenceAdvantages};
-use crate::metrics::{Phases, Running, StepMetrics};
+use crate::metrics::{Phases, Running, StepMetrics, TeacherMetrics};
 use crate::rows::Rows;
 
 /// What a step's updates accumulate for its metrics.
@@ -30,6 +30,31 @@ pub(crate) struct Telemetry {
     pub skipped: usize,
     pub warnings: Vec<String>,
     pub rows_without_privilege: usize,
+    /// Per teacher (by index), in a run with several: divergence and overlap.
+    per_teacher: BTreeMap<usize, (Running, Overlap)>,
+}
+
+/// Which teacher scored each row of a micro-batch, and the rows' width: a position `p` is
+/// row `p / width`'s. Empty with one teacher.
+#[derive(Clone, Copy)]
+pub(crate) struct RowTeachers<'a> {
+    pub of_row: &'a [usize],
+    pub width: usize,
+}
+
+impl RowTeachers<'_> {
+    /// The positions of `counted` whose row `teacher` scored.
+    fn mask(&self, counted: &[bool], teacher: usize) -> Vec<bool> {
+        counted
+            .iter()
+            .enumerate()
+            .map(|(p, &c)| c && self.of_row[p / self.width.max(1)] == teacher)
+            .collect()
+    }
+
+    fn teachers(&self) -> std::collections::BTreeSet<usize> {
+        self.of_row.iter().copied().collect()
+    }
 }
 
 impl Telemetry {
@@ -42,7 +67,13 @@ impl Telemetry {
         ratio: &[f32],
         counted: &[bool],
         clipped: Option<Clipped>,
+        rows: RowTeachers<'_>,
     ) {
+        for teacher in rows.teachers() {
+            let mask = rows.mask(counted, teacher);
+            let entry = self.per_teacher.entry(teacher).or_default();
+            entry.0.add_masked(divergence, &mask);
+        }
         for (name, value) in parts {
             *self.parts.entry(name.to_string()).or_default() += value;
         }
@@ -69,6 +100,7 @@ impl Telemetry {
         teacher: Option<&TeacherOutput<B>>,
         counted: &[bool],
         k: usize,
+        rows: RowTeachers<'_>,
     ) {
         let student = diagnostics::log_probs(logits, 1.0);
         self.entropy
@@ -98,6 +130,11 @@ impl Telemetry {
         if let Some(teacher) = teacher {
             let student = TopSets::of::<B::InnerBackend>(student, teacher.k);
             self.overlap.add(&student, &teacher, counted);
+            for t in rows.teachers() {
+                let mask = rows.mask(counted, t);
+                let entry = self.per_teacher.entry(t).or_default();
+                entry.1.add(&student, &teacher, &mask);
+            }
         }
     }
 
@@ -136,6 +173,24 @@ impl Telemetry {
         let entropy = self.entropy();
         let mut warnings = self.warnings;
         warnings.extend(step.collapse);
+        let teachers = self
+            .per_teacher
+            .iter()
+            .filter_map(|(&t, (divergence, overlap))| {
+                let name = step.teacher_names.get(t)?.clone();
+                let per =
+                    |sum: f64| (overlap.positions > 0).then(|| sum / overlap.positions as f64);
+                Some((
+                    name,
+                    TeacherMetrics {
+                        tokens: divergence.count(),
+                        divergence_mean: divergence.mean(),
+                        topk_overlap: per(overlap.overlap),
+                        shared_mass_teacher: per(overlap.teacher_mass),
+                    },
+                ))
+            })
+            .collect();
         StepMetrics {
             step: step.index,
             learning_rate: step.learning_rate,
@@ -184,6 +239,7 @@ impl Telemetry {
                 optimizer: per_second(self.trained_tokens, optimizer),
             },
             warnings,
+            teachers,
         }
     }
 }
@@ -204,6 +260,8 @@ pub(crate) struct Step<'a> {
     pub seconds: [f64; 4],
     /// The collapse watch's warnings.
     pub collapse: Vec<String>,
+    /// The method's teachers, when it has several.
+    pub teacher_names: Vec<String>,
 }
 
 /// The collapse watch on a step: warnings (logged) for the student's entropy and response

@@ -67,7 +67,7 @@ pub struct TrainerBuilder<B: AutodiffBackend + DivergenceBackend> {
     tokenizer: ChatTokenizer,
     tasks: Vec<Task>,
     environment: Box<dyn Environment>,
-    teacher: Option<Box<dyn Teacher<B>>>,
+    teachers: Vec<(String, Box<dyn Teacher<B>>)>,
     template: PrivilegedTemplate,
 }
 
@@ -75,14 +75,22 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
     /// The teacher: OPD's teacher model (an [`opd_teachers::External`] model, or any
     /// strategy); for OPSD, SDFT and SDPO, the model that reads the privileged context in
     /// place of the configured self-teacher. SFT and GRPO refuse one.
-    pub fn teacher(mut self, teacher: impl Teacher<B> + 'static) -> Self {
-        self.teacher = Some(Box::new(teacher));
+    pub fn teacher(self, teacher: impl Teacher<B> + 'static) -> Self {
+        self.teacher_boxed(Box::new(teacher))
+    }
+
+    /// [`Self::teacher`] for a teacher chosen at run time: the run's one teacher, named
+    /// `teacher`.
+    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B>>) -> Self {
+        self.teachers = vec![("teacher".into(), teacher)];
         self
     }
 
-    /// [`Self::teacher`] for a teacher chosen at run time.
-    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B>>) -> Self {
-        self.teacher = Some(teacher);
+    /// One more OPD teacher, `name`d: each task is scored by the teacher its `teacher` field
+    /// names, or by the first one added (multi-teacher distillation, as verl's MOPD and
+    /// Tinker's multi-teacher recipe do).
+    pub fn named_teacher(mut self, name: impl Into<String>, teacher: Box<dyn Teacher<B>>) -> Self {
+        self.teachers.push((name.into(), teacher));
         self
     }
 
@@ -104,11 +112,28 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
                 expected: "at least one task",
             });
         }
+        let routed = config.objective.settings().needs_teacher_model();
+        if let Some((index, task)) = self
+            .tasks
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.teacher.is_some() && !routed)
+        {
+            return Err(TrainError::Task {
+                index,
+                problem: format!(
+                    "names teacher `{}`, but {} has no teacher model to route it to",
+                    task.teacher.as_deref().unwrap_or_default(),
+                    config.objective.name()
+                ),
+            });
+        }
         let parts = Parts {
             student: &self.student,
             tokenizer: &self.tokenizer,
-            teacher: self.teacher,
+            teachers: self.teachers,
             template: self.template,
+            tasks: &self.tasks,
         };
         let method = method::build(&config.objective, parts)?;
         for (index, task) in self.tasks.iter().enumerate() {
@@ -165,7 +190,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             tokenizer,
             tasks,
             environment: Box::new(environment),
-            teacher: None,
+            teachers: Vec::new(),
             template: PrivilegedTemplate::default(),
         }
     }
@@ -349,6 +374,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 optimizer_seconds,
             ],
             collapse,
+            teacher_names: self.method.teacher_names(),
         });
         self.finish_step(&metrics, minis.len())?;
         Ok(metrics)

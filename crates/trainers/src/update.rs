@@ -13,7 +13,7 @@ use crate::error::{Result, TrainError};
 use crate::method::Forward;
 use crate::micro::Micro;
 use crate::objectives::importance_ratio;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{RowTeachers, Telemetry};
 use opd_divergences::{Counts, reduce_share};
 
 /// What a mini-batch's backward passes produced.
@@ -102,9 +102,13 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     } else {
         Vec::new()
     };
+    let rows = RowTeachers {
+        of_row: micro.prepared.targets.teacher_of_rows(),
+        width: micro.batch.response_width(),
+    };
     if let Some(k) = settings.diagnose {
         let teacher = micro.prepared.targets.teacher();
-        telemetry.diagnose::<B>(logits.clone().inner(), teacher, &micro.counted, k);
+        telemetry.diagnose::<B>(logits.clone().inner(), teacher, &micro.counted, k, rows);
     }
     let forward = Forward {
         logits,
@@ -145,6 +149,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         &forward.ratio_host,
         &micro.counted,
         loss.clipped,
+        rows,
     );
     let value = named.iter().map(|(_, v)| v).sum::<f64>();
     let total = parts

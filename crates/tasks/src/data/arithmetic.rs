@@ -128,6 +128,7 @@ impl Arithmetic {
                     reference: Some(fill(&self.reference)),
                     answer: Some(answer.clone()),
                     tests: None,
+                    teacher: None,
                 }
             })
             .collect();

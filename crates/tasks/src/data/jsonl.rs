@@ -34,7 +34,7 @@ pub fn read_jsonl_lines(path: impl AsRef<Path>) -> Result<Vec<(usize, Task)>> {
         let task: Task = serde_json::from_str(&line).map_err(|e| {
             error(
                 line_number,
-                format!("{e} (a row is {{\"prompt\", \"reference\", \"answer\", \"tests\"}})"),
+                format!("{e} (a row is {{\"prompt\", \"reference\", \"answer\", \"tests\", \"teacher\"}})"),
             )
         })?;
         if task.prompt.trim().is_empty() {

@@ -17,6 +17,7 @@
 mod grpo;
 mod opd;
 mod opsd;
+mod routing;
 mod sdft;
 mod sdpo;
 mod self_teacher;
@@ -255,6 +256,12 @@ pub trait Targets<B: AutodiffBackend + DivergenceBackend> {
     fn teacher(&self) -> Option<&TeacherOutput<B>> {
         None
     }
+
+    /// Which teacher scored each row (an index into [`Method::teacher_names`]), when the
+    /// method has several; empty otherwise.
+    fn teacher_of_rows(&self) -> &[usize] {
+        &[]
+    }
 }
 
 /// A training method: what it samples, what it fixes before the first update and its loss.
@@ -290,6 +297,11 @@ pub trait Method<B: AutodiffBackend + DivergenceBackend> {
 
     /// Puts back weights saved from [`Method::teacher_weights`].
     fn set_teacher_weights(&mut self, _weights: InnerLlama<B>) {}
+
+    /// The names of the method's teachers, when it has several (per-teacher metrics).
+    fn teacher_names(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What [`build`] needs besides the objective.
@@ -298,9 +310,12 @@ pub struct Parts<'a, B: AutodiffBackend> {
     pub student: &'a Llama<B>,
     /// The student's tokenizer (self-teachers render their privileged prompts with it).
     pub tokenizer: &'a ChatTokenizer,
-    /// OPD's teacher model; for self-distillation, the weights that read the privileged
-    /// context in place of the configured self-teacher's.
-    pub teacher: Option<Box<dyn Teacher<B>>>,
+    /// OPD's teacher models, named (tasks choose theirs by name; the first is the default);
+    /// for self-distillation, at most one: the weights that read the privileged context in
+    /// place of the configured self-teacher's.
+    pub teachers: Vec<(String, Box<dyn Teacher<B>>)>,
+    /// The tasks the trainer draws from (OPD routes each to its teacher).
+    pub tasks: &'a [Task],
     /// The wording of the self-teacher's privileged prompt.
     pub template: PrivilegedTemplate,
 }
@@ -311,13 +326,13 @@ pub fn build<B: AutodiffBackend + DivergenceBackend>(
     objective: &Objective,
     parts: Parts<'_, B>,
 ) -> Result<Box<dyn Method<B>>> {
-    let no_teacher = |parts: &Parts<'_, B>| match parts.teacher {
-        Some(_) => Err(TrainError::Config {
+    let no_teacher = |parts: &Parts<'_, B>| match parts.teachers.is_empty() {
+        false => Err(TrainError::Config {
             field: "teacher",
             value: "a teacher model".into(),
             expected: "none: SFT and GRPO train without a teacher",
         }),
-        None => Ok(()),
+        true => Ok(()),
     };
     Ok(match objective {
         Objective::Sft(_) => {

@@ -12,6 +12,7 @@ use opd_teachers::{Current, Teacher, TeacherOutput, TeacherSupport};
 use serde::{Deserialize, Serialize};
 
 use super::grpo::check_aggregation;
+use super::routing::Routed;
 use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, SequenceAdvantages};
 use super::{Targets, grpo::Advantages};
 use crate::check::{non_negative, top_k, unbiased_sampling, unit};
@@ -157,27 +158,43 @@ impl MethodSettings for OpdConfig {
     }
 }
 
-/// The OPD method and its teacher model.
+/// The OPD method and its teacher models.
 pub(super) struct Opd<B: AutodiffBackend + DivergenceBackend> {
     config: OpdConfig,
-    teacher: Box<dyn Teacher<B>>,
+    teachers: Routed<B>,
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> Opd<B> {
-    /// An error without a teacher: OPD cannot run without one.
+    /// An error without a teacher (OPD cannot run without one), or with tasks routed to a
+    /// teacher the run does not have.
     pub fn new(config: OpdConfig, parts: Parts<'_, B>) -> Result<Self> {
-        let teacher = parts.teacher.ok_or(TrainError::Config {
-            field: "teacher",
-            value: "none".into(),
-            expected: "a teacher model for OPD (`[teacher]` in a run file, \
-                       `TrainerBuilder::teacher` in code)",
-        })?;
-        Ok(Self { config, teacher })
+        let teachers = Routed::new(parts.teachers, parts.tasks)?;
+        Ok(Self { config, teachers })
+    }
+}
+
+/// What a micro-batch's teachers fixed, and which teacher scored each row.
+struct OpdTargets<B: AutodiffBackend + DivergenceBackend> {
+    form: FormTargets<B>,
+    teacher_of_rows: Vec<usize>,
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for OpdTargets<B> {
+    fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
+        self.form.loss(student)
+    }
+
+    fn teacher(&self) -> Option<&TeacherOutput<B>> {
+        self.form.teacher()
+    }
+
+    fn teacher_of_rows(&self) -> &[usize] {
+        &self.teacher_of_rows
     }
 }
 
 /// What each form fixes before the update.
-enum OpdTargets<B: AutodiffBackend + DivergenceBackend> {
+enum FormTargets<B: AutodiffBackend + DivergenceBackend> {
     Surrogate {
         teacher: Tensor<B, 2>,
         beta: f64,
@@ -202,7 +219,7 @@ enum TrustRegion<B: AutodiffBackend + DivergenceBackend> {
     Exact(TeacherOutput<B>),
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for OpdTargets<B> {
+impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let (lp, old) = (student.log_probs.clone(), student.old.clone());
         let (mut loss, aggregation) = match self {
@@ -284,16 +301,18 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
     }
 
     fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+        let teacher_of_rows = std::cell::RefCell::new(Vec::new());
         let score = |support| -> Result<TeacherOutput<B>> {
-            Ok(self
-                .teacher
-                .outputs(student, micro.batch, &micro.request(support, 1.0)?)?)
+            let request = micro.request(support, 1.0)?;
+            let (output, rows) = self.teachers.outputs(student, micro, &request)?;
+            *teacher_of_rows.borrow_mut() = rows;
+            Ok(output)
         };
         let tokens = || -> Result<Tensor<B, 2>> {
             Ok(score(TeacherSupport::SampledToken)?.into_token_log_probs(1.0)?)
         };
         let aggregation = self.config.aggregation;
-        let targets = match self.config.form {
+        let form = match self.config.form {
             OpdForm::Surrogate {
                 trust_region_beta,
                 estimator,
@@ -308,7 +327,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
                         &micro.request(TeacherSupport::Logits, 1.0)?,
                     )?),
                 };
-                OpdTargets::Surrogate {
+                FormTargets::Surrogate {
                     teacher: tokens()?,
                     beta: trust_region_beta,
                     trust_region,
@@ -329,7 +348,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
                     );
                     own.into_iter().map(|a| base + a).collect()
                 });
-                OpdTargets::Advantage {
+                FormTargets::Advantage {
                     teacher,
                     advantages: Advantages { values, host },
                     aggregation,
@@ -338,13 +357,21 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
             OpdForm::Divergence {
                 beta,
                 teacher_top_k,
-            } => OpdTargets::Divergence {
+            } => FormTargets::Divergence {
                 teacher: score(teacher_top_k.map_or(TeacherSupport::Logits, TeacherSupport::TopK))?,
                 beta,
                 aggregation,
             },
         };
+        let targets = OpdTargets {
+            form,
+            teacher_of_rows: teacher_of_rows.into_inner(),
+        };
         Ok(Prepared::on_responses(micro, targets))
+    }
+
+    fn teacher_names(&self) -> Vec<String> {
+        self.teachers.names()
     }
 }
 

@@ -21,9 +21,17 @@ pub(super) struct SelfTeacher<B: AutodiffBackend + DivergenceBackend> {
 impl<B: AutodiffBackend + DivergenceBackend> SelfTeacher<B> {
     /// The self-teacher `weights` name, or the teacher `parts` give in its place.
     pub fn new(weights: TeacherWeights, parts: Parts<'_, B>) -> Result<Self> {
-        let teacher = match parts.teacher {
-            Some(teacher) => teacher,
-            None => strategy(weights, parts.student)?,
+        let mut given = parts.teachers.into_iter();
+        let teacher = match (given.next(), given.next()) {
+            (Some((_, teacher)), None) => teacher,
+            (None, _) => strategy(weights, parts.student)?,
+            (Some(_), Some(_)) => {
+                return Err(crate::error::TrainError::Config {
+                    field: "teacher",
+                    value: "several teachers".into(),
+                    expected: "at most one model in place of a self-teacher",
+                });
+            }
         };
         Ok(Self {
             conditioned: Conditioned {

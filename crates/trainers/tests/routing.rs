@@ -1,0 +1,113 @@
+//! Several OPD teachers in one run: each task is scored by the teacher its `teacher` field
+//! names, the scores of a micro-batch that mixes teachers are put back row for row, and the
+//! metrics say each teacher's divergence and overlap.
+
+#[path = "support/toy.rs"]
+mod toy;
+
+use burn::module::AutodiffModule;
+use opd_policy::Llama;
+use opd_teachers::External;
+use opd_trainers::{Objective, OpdConfig, OpdForm, TrainError, Trainer};
+use toy::*;
+
+/// The mapping tasks, alternately routed to `same` (the student itself) and `other` (a model
+/// of other weights).
+fn routed() -> Vec<opd_tasks::Task> {
+    mapping_tasks()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut task)| {
+            task.teacher = Some(if i % 2 == 0 { "same" } else { "other" }.into());
+            task
+        })
+        .collect()
+}
+
+fn first_step(form: OpdForm) -> opd_trainers::StepMetrics {
+    let student = Llama::<A>::init(&config(), 11, &Default::default());
+    let other = Llama::<A>::init(&config(), 12, &Default::default());
+    let tok = tokenizer();
+    let same = External::new(student.valid(), &tok, &student, &tok).unwrap();
+    let other = External::new(other.valid(), &tok, &student, &tok).unwrap();
+    let objective = Objective::Opd(OpdConfig {
+        form,
+        ..OpdConfig::default()
+    });
+    let mut run = toy_config(objective, 1, 1e-3);
+    // One micro-batch holding rows of both teachers.
+    run.micro_batch = 16;
+    let mut trainer = Trainer::builder(run, student, tok, routed(), Revealing)
+        .named_teacher("same", Box::new(same))
+        .named_teacher("other", Box::new(other))
+        .build()
+        .unwrap();
+    trainer.step().unwrap()
+}
+
+#[test]
+fn each_task_is_scored_by_its_teacher_and_measured_apart() {
+    for form in [
+        OpdForm::divergence(),
+        OpdForm::Divergence {
+            beta: 1.0,
+            teacher_top_k: Some(4),
+        },
+        OpdForm::surrogate(),
+    ] {
+        let metrics = first_step(form);
+        let (same, other) = (&metrics.teachers["same"], &metrics.teachers["other"]);
+        assert!(same.tokens > 0 && other.tokens > 0, "{form:?}: {metrics:?}");
+        let (d_same, d_other) = (
+            same.divergence_mean.unwrap(),
+            other.divergence_mean.unwrap(),
+        );
+        // The student is its own teacher on `same`'s rows (before the first update).
+        assert!(
+            d_same.abs() < 1e-4,
+            "{form:?}: {d_same} on the student's own rows"
+        );
+        assert!(
+            d_other > 100.0 * d_same.abs().max(1e-6),
+            "{form:?}: {d_other}"
+        );
+        if form == OpdForm::divergence() {
+            assert!(same.topk_overlap.unwrap() > 0.99, "{form:?}: {same:?}");
+            assert!(other.topk_overlap.unwrap() < same.topk_overlap.unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_task_routed_to_a_teacher_the_run_lacks_is_named() {
+    let student = Llama::<A>::init(&config(), 11, &Default::default());
+    let tok = tokenizer();
+    let same = External::new(student.valid(), &tok, &student, &tok).unwrap();
+    let mut tasks = routed();
+    tasks[3].teacher = Some("absent".into());
+    let run = toy_config(Objective::Opd(OpdConfig::default()), 1, 1e-3);
+    let built = Trainer::builder(run.clone(), student.clone(), tok.clone(), tasks, Revealing)
+        .named_teacher("same", Box::new(same.clone()))
+        .named_teacher("other", Box::new(same.clone()))
+        .build();
+    match built {
+        Err(TrainError::Task { index: 1, problem })
+        | Err(TrainError::Task { index: 3, problem }) => {
+            assert!(
+                problem.contains("absent") || problem.contains("other"),
+                "{problem}"
+            )
+        }
+        Err(other) => panic!("expected a task error, got {other}"),
+        Ok(_) => panic!("a task routed to no teacher was accepted"),
+    }
+    // A routed task in a run without teacher models is refused too.
+    let sft = toy_config(Objective::Sft(Default::default()), 1, 1e-3);
+    match Trainer::builder(sft, student, tok, routed(), Revealing).build() {
+        Err(TrainError::Task { index: 0, problem }) => {
+            assert!(problem.contains("same"), "{problem}")
+        }
+        Err(other) => panic!("expected a task error, got {other}"),
+        Ok(_) => panic!("SFT accepted tasks routed to teachers"),
+    }
+}
