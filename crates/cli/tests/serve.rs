@@ -578,3 +578,134 @@ fn the_vllm_endpoints_serve_the_same_scores_to_a_vllm_client() {
         other => panic!("expected a vocabulary mismatch, got {other:?}"),
     }
 }
+
+#[test]
+fn many_clients_on_a_queue_of_one_all_get_their_scores() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let tok = tokenizer("0123456789+");
+    let mut limits = ServeOptions::new(32);
+    limits.queue = 1;
+    limits.batch_rows = 2;
+    let server = Running::start(teacher.clone(), limits);
+    let student = Llama::<A>::init(&config(), 4, &Default::default());
+    let local = External::<A>::new(teacher, &tok, &student, &tok).unwrap();
+    let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
+    let expected = match local.outputs(&student, &batch(), &request).unwrap() {
+        TeacherOutput::Distribution {
+            target: TeacherTarget::TopK { log_probs, .. },
+            ..
+        } => host(log_probs),
+        other => panic!("{other:?}"),
+    };
+    // Eight clients at once: the queue turns most away with 503 + Retry-After, and each
+    // retries until it is served, with the scores it would have had alone.
+    let url = server.url();
+    let answers: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, tok) = (url.clone(), tok.clone());
+                scope.spawn(move || {
+                    let mut options = options(url);
+                    options.wait = Duration::from_secs(60);
+                    let student = Llama::<A>::init(&config(), 4, &Default::default());
+                    let remote = Remote::connect(options, &tok, student.vocab_size()).unwrap();
+                    let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
+                    match remote.outputs(&student, &batch(), &request).unwrap() {
+                        TeacherOutput::Distribution {
+                            target: TeacherTarget::TopK { log_probs, .. },
+                            ..
+                        } => host(log_probs),
+                        other => panic!("{other:?}"),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for answer in answers {
+        assert!(max_diff(&answer, &expected) < 1e-5);
+    }
+}
+
+/// `steps` OPD steps (top-k divergence) of the same student with `teacher`; the losses.
+fn opd_losses(teacher: Box<dyn Teacher<A>>, steps: usize) -> Vec<f64> {
+    let run = TrainConfig {
+        steps,
+        prompts_per_step: 4,
+        micro_batch: 2,
+        seed: 3,
+        sampling: SamplingConfig {
+            max_new_tokens: 3,
+            ..SamplingConfig::default()
+        },
+        objective: Objective::Opd(OpdConfig {
+            form: opd_trainers::OpdForm::Divergence {
+                beta: 1.0,
+                teacher_top_k: Some(4),
+            },
+            ..OpdConfig::default()
+        }),
+        ..TrainConfig::default()
+    };
+    let student = Llama::<A>::init(&config(), 4, &Default::default());
+    let mut trainer = Trainer::builder(run, student, tokenizer("0123456789+"), sums(), ExactAnswer)
+        .teacher_boxed(teacher)
+        .build()
+        .unwrap();
+    let mut losses = Vec::new();
+    trainer.train(|m| losses.push(m.loss)).unwrap();
+    losses
+}
+
+#[test]
+fn an_opd_run_with_the_served_teacher_takes_the_steps_of_the_same_teacher_in_process() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let tok = tokenizer("0123456789+");
+    let student = Llama::<A>::init(&config(), 4, &Default::default());
+    let server = Running::start(teacher.clone(), ServeOptions::new(32));
+    let remote = Remote::connect(options(server.url()), &tok, student.vocab_size()).unwrap();
+    let local = External::<A>::new(teacher, &tok, &student, &tok).unwrap();
+    let (served, here) = (
+        opd_losses(Box::new(remote), 4),
+        opd_losses(Box::new(local), 4),
+    );
+    assert_eq!(served.len(), 4);
+    for (s, h) in served.iter().zip(&here) {
+        // JSON carries f32 log-probs exactly (shortest round-trip form).
+        assert!(
+            (s - h).abs() <= 1e-6 * h.abs().max(1.0),
+            "{served:?} vs {here:?}"
+        );
+    }
+}
+
+#[test]
+fn a_server_restarted_within_the_wait_is_survived() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let tok = tokenizer("0123456789+");
+    let student = Llama::<A>::init(&config(), 4, &Default::default());
+    let state = ServerState::start(teacher, &tok, "tiny", ServeOptions::new(32));
+    let mut server = Running::on(Arc::clone(&state), "127.0.0.1:0".parse().unwrap());
+    let addr = server.addr;
+    let mut patient = options(server.url());
+    patient.wait = Duration::from_secs(30);
+    let remote = Remote::connect(patient, &tok, student.vocab_size()).unwrap();
+    let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
+    let before = remote.outputs(&student, &batch(), &request).unwrap();
+    server.stop();
+    // Killed; back two seconds later, while the client is still waiting.
+    let restarted = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        Running::on(state, addr)
+    });
+    let after = remote.outputs(&student, &batch(), &request).unwrap();
+    let _server = restarted.join().unwrap();
+    let values = |o: TeacherOutput<A>| match o {
+        TeacherOutput::Distribution {
+            target: TeacherTarget::TopK { log_probs, .. },
+            ..
+        } => host(log_probs),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(values(before), values(after));
+}

@@ -111,3 +111,103 @@ fn a_task_routed_to_a_teacher_the_run_lacks_is_named() {
         Ok(_) => panic!("SFT accepted tasks routed to teachers"),
     }
 }
+
+/// `KL(p_S ‖ p_T)` at the first answer position of `tasks`, in float64 from both models' full
+/// distributions (independent of the trainer's metrics).
+fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>, tasks: &[opd_tasks::Task]) -> f64 {
+    use burn::backend::Flex;
+    use burn::tensor::{Int, Tensor, TensorData, s};
+    use opd_policy::Policy;
+    let tok = tokenizer();
+    let last = |model: &Llama<A>, ids: &[u32]| -> Vec<f64> {
+        let input = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [1, ids.len()],
+            ),
+            &Default::default(),
+        );
+        let v: Vec<f64> = model
+            .valid()
+            .logits(input, &[0])
+            .slice(s![.., ids.len() - 1, ..])
+            .into_data()
+            .convert::<f64>()
+            .into_vec()
+            .unwrap();
+        let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + v.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+        v.iter().map(|z| z - lse).collect()
+    };
+    let kls: Vec<f64> = tasks
+        .iter()
+        .map(|task| {
+            let ids = opd_tasks::prompt_ids(&tok, &task.prompt).unwrap();
+            let (s, t) = (last(student, &ids), last(teacher, &ids));
+            s.iter()
+                .zip(&t)
+                .map(|(ls, lt)| ls.exp() * (ls - lt))
+                .sum::<f64>()
+        })
+        .collect();
+    kls.iter().sum::<f64>() / kls.len() as f64
+}
+
+#[test]
+fn two_teachers_routed_by_task_each_lower_their_tasks_divergence() {
+    let student = Llama::<A>::init(&config(), 11, &Default::default());
+    let tok = tokenizer();
+    let models = [12, 13].map(|seed| Llama::<A>::init(&config(), seed, &Default::default()));
+    let mut tasks = routed();
+    for (i, task) in tasks.iter_mut().enumerate() {
+        task.teacher = Some(if i % 2 == 0 { "a" } else { "b" }.into());
+    }
+    let of = |name: &str| -> Vec<opd_tasks::Task> {
+        tasks
+            .iter()
+            .filter(|t| t.teacher.as_deref() == Some(name))
+            .cloned()
+            .collect()
+    };
+    let before = [
+        answer_reverse_kl(&student, &models[0], &of("a")),
+        answer_reverse_kl(&student, &models[1], &of("b")),
+    ];
+    let objective = Objective::Opd(OpdConfig {
+        form: OpdForm::divergence(),
+        ..OpdConfig::default()
+    });
+    let mut run = toy_config(objective, 40, 1e-2);
+    run.prompts_per_step = 20;
+    let teacher = |m: &Llama<A>| Box::new(External::new(m.valid(), &tok, &student, &tok).unwrap());
+    let mut trainer = Trainer::builder(run, student.clone(), tok.clone(), tasks.clone(), Revealing)
+        .named_teacher("a", teacher(&models[0]))
+        .named_teacher("b", teacher(&models[1]))
+        .build()
+        .unwrap();
+    let mut tokens = [0, 0];
+    trainer
+        .train(|m| {
+            tokens[0] += m.teachers["a"].tokens;
+            tokens[1] += m.teachers["b"].tokens;
+        })
+        .unwrap();
+    let trained = trainer.into_student();
+    let after = [
+        answer_reverse_kl(&trained, &models[0], &of("a")),
+        answer_reverse_kl(&trained, &models[1], &of("b")),
+    ];
+    println!(
+        "reverse KL at the answer, teacher a: {:.4} -> {:.4}, b: {:.4} -> {:.4}",
+        before[0], after[0], before[1], after[1]
+    );
+    for t in 0..2 {
+        assert!(tokens[t] > 0);
+        assert!(
+            after[t] < 0.5 * before[t],
+            "teacher {t}: {:.4} -> {:.4}",
+            before[t],
+            after[t]
+        );
+    }
+}
