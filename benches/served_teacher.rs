@@ -21,7 +21,10 @@ use opd_trainers::{Objective, OpdConfig, OpdForm, SamplingConfig, TrainConfig, T
 
 type A = Autodiff<Flex>;
 
-const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+);
 
 /// Rows of pseudo-random ids.
 fn rows(batch: usize, context: usize, response: usize, vocab: usize) -> SequenceBatch {
