@@ -14,10 +14,14 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use opd_cli::server::{ServeOptions, ServerState, serve};
-use opd_policy::{Llama, Policy, SequenceBatch};
+use opd_policy::{Llama, Policy};
 use opd_tasks::{ExactAnswer, Task};
 use opd_teachers::{External, Remote, RemoteOptions, Request, Teacher, TeacherSupport};
 use opd_trainers::{Objective, OpdConfig, OpdForm, SamplingConfig, TrainConfig, Trainer};
+
+#[path = "scoring_rows.rs"]
+mod scoring_rows;
+use scoring_rows::{best, rows};
 
 type A = Autodiff<Flex>;
 
@@ -25,31 +29,6 @@ const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
-
-/// Rows of pseudo-random ids.
-fn rows(batch: usize, context: usize, response: usize, vocab: usize) -> SequenceBatch {
-    let ids = |b: usize, n: usize, salt: usize| -> Vec<u32> {
-        (0..n)
-            .map(|i| ((b * 7_919 + i * 104_729 + salt) % vocab) as u32)
-            .collect()
-    };
-    SequenceBatch::new(
-        (0..batch).map(|b| ids(b, context, 13)).collect(),
-        (0..batch).map(|b| ids(b, response, 29)).collect(),
-    )
-    .unwrap()
-}
-
-/// Best of 2 timed runs of `f`.
-fn best(mut f: impl FnMut()) -> f64 {
-    (0..2)
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 /// Seconds of one OPD step after a warm-up step, with `teacher`.
 fn step_seconds(

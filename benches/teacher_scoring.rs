@@ -11,46 +11,23 @@
 //!   scores; prints the resident memory at the end and its peak. The teacher's cost is the
 //!   difference between `teacher` and `none`.
 
-use std::time::Instant;
-
 use burn::backend::{Autodiff, Flex};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
-use opd_policy::{Llama, LoraConfig, LoraTarget, Policy, SequenceBatch};
+use opd_policy::{Llama, LoraConfig, LoraTarget, Policy};
 use opd_teachers::{FrozenInitial, Request, Teacher, TeacherSupport};
 
 #[path = "peak_rss.rs"]
 mod peak_rss;
 use peak_rss::{peak_rss_mb, rss_mb};
 
+#[path = "scoring_rows.rs"]
+mod scoring_rows;
+use scoring_rows::{best, rows};
+
 type A = Autodiff<Flex>;
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// Rows of pseudo-random ids: `batch` contexts of `context` tokens, responses of `response`.
-fn rows(batch: usize, context: usize, response: usize, vocab: usize) -> SequenceBatch {
-    let ids = |b: usize, n: usize, salt: usize| -> Vec<u32> {
-        (0..n)
-            .map(|i| ((b * 7_919 + i * 104_729 + salt) % vocab) as u32)
-            .collect()
-    };
-    SequenceBatch::new(
-        (0..batch).map(|b| ids(b, context, 13)).collect(),
-        (0..batch).map(|b| ids(b, response, 29)).collect(),
-    )
-    .unwrap()
-}
-
-/// Best of 2 timed runs of `f` (the first one warms up).
-fn best(mut f: impl FnMut()) -> f64 {
-    (0..2)
-        .map(|_| {
-            let started = Instant::now();
-            f();
-            started.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
 fn speed(student: &Llama<A>, batch: usize, context: usize, response: usize, autodiff_rows: usize) {
     let sequences = rows(batch, context, response, student.vocab_size());

@@ -110,6 +110,18 @@ fn host<const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
+/// The log-probs of a sampled-token or top-k output, on the host.
+fn log_probs(output: TeacherOutput<A>) -> Vec<f32> {
+    match output {
+        TeacherOutput::SampledToken { log_probs, .. } => host(log_probs),
+        TeacherOutput::Distribution {
+            target: TeacherTarget::TopK { log_probs, .. },
+            ..
+        } => host(log_probs),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -336,15 +348,44 @@ fn malformed_requests_are_json_4xx_naming_the_field_and_the_server_lives_on() {
     );
 }
 
-#[test]
-fn a_teacher_that_goes_away_fails_the_step_before_its_first_update() {
+/// A served tiny teacher that can be stopped and started again on its address, a client that
+/// waits `wait` for it, and the student.
+struct Restartable {
+    state: Arc<ServerState>,
+    server: Running,
+    remote: Remote,
+    student: Llama<A>,
+    tok: ChatTokenizer,
+}
+
+fn restartable(wait: Duration) -> Restartable {
     let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
     let tok = tokenizer("0123456789+");
     let student = Llama::<A>::init(&config(), 4, &Default::default());
     let state = ServerState::start(teacher, &tok, "tiny", ServeOptions::new(32));
-    let mut server = Running::on(Arc::clone(&state), "127.0.0.1:0".parse().unwrap());
+    let server = Running::on(Arc::clone(&state), "127.0.0.1:0".parse().unwrap());
+    let mut client = options(server.url());
+    client.wait = wait;
+    let remote = Remote::connect(client, &tok, student.vocab_size()).unwrap();
+    Restartable {
+        state,
+        server,
+        remote,
+        student,
+        tok,
+    }
+}
+
+#[test]
+fn a_teacher_that_goes_away_fails_the_step_before_its_first_update() {
+    let Restartable {
+        state,
+        mut server,
+        remote,
+        student,
+        ..
+    } = restartable(Duration::from_secs(2));
     let addr = server.addr;
-    let remote = Remote::connect(options(server.url()), &tok, student.vocab_size()).unwrap();
     let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
     remote.outputs(&student, &batch(), &request).unwrap();
     server.stop();
@@ -376,13 +417,14 @@ fn sums() -> Vec<Task> {
 
 #[test]
 fn an_opd_step_whose_teacher_is_gone_changes_nothing_and_the_next_one_goes_on() {
-    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
-    let tok = tokenizer("0123456789+");
-    let student = Llama::<A>::init(&config(), 4, &Default::default());
-    let state = ServerState::start(teacher, &tok, "tiny", ServeOptions::new(32));
-    let mut server = Running::on(Arc::clone(&state), "127.0.0.1:0".parse().unwrap());
+    let Restartable {
+        state,
+        mut server,
+        remote,
+        student,
+        tok,
+    } = restartable(Duration::from_secs(2));
     let addr = server.addr;
-    let remote = Remote::connect(options(server.url()), &tok, student.vocab_size()).unwrap();
     let config = TrainConfig {
         steps: 3,
         prompts_per_step: 2,
@@ -550,15 +592,7 @@ fn the_vllm_endpoints_serve_the_same_scores_to_a_vllm_client() {
             opd.outputs(&student, &b, &request).unwrap(),
             vllm.outputs(&student, &b, &request).unwrap(),
         );
-        let values = |o: TeacherOutput<A>| match o {
-            TeacherOutput::SampledToken { log_probs, .. } => host(log_probs),
-            TeacherOutput::Distribution {
-                target: TeacherTarget::TopK { log_probs, .. },
-                ..
-            } => host(log_probs),
-            other => panic!("{other:?}"),
-        };
-        assert!(max_diff(&values(x), &values(y)) < 1e-6, "{support:?}");
+        assert!(max_diff(&log_probs(x), &log_probs(y)) < 1e-6, "{support:?}");
     }
     // vLLM scores prompts at temperature 1: another is refused, not silently wrong.
     let hot = Request::new(TeacherSupport::TopK(4), 0.5).unwrap();
@@ -590,13 +624,7 @@ fn many_clients_on_a_queue_of_one_all_get_their_scores() {
     let student = Llama::<A>::init(&config(), 4, &Default::default());
     let local = External::<A>::new(teacher, &tok, &student, &tok).unwrap();
     let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
-    let expected = match local.outputs(&student, &batch(), &request).unwrap() {
-        TeacherOutput::Distribution {
-            target: TeacherTarget::TopK { log_probs, .. },
-            ..
-        } => host(log_probs),
-        other => panic!("{other:?}"),
-    };
+    let expected = log_probs(local.outputs(&student, &batch(), &request).unwrap());
     // Eight clients at once: the queue turns most away with 503 + Retry-After, and each
     // retries until it is served, with the scores it would have had alone.
     let url = server.url();
@@ -610,13 +638,7 @@ fn many_clients_on_a_queue_of_one_all_get_their_scores() {
                     let student = Llama::<A>::init(&config(), 4, &Default::default());
                     let remote = Remote::connect(options, &tok, student.vocab_size()).unwrap();
                     let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
-                    match remote.outputs(&student, &batch(), &request).unwrap() {
-                        TeacherOutput::Distribution {
-                            target: TeacherTarget::TopK { log_probs, .. },
-                            ..
-                        } => host(log_probs),
-                        other => panic!("{other:?}"),
-                    }
+                    log_probs(remote.outputs(&student, &batch(), &request).unwrap())
                 })
             })
             .collect();
@@ -681,15 +703,14 @@ fn an_opd_run_with_the_served_teacher_takes_the_steps_of_the_same_teacher_in_pro
 
 #[test]
 fn a_server_restarted_within_the_wait_is_survived() {
-    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
-    let tok = tokenizer("0123456789+");
-    let student = Llama::<A>::init(&config(), 4, &Default::default());
-    let state = ServerState::start(teacher, &tok, "tiny", ServeOptions::new(32));
-    let mut server = Running::on(Arc::clone(&state), "127.0.0.1:0".parse().unwrap());
+    let Restartable {
+        state,
+        mut server,
+        remote,
+        student,
+        ..
+    } = restartable(Duration::from_secs(30));
     let addr = server.addr;
-    let mut patient = options(server.url());
-    patient.wait = Duration::from_secs(30);
-    let remote = Remote::connect(patient, &tok, student.vocab_size()).unwrap();
     let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
     let before = remote.outputs(&student, &batch(), &request).unwrap();
     server.stop();
@@ -700,12 +721,5 @@ fn a_server_restarted_within_the_wait_is_survived() {
     });
     let after = remote.outputs(&student, &batch(), &request).unwrap();
     let _server = restarted.join().unwrap();
-    let values = |o: TeacherOutput<A>| match o {
-        TeacherOutput::Distribution {
-            target: TeacherTarget::TopK { log_probs, .. },
-            ..
-        } => host(log_probs),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(values(before), values(after));
+    assert_eq!(log_probs(before), log_probs(after));
 }

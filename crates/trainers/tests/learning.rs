@@ -113,39 +113,6 @@ fn mapping_teacher() -> Llama<A> {
     trainer.into_student()
 }
 
-/// `KL(p_S ‖ p_T)` at the answer's first position, averaged over the ten questions, in
-/// float64 from both models' full distributions (independent of the trainer's metrics).
-fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>) -> f64 {
-    let tok = tokenizer();
-    let last = |model: &Llama<A>, ids: &[u32]| -> Vec<f64> {
-        let input = Tensor::<Flex, 2, Int>::from_data(
-            TensorData::new(
-                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                [1, ids.len()],
-            ),
-            &Default::default(),
-        );
-        let logits = model.valid().logits(input, &[0]);
-        let v: Vec<f64> = logits
-            .slice(s![.., ids.len() - 1, ..])
-            .into_data()
-            .convert::<f64>()
-            .into_vec()
-            .unwrap();
-        let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + v.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
-        v.iter().map(|z| z - lse).collect()
-    };
-    mean(mapping_tasks().iter().map(|task| {
-        let ids = opd_tasks::prompt_ids(&tok, &task.prompt).unwrap();
-        let (s, t) = (last(student, &ids), last(teacher, &ids));
-        s.iter()
-            .zip(&t)
-            .map(|(ls, lt)| ls.exp() * (ls - lt))
-            .sum::<f64>()
-    }))
-}
-
 /// OPD from the mapping teacher for `steps` steps, once per rollout seed of `seeds`; asserts
 /// the exact reverse KL at the answer falls to `kl_ratio` of its start and accuracy rises by
 /// `gain` (or reaches the teacher's), both as the mean over the seeds: the sampled-token forms
@@ -155,7 +122,7 @@ fn opd(form: OpdForm, steps: usize, seeds: &[u64], kl_ratio: f64, gain: f64) {
     let teacher_accuracy = accuracy(&teacher, 8, 2);
     let student = copy_base();
     let before = accuracy(&student, 8, 2);
-    let kl_before = answer_reverse_kl(&student, &teacher);
+    let kl_before = answer_reverse_kl(&student, &teacher, &mapping_tasks());
     let tok = tokenizer();
     let (mut kl_after, mut after) = (Vec::new(), Vec::new());
     for &seed in seeds {
@@ -176,7 +143,7 @@ fn opd(form: OpdForm, steps: usize, seeds: &[u64], kl_ratio: f64, gain: f64) {
                 .unwrap();
         let (trained, _) = run(trainer, "opd");
         after.push(accuracy(&trained, 8, 2));
-        kl_after.push(answer_reverse_kl(&trained, &teacher));
+        kl_after.push(answer_reverse_kl(&trained, &teacher, &mapping_tasks()));
     }
     let (after, kl_after) = (mean(after.iter().copied()), mean(kl_after.iter().copied()));
     println!(
@@ -349,10 +316,7 @@ fn sdpo_raises_the_reward_from_feedback() {
     assert!(r1 >= r0 + 0.3, "reward {r0:.3} -> {r1:.3}");
 }
 
-use burn::backend::Flex;
 use burn::module::AutodiffModule;
-use burn::tensor::{Int, Tensor, TensorData, s};
-use opd_policy::Policy;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
 use opd_teachers::External;
 use opd_trainers::{

@@ -199,3 +199,44 @@ pub fn nll(model: &Llama<A>, tasks: &[Task]) -> f64 {
     });
     sum / count as f64
 }
+
+/// `KL(p_S ‖ p_T)` at the first answer position of `tasks`, in float64 from both models' full
+/// distributions (independent of the trainer's metrics).
+pub fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>, tasks: &[opd_tasks::Task]) -> f64 {
+    use burn::backend::Flex;
+    use burn::tensor::{Int, Tensor, TensorData, s};
+    use opd_policy::Policy;
+    let tok = tokenizer();
+    let last = |model: &Llama<A>, ids: &[u32]| -> Vec<f64> {
+        let input = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [1, ids.len()],
+            ),
+            &Default::default(),
+        );
+        let v: Vec<f64> = model
+            .valid()
+            .logits(input, &[0])
+            .slice(s![.., ids.len() - 1, ..])
+            .into_data()
+            .convert::<f64>()
+            .into_vec()
+            .unwrap();
+        let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + v.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+        v.iter().map(|z| z - lse).collect()
+    };
+    let kls: Vec<f64> = tasks
+        .iter()
+        .map(|task| {
+            let ids = opd_tasks::prompt_ids(&tok, &task.prompt).unwrap();
+            let (s, t) = (last(student, &ids), last(teacher, &ids));
+            s.iter()
+                .zip(&t)
+                .map(|(ls, lt)| ls.exp() * (ls - lt))
+                .sum::<f64>()
+        })
+        .collect();
+    kls.iter().sum::<f64>() / kls.len() as f64
+}
