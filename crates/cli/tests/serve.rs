@@ -460,11 +460,29 @@ fn an_opd_step_whose_teacher_is_gone_changes_nothing_and_the_next_one_goes_on() 
 }
 
 /// `opd serve` as a process on a free port: the child and its URL.
-fn serve_process(model: &std::path::Path) -> (std::process::Child, String) {
+/// An `opd serve` process, killed when dropped: a server left running would hold the test's
+/// output open, and a failing test would hang instead of failing.
+struct ServeProcess(std::process::Child);
+
+impl ServeProcess {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_process(model: &std::path::Path, listen: &str) -> (ServeProcess, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
+        .args(["serve", "--listen", listen, "--model"])
         .arg(model)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -481,7 +499,7 @@ fn serve_process(model: &std::path::Path) -> (std::process::Child, String) {
     };
     // Keep draining its stderr so that it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, url)
+    (ServeProcess(child), url)
 }
 
 #[test]
@@ -502,7 +520,7 @@ fn opd_train_learns_from_a_teacher_served_by_opd_serve() {
         ChatTokenizer::characters(&scratch.alphabet, opd_cli::config::SCRATCH_TEMPLATE).unwrap();
     let model_dir = folder.path().join("teacher");
     opd_policy::save(&teacher, &tok, &model_dir, opd_policy::SaveDtype::F32).unwrap();
-    let (mut server, url) = serve_process(&model_dir);
+    let (mut server, url) = serve_process(&model_dir, "127.0.0.1:0");
     let run = folder.path().join("run");
     let file = folder.path().join("opd.toml");
     std::fs::write(
@@ -556,8 +574,7 @@ objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
     assert_eq!(divergences.len(), 4, "{stderr}");
     assert!(divergences.iter().all(|d| d.is_finite() && *d >= 0.0));
     // With the server gone, a resumed run stops: it waits `wait_seconds`, then says why.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.stop();
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("steps = 4", "steps = 6");
@@ -722,4 +739,104 @@ fn a_server_restarted_within_the_wait_is_survived() {
     let after = remote.outputs(&student, &batch(), &request).unwrap();
     let _server = restarted.join().unwrap();
     assert_eq!(log_probs(before), log_probs(after));
+}
+
+#[test]
+fn a_run_whose_served_teacher_dies_stops_with_a_checkpoint_and_resumes_once_it_is_back() {
+    let folder = tempfile::tempdir().unwrap();
+    let scratch = opd_cli::config::ScratchModel {
+        alphabet: "0123456789+".into(),
+        layers: 1,
+        hidden_size: 32,
+        intermediate_size: 64,
+        heads: 2,
+        max_positions: 16,
+        seed: 5,
+    };
+    let teacher = Llama::<Flex>::init(&scratch.llama_config(), 5, &Default::default());
+    let tok =
+        ChatTokenizer::characters(&scratch.alphabet, opd_cli::config::SCRATCH_TEMPLATE).unwrap();
+    let model_dir = folder.path().join("teacher");
+    opd_policy::save(&teacher, &tok, &model_dir, opd_policy::SaveDtype::F32).unwrap();
+    let (mut server, url) = serve_process(&model_dir, "127.0.0.1:0");
+    let run = folder.path().join("run");
+    let file = folder.path().join("opd.toml");
+    let text = |steps: usize| {
+        format!(
+            r#"
+[model.scratch]
+alphabet = "0123456789+"
+layers = 1
+hidden_size = 32
+intermediate_size = 64
+heads = 2
+max_positions = 16
+
+[teacher]
+url = "{url}"
+wait_seconds = 2
+
+[data.arithmetic]
+max_operand = 4
+train_tasks = 20
+test_tasks = 5
+
+[output]
+dir = "{}"
+checkpoint_every = 1000
+
+[train]
+steps = {steps}
+prompts_per_step = 4
+micro_batch = 4
+sampling = {{ max_new_tokens = 3 }}
+objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
+"#,
+            run.display()
+        )
+    };
+    std::fs::write(&file, text(100_000)).unwrap();
+    let trainer = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
+        .arg("train")
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A few steps in, the teacher goes away.
+    let metrics = run.join(opd_cli::run::METRICS);
+    let clock = std::time::Instant::now();
+    let steps = |path: &std::path::Path| -> usize {
+        opd_cli::run::read_metrics(path)
+            .map(|r| r.iter().filter(|r| r.train().is_some()).count())
+            .unwrap_or(0)
+    };
+    while steps(&metrics) < 3 {
+        assert!(clock.elapsed() < Duration::from_secs(120), "no steps");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop();
+    let out = trainer.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&url) && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    // It stopped with a checkpoint of every step it finished, and nothing half-applied.
+    let done = steps(&metrics);
+    let checkpoints = opd_trainers::checkpoint::checkpoints(&run);
+    assert_eq!(checkpoints.last().map(|(s, _)| *s), Some(done), "{stderr}");
+    // The teacher is back on its address: the run resumes and finishes.
+    let listen = url.trim_start_matches("http://").to_string();
+    let (mut server, _) = serve_process(&model_dir, &listen);
+    std::fs::write(&file, text(done + 2)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
+        .args(["train", "--resume"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    server.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(steps(&metrics), done + 2);
 }
