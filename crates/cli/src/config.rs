@@ -1,6 +1,9 @@
 //! The run file of `opd train`: which model, teacher, data and environment, where to write, and
 //! the trainer's own [`TrainConfig`]. TOML; an unknown key or a value out of range is an error
 //! that names the key and the file.
+//!
+//! (Over 500 lines with its tests, which are the last hundred: the code is the run file's
+//! sections and the checks between them, read together.)
 
 use std::path::{Path, PathBuf};
 

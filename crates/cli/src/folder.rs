@@ -8,11 +8,17 @@
 //!   folder: a reader sees the old file or the new one, never a mix.
 //! - [`MetricsLog`] appends each record as one line in one `write` call; [`read_metrics`]
 //!   skips (and reports) a torn last line, the mark of a kill or a full disk mid-write.
+//! - [`save_final`] writes the trained model as `final/` through `final.tmp/`, so `final/` is
+//!   always one whole model.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::AutodiffBackend;
+use opd_divergences::DivergenceBackend;
+use opd_policy::SaveDtype;
+use opd_trainers::Trainer;
 use opd_trainers::checkpoint::sync_dir;
 
 use crate::error::{CliError, Result};
@@ -219,6 +225,30 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
         );
     }
     Ok(read.records())
+}
+
+/// Writes the student as `final/`: into `final.tmp/`, fsynced, then renamed over any older
+/// `final/`, so that `final/` is always one whole model.
+pub fn save_final<B: AutodiffBackend + DivergenceBackend>(
+    trainer: &Trainer<B>,
+    tokenizer: &opd_policy::ChatTokenizer,
+    dir: &Path,
+) -> Result<()> {
+    let (tmp, final_dir) = (dir.join("final.tmp"), dir.join("final"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::Io { path, source }
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    opd_policy::save(trainer.student(), tokenizer, &tmp, SaveDtype::F32)?;
+    sync_dir(&tmp).map_err(io(&tmp))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    sync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]

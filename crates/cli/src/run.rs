@@ -16,22 +16,22 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use opd_divergences::DivergenceBackend;
 use opd_policy::Policy;
-use opd_policy::SaveDtype;
 use opd_rollout::SamplingParams;
 use opd_tasks::{Environment, Evaluation, Task, evaluate};
-use opd_teachers::remote::Protocol;
-use opd_teachers::{External, Remote, RemoteOptions, Teacher, TeacherError};
+use opd_teachers::TeacherError;
 use opd_trainers::checkpoint::{
     self, checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints,
 };
 use opd_trainers::{Flow, StepMetrics, TokensSpent, TrainError, Trainer, learning_rate};
 
-use crate::config::{RunConfig, ServedProtocol, TeacherSource};
+use crate::config::RunConfig;
 use crate::error::{CliError, Result};
-use crate::folder::{MetricsLines, MetricsLog, RunFolder, remove_leftovers, write_atomically};
+use crate::folder::{
+    MetricsLines, MetricsLog, RunFolder, remove_leftovers, save_final, write_atomically,
+};
 use crate::plot::{Curves, write_curves};
 use crate::record::{EvalRecord, Record, TrainRecord};
-use crate::setup::{TaskChecks, check_tasks, environment, load_model, splits};
+use crate::setup::{TaskChecks, check_tasks, environment, load_model, load_teacher, splits};
 
 /// The run file as the run was last started with.
 pub const CONFIG: &str = "config.toml";
@@ -446,74 +446,6 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         evaluation: last_eval,
         skipped_updates: skipped,
     })
-}
-
-/// OPD's teacher: the model `source` names, checked against the student's vocabulary, or
-/// the server it names (whose vocabulary is checked when connecting).
-fn load_teacher<B: AutodiffBackend + DivergenceBackend>(
-    source: &TeacherSource,
-    student: &opd_policy::Llama<B>,
-    tokenizer: &opd_policy::ChatTokenizer,
-    device: &B::Device,
-) -> Result<Box<dyn Teacher<B>>> {
-    let error = opd_trainers::TrainError::from;
-    if let Some(model) = source.model() {
-        let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(&model, device)?;
-        let external = External::new(teacher, &teacher_tokenizer, student, tokenizer);
-        return Ok(Box::new(external.map_err(error)?));
-    }
-    let url = source
-        .url
-        .clone()
-        .expect("a teacher without a model has a url");
-    let mut options = RemoteOptions::new(url);
-    if source.protocol == ServedProtocol::Vllm {
-        options.protocol = Protocol::Vllm {
-            model: source.served_model.clone().unwrap_or_default(),
-        };
-    }
-    options.token = source
-        .token
-        .clone()
-        .or_else(|| std::env::var("OPD_TEACHER_TOKEN").ok())
-        .filter(|t| !t.is_empty());
-    if let Some(seconds) = source.timeout_seconds {
-        options.timeout = Duration::from_secs_f64(seconds);
-    }
-    if let Some(seconds) = source.wait_seconds {
-        options.wait = Duration::from_secs_f64(seconds);
-    }
-    let remote = Remote::connect(options, tokenizer, student.vocab_size()).map_err(error)?;
-    tracing::info!(
-        "teacher: {} served at {} (vocabulary checked)",
-        remote.info().name,
-        source.url.as_deref().unwrap_or_default()
-    );
-    Ok(Box::new(remote))
-}
-
-/// Writes the student as `final/`: into `final.tmp/`, fsynced, then renamed over any older
-/// `final/`, so that `final/` is always one whole model.
-fn save_final<B: AutodiffBackend + DivergenceBackend>(
-    trainer: &Trainer<B>,
-    tokenizer: &opd_policy::ChatTokenizer,
-    dir: &Path,
-) -> Result<()> {
-    let (tmp, final_dir) = (dir.join("final.tmp"), dir.join("final"));
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| CliError::Io { path, source }
-    };
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    opd_policy::save(trainer.student(), tokenizer, &tmp, SaveDtype::F32)?;
-    checkpoint::sync_dir(&tmp).map_err(io(&tmp))?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-    checkpoint::sync_dir(dir).map_err(io(dir))
 }
 
 /// Says how the learning rate moves when `train.steps` changed on resume: warmup and cosine

@@ -1,13 +1,20 @@
-//! What a run file names, built: the models, the tasks and the environment.
+//! What a run file names, built: the models (the student, its teachers), the tasks and the
+//! environment.
 
 use std::path::Path;
+use std::time::Duration;
 
-use burn::tensor::backend::Backend;
-use opd_policy::{ChatTokenizer, Llama};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use opd_divergences::DivergenceBackend;
+use opd_policy::{ChatTokenizer, Llama, Policy};
 use opd_tasks::data::read_jsonl_lines;
 use opd_tasks::{Environment, ExactAnswer, MathAnswer, Task, prompt_ids};
+use opd_teachers::remote::Protocol;
+use opd_teachers::{External, Remote, RemoteOptions, Teacher};
 
-use crate::config::{DataConfig, EnvironmentConfig, ModelSource, SCRATCH_TEMPLATE};
+use crate::config::{
+    DataConfig, EnvironmentConfig, ModelSource, SCRATCH_TEMPLATE, ServedProtocol, TeacherSource,
+};
 use crate::error::{CliError, Result};
 
 /// The model and tokenizer of `source` (a file or folder, or a seeded scratch model), with
@@ -169,4 +176,48 @@ pub fn environment(config: EnvironmentConfig) -> Result<Box<dyn Environment>> {
             Box::new(rust)
         }
     })
+}
+
+/// OPD's teacher: the model `source` names, checked against the student's vocabulary, or
+/// the server it names (whose vocabulary is checked when connecting).
+pub fn load_teacher<B: AutodiffBackend + DivergenceBackend>(
+    source: &TeacherSource,
+    student: &opd_policy::Llama<B>,
+    tokenizer: &opd_policy::ChatTokenizer,
+    device: &B::Device,
+) -> Result<Box<dyn Teacher<B>>> {
+    let error = opd_trainers::TrainError::from;
+    if let Some(model) = source.model() {
+        let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(&model, device)?;
+        let external = External::new(teacher, &teacher_tokenizer, student, tokenizer);
+        return Ok(Box::new(external.map_err(error)?));
+    }
+    let url = source
+        .url
+        .clone()
+        .expect("a teacher without a model has a url");
+    let mut options = RemoteOptions::new(url);
+    if source.protocol == ServedProtocol::Vllm {
+        options.protocol = Protocol::Vllm {
+            model: source.served_model.clone().unwrap_or_default(),
+        };
+    }
+    options.token = source
+        .token
+        .clone()
+        .or_else(|| std::env::var("OPD_TEACHER_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if let Some(seconds) = source.timeout_seconds {
+        options.timeout = Duration::from_secs_f64(seconds);
+    }
+    if let Some(seconds) = source.wait_seconds {
+        options.wait = Duration::from_secs_f64(seconds);
+    }
+    let remote = Remote::connect(options, tokenizer, student.vocab_size()).map_err(error)?;
+    tracing::info!(
+        "teacher: {} served at {} (vocabulary checked)",
+        remote.info().name,
+        source.url.as_deref().unwrap_or_default()
+    );
+    Ok(Box::new(remote))
 }

@@ -26,6 +26,7 @@
 //! | SDFT | `KL(p_θ(·|x) ‖ p_T(·|x, demo))` |
 //! | SDPO | `min(sg ρ, 2) · JSD_α(p_T(·|x, f, demo) ‖ p_θ(·|x))` on the student's top-100 + tail |
 
+mod builder;
 mod check;
 pub mod checkpoint;
 pub mod config;
@@ -45,6 +46,7 @@ mod telemetry;
 mod trainer;
 mod update;
 
+pub use builder::TrainerBuilder;
 pub use config::{
     CollapseWatch, DistillForm, GrpoConfig, MethodSettings, Objective, OnNonFinite, OpdConfig,
     OpdForm, OpsdConfig, OptimizerConfig, Reduction, SampledTokenBaseline, SamplingConfig,
@@ -54,4 +56,4 @@ pub use error::{Result, TrainError};
 pub use metrics::{Phases, StepMetrics, TeacherMetrics};
 pub use schedule::learning_rate;
 pub use state::{OptimizerRecord, RunProgress, SavedState, TokensSpent, TrainerState};
-pub use trainer::{Flow, MAX_SKIPPED_STEPS_IN_A_ROW, Trainer, TrainerBuilder};
+pub use trainer::{Flow, MAX_SKIPPED_STEPS_IN_A_ROW, Trainer};

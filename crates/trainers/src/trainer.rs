@@ -10,13 +10,13 @@ use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
 use opd_policy::{ChatTokenizer, Llama};
 use opd_tasks::{Environment, Task};
-use opd_teachers::{PrivilegedTemplate, Teacher};
 
+use crate::builder::TrainerBuilder;
 use crate::config::{OnNonFinite, TrainConfig};
 use crate::diagnostics::CollapseState;
 use crate::error::{Result, TrainError};
 use crate::grads;
-use crate::method::{self, Method, Parts, Rollouts, Sizes};
+use crate::method::{Method, Rollouts, Sizes};
 use crate::metrics::StepMetrics;
 use crate::micro::{Micro, prepare};
 use crate::order::TaskOrder;
@@ -59,113 +59,6 @@ pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
     skipped_in_a_row: usize,
 }
 
-/// Builds a [`Trainer`]: the teacher and the privileged template are set here, and
-/// [`TrainerBuilder::build`] refuses a trainer that could not run.
-pub struct TrainerBuilder<B: AutodiffBackend + DivergenceBackend> {
-    config: TrainConfig,
-    student: Llama<B>,
-    tokenizer: ChatTokenizer,
-    tasks: Vec<Task>,
-    environment: Box<dyn Environment>,
-    teachers: Vec<(String, Box<dyn Teacher<B>>)>,
-    template: PrivilegedTemplate,
-}
-
-impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
-    /// The teacher: OPD's teacher model (an [`opd_teachers::External`] model, or any
-    /// strategy); for OPSD, SDFT and SDPO, the model that reads the privileged context in
-    /// place of the configured self-teacher. SFT and GRPO refuse one.
-    pub fn teacher(self, teacher: impl Teacher<B> + 'static) -> Self {
-        self.teacher_boxed(Box::new(teacher))
-    }
-
-    /// [`Self::teacher`] for a teacher chosen at run time: the run's one teacher, named
-    /// `teacher`.
-    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B>>) -> Self {
-        self.teachers = vec![("teacher".into(), teacher)];
-        self
-    }
-
-    /// One more OPD teacher, `name`d: each task is scored by the teacher its `teacher` field
-    /// names, or by the first one added (multi-teacher distillation, as verl's MOPD and
-    /// Tinker's multi-teacher recipe do).
-    pub fn named_teacher(mut self, name: impl Into<String>, teacher: Box<dyn Teacher<B>>) -> Self {
-        self.teachers.push((name.into(), teacher));
-        self
-    }
-
-    /// The wording of the self-teacher's privileged prompt.
-    pub fn template(mut self, template: PrivilegedTemplate) -> Self {
-        self.template = template;
-        self
-    }
-
-    /// The trainer; an error for an invalid config, no tasks, a task the method cannot use
-    /// (naming it), or a teacher the method cannot run without (OPD) or with (SFT, GRPO).
-    pub fn build(self) -> Result<Trainer<B>> {
-        let config = self.config;
-        config.validate()?;
-        if self.tasks.is_empty() {
-            return Err(TrainError::Config {
-                field: "tasks",
-                value: "0 tasks".into(),
-                expected: "at least one task",
-            });
-        }
-        let routed = config.objective.settings().needs_teacher_model();
-        if let Some((index, task)) = self
-            .tasks
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.teacher.is_some() && !routed)
-        {
-            return Err(TrainError::Task {
-                index,
-                problem: format!(
-                    "names teacher `{}`, but {} has no teacher model to route it to",
-                    task.teacher.as_deref().unwrap_or_default(),
-                    config.objective.name()
-                ),
-            });
-        }
-        let parts = Parts {
-            student: &self.student,
-            tokenizer: &self.tokenizer,
-            teachers: self.teachers,
-            template: self.template,
-            tasks: &self.tasks,
-        };
-        let method = method::build(&config.objective, parts)?;
-        for (index, task) in self.tasks.iter().enumerate() {
-            if let Some(problem) = method.check_task(task) {
-                return Err(TrainError::Task { index, problem });
-            }
-        }
-        let o = &config.optimizer;
-        let optimizer = AdamWConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.epsilon as f32)
-            .with_weight_decay(o.weight_decay as f32)
-            .init();
-        let order = TaskOrder::new(self.tasks.len(), config.seed);
-        Ok(Trainer {
-            config,
-            student: Some(self.student),
-            tokenizer: self.tokenizer,
-            optimizer,
-            method,
-            environment: self.environment,
-            tasks: self.tasks,
-            order,
-            step: 0,
-            collapse: CollapseState::default(),
-            spent: TokensSpent::default(),
-            skipped_in_a_row: 0,
-        })
-    }
-}
-
 /// The device a model's parameters live on.
 pub(crate) fn device_of<B: AutodiffBackend>(model: &Llama<B>) -> B::Device {
     burn::module::Module::devices(model)
@@ -184,14 +77,40 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         tasks: Vec<Task>,
         environment: impl Environment + 'static,
     ) -> TrainerBuilder<B> {
-        TrainerBuilder {
+        TrainerBuilder::new(config, student, tokenizer, tasks, Box::new(environment))
+    }
+
+    /// A trainer of a built `method`: AdamW of the config and the seeded task order
+    /// ([`TrainerBuilder::build`] has checked everything).
+    pub(crate) fn assemble(
+        config: TrainConfig,
+        student: Llama<B>,
+        tokenizer: ChatTokenizer,
+        method: Box<dyn Method<B>>,
+        environment: Box<dyn Environment>,
+        tasks: Vec<Task>,
+    ) -> Self {
+        let o = &config.optimizer;
+        let optimizer = AdamWConfig::new()
+            .with_beta_1(o.beta1 as f32)
+            .with_beta_2(o.beta2 as f32)
+            .with_epsilon(o.epsilon as f32)
+            .with_weight_decay(o.weight_decay as f32)
+            .init();
+        let order = TaskOrder::new(tasks.len(), config.seed);
+        Self {
             config,
-            student,
+            student: Some(student),
             tokenizer,
+            optimizer,
+            method,
+            environment,
             tasks,
-            environment: Box::new(environment),
-            teachers: Vec::new(),
-            template: PrivilegedTemplate::default(),
+            order,
+            step: 0,
+            collapse: CollapseState::default(),
+            spent: TokensSpent::default(),
+            skipped_in_a_row: 0,
         }
     }
 

@@ -16,6 +16,7 @@
 
 mod grpo;
 mod opd;
+mod opd_fields;
 mod opsd;
 mod routing;
 mod sdft;

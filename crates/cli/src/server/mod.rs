@@ -25,10 +25,11 @@ use opd_policy::{ChatTokenizer, Llama, Policy, SequenceBatch};
 use opd_rollout::{ScoreOptions, score};
 use opd_teachers::remote::protocol::{
     ErrorBody, ErrorDetail, MAX_FULL_VOCAB, ModelInfo, ScoreRequest, ScoreResponse, Scored,
-    Sequence, token_table_crc32,
+    token_table_crc32,
 };
-use opd_teachers::remote::vllm;
 use tokio::sync::{mpsc, oneshot};
+
+mod vllm;
 
 /// Limits and sizes of a server.
 #[derive(Debug, Clone, PartialEq)]
@@ -451,157 +452,14 @@ async fn parse<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// `GET /v1/models`, as the OpenAI API and vLLM answer it.
-async fn models(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&headers, &state) {
-        return e.into_response();
-    }
-    axum::Json(vllm::ModelList {
-        object: "list".into(),
-        data: vec![vllm::ModelCard {
-            id: state.info.name.clone(),
-            object: "model".into(),
-            max_model_len: Some(state.info.max_context),
-        }],
-    })
-    .into_response()
-}
-
-/// `POST /detokenize`, as vLLM answers it.
-async fn detokenize(
-    State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<axum::Json<vllm::DetokenizeResponse>, ApiError> {
-    authorize(&headers, &state)?;
-    let request: vllm::DetokenizeRequest = parse(&state, body).await?;
-    if let Some(id) = request
-        .tokens
-        .iter()
-        .find(|&&id| id as usize >= state.info.vocab_size)
-    {
-        return Err(ApiError::field(
-            "tokens",
-            format!(
-                "token {id} is outside the {}-token vocabulary",
-                state.info.vocab_size
-            ),
-        ));
-    }
-    let prompt = state
-        .tokenizer
-        .decode(&request.tokens, false)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
-    Ok(axum::Json(vllm::DetokenizeResponse { prompt }))
-}
-
-/// `POST /v1/completions` for prompt log-probs, as vLLM answers it (see
-/// [`opd_teachers::remote::vllm`]): nothing is generated (`max_tokens` 0 or 1, the text empty);
-/// the rank of a prompt token outside the top `prompt_logprobs` is not computed (`null`).
-async fn completions(
-    State(state): State<Arc<ServerState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<axum::Json<vllm::CompletionResponse>, ApiError> {
-    authorize(&headers, &state)?;
-    let request: vllm::CompletionRequest = parse(&state, body).await?;
-    if request.max_tokens > 1 {
-        return Err(ApiError::field(
-            "max_tokens",
-            format!(
-                "{}: opd serve scores prompts only (0 or 1)",
-                request.max_tokens
-            ),
-        ));
-    }
-    let prompts = request.prompt.into_prompts();
-    let sequences = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| match p.split_first() {
-            Some((first, rest)) if !rest.is_empty() => Ok(Sequence {
-                context: vec![*first],
-                response: rest.to_vec(),
-            }),
-            _ => Err(ApiError::field(
-                format!("prompt[{i}]"),
-                "at least two tokens: the first is only context",
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let k = request.prompt_logprobs;
-    let score = ScoreRequest {
-        sequences,
-        top_k: k,
-        temperature: 1.0,
-        full: false,
-    };
-    check(&score, &state).map_err(|e| ApiError {
-        field: e.field.map(|f| f.replace("sequences", "prompt")),
-        ..e
-    })?;
-    let answer = scored(&state, score).await?;
-    let text = |id: u32| state.tokenizer.decode(&[id], false).ok();
-    let choices = prompts
-        .iter()
-        .zip(answer.results)
-        .enumerate()
-        .map(|(index, (prompt, scores))| {
-            let mut positions = vec![None];
-            for (t, &token) in prompt[1..].iter().enumerate() {
-                let mut entries = std::collections::BTreeMap::new();
-                let mut own_rank = None;
-                if k > 0 {
-                    for (r, (&id, &logprob)) in scores.top_ids[t]
-                        .iter()
-                        .zip(&scores.top_logprobs[t])
-                        .enumerate()
-                    {
-                        own_rank = own_rank.or((id == token).then_some(r + 1));
-                        entries.insert(
-                            id.to_string(),
-                            vllm::PromptLogprob {
-                                logprob,
-                                rank: Some(r + 1),
-                                decoded_token: text(id),
-                            },
-                        );
-                    }
-                }
-                entries.insert(
-                    token.to_string(),
-                    vllm::PromptLogprob {
-                        logprob: scores.logprobs[t],
-                        rank: own_rank,
-                        decoded_token: text(token),
-                    },
-                );
-                positions.push(Some(entries));
-            }
-            vllm::Choice {
-                index,
-                text: String::new(),
-                prompt_logprobs: positions,
-                finish_reason: Some("length".into()),
-            }
-        })
-        .collect();
-    Ok(axum::Json(vllm::CompletionResponse {
-        id: "cmpl-opd".into(),
-        object: "text_completion".into(),
-        model: state.info.name.clone(),
-        choices,
-    }))
-}
-
 /// The routes: `GET /v1/model`, `POST /v1/score`; anything else 404 with a JSON body.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/model", get(model_info))
         .route("/v1/score", post(score_handler))
-        .route("/v1/models", get(models))
-        .route("/v1/completions", post(completions))
-        .route("/detokenize", post(detokenize))
+        .route("/v1/models", get(vllm::models))
+        .route("/v1/completions", post(vllm::completions))
+        .route("/detokenize", post(vllm::detokenize))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -1,0 +1,125 @@
+//! [`TrainerBuilder`]: a trainer's teachers and privileged template, and the checks that
+//! refuse a trainer that could not run.
+
+use burn::tensor::backend::AutodiffBackend;
+use opd_divergences::DivergenceBackend;
+use opd_policy::{ChatTokenizer, Llama};
+use opd_tasks::{Environment, Task};
+use opd_teachers::{PrivilegedTemplate, Teacher};
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::method::{self, Parts};
+use crate::trainer::Trainer;
+
+/// Builds a [`Trainer`]: the teacher and the privileged template are set here, and
+/// [`TrainerBuilder::build`] refuses a trainer that could not run.
+pub struct TrainerBuilder<B: AutodiffBackend + DivergenceBackend> {
+    config: TrainConfig,
+    student: Llama<B>,
+    tokenizer: ChatTokenizer,
+    tasks: Vec<Task>,
+    environment: Box<dyn Environment>,
+    teachers: Vec<(String, Box<dyn Teacher<B>>)>,
+    template: PrivilegedTemplate,
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
+    /// A builder with no teacher and the default template ([`Trainer::builder`]).
+    pub(crate) fn new(
+        config: TrainConfig,
+        student: Llama<B>,
+        tokenizer: ChatTokenizer,
+        tasks: Vec<Task>,
+        environment: Box<dyn Environment>,
+    ) -> Self {
+        Self {
+            config,
+            student,
+            tokenizer,
+            tasks,
+            environment,
+            teachers: Vec::new(),
+            template: PrivilegedTemplate::default(),
+        }
+    }
+
+    /// The teacher: OPD's teacher model (an [`opd_teachers::External`] model, or any
+    /// strategy); for OPSD, SDFT and SDPO, the model that reads the privileged context in
+    /// place of the configured self-teacher. SFT and GRPO refuse one.
+    pub fn teacher(self, teacher: impl Teacher<B> + 'static) -> Self {
+        self.teacher_boxed(Box::new(teacher))
+    }
+
+    /// [`Self::teacher`] for a teacher chosen at run time: the run's one teacher, named
+    /// `teacher`.
+    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B>>) -> Self {
+        self.teachers = vec![("teacher".into(), teacher)];
+        self
+    }
+
+    /// One more OPD teacher, `name`d: each task is scored by the teacher its `teacher` field
+    /// names, or by the first one added (multi-teacher distillation, as verl's MOPD and
+    /// Tinker's multi-teacher recipe do).
+    pub fn named_teacher(mut self, name: impl Into<String>, teacher: Box<dyn Teacher<B>>) -> Self {
+        self.teachers.push((name.into(), teacher));
+        self
+    }
+
+    /// The wording of the self-teacher's privileged prompt.
+    pub fn template(mut self, template: PrivilegedTemplate) -> Self {
+        self.template = template;
+        self
+    }
+
+    /// The trainer; an error for an invalid config, no tasks, a task the method cannot use
+    /// (naming it), or a teacher the method cannot run without (OPD) or with (SFT, GRPO).
+    pub fn build(self) -> Result<Trainer<B>> {
+        let config = self.config;
+        config.validate()?;
+        if self.tasks.is_empty() {
+            return Err(TrainError::Config {
+                field: "tasks",
+                value: "0 tasks".into(),
+                expected: "at least one task",
+            });
+        }
+        let routed = config.objective.settings().needs_teacher_model();
+        if let Some((index, task)) = self
+            .tasks
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.teacher.is_some() && !routed)
+        {
+            return Err(TrainError::Task {
+                index,
+                problem: format!(
+                    "names teacher `{}`, but {} has no teacher model to route it to",
+                    task.teacher.as_deref().unwrap_or_default(),
+                    config.objective.name()
+                ),
+            });
+        }
+        let parts = Parts {
+            student: &self.student,
+            tokenizer: &self.tokenizer,
+            teachers: self.teachers,
+            template: self.template,
+            tasks: &self.tasks,
+        };
+        let method = method::build(&config.objective, parts)?;
+        for (index, task) in self.tasks.iter().enumerate() {
+            if let Some(problem) = method.check_task(task) {
+                return Err(TrainError::Task { index, problem });
+            }
+        }
+        Ok(Trainer::assemble(
+            config,
+            self.student,
+            self.tokenizer,
+            method,
+            self.environment,
+            self.tasks,
+        ))
+    }
+}
