@@ -80,14 +80,7 @@ pub fn default_backend() -> BackendChoice {
 
 /// Runs `opd generate` on the chosen backend.
 pub fn run(args: GenerateArgs) -> Result<(), Box<dyn Error>> {
-    match args.backend {
-        #[cfg(feature = "flex")]
-        BackendChoice::Flex => run_on::<burn::backend::Flex>(args),
-        #[cfg(feature = "wgpu")]
-        BackendChoice::Wgpu => run_on::<burn::backend::Wgpu>(args),
-        #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => run_on::<burn::backend::Cuda>(args),
-    }
+    crate::on_backend!(args.backend, run_on, args)
 }
 
 fn run_on<B: Backend>(args: GenerateArgs) -> Result<(), Box<dyn Error>> {

@@ -45,6 +45,21 @@ enum BackendChoice {
     Cuda,
 }
 
+/// `$run::<B>($args)` on the backend `$choice` names (generic commands dispatch here).
+macro_rules! on_backend {
+    ($choice:expr, $run:ident, $args:expr) => {
+        match $choice {
+            #[cfg(feature = "flex")]
+            $crate::BackendChoice::Flex => $run::<burn::backend::Flex>($args),
+            #[cfg(feature = "wgpu")]
+            $crate::BackendChoice::Wgpu => $run::<burn::backend::Wgpu>($args),
+            #[cfg(feature = "cuda")]
+            $crate::BackendChoice::Cuda => $run::<burn::backend::Cuda>($args),
+        }
+    };
+}
+pub(crate) use on_backend;
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a student with a run file (SFT, GRPO, OPD, OPSD, SDFT or SDPO).

@@ -45,14 +45,7 @@ pub struct ServeArgs {
 
 /// Runs `opd serve` until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> Result<(), Box<dyn Error>> {
-    match args.backend {
-        #[cfg(feature = "flex")]
-        BackendChoice::Flex => run_on::<burn::backend::Flex>(args),
-        #[cfg(feature = "wgpu")]
-        BackendChoice::Wgpu => run_on::<burn::backend::Wgpu>(args),
-        #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => run_on::<burn::backend::Cuda>(args),
-    }
+    crate::on_backend!(args.backend, run_on, args)
 }
 
 fn run_on<B: Backend>(args: ServeArgs) -> Result<(), Box<dyn Error>>

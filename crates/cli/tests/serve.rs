@@ -460,6 +460,71 @@ fn an_opd_step_whose_teacher_is_gone_changes_nothing_and_the_next_one_goes_on() 
 }
 
 /// `opd serve` as a process on a free port: the child and its URL.
+/// A scratch teacher on the run files' characters, saved as a Hugging Face folder under
+/// `folder` for `opd serve`.
+fn teacher_folder(folder: &std::path::Path) -> std::path::PathBuf {
+    let scratch = opd_cli::config::ScratchModel {
+        alphabet: "0123456789+".into(),
+        layers: 1,
+        hidden_size: 32,
+        intermediate_size: 64,
+        heads: 2,
+        max_positions: 16,
+        seed: 5,
+    };
+    let teacher = Llama::<Flex>::init(&scratch.llama_config(), 5, &Default::default());
+    let tok =
+        ChatTokenizer::characters(&scratch.alphabet, opd_cli::config::SCRATCH_TEMPLATE).unwrap();
+    let model_dir = folder.join("teacher");
+    opd_policy::save(&teacher, &tok, &model_dir, opd_policy::SaveDtype::F32).unwrap();
+    model_dir
+}
+
+/// An OPD run file (top-4 divergence on small sums) writing to `run`, its teacher served at
+/// `url` and waited for `wait_seconds`.
+fn served_run(
+    run: &std::path::Path,
+    url: &str,
+    steps: usize,
+    wait_seconds: u64,
+    checkpoint_every: Option<usize>,
+) -> String {
+    let checkpoints = checkpoint_every
+        .map(|n| format!("checkpoint_every = {n}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[model.scratch]
+alphabet = "0123456789+"
+layers = 1
+hidden_size = 32
+intermediate_size = 64
+heads = 2
+max_positions = 16
+
+[teacher]
+url = "{url}"
+wait_seconds = {wait_seconds}
+
+[data.arithmetic]
+max_operand = 4
+train_tasks = 20
+test_tasks = 5
+
+[output]
+dir = "{}"
+{checkpoints}
+[train]
+steps = {steps}
+prompts_per_step = 4
+micro_batch = 4
+sampling = {{ max_new_tokens = 3 }}
+objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
+"#,
+        run.display()
+    )
+}
+
 /// An `opd serve` process, killed when dropped: a server left running would hold the test's
 /// output open, and a failing test would hang instead of failing.
 struct ServeProcess(std::process::Child);
@@ -505,59 +570,11 @@ fn serve_process(model: &std::path::Path, listen: &str) -> (ServeProcess, String
 #[test]
 fn opd_train_learns_from_a_teacher_served_by_opd_serve() {
     let folder = tempfile::tempdir().unwrap();
-    // The teacher: a scratch model saved as a Hugging Face folder, served by `opd serve`.
-    let scratch = opd_cli::config::ScratchModel {
-        alphabet: "0123456789+".into(),
-        layers: 1,
-        hidden_size: 32,
-        intermediate_size: 64,
-        heads: 2,
-        max_positions: 16,
-        seed: 5,
-    };
-    let teacher = Llama::<Flex>::init(&scratch.llama_config(), 5, &Default::default());
-    let tok =
-        ChatTokenizer::characters(&scratch.alphabet, opd_cli::config::SCRATCH_TEMPLATE).unwrap();
-    let model_dir = folder.path().join("teacher");
-    opd_policy::save(&teacher, &tok, &model_dir, opd_policy::SaveDtype::F32).unwrap();
+    let model_dir = teacher_folder(folder.path());
     let (mut server, url) = serve_process(&model_dir, "127.0.0.1:0");
     let run = folder.path().join("run");
     let file = folder.path().join("opd.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-[model.scratch]
-alphabet = "0123456789+"
-layers = 1
-hidden_size = 32
-intermediate_size = 64
-heads = 2
-max_positions = 16
-
-[teacher]
-url = "{url}"
-wait_seconds = 5
-
-[data.arithmetic]
-max_operand = 4
-train_tasks = 20
-test_tasks = 5
-
-[output]
-dir = "{}"
-
-[train]
-steps = 4
-prompts_per_step = 4
-micro_batch = 4
-sampling = {{ max_new_tokens = 3 }}
-objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
-"#,
-            run.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, served_run(&run, &url, 4, 5, None)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
         .arg("train")
         .arg(&file)
@@ -744,57 +761,11 @@ fn a_server_restarted_within_the_wait_is_survived() {
 #[test]
 fn a_run_whose_served_teacher_dies_stops_with_a_checkpoint_and_resumes_once_it_is_back() {
     let folder = tempfile::tempdir().unwrap();
-    let scratch = opd_cli::config::ScratchModel {
-        alphabet: "0123456789+".into(),
-        layers: 1,
-        hidden_size: 32,
-        intermediate_size: 64,
-        heads: 2,
-        max_positions: 16,
-        seed: 5,
-    };
-    let teacher = Llama::<Flex>::init(&scratch.llama_config(), 5, &Default::default());
-    let tok =
-        ChatTokenizer::characters(&scratch.alphabet, opd_cli::config::SCRATCH_TEMPLATE).unwrap();
-    let model_dir = folder.path().join("teacher");
-    opd_policy::save(&teacher, &tok, &model_dir, opd_policy::SaveDtype::F32).unwrap();
+    let model_dir = teacher_folder(folder.path());
     let (mut server, url) = serve_process(&model_dir, "127.0.0.1:0");
     let run = folder.path().join("run");
     let file = folder.path().join("opd.toml");
-    let text = |steps: usize| {
-        format!(
-            r#"
-[model.scratch]
-alphabet = "0123456789+"
-layers = 1
-hidden_size = 32
-intermediate_size = 64
-heads = 2
-max_positions = 16
-
-[teacher]
-url = "{url}"
-wait_seconds = 2
-
-[data.arithmetic]
-max_operand = 4
-train_tasks = 20
-test_tasks = 5
-
-[output]
-dir = "{}"
-checkpoint_every = 1000
-
-[train]
-steps = {steps}
-prompts_per_step = 4
-micro_batch = 4
-sampling = {{ max_new_tokens = 3 }}
-objective = {{ method = "opd", form = "divergence", teacher_top_k = 4 }}
-"#,
-            run.display()
-        )
-    };
+    let text = |steps: usize| served_run(&run, &url, steps, 2, Some(1000));
     std::fs::write(&file, text(100_000)).unwrap();
     let trainer = std::process::Command::new(env!("CARGO_BIN_EXE_opd"))
         .arg("train")

@@ -221,42 +221,42 @@ fn score_together<B: Backend>(
     let first = requests[0];
     let scored = batch
         .map_err(|e| internal(e.to_string()))
-        .and_then(|batch| {
-            let options = ScoreOptions {
-                micro_batch,
-                top_k: first.top_k,
-                temperature: first.temperature,
-            };
-            let rows = score(model, &batch, options)
-                .map_err(|e| internal(e.to_string()))?
-                .to_rows(&batch);
-            let full = match first.full {
-                true => Some(full_log_probs(
-                    model,
-                    &batch,
-                    first.temperature,
+        .and_then(|batch| match first.full {
+            // Every log-prob: the token's own and the top-k are read from them (one forward).
+            true => Ok(
+                full_log_probs(model, &batch, first.temperature, micro_batch)?
+                    .into_iter()
+                    .zip(batch.responses())
+                    .map(|(full, response)| from_full(full, response, first.top_k))
+                    .collect(),
+            ),
+            false => {
+                let options = ScoreOptions {
                     micro_batch,
-                )?),
-                false => None,
-            };
-            Ok(rows
-                .into_iter()
-                .enumerate()
-                .map(|(b, row)| Scored {
-                    logprobs: row.logprobs,
-                    top_ids: row
-                        .top_k
-                        .iter()
-                        .map(|p| p.iter().map(|(id, _)| *id).collect())
-                        .collect(),
-                    top_logprobs: row
-                        .top_k
-                        .iter()
-                        .map(|p| p.iter().map(|(_, lp)| *lp).collect())
-                        .collect(),
-                    full_logprobs: full.as_ref().map(|f| f[b].clone()).unwrap_or_default(),
-                })
-                .collect::<Vec<_>>())
+                    top_k: first.top_k,
+                    temperature: first.temperature,
+                };
+                let rows = score(model, &batch, options)
+                    .map_err(|e| internal(e.to_string()))?
+                    .to_rows(&batch);
+                Ok(rows
+                    .into_iter()
+                    .map(|row| Scored {
+                        logprobs: row.logprobs,
+                        top_ids: row
+                            .top_k
+                            .iter()
+                            .map(|p| p.iter().map(|(id, _)| *id).collect())
+                            .collect(),
+                        top_logprobs: row
+                            .top_k
+                            .iter()
+                            .map(|p| p.iter().map(|(_, lp)| *lp).collect())
+                            .collect(),
+                        full_logprobs: Vec::new(),
+                    })
+                    .collect::<Vec<_>>())
+            }
         });
     match scored {
         Ok(mut all) => requests
@@ -268,6 +268,32 @@ fn score_together<B: Backend>(
             })
             .collect(),
         Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// A row's scores from its full log-probs `[R][V]`: each response token's own, and the
+/// `top_k` most likely per position, most likely first.
+fn from_full(full: Vec<Vec<f32>>, response: &[u32], top_k: usize) -> Scored {
+    let logprobs = full
+        .iter()
+        .zip(response)
+        .map(|(position, &token)| position[token as usize])
+        .collect();
+    let (mut top_ids, mut top_logprobs) = (Vec::new(), Vec::new());
+    if top_k > 0 {
+        for position in &full {
+            let mut ids: Vec<u32> = (0..position.len() as u32).collect();
+            ids.sort_by(|&a, &b| position[b as usize].total_cmp(&position[a as usize]));
+            ids.truncate(top_k);
+            top_logprobs.push(ids.iter().map(|&id| position[id as usize]).collect());
+            top_ids.push(ids);
+        }
+    }
+    Scored {
+        logprobs,
+        top_ids,
+        top_logprobs,
+        full_logprobs: full,
     }
 }
 

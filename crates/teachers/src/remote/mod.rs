@@ -71,12 +71,18 @@ impl RemoteOptions {
 /// (OPD with a teacher that never sits in the trainer's memory).
 #[derive(Debug)]
 pub struct Remote {
+    client: Client,
+    info: ModelInfo,
+    /// Response tokens scored, for [`Remote::bytes_per_token`].
+    scored: AtomicU64,
+}
+
+/// The HTTP side: where the server is, the connection pool, and the bytes received.
+#[derive(Debug)]
+struct Client {
     options: RemoteOptions,
     agent: ureq::Agent,
-    info: ModelInfo,
-    /// Response bytes received and response tokens scored, for [`Remote::bytes_per_token`].
     received: AtomicU64,
-    scored: AtomicU64,
 }
 
 impl Remote {
@@ -88,29 +94,20 @@ impl Remote {
         student_tokenizer: &ChatTokenizer,
         vocab_size: usize,
     ) -> Result<Self> {
-        let agent = ureq::AgentBuilder::new().timeout(options.timeout).build();
-        let mut remote = Self {
-            info: ModelInfo {
-                name: String::new(),
-                vocab_size: 0,
-                tokenizer_size: 0,
-                token_table_crc32: 0,
-                bos: None,
-                eos: Vec::new(),
-                max_context: 0,
-            },
+        let mut client = Client {
+            agent: ureq::AgentBuilder::new().timeout(options.timeout).build(),
             options,
-            agent,
             received: AtomicU64::new(0),
-            scored: AtomicU64::new(0),
-        };
-        let info = match remote.options.protocol.clone() {
-            Protocol::Opd => remote.call::<ModelInfo>("GET", "/v1/model", None::<&()>)?,
-            Protocol::Vllm { model } => remote.vllm_info(&model, student_tokenizer, vocab_size)?,
         };
         let student_table = protocol::token_table_crc32(
             (0..vocab_size as u32).map(|id| student_tokenizer.id_to_token(id).unwrap_or_default()),
         );
+        let info = match client.options.protocol.clone() {
+            Protocol::Opd => client.call::<ModelInfo>("GET", "/v1/model", None::<&()>)?,
+            Protocol::Vllm { model } => {
+                client.vllm_info(&model, student_tokenizer, vocab_size, student_table)?
+            }
+        };
         if info.vocab_size != vocab_size || info.token_table_crc32 != student_table {
             return Err(TeacherError::VocabularyMismatch {
                 teacher: info.vocab_size,
@@ -118,9 +115,27 @@ impl Remote {
                 first_difference: None,
             });
         }
-        Ok(Self { info, ..remote })
+        Ok(Self {
+            client,
+            info,
+            scored: AtomicU64::new(0),
+        })
     }
 
+    /// What the server said about its model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Response bytes received per response token scored so far (what travels over the wire).
+    pub fn bytes_per_token(&self) -> Option<f64> {
+        let scored = self.scored.load(Ordering::Relaxed);
+        let received = self.client.received.load(Ordering::Relaxed);
+        (scored > 0).then(|| received as f64 / scored as f64)
+    }
+}
+
+impl Client {
     /// A vLLM server's model, its vocabulary checked by decoding [`vllm::probe_ids`] there and
     /// here: vLLM does not give its token table, so the identity recorded is the student's
     /// once the texts agree.
@@ -129,6 +144,7 @@ impl Remote {
         model: &str,
         student_tokenizer: &ChatTokenizer,
         vocab_size: usize,
+        table: u32,
     ) -> Result<ModelInfo> {
         let models: vllm::ModelList = self.call("GET", "/v1/models", None::<&()>)?;
         let card = match model {
@@ -150,9 +166,6 @@ impl Remote {
             }),
         )?;
         let ours = student_tokenizer.decode(&ids, false)?;
-        let table = protocol::token_table_crc32(
-            (0..vocab_size as u32).map(|id| student_tokenizer.id_to_token(id).unwrap_or_default()),
-        );
         Ok(ModelInfo {
             name: card.id,
             vocab_size,
@@ -163,17 +176,6 @@ impl Remote {
             eos: student_tokenizer.special.eos.clone(),
             max_context: card.max_model_len.unwrap_or(usize::MAX),
         })
-    }
-
-    /// What the server said about its model.
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    /// Response bytes received per response token scored so far (what travels over the wire).
-    pub fn bytes_per_token(&self) -> Option<f64> {
-        let scored = self.scored.load(Ordering::Relaxed);
-        (scored > 0).then(|| self.received.load(Ordering::Relaxed) as f64 / scored as f64)
     }
 
     fn error(&self, problem: impl Into<String>) -> TeacherError {
@@ -266,7 +268,7 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
             TeacherSupport::TopK(k) => (k, false),
             TeacherSupport::Logits if self.info.vocab_size <= MAX_FULL_VOCAB => (0, true),
             TeacherSupport::Logits => {
-                return Err(self.error(format!(
+                return Err(self.client.error(format!(
                     "full logits of a {}-token vocabulary do not travel (at most {MAX_FULL_VOCAB}): \
                      use a top-k support (`teacher_top_k`)",
                     self.info.vocab_size
@@ -282,7 +284,7 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
                 response: response.clone(),
             })
             .collect();
-        let answer = match &self.options.protocol {
+        let answer = match &self.client.options.protocol {
             Protocol::Opd => {
                 let body = ScoreRequest {
                     sequences,
@@ -290,11 +292,12 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
                     temperature: request.temperature,
                     full,
                 };
-                self.call::<ScoreResponse>("POST", "/v1/score", Some(&body))?
+                self.client
+                    .call::<ScoreResponse>("POST", "/v1/score", Some(&body))?
             }
             Protocol::Vllm { model } => {
                 if request.temperature != 1.0 || full {
-                    return Err(self.error(format!(
+                    return Err(self.client.error(format!(
                         "a vLLM server scores prompts from raw logits: temperature 1 and a \
                          top-k or sampled-token support only (asked: temperature {}, {:?})",
                         request.temperature, request.support
@@ -302,7 +305,7 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
                 }
                 let body = vllm::request(model, &sequences, top_k);
                 let answer: vllm::CompletionResponse =
-                    self.call("POST", "/v1/completions", Some(&body))?;
+                    self.client.call("POST", "/v1/completions", Some(&body))?;
                 let mut results = Vec::with_capacity(sequences.len());
                 for (i, sequence) in sequences.iter().enumerate() {
                     let choice = answer
@@ -311,7 +314,7 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
                         .find(|c| c.index == i)
                         .and_then(|c| vllm::scored(c, sequence, top_k));
                     results.push(choice.ok_or_else(|| {
-                        self.error(format!(
+                        self.client.error(format!(
                             "choice {i} lacks the prompt log-probs of its response (top {top_k})"
                         ))
                     })?);
@@ -392,7 +395,7 @@ impl Remote {
         full: bool,
     ) -> Result<()> {
         if answer.results.len() != batch.len() {
-            return Err(self.error(format!(
+            return Err(self.client.error(format!(
                 "{} results for {} sequences",
                 answer.results.len(),
                 batch.len()
@@ -413,7 +416,7 @@ impl Remote {
                         })))
                 && (!full || rows_ok(&scored.full_logprobs, vocab));
             if !ok {
-                return Err(self.error(format!(
+                return Err(self.client.error(format!(
                     "result {b} does not match its request ({len} response tokens, top_k \
                      {top_k}{})",
                     if full { ", full log-probs" } else { "" }
