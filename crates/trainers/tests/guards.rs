@@ -284,3 +284,55 @@ fn a_teacher_for_a_method_without_one_is_refused() {
         "GRPO was built with a teacher"
     );
 }
+
+#[test]
+fn every_trust_region_estimator_and_baseline_trains_a_step() {
+    use burn::module::AutodiffModule;
+    use opd_trainers::{SampledTokenBaseline, TrustRegionEstimator};
+    let tok = tokenizer();
+    for estimator in [
+        TrustRegionEstimator::K1,
+        TrustRegionEstimator::K2,
+        TrustRegionEstimator::K3,
+        TrustRegionEstimator::Exact,
+    ] {
+        let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+        let teacher = Llama::<A>::init(&config_model(), 2, &Default::default());
+        let external = opd_teachers::External::new(teacher.valid(), &tok, &student, &tok).unwrap();
+        let objective = Objective::Opd(OpdConfig {
+            form: OpdForm::Surrogate {
+                trust_region_beta: 0.5,
+                estimator,
+            },
+            ..OpdConfig::default()
+        });
+        let mut run = toy_config(objective, 1, 1e-3);
+        // The trust region acts from the second mini-batch on.
+        run.mini_batches = 2;
+        let mut trainer = Trainer::builder(run, student, tok.clone(), mapping_tasks(), Revealing)
+            .teacher(external)
+            .build()
+            .unwrap();
+        let m = trainer.step().unwrap();
+        assert!(
+            m.loss.is_finite() && m.skipped_updates == 0,
+            "{estimator:?}: {m:?}"
+        );
+    }
+    let mut opsd = OpsdConfig {
+        form: opd_trainers::DistillForm::SampledToken,
+        baseline: SampledTokenBaseline::Old,
+        ..OpsdConfig::default()
+    };
+    let student = Llama::<A>::init(&config_model(), 1, &Default::default());
+    let run = toy_config(Objective::Opsd(opsd.clone()), 1, 1e-3);
+    let mut trainer = Trainer::builder(run, student, tok.clone(), mapping_tasks(), Revealing)
+        .template(template())
+        .build()
+        .unwrap();
+    assert!(trainer.step().unwrap().loss.is_finite());
+    // π_old is known at temperature 1 only.
+    opsd.temperature = 0.7;
+    let run = toy_config(Objective::Opsd(opsd), 1, 1e-3);
+    assert_eq!(field_of(run), "objective.baseline");
+}

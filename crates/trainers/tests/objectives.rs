@@ -248,3 +248,38 @@ fn aggregations_match_hand_values_and_add_up_over_micro_batches() {
             .is_finite()
     );
 }
+
+#[test]
+fn opd_trust_region_estimators_follow_their_closed_forms() {
+    use opd_divergences::sampled::Estimator;
+    // log r = lp − old: k1 = −log r, k2 = (log r)²/2, k3 = r − 1 − log r.
+    let cases: [(Estimator, fn(f64) -> f64, fn(f64) -> f64); 3] = [
+        (Estimator::K1, |l| -l, |_| -1.0),
+        (Estimator::K2, |l| 0.5 * l * l, |l| l),
+        (Estimator::K3, |l| l.exp() - 1.0 - l, |l| l.exp() - 1.0),
+    ];
+    for (estimator, value, grad) in cases {
+        let (v, g) = value_and_grad(|lp| opd::trust_region(lp, tensor(OLD), estimator));
+        close(&v, &each(|lp, old, _| value(lp - old)), "trust region");
+        close(&g, &each(|lp, old, _| grad(lp - old)), "∂trust region");
+    }
+}
+
+#[test]
+fn the_sampled_token_loss_against_pi_old_uses_pi_olds_log_prob_as_its_baseline() {
+    // ℓ = −sg(t − old) · lp: value −(t − old)·lp, gradient −(t − old).
+    let (v, g) =
+        value_and_grad(|lp| distill::sampled_token_against(lp, tensor(TEACHER), tensor(OLD)));
+    close(
+        &v,
+        &each(|lp, old, t| -(t - old) * lp),
+        "sampled token vs π_old",
+    );
+    close(&g, &each(|_, old, t| -(t - old)), "∂sampled token vs π_old");
+    // Against the current policy it is the sampled-token loss.
+    let (a, ga) =
+        value_and_grad(|lp| distill::sampled_token_against(lp.clone(), tensor(TEACHER), lp));
+    let (b, gb) = value_and_grad(|lp| distill::sampled_token(lp, tensor(TEACHER)));
+    close(&a, &b, "current baseline");
+    close(&ga, &gb, "∂current baseline");
+}
