@@ -253,7 +253,9 @@ fn aggregations_match_hand_values_and_add_up_over_micro_batches() {
 fn opd_trust_region_estimators_follow_their_closed_forms() {
     use opd_divergences::sampled::Estimator;
     // log r = lp − old: k1 = −log r, k2 = (log r)²/2, k3 = r − 1 − log r.
-    let cases: [(Estimator, fn(f64) -> f64, fn(f64) -> f64); 3] = [
+    // (estimator, value, ∂value/∂lp) as functions of log r.
+    type Closed = fn(f64) -> f64;
+    let cases: [(Estimator, Closed, Closed); 3] = [
         (Estimator::K1, |l| -l, |_| -1.0),
         (Estimator::K2, |l| 0.5 * l * l, |l| l),
         (Estimator::K3, |l| l.exp() - 1.0 - l, |l| l.exp() - 1.0),
