@@ -72,6 +72,7 @@ fn memory(student: Llama<A>, lora: bool, with_teacher: bool) {
             rank: 8,
             alpha: 16.0,
             targets: LoraTarget::ALL.to_vec(),
+            seed: 0,
         })
     } else {
         student

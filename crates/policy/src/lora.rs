@@ -9,7 +9,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Distribution, Tensor, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlamaConfig;
@@ -107,6 +107,11 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Layers that get an adapter.
     pub targets: Vec<LoraTarget>,
+    /// Seed of the adapters' `A` matrices: each is drawn uniform in `±1/√fan_in` from a
+    /// stream keyed by `(seed, layer, target)`, so every process (every worker of a
+    /// data-parallel run, a rerun) attaches the same adapters.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// One low-rank update `(α/r)·A·B`.
@@ -153,17 +158,22 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    /// Attaches a fresh adapter of rank `r` (`A` uniform, `B` zero); the base is frozen.
-    pub fn attach(self, rank: usize, alpha: f64) -> Self {
+    /// Attaches a fresh adapter of rank `r` (`A` uniform in `±1/√fan_in`, drawn from the random
+    /// stream `stream`; `B` zero); the base is frozen.
+    pub fn attach(self, rank: usize, alpha: f64, stream: u64) -> Self {
+        use rand::{Rng, SeedableRng};
         let [fan_in, fan_out] = self.base.weight.dims();
         let device = self.base.weight.device();
-        let bound = 1.0 / (fan_in as f64).sqrt();
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(stream);
+        let a: Vec<f32> = (0..fan_in * rank)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         Self {
             base: self.base.no_grad(),
             lora: Some(Lora {
-                a: Param::from_tensor(Tensor::random(
-                    [fan_in, rank],
-                    Distribution::Uniform(-bound, bound),
+                a: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(a, [fan_in, rank]),
                     &device,
                 )),
                 b: Param::from_tensor(Tensor::zeros([rank, fan_out], &device)),

@@ -258,11 +258,14 @@ impl<B: Backend> Llama<B> {
     /// Attaches fresh LoRA adapters to the configured layers and freezes every other parameter.
     pub fn with_lora(self, lora: &LoraConfig) -> Self {
         let mut model = self.no_grad();
-        for block in &mut model.layers {
-            for (target, linear) in block.projections_mut() {
+        for (layer, block) in model.layers.iter_mut().enumerate() {
+            for (index, (target, linear)) in block.projections_mut().into_iter().enumerate() {
                 if lora.targets.contains(&target) {
                     let plain = LoraLinear::new(linear.base.clone());
-                    *linear = plain.attach(lora.rank, lora.alpha);
+                    // One stream per (seed, layer, target).
+                    let stream = lora.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ ((layer as u64) << 8 | index as u64);
+                    *linear = plain.attach(lora.rank, lora.alpha, stream);
                 }
             }
         }

@@ -23,6 +23,7 @@ fn lora() -> LoraConfig {
         rank: 4,
         alpha: 8.0,
         targets: LoraTarget::ALL.to_vec(),
+        seed: 0,
     }
 }
 

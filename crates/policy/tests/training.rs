@@ -378,6 +378,7 @@ fn with_lora_only_adapters_receive_gradients_and_they_are_exact() {
         rank: 2,
         alpha: 4.0,
         targets: LoraTarget::ALL.to_vec(),
+        seed: 0,
     };
     let config = common::tiny(Architecture::Qwen2, false);
     let mut model = Llama::<A>::init(&config, 13, &Default::default()).with_lora(&lora);

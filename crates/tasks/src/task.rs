@@ -38,7 +38,7 @@ impl Task {
 }
 
 /// An environment's verdict on one answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// The reward (GRPO's `r_i`).
     pub reward: f64,

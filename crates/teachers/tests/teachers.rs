@@ -190,6 +190,7 @@ fn a_frozen_teacher_does_not_move_under_real_optimizer_steps() {
         rank: 2,
         alpha: 4.0,
         targets: LoraTarget::ALL.to_vec(),
+        seed: 0,
     };
     let base = tiny(5);
     let base_logits = logits(Current.outputs(&base, &batch(), &full()).unwrap());

@@ -10,6 +10,7 @@ use opd_teachers::{PrivilegedTemplate, Teacher};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::method::{self, Parts};
+use crate::parallel::Replica;
 use crate::trainer::Trainer;
 
 /// Builds a [`Trainer`]: the teacher and the privileged template are set here, and
@@ -22,6 +23,7 @@ pub struct TrainerBuilder<B: AutodiffBackend + DivergenceBackend> {
     environment: Box<dyn Environment>,
     teachers: Vec<(String, Box<dyn Teacher<B>>)>,
     template: PrivilegedTemplate,
+    replica: Option<Replica<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
@@ -41,6 +43,7 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
             environment,
             teachers: Vec::new(),
             template: PrivilegedTemplate::default(),
+            replica: None,
         }
     }
 
@@ -69,6 +72,14 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
     /// The wording of the self-teacher's privileged prompt.
     pub fn template(mut self, template: PrivilegedTemplate) -> Self {
         self.template = template;
+        self
+    }
+
+    /// This trainer is one worker of a data-parallel run: its steps are shared with the
+    /// other workers (which must be built from the same config, tasks and weights) and equal
+    /// the step one worker takes on the whole batch (see [`crate::parallel`]).
+    pub fn replica(mut self, replica: Replica<B::InnerBackend>) -> Self {
+        self.replica = Some(replica);
         self
     }
 
@@ -120,6 +131,7 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
             method,
             self.environment,
             self.tasks,
+            self.replica,
         ))
     }
 }

@@ -56,7 +56,7 @@ impl TopSets {
 }
 
 /// Sums over positions of the overlap diagnostics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Overlap {
     /// `Σ |S ∩ T| / k`.
     pub overlap: f64,
@@ -69,6 +69,14 @@ pub(crate) struct Overlap {
 }
 
 impl Overlap {
+    /// Adds another worker's positions.
+    pub fn merge(&mut self, other: &Overlap) {
+        self.overlap += other.overlap;
+        self.student_mass += other.student_mass;
+        self.teacher_mass += other.teacher_mass;
+        self.positions += other.positions;
+    }
+
     /// Adds the positions `mask` selects: `S` the student's top-k, `T` the teacher's (both of
     /// the same `k`).
     pub fn add(&mut self, student: &TopSets, teacher: &TopSets, mask: &[bool]) {

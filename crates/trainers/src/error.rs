@@ -85,6 +85,9 @@ pub enum TrainError {
     /// From a teacher.
     #[error(transparent)]
     Teacher(#[from] opd_teachers::TeacherError),
+    /// From the other workers of a data-parallel run.
+    #[error(transparent)]
+    Parallel(#[from] crate::parallel::ParallelError),
     /// From a divergence.
     #[error(transparent)]
     Divergence(#[from] opd_divergences::DivergenceError),

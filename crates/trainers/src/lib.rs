@@ -39,6 +39,7 @@ mod micro;
 mod named;
 pub mod objectives;
 mod order;
+pub mod parallel;
 mod rows;
 mod schedule;
 mod state;

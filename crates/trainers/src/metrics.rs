@@ -95,6 +95,10 @@ pub struct StepMetrics {
     pub seconds: Phases,
     /// Tokens per second per phase (optimizer: trained tokens over its seconds).
     pub tokens_per_second: Phases,
+    /// Seconds the step waited on the other workers of a data-parallel run (rows, counts,
+    /// gradients, telemetry; part of the phases' seconds); absent for one worker.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exchange_seconds: f64,
     /// Collapse-watch and non-finite warnings raised this step.
     pub warnings: Vec<String>,
     /// Per teacher, in a run with several (OPD's `[[teachers]]`): the divergence and top-k
@@ -116,6 +120,10 @@ pub struct TeacherMetrics {
     pub shared_mass_teacher: Option<f64>,
 }
 
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
 /// A number written `null` (a NaN or infinity serialized to JSON) read back as NaN.
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
@@ -131,7 +139,7 @@ fn nan_if_null_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String
 }
 
 /// Mean, min and max of a stream of values.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Running {
     sum: f64,
     count: usize,
@@ -163,6 +171,14 @@ impl Running {
         for (v, _) in values.iter().zip(mask).filter(|(_, m)| **m) {
             self.add(*v as f64);
         }
+    }
+
+    /// Adds another stream's values.
+    pub fn merge(&mut self, other: &Running) {
+        self.sum += other.sum;
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
     }
 
     pub fn count(&self) -> usize {

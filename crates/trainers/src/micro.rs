@@ -27,8 +27,9 @@ pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
     pub count: Counts,
 }
 
-/// The rows with a response, split into `mini_batches` slices of `sizes.micro_batch` rows,
-/// each with its method's targets.
+/// The rows with a response, split into `mini_batches` slices; of each slice, the part of
+/// worker `rank` of `workers` (`[r·n/W, (r+1)·n/W)`; all of it for one worker) in micro-batches
+/// of `sizes.micro_batch` rows, each with its method's targets.
 pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
     method: &dyn Method<B>,
     student: &Llama<B>,
@@ -37,6 +38,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
     advantages: &[f64],
     mini_batches: usize,
     sizes: Sizes,
+    (rank, workers): (usize, usize),
 ) -> Result<Vec<Vec<Micro<B>>>> {
     let kept: Vec<usize> = (0..rows.responses.len())
         .filter(|&r| !rows.responses[r].is_empty())
@@ -46,6 +48,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
     let mut minis = Vec::with_capacity(n);
     for u in 0..n {
         let slice = &kept[u * kept.len() / n..(u + 1) * kept.len() / n];
+        let slice = &slice[rank * slice.len() / workers..(rank + 1) * slice.len() / workers];
         let mut micros = Vec::new();
         for chunk in slice.chunks(sizes.micro_batch) {
             let batch = SequenceBatch::new(

@@ -9,7 +9,7 @@ use crate::error::{Result, TrainError};
 use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 
 /// A step's rows in prompt-major order (answer `j` of prompt `i` at `i · G + j`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Rows {
     /// Index of each row's task.
     pub tasks: Vec<usize>,
@@ -25,6 +25,23 @@ pub(crate) struct Rows {
     pub truncated: Vec<bool>,
     /// The environment's verdicts.
     pub outcomes: Vec<Outcome>,
+}
+
+impl Rows {
+    /// The rows of `parts` one after another (each worker's share of a step, in rank order).
+    pub fn concat(parts: Vec<Rows>) -> Rows {
+        let mut all = Rows::default();
+        for part in parts {
+            all.tasks.extend(part.tasks);
+            all.contexts.extend(part.contexts);
+            all.responses.extend(part.responses);
+            all.old.extend(part.old);
+            all.texts.extend(part.texts);
+            all.truncated.extend(part.truncated);
+            all.outcomes.extend(part.outcomes);
+        }
+        all
+    }
 }
 
 /// `group` samples of the student (on its inner backend, no graph) for each task.

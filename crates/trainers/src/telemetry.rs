@@ -14,7 +14,7 @@ use crate::metrics::{Phases, Running, StepMetrics, TeacherMetrics};
 use crate::rows::Rows;
 
 /// What a step's updates accumulate for its metrics.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Telemetry {
     entropy: Running,
     teacher_entropy: Running,
@@ -84,6 +84,46 @@ impl Telemetry {
             total.low += c.low;
             total.high += c.high;
             total.tokens += c.tokens;
+        }
+    }
+
+    /// Adds what another worker's losses measured (in a data-parallel step; the update-level
+    /// values, `losses`, `grad_norm`, `updates`, `skipped` and `warnings`, are the same on
+    /// every worker and stay as they are).
+    pub fn absorb(&mut self, other: &Telemetry) {
+        self.entropy.merge(&other.entropy);
+        self.teacher_entropy.merge(&other.teacher_entropy);
+        self.divergence.merge(&other.divergence);
+        self.ratio.merge(&other.ratio);
+        if let Some(c) = other.clipped {
+            let total = self.clipped.get_or_insert_with(Clipped::default);
+            total.low += c.low;
+            total.high += c.high;
+            total.tokens += c.tokens;
+        }
+        self.overlap.merge(&other.overlap);
+        for (name, value) in &other.parts {
+            *self.parts.entry(name.clone()).or_default() += value;
+        }
+        self.trained_tokens += other.trained_tokens;
+        self.rows_without_privilege += other.rows_without_privilege;
+        for (teacher, (divergence, overlap)) in &other.per_teacher {
+            let entry = self.per_teacher.entry(*teacher).or_default();
+            entry.0.merge(divergence);
+            entry.1.merge(overlap);
+        }
+    }
+
+    /// A telemetry with only this one's update-level values, for [`Self::absorb`] to add
+    /// every worker's shares to in rank order.
+    pub fn update_level(&self) -> Telemetry {
+        Telemetry {
+            losses: self.losses,
+            grad_norm: self.grad_norm,
+            updates: self.updates,
+            skipped: self.skipped,
+            warnings: self.warnings.clone(),
+            ..Telemetry::default()
         }
     }
 
@@ -238,6 +278,7 @@ impl Telemetry {
                 train: per_second(self.trained_tokens, train),
                 optimizer: per_second(self.trained_tokens, optimizer),
             },
+            exchange_seconds: 0.0,
             warnings,
             teachers,
         }

@@ -20,16 +20,22 @@ use crate::method::{Method, Rollouts, Sizes};
 use crate::metrics::StepMetrics;
 use crate::micro::{Micro, prepare};
 use crate::order::TaskOrder;
-use crate::rows;
+use crate::parallel::Replica;
+use crate::rows::{self, Rows};
 use crate::schedule::learning_rate;
 use crate::state::{RunProgress, SavedState, TokensSpent, TrainerState};
 use crate::telemetry::{Step, Telemetry, watch_collapse};
-use crate::update::{Gradients, LossSettings, gradients};
+use crate::update::{Gradients, LossSettings, counts, gradients};
+use opd_divergences::Counts;
 
 /// Steps in a row whose every update is skipped as non-finite before the run stops with
 /// [`TrainError::NonFiniteRun`]: past this, the weights no longer move and the run only
 /// spends time.
 pub const MAX_SKIPPED_STEPS_IN_A_ROW: usize = 5;
+
+/// Steps between two checks that the workers of a data-parallel run hold the same weights
+/// (also checked before the first step and after the last).
+const CHECK_EVERY: usize = 10;
 
 /// What the caller of [`Trainer::train_with`] says after each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +63,10 @@ pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
     spent: TokensSpent,
     /// Steps in a row whose every update was skipped as non-finite.
     skipped_in_a_row: usize,
+    /// This worker's place in a data-parallel run.
+    replica: Option<Replica<B::InnerBackend>>,
+    /// Seconds this step spent waiting on exchanges with the other workers.
+    exchange_seconds: f64,
 }
 
 /// The device a model's parameters live on.
@@ -89,6 +99,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         method: Box<dyn Method<B>>,
         environment: Box<dyn Environment>,
         tasks: Vec<Task>,
+        replica: Option<Replica<B::InnerBackend>>,
     ) -> Self {
         let o = &config.optimizer;
         let optimizer = AdamWConfig::new()
@@ -111,6 +122,8 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             collapse: CollapseState::default(),
             spent: TokensSpent::default(),
             skipped_in_a_row: 0,
+            replica,
+            exchange_seconds: 0.0,
         }
     }
 
@@ -204,13 +217,64 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         &mut self,
         mut after_step: impl FnMut(&Self, StepMetrics) -> std::result::Result<Flow, E>,
     ) -> std::result::Result<(), E> {
+        self.check_replicas()?;
         while self.step < self.config.steps {
             let metrics = self.step()?;
-            if after_step(self, metrics)? == Flow::Stop {
+            let flow = after_step(self, metrics);
+            let stop = !matches!(flow, Ok(Flow::Continue));
+            // Every worker stops where any one (the one that writes the run folder) says so.
+            let stop = match &mut self.replica {
+                Some(replica) => replica.any(stop, "flow").map_err(TrainError::from)?,
+                None => stop,
+            };
+            flow?;
+            if stop {
                 break;
             }
+            if self.step.is_multiple_of(CHECK_EVERY) {
+                self.check_replicas()?;
+            }
+        }
+        self.check_replicas()?;
+        Ok(())
+    }
+
+    /// In a data-parallel run: every worker holds the same config, tasks, step and weights
+    /// (a fingerprint of each); else [`crate::parallel::ParallelError::Disagree`].
+    fn check_replicas(&mut self) -> Result<()> {
+        let Some(replica) = &mut self.replica else {
+            return Ok(());
+        };
+        let mut run = crc32fast::Hasher::new();
+        run.update(
+            serde_json::to_string(&self.config)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        run.update(
+            serde_json::to_string(&self.tasks)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        replica.agree(u64::from(run.finalize()), "config and tasks")?;
+        replica.agree(self.step as u64, "steps taken")?;
+        let student = self.student.as_ref().expect("the student is in");
+        replica.agree(grads::fingerprint(student), "weights")?;
+        Ok(())
+    }
+
+    /// Leaves the data-parallel group once training is over (every worker calls it); nothing
+    /// for a trainer of its own.
+    pub fn leave_group(&mut self) -> Result<()> {
+        if let Some(replica) = self.replica.take() {
+            replica.finish()?;
         }
         Ok(())
+    }
+
+    /// This worker's rank in a data-parallel run (0 for a trainer of its own).
+    pub fn rank(&self) -> usize {
+        self.replica.as_ref().map_or(0, Replica::rank)
     }
 
     /// One step of the recipe; returns its metrics.
@@ -221,8 +285,19 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let picked = order.take(self.config.prompts_per_step);
         // 2. Rollouts: the current weights on the inner backend, a fresh seed each step.
         let clock = Instant::now();
+        self.exchange_seconds = 0.0;
         let rollouts = self.method.rollouts();
-        let rows = self.rollouts(rollouts, &picked)?;
+        let rows = match &self.replica {
+            // Each worker samples its share of the prompts (whole groups); all see all rows.
+            Some(replica) => {
+                let own = self.rollouts(rollouts, &picked[replica.share(picked.len())])?;
+                let at = Instant::now();
+                let all = self.replica_mut().gather(&own, "rows")?;
+                self.exchange_seconds += at.elapsed().as_secs_f64();
+                Rows::concat(all)
+            }
+            None => self.rollouts(rollouts, &picked)?,
+        };
         let rollout_seconds = clock.elapsed().as_secs_f64();
         // 3. Advantages from the rewards.
         let rewards: Vec<f64> = rows.outcomes.iter().map(|o| o.reward).collect();
@@ -241,6 +316,9 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             advantages.as_ref().map_or(&[], |a| &a.values),
             self.config.mini_batches,
             sizes,
+            self.replica
+                .as_ref()
+                .map_or((0, 1), |r| (r.rank(), r.workers())),
         )?;
         let teacher_seconds = clock.elapsed().as_secs_f64();
         // 5. Loss, backward and an optimizer step per mini-batch; the teacher follows.
@@ -263,7 +341,17 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             optimizer_seconds += optimizer;
         }
         self.order = order;
-        // 6. Metrics, and the watches.
+        // 6. Metrics (every worker's share of them), and the watches.
+        if let Some(replica) = &mut self.replica {
+            let at = Instant::now();
+            let shares = replica.gather(&telemetry, "telemetry")?;
+            self.exchange_seconds += at.elapsed().as_secs_f64();
+            let mut merged = telemetry.update_level();
+            for share in &shares {
+                merged.absorb(share);
+            }
+            telemetry = merged;
+        }
         let collapse = watch_collapse(
             &mut self.collapse,
             &self.config.collapse,
@@ -295,6 +383,8 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             collapse,
             teacher_names: self.method.teacher_names(),
         });
+        let mut metrics = metrics;
+        metrics.exchange_seconds = self.exchange_seconds;
         self.finish_step(&metrics, minis.len())?;
         Ok(metrics)
     }
@@ -359,12 +449,14 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         settings: LossSettings,
         telemetry: &mut Telemetry,
     ) -> Result<(f64, f64)> {
-        if mini.iter().all(|m| m.count.tokens == 0) {
+        let norm = self.global_counts(counts(mini))?;
+        if norm.tokens == 0 {
             return Ok((0.0, 0.0));
         }
         telemetry.updates += 1;
         let clock = Instant::now();
-        let outcome = gradients(self.student(), mini, settings, telemetry)?;
+        let outcome = gradients(self.student(), mini, norm, settings, telemetry)?;
+        let outcome = self.shared(outcome)?;
         let train_seconds = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
         let (grads, loss) = match outcome {
@@ -373,6 +465,9 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 return self.non_finite(micro_batch, "loss", value, telemetry, train_seconds);
             }
         };
+        if grads.is_empty() {
+            return Err(TrainError::NothingToTrain);
+        }
         let Some(grads) = self.clipped(grads, telemetry) else {
             let norm = telemetry.grad_norm;
             return self.non_finite(
@@ -391,6 +486,53 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         self.student = Some(student);
         after?;
         Ok((train_seconds, clock.elapsed().as_secs_f64()))
+    }
+
+    /// This worker's replica (only called in a data-parallel run).
+    fn replica_mut(&mut self) -> &mut Replica<B::InnerBackend> {
+        self.replica.as_mut().expect("a data-parallel run")
+    }
+
+    /// The mini-batch's counts over every worker's part: `Σ_w N_w`.
+    fn global_counts(&mut self, own: Counts) -> Result<Counts> {
+        let Some(replica) = &mut self.replica else {
+            return Ok(own);
+        };
+        let at = Instant::now();
+        let all = replica.gather(&(own.tokens, own.sequences), "token counts")?;
+        self.exchange_seconds += at.elapsed().as_secs_f64();
+        Ok(Counts {
+            tokens: all.iter().map(|c| c.0).sum(),
+            sequences: all.iter().map(|c| c.1).sum(),
+        })
+    }
+
+    /// This worker's gradients summed with every other worker's: the loss summed, and a
+    /// non-finite loss on any worker (the lowest rank's) a non-finite update on all.
+    fn shared(&mut self, own: Gradients) -> Result<Gradients> {
+        if self.replica.is_none() {
+            return Ok(own);
+        }
+        let at = Instant::now();
+        let verdict = match &own {
+            Gradients::Finite { loss, .. } => (*loss, None),
+            Gradients::NonFinite { micro_batch, value } => (f64::NAN, Some((*micro_batch, *value))),
+        };
+        let all = self.replica_mut().gather(&verdict, "losses")?;
+        let outcome = match (own, all.iter().find_map(|(_, bad)| *bad)) {
+            (_, Some((micro_batch, value))) => Gradients::NonFinite { micro_batch, value },
+            (own @ Gradients::NonFinite { .. }, None) => own,
+            (Gradients::Finite { grads, .. }, None) => {
+                let student = self.student.as_ref().expect("the student is in");
+                let replica = self.replica.as_mut().expect("a data-parallel run");
+                Gradients::Finite {
+                    grads: grads::all_reduce(student, grads, replica)?,
+                    loss: all.iter().map(|(loss, _)| loss).sum(),
+                }
+            }
+        };
+        self.exchange_seconds += at.elapsed().as_secs_f64();
+        Ok(outcome)
     }
 
     /// The gradients clipped to `max_grad_norm`; `None` when their norm is not finite.

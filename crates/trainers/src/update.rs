@@ -9,7 +9,7 @@ use opd_divergences::sampled::sequence_log_probs;
 use opd_policy::{Llama, Policy};
 
 use crate::diagnostics::host;
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::method::Forward;
 use crate::micro::Micro;
 use crate::objectives::importance_ratio;
@@ -36,16 +36,9 @@ pub(crate) struct LossSettings {
     pub diagnose: Option<usize>,
 }
 
-/// The accumulated gradients of `mini` (its micro-batches' losses aggregated over the whole
-/// mini-batch's counts, so accumulation changes nothing but memory); telemetry from each
-/// loss.
-pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
-    student: &Llama<B>,
-    mini: &[Micro<B>],
-    settings: LossSettings,
-    telemetry: &mut Telemetry,
-) -> Result<Gradients> {
-    let norm = mini.iter().fold(
+/// The summed counts of `mini`'s micro-batches (the `Normalizer`'s, before any exchange).
+pub(crate) fn counts<B: AutodiffBackend + DivergenceBackend>(mini: &[Micro<B>]) -> Counts {
+    mini.iter().fold(
         Counts {
             tokens: 0,
             sequences: 0,
@@ -54,7 +47,20 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
             tokens: n.tokens + m.count.tokens,
             sequences: n.sequences + m.count.sequences,
         },
-    );
+    )
+}
+
+/// The accumulated gradients of `mini`, each micro-batch's loss aggregated over `norm`, the
+/// counts of the whole mini-batch (of every worker's part in a data-parallel run), so
+/// accumulation and sharing change nothing but memory; telemetry from each loss. Empty
+/// gradients when no micro-batch counts a token.
+pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
+    student: &Llama<B>,
+    mini: &[Micro<B>],
+    norm: Counts,
+    settings: LossSettings,
+    telemetry: &mut Telemetry,
+) -> Result<Gradients> {
     let mut accumulator = GradientsAccumulator::new();
     let mut total = 0.0;
     for (m, micro) in mini.iter().enumerate() {
@@ -73,11 +79,10 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
         accumulator.accumulate(student, grads);
         telemetry.trained_tokens += micro.count.tokens;
     }
-    let grads = accumulator.grads();
-    if grads.is_empty() {
-        return Err(TrainError::NothingToTrain);
-    }
-    Ok(Gradients::Finite { grads, loss: total })
+    Ok(Gradients::Finite {
+        grads: accumulator.grads(),
+        loss: total,
+    })
 }
 
 /// One micro-batch's share of the mini-batch loss (with graph) and its value.

@@ -100,6 +100,7 @@ fn grpo_with_lora_resumes_exactly() {
             rank: 4,
             alpha: 8.0,
             targets: LoraTarget::ALL.to_vec(),
+            seed: 0,
         }),
     );
 }

@@ -259,6 +259,7 @@ fn opsd_with_lora_trains_only_the_adapters_against_the_adapters_off_teacher() {
         rank: 8,
         alpha: 16.0,
         targets: LoraTarget::ALL.to_vec(),
+        seed: 0,
     };
     let Distilled {
         student,

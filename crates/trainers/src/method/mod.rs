@@ -237,7 +237,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Loss<B> {
 
 /// Tokens where the PPO clip binds: `ρ < 1 − ε_low` with `A < 0`, `ρ > 1 + ε_high` with
 /// `A > 0`, of `tokens` counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Clipped {
     /// Below the lower bound.
     pub low: usize,

@@ -1,0 +1,234 @@
+//! The workers of one process, and what they know of each other: the topology, and a board
+//! where a failed worker posts its error so the others stop at once.
+
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+
+use super::ParallelError;
+use super::replica::Replica;
+
+/// Where the workers of a run are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// Workers in this process, one device each.
+    pub local_workers: usize,
+    /// Processes (nodes) in the run, each with `local_workers` workers.
+    pub nodes: usize,
+    /// This process's index among the nodes (0 writes the run folder).
+    pub node_rank: usize,
+    /// How the nodes reach each other; needed when `nodes > 1`.
+    pub network: Option<Network>,
+    /// How long a worker waits for the others at an exchange before it stops with
+    /// [`ParallelError::Timeout`].
+    pub timeout: Duration,
+}
+
+impl Topology {
+    /// One process with `workers` workers.
+    pub fn local(workers: usize, timeout: Duration) -> Self {
+        Self {
+            local_workers: workers,
+            nodes: 1,
+            node_rank: 0,
+            network: None,
+            timeout,
+        }
+    }
+
+    /// Workers in the whole run: `nodes · local_workers`.
+    pub fn workers(&self) -> usize {
+        self.nodes * self.local_workers
+    }
+
+    /// The global rank of local worker `local`: `node_rank · local_workers + local`.
+    pub fn rank(&self, local: usize) -> usize {
+        self.node_rank * self.local_workers + local
+    }
+
+    fn check(&self) -> Result<(), ParallelError> {
+        let bad = |field, problem: &str| {
+            Err(ParallelError::Setting {
+                field,
+                problem: problem.into(),
+            })
+        };
+        if self.local_workers == 0 {
+            return bad("parallel.workers", "must be at least 1");
+        }
+        if self.nodes == 0 {
+            return bad("parallel.nodes", "must be at least 1");
+        }
+        if self.node_rank >= self.nodes {
+            return bad("parallel.node_rank", "must be below parallel.nodes");
+        }
+        if self.nodes > 1 && self.network.is_none() {
+            return bad(
+                "parallel.orchestrator",
+                "several nodes need the orchestrator's address and this node's port",
+            );
+        }
+        if self.timeout.is_zero() {
+            return bad("parallel.timeout_seconds", "must be above 0");
+        }
+        Ok(())
+    }
+}
+
+/// How nodes reach each other through burn's global orchestrator (WebSocket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// The orchestrator, `host:port` (node 0 starts it).
+    pub orchestrator: String,
+    /// This node's host name or address, as the other nodes reach it.
+    pub node_host: String,
+    /// The port of this node's tensor service (burn binds it on every interface).
+    pub node_port: u16,
+}
+
+/// Why a worker of [`Group::run`] ended without a value.
+#[derive(Debug)]
+pub enum WorkerFailure<E> {
+    /// The work returned an error.
+    Failed(E),
+    /// The work panicked; the panic's message.
+    Panicked(String),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for WorkerFailure<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(e) => write!(f, "{e}"),
+            Self::Panicked(message) => write!(f, "panicked: {message}"),
+        }
+    }
+}
+
+/// The first failure of a worker of this process, and how many exchanges each local worker
+/// has entered (to name the ones that never arrived).
+#[derive(Debug, Default)]
+pub(crate) struct Board {
+    pub failed: Option<(usize, String)>,
+    pub entered: Vec<u64>,
+}
+
+/// The workers of this process on backend `B` (burn's collective layer keeps one group per
+/// backend type and process).
+#[derive(Debug)]
+pub struct Group<B: Backend> {
+    topology: Topology,
+    board: Mutex<Board>,
+    _backend: PhantomData<B>,
+}
+
+impl<B: Backend> Group<B> {
+    /// A group of `topology`'s local workers; forgets whatever an earlier group on `B` left
+    /// in burn's collective layer.
+    pub fn new(topology: Topology) -> Result<Arc<Self>, ParallelError> {
+        topology.check()?;
+        burn_collective::reset_collective::<B>();
+        Ok(Arc::new(Self {
+            board: Mutex::new(Board {
+                failed: None,
+                entered: vec![0; topology.local_workers],
+            }),
+            topology,
+            _backend: PhantomData,
+        }))
+    }
+
+    /// Where the workers are.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub(crate) fn board(&self) -> MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Posts `rank`'s failure (the first one is kept) and wakes every local worker blocked
+    /// in an exchange.
+    pub(crate) fn fail(&self, rank: usize, message: String) {
+        {
+            let mut board = self.board();
+            if board.failed.is_none() {
+                board.failed = Some((rank, message));
+            }
+        }
+        burn_collective::reset_collective::<B>();
+    }
+
+    /// The posted failure of a worker other than `rank`.
+    pub(crate) fn failure_of_another(&self, rank: usize) -> Option<ParallelError> {
+        match &self.board().failed {
+            Some((r, message)) if *r != rank => Some(ParallelError::PeerFailed {
+                rank: *r,
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Runs `work` on every local worker, each on a thread of its own with its replica
+    /// joined to the group on `devices[local]`; returns each worker's result, in local order.
+    /// A worker that fails or panics posts its error, and the others stop at their next
+    /// exchange with [`ParallelError::PeerFailed`] naming it.
+    pub fn run<T: Send, E: std::fmt::Display + From<ParallelError> + Send>(
+        self: &Arc<Self>,
+        devices: &[B::Device],
+        work: impl Fn(Replica<B>) -> Result<T, E> + Sync,
+    ) -> Vec<Result<T, WorkerFailure<E>>> {
+        assert_eq!(
+            devices.len(),
+            self.topology.local_workers,
+            "one device per local worker"
+        );
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(local, device)| {
+                    let work = &work;
+                    let rank = self.topology.rank(local);
+                    std::thread::Builder::new()
+                        .name(format!("opd-worker-{rank}"))
+                        .spawn_scoped(scope, move || {
+                            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                                Replica::join(Arc::clone(self), local, device.clone())
+                                    .map_err(E::from)
+                                    .and_then(work)
+                            }));
+                            let outcome = match outcome {
+                                Ok(Ok(value)) => Ok(value),
+                                Ok(Err(e)) => Err(WorkerFailure::Failed(e)),
+                                Err(panic) => Err(WorkerFailure::Panicked(panic_message(&*panic))),
+                            };
+                            if let Err(failure) = &outcome {
+                                self.fail(rank, failure.to_string());
+                            }
+                            outcome
+                        })
+                        .expect("a worker thread starts")
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|p| Err(WorkerFailure::Panicked(panic_message(&*p))))
+                })
+                .collect()
+        })
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
