@@ -11,6 +11,7 @@ use opd_policy::{Architecture, LlamaConfig, LoraConfig};
 use opd_tasks::RustTests;
 use opd_tasks::data::Arithmetic;
 use opd_trainers::TrainConfig;
+use opd_trainers::parallel::Topology;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
@@ -43,6 +44,87 @@ pub struct RunConfig {
     /// comparing methods under one sampling budget).
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// Workers and nodes of a data-parallel run (one worker by default).
+    #[serde(default, skip_serializing_if = "ParallelConfig::is_single")]
+    pub parallel: ParallelConfig,
+}
+
+/// Data parallelism: `workers` per process (one device each) on `nodes` processes; each step
+/// equals the step one worker takes on the whole batch (`docs/parallel.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelConfig {
+    /// Workers in each process: threads on the CPU backend, devices `0..workers` on a GPU
+    /// backend. Default 1.
+    pub workers: usize,
+    /// Processes (nodes), each with `workers` workers. Default 1.
+    pub nodes: usize,
+    /// This process's index among the nodes (usually given with `--node-rank`); node 0 writes
+    /// the run folder and starts the orchestrator. Default 0.
+    pub node_rank: usize,
+    /// Node 0's address as the other nodes reach it, `HOST:PORT` (several nodes only): node
+    /// 0 listens on that port (on every interface), the others connect to it.
+    pub orchestrator: Option<String>,
+    /// How long a worker waits for the others at an exchange before the run stops with an
+    /// error naming who did not arrive (node 0's evaluations and checkpoints happen while the
+    /// others wait). Default 600.
+    pub timeout_seconds: u64,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            nodes: 1,
+            node_rank: 0,
+            orchestrator: None,
+            timeout_seconds: 600,
+        }
+    }
+}
+
+impl ParallelConfig {
+    /// One worker in one process: no exchange at all.
+    pub fn is_single(&self) -> bool {
+        self.workers == 1 && self.nodes == 1
+    }
+
+    /// `Err` naming the first setting that cannot work.
+    fn check(&self) -> std::result::Result<(), String> {
+        let p = self;
+        if p.workers == 0 || p.nodes == 0 || p.timeout_seconds == 0 {
+            return Err(
+                "`parallel.workers`, `parallel.nodes` and `parallel.timeout_seconds` \
+                        must be at least 1"
+                    .into(),
+            );
+        }
+        if p.node_rank >= p.nodes {
+            return Err(format!(
+                "`parallel.node_rank` = {}: expected below `parallel.nodes` = {}",
+                p.node_rank, p.nodes
+            ));
+        }
+        if p.nodes > 1 && p.orchestrator.is_none() {
+            return Err(format!(
+                "`parallel.nodes` = {}: several nodes need `parallel.orchestrator`, node 0's \
+                 address (\"HOST:PORT\")",
+                p.nodes
+            ));
+        }
+        Ok(())
+    }
+
+    /// The topology of this process's group.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            local_workers: self.workers,
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            orchestrator: self.orchestrator.clone(),
+            timeout: std::time::Duration::from_secs(self.timeout_seconds),
+        }
+    }
 }
 
 /// A limit on the tokens a run may sample.
@@ -337,7 +419,7 @@ impl RunConfig {
         if self.output.keep_checkpoints == 0 {
             return Err("`output.keep_checkpoints` must be at least 1".into());
         }
-        Ok(())
+        self.parallel.check()
     }
 
     /// `teacher` or `teachers` as the method needs them.
@@ -398,10 +480,12 @@ impl RunConfig {
 
 /// The settings `--resume` may change: where the run stops (`train.steps`, `budget`), how
 /// often and how many checkpoints it keeps (`output.checkpoint_every`,
-/// `output.keep_checkpoints`), and where its folder is (`output.dir`). None of them changes a
-/// step the run takes; every other setting does, or changes what its evaluations measure.
-pub const RESUMABLE: [&str; 5] = [
+/// `output.keep_checkpoints`), where its folder is (`output.dir`), and how many workers share
+/// each step (`parallel`: a step is the whole batch's whatever the count). None of them
+/// changes a step the run takes (beyond float rounding, for `parallel`); every other setting does, or changes what its evaluations measure.
+pub const RESUMABLE: [&str; 6] = [
     "train.steps",
+    "parallel",
     "budget",
     "output.checkpoint_every",
     "output.keep_checkpoints",

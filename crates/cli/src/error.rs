@@ -73,3 +73,9 @@ pub enum CliError {
         problem: String,
     },
 }
+
+impl From<opd_trainers::parallel::ParallelError> for CliError {
+    fn from(e: opd_trainers::parallel::ParallelError) -> Self {
+        CliError::Train(e.into())
+    }
+}

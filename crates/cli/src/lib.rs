@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod folder;
+pub mod parallel;
 pub mod plot;
 pub mod record;
 pub mod run;

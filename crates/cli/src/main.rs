@@ -80,9 +80,19 @@ enum Command {
 
 fn main() -> ExitCode {
     opd_policy::allocator::tune();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .without_time()
+    use tracing_subscriber::prelude::*;
+    // burn's collective layer and transport say each connection at `info`.
+    let quiet = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("burn_collective", tracing::Level::WARN)
+        .with_target("burn_communication", tracing::Level::WARN);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .without_time(),
+        )
+        .with(quiet)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

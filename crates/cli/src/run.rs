@@ -22,6 +22,7 @@ use opd_teachers::TeacherError;
 use opd_trainers::checkpoint::{
     self, checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints,
 };
+use opd_trainers::parallel::Replica;
 use opd_trainers::{Flow, StepMetrics, TokensSpent, TrainError, Trainer, learning_rate};
 
 use crate::config::RunConfig;
@@ -225,6 +226,93 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
     device: &B::Device,
     stop: &AtomicUsize,
 ) -> Result<RunReport> {
+    if config.parallel.is_single() {
+        lead::<B>(config, resume, device, stop, None)
+    } else {
+        crate::parallel::train::<B>(config, resume, device, stop)
+    }
+}
+
+/// A trainer built from `config` on `device` (one worker of a data-parallel run with a
+/// `replica`), with what its evaluations need.
+pub(crate) struct Built<B: AutodiffBackend + DivergenceBackend> {
+    /// The trainer.
+    pub trainer: Trainer<B>,
+    /// The student's tokenizer.
+    pub tokenizer: opd_policy::ChatTokenizer,
+    /// The environment that grades answers.
+    pub env: Rc<dyn Environment>,
+    /// The held-out tasks.
+    pub test_tasks: Vec<Task>,
+}
+
+/// Loads and checks everything `config` names (model, tasks, teachers) and builds its
+/// trainer.
+pub(crate) fn build<B: AutodiffBackend + DivergenceBackend>(
+    config: &RunConfig,
+    device: &B::Device,
+    replica: Option<Replica<B::InnerBackend>>,
+) -> Result<Built<B>> {
+    let (student, tokenizer) = load_model::<B>(&config.model, device)?;
+    let (train_split, test_split) = splits(&config.data)?;
+    let env: Rc<dyn Environment> = environment(config.environment)?.into();
+    let rewarded = config.train.objective.settings().uses_rewards();
+    let checks = |graded: bool| TaskChecks {
+        tokenizer: &tokenizer,
+        context: student.max_context(),
+        alphabet: config.model.scratch.as_ref().map(|s| s.alphabet.as_str()),
+        graded_by: graded.then_some(&*env),
+    };
+    check_tasks(&train_split, &checks(rewarded))?;
+    check_tasks(&test_split, &checks(true))?;
+    let teacher = match &config.teacher {
+        Some(source) => Some(load_teacher::<B>(source, &student, &tokenizer, device)?),
+        None => None,
+    };
+    let named = config
+        .teachers
+        .iter()
+        .map(|source| {
+            let name = source.name.clone().unwrap_or_default();
+            Ok((
+                name,
+                load_teacher::<B>(source, &student, &tokenizer, device)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut builder = Trainer::builder(
+        config.train.clone(),
+        student,
+        tokenizer.clone(),
+        train_split.tasks,
+        Rc::clone(&env),
+    );
+    if let Some(teacher) = teacher {
+        builder = builder.teacher_boxed(teacher);
+    }
+    for (name, teacher) in named {
+        builder = builder.named_teacher(name, teacher);
+    }
+    if let Some(replica) = replica {
+        builder = builder.replica(replica);
+    }
+    Ok(Built {
+        trainer: builder.build()?,
+        tokenizer,
+        env,
+        test_tasks: test_split.tasks,
+    })
+}
+
+/// The run as its writer drives it: alone, or as worker 0 of a data-parallel run
+/// (`replica`), whose other workers follow its steps ([`crate::parallel`]).
+pub(crate) fn lead<B: AutodiffBackend + DivergenceBackend>(
+    config: &RunConfig,
+    resume: bool,
+    device: &B::Device,
+    stop: &AtomicUsize,
+    replica: Option<Replica<B::InnerBackend>>,
+) -> Result<RunReport> {
     let dir = config.output.dir.clone();
     if resume && !dir.is_dir() {
         return Err(CliError::Run {
@@ -255,48 +343,12 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         None
     };
 
-    let (student, tokenizer) = load_model::<B>(&config.model, device)?;
-    let (train_split, test_split) = splits(&config.data)?;
-    let env: Rc<dyn Environment> = environment(config.environment)?.into();
-    let rewarded = config.train.objective.settings().uses_rewards();
-    let checks = |graded: bool| TaskChecks {
-        tokenizer: &tokenizer,
-        context: student.max_context(),
-        alphabet: config.model.scratch.as_ref().map(|s| s.alphabet.as_str()),
-        graded_by: graded.then_some(&*env),
-    };
-    check_tasks(&train_split, &checks(rewarded))?;
-    check_tasks(&test_split, &checks(true))?;
-    let test_tasks = test_split.tasks;
-    let teacher = match &config.teacher {
-        Some(source) => Some(load_teacher::<B>(source, &student, &tokenizer, device)?),
-        None => None,
-    };
-    let named = config
-        .teachers
-        .iter()
-        .map(|source| {
-            let name = source.name.clone().unwrap_or_default();
-            Ok((
-                name,
-                load_teacher::<B>(source, &student, &tokenizer, device)?,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut builder = Trainer::builder(
-        config.train.clone(),
-        student,
-        tokenizer.clone(),
-        train_split.tasks,
-        Rc::clone(&env),
-    );
-    if let Some(teacher) = teacher {
-        builder = builder.teacher_boxed(teacher);
-    }
-    for (name, teacher) in named {
-        builder = builder.named_teacher(name, teacher);
-    }
-    let mut trainer = builder.build()?;
+    let Built {
+        mut trainer,
+        tokenizer,
+        env,
+        test_tasks,
+    } = build::<B>(config, device, replica)?;
 
     // Resume the trainer's state (refused, with nothing written, when it is not this run's);
     // only then cut the metrics back to the checkpoint's steps.
@@ -421,6 +473,7 @@ pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
         }
         trained?;
     }
+    trainer.leave_group();
     bar.finish_and_clear();
     save_final(&trainer, &tokenizer, &dir)?;
     let updates = (trainer.steps_done() - taken_before) * config.train.mini_batches;

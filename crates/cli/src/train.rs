@@ -29,6 +29,13 @@ pub struct TrainArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = default_backend())]
     backend: BackendChoice,
+    /// Workers in this process (threads on the CPU, one GPU each): `parallel.workers`.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// This process's node in a run over several (`parallel.node_rank`; node 0 writes the
+    /// run folder).
+    #[arg(long)]
+    node_rank: Option<usize>,
 }
 
 /// The first SIGINT or SIGTERM sets the returned flag to its number (the run then stops after
@@ -56,7 +63,14 @@ fn stop_on_signals() -> std::io::Result<Arc<AtomicUsize>> {
 
 /// Runs `opd train`; a run stopped by a signal exits with 128 + the signal's number.
 pub fn run(args: TrainArgs) -> Result<ExitCode, Box<dyn Error>> {
-    let config = RunConfig::from_file(&args.config)?;
+    let mut config = RunConfig::from_file(&args.config)?;
+    let parallel = &mut config.parallel;
+    parallel.workers = args.workers.unwrap_or(parallel.workers);
+    parallel.node_rank = args.node_rank.unwrap_or(parallel.node_rank);
+    config.check().map_err(|problem| CliError::Config {
+        path: args.config.clone(),
+        problem,
+    })?;
     let stop = stop_on_signals()?;
     let result = match args.backend {
         #[cfg(feature = "flex")]

@@ -27,19 +27,34 @@ pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
     pub count: Counts,
 }
 
-/// The rows with a response, split into `mini_batches` slices; of each slice, the part of
-/// worker `rank` of `workers` (`[r·n/W, (r+1)·n/W)`; all of it for one worker) in micro-batches
-/// of `sizes.micro_batch` rows, each with its method's targets.
+/// How a step's rows are split: into `mini_batches` updates, and each between `workers`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Split {
+    /// Updates per step.
+    pub mini_batches: usize,
+    /// This worker.
+    pub rank: usize,
+    /// Workers sharing each mini-batch (1 alone).
+    pub workers: usize,
+}
+
+/// The rows with a response, split into `split.mini_batches` slices; of each slice, this
+/// worker's part (`[r·n/W, (r+1)·n/W)`; all of it for one worker) in micro-batches of
+/// `sizes.micro_batch` rows, each with its method's targets.
 pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
     method: &dyn Method<B>,
     student: &Llama<B>,
     rows: &Rows,
     tasks: &[Task],
     advantages: &[f64],
-    mini_batches: usize,
+    split: Split,
     sizes: Sizes,
-    (rank, workers): (usize, usize),
 ) -> Result<Vec<Vec<Micro<B>>>> {
+    let Split {
+        mini_batches,
+        rank,
+        workers,
+    } = split;
     let kept: Vec<usize> = (0..rows.responses.len())
         .filter(|&r| !rows.responses[r].is_empty())
         .collect();

@@ -18,7 +18,7 @@ use crate::error::{Result, TrainError};
 use crate::grads;
 use crate::method::{Method, Rollouts, Sizes};
 use crate::metrics::StepMetrics;
-use crate::micro::{Micro, prepare};
+use crate::micro::{Micro, Split, prepare};
 use crate::order::TaskOrder;
 use crate::parallel::Replica;
 use crate::rows::{self, Rows};
@@ -263,13 +263,15 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         Ok(())
     }
 
-    /// Leaves the data-parallel group once training is over (every worker calls it); nothing
-    /// for a trainer of its own.
-    pub fn leave_group(&mut self) -> Result<()> {
-        if let Some(replica) = self.replica.take() {
-            replica.finish()?;
+    /// Leaves the data-parallel group once training is over (every worker calls it; a
+    /// failure to say goodbye is only logged: the run is over); nothing for a trainer of its
+    /// own. A trainer that left trains alone.
+    pub fn leave_group(&mut self) {
+        if let Some(replica) = self.replica.take()
+            && let Err(e) = replica.finish()
+        {
+            tracing::warn!("leaving the data-parallel group: {e}");
         }
-        Ok(())
     }
 
     /// This worker's rank in a data-parallel run (0 for a trainer of its own).
@@ -314,11 +316,12 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             &rows,
             &self.tasks,
             advantages.as_ref().map_or(&[], |a| &a.values),
-            self.config.mini_batches,
+            Split {
+                mini_batches: self.config.mini_batches,
+                rank: self.rank(),
+                workers: self.replica.as_ref().map_or(1, Replica::workers),
+            },
             sizes,
-            self.replica
-                .as_ref()
-                .map_or((0, 1), |r| (r.rank(), r.workers())),
         )?;
         let teacher_seconds = clock.elapsed().as_secs_f64();
         // 5. Loss, backward and an optimizer step per mini-batch; the teacher follows.

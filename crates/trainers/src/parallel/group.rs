@@ -20,8 +20,9 @@ pub struct Topology {
     pub nodes: usize,
     /// This process's index among the nodes (0 writes the run folder).
     pub node_rank: usize,
-    /// How the nodes reach each other; needed when `nodes > 1`.
-    pub network: Option<Network>,
+    /// Node 0's address, `HOST:PORT`: node 0 listens there and the other nodes connect to
+    /// it; needed when `nodes > 1`.
+    pub orchestrator: Option<String>,
     /// How long a worker waits for the others at an exchange before it stops with
     /// [`ParallelError::Timeout`].
     pub timeout: Duration,
@@ -34,7 +35,7 @@ impl Topology {
             local_workers: workers,
             nodes: 1,
             node_rank: 0,
-            network: None,
+            orchestrator: None,
             timeout,
         }
     }
@@ -65,10 +66,10 @@ impl Topology {
         if self.node_rank >= self.nodes {
             return bad("parallel.node_rank", "must be below parallel.nodes");
         }
-        if self.nodes > 1 && self.network.is_none() {
+        if self.nodes > 1 && self.orchestrator.is_none() {
             return bad(
                 "parallel.orchestrator",
-                "several nodes need the orchestrator's address and this node's port",
+                "several nodes need node 0's address (HOST:PORT)",
             );
         }
         if self.timeout.is_zero() {
@@ -76,17 +77,6 @@ impl Topology {
         }
         Ok(())
     }
-}
-
-/// How nodes reach each other through burn's global orchestrator (WebSocket).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Network {
-    /// The orchestrator, `host:port` (node 0 starts it).
-    pub orchestrator: String,
-    /// This node's host name or address, as the other nodes reach it.
-    pub node_host: String,
-    /// The port of this node's tensor service (burn binds it on every interface).
-    pub node_port: u16,
 }
 
 /// Why a worker of [`Group::run`] ended without a value.

@@ -1,27 +1,34 @@
 //! One worker's line to burn's collective layer: its operations run on a thread of their own,
 //! so the worker can wait with a deadline and notice a failed peer while burn blocks.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{
     AllReduceStrategy, CollectiveConfig, CollectiveError, PeerId, ReduceOperation,
 };
 
 use super::ParallelError;
-use super::group::Group;
+use super::group::{Group, Topology};
+use super::nodes::{NodeLost, Star};
 
 enum Job<B: Backend> {
-    Register(B::Device, CollectiveConfig),
+    Register(B::Device),
     AllReduce(FloatTensor<B>),
     Finish,
 }
 
-type Answer<B> = Result<Option<FloatTensor<B>>, CollectiveError>;
+/// Why an operation of the exchange thread failed.
+enum Failure {
+    Collective(CollectiveError),
+    Node(NodeLost),
+}
+
+type Answer<B> = Result<Option<FloatTensor<B>>, Failure>;
 
 /// A worker's line to its peers: `all_reduce` with a deadline.
 pub(crate) struct Link<B: Backend> {
@@ -36,9 +43,93 @@ pub(crate) struct Link<B: Backend> {
 /// How often a waiting worker looks at the group's board.
 const POLL: Duration = Duration::from_millis(20);
 
+/// What the exchange thread of local worker `local` holds: its peer id, device, and (worker
+/// 0 of each node, in a run over several) its end of the star between nodes.
+struct Exchanger<B: Backend> {
+    topology: Topology,
+    local: usize,
+    peer: PeerId,
+    device: Option<B::Device>,
+    star: Option<Star>,
+}
+
+impl<B: Backend> Exchanger<B> {
+    fn run(&mut self, job: Job<B>) -> Answer<B> {
+        let t = &self.topology;
+        let locally = t.local_workers > 1;
+        match job {
+            Job::Register(device) => {
+                self.device = Some(device.clone());
+                if locally {
+                    let config = CollectiveConfig::default()
+                        .with_num_devices(t.local_workers)
+                        .with_local_all_reduce_strategy(AllReduceStrategy::Tree(2));
+                    burn_collective::register::<B>(self.peer, device, config)
+                        .map_err(Failure::Collective)?;
+                }
+                if let Some(address) = t
+                    .orchestrator
+                    .as_ref()
+                    .filter(|_| t.nodes > 1 && self.local == 0)
+                {
+                    let deadline = Instant::now() + t.timeout;
+                    self.star = Some(
+                        Star::join(address, t.node_rank, t.nodes, deadline)
+                            .map_err(Failure::Node)?,
+                    );
+                }
+                Ok(None)
+            }
+            Job::AllReduce(tensor) => {
+                let node_sum = if locally {
+                    burn_collective::all_reduce::<B>(self.peer, tensor, ReduceOperation::Sum)
+                        .map_err(Failure::Collective)?
+                } else {
+                    tensor
+                };
+                if t.nodes == 1 {
+                    return Ok(Some(node_sum));
+                }
+                // Worker 0 of each node adds the nodes' sums; its node's workers receive the
+                // total from it.
+                let total = match &mut self.star {
+                    Some(star) => {
+                        let host = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(node_sum))
+                            .into_data()
+                            .to_vec::<f32>()
+                            .expect("an all-reduce of f32");
+                        let n = host.len();
+                        let total = star.sum(host).map_err(Failure::Node)?;
+                        let device = self.device.as_ref().expect("registered first");
+                        let total = Tensor::<B, 1>::from_data(TensorData::new(total, [n]), device)
+                            .into_primitive()
+                            .tensor();
+                        Some(total)
+                    }
+                    None => None,
+                };
+                if !locally {
+                    return Ok(total);
+                }
+                burn_collective::broadcast::<B>(self.peer, total)
+                    .map(Some)
+                    .map_err(Failure::Collective)
+            }
+            Job::Finish => {
+                if locally {
+                    burn_collective::finish_collective::<B>(self.peer)
+                        .map_err(Failure::Collective)?;
+                }
+                self.star = None;
+                Ok(None)
+            }
+        }
+    }
+}
+
 impl<B: Backend> Link<B> {
-    /// Registers local worker `local` on `device` with burn's collective layer (waits until
-    /// every worker of the run has).
+    /// Registers local worker `local` on `device` with burn's collective layer and, in a run
+    /// over several nodes, joins the star between them (waits until every worker has).
     pub fn register(
         group: Arc<Group<B>>,
         local: usize,
@@ -46,24 +137,20 @@ impl<B: Backend> Link<B> {
     ) -> Result<Self, ParallelError> {
         let topology = group.topology().clone();
         let rank = topology.rank(local);
-        let peer = PeerId::from(rank);
         let (jobs, inbox) = mpsc::channel::<Job<B>>();
         let (reply, answers) = mpsc::channel::<Answer<B>>();
+        let mut exchanger = Exchanger::<B> {
+            topology,
+            local,
+            peer: PeerId::from(rank),
+            device: None,
+            star: None,
+        };
         std::thread::Builder::new()
             .name(format!("opd-exchange-{rank}"))
             .spawn(move || {
                 for job in inbox {
-                    let answer = match job {
-                        Job::Register(device, config) => {
-                            burn_collective::register::<B>(peer, device, config).map(|()| None)
-                        }
-                        Job::AllReduce(tensor) => {
-                            burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum)
-                                .map(Some)
-                        }
-                        Job::Finish => burn_collective::finish_collective::<B>(peer).map(|()| None),
-                    };
-                    if reply.send(answer).is_err() {
+                    if reply.send(exchanger.run(job)).is_err() {
                         break;
                     }
                 }
@@ -73,22 +160,6 @@ impl<B: Backend> Link<B> {
                 what: "start",
                 problem: e.to_string(),
             })?;
-        let mut config = CollectiveConfig::default()
-            .with_num_devices(topology.local_workers)
-            .with_local_all_reduce_strategy(AllReduceStrategy::Tree(2));
-        if let Some(network) = &topology.network {
-            let address =
-                |s: String| burn_communication::Address::from_str(&s).expect("infallible");
-            config = config
-                .with_num_nodes(topology.nodes as u32)
-                .with_global_address(address(format!("ws://{}", network.orchestrator)))
-                .with_node_address(address(format!(
-                    "ws://{}:{}",
-                    network.node_host, network.node_port
-                )))
-                .with_data_service_port(network.node_port)
-                .with_global_all_reduce_strategy(AllReduceStrategy::Ring);
-        }
         let mut link = Self {
             group,
             local,
@@ -97,7 +168,7 @@ impl<B: Backend> Link<B> {
             answers,
             entered: 0,
         };
-        link.exchange(Job::Register(device, config), "register")?;
+        link.exchange(Job::Register(device), "register")?;
         Ok(link)
     }
 
@@ -146,11 +217,20 @@ impl<B: Backend> Link<B> {
         loop {
             match self.answers.recv_timeout(POLL) {
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) => {
-                    return Err(self
-                        .group
-                        .failure_of_another(self.rank)
-                        .unwrap_or_else(|| collective(format!("{e:?}"))));
+                Ok(Err(failure)) => {
+                    let error =
+                        self.group
+                            .failure_of_another(self.rank)
+                            .unwrap_or_else(|| match failure {
+                                Failure::Collective(e) => collective(format!("{e:?}")),
+                                Failure::Node(lost) => ParallelError::NodeLost {
+                                    rank: self.rank,
+                                    node: lost.node,
+                                    problem: lost.problem,
+                                },
+                            });
+                    self.group.fail(self.rank, error.to_string());
+                    return Err(error);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(collective("the exchange thread stopped".into()));
@@ -188,10 +268,17 @@ impl<B: Backend> Link<B> {
             .collect();
         match (behind.is_empty(), topology.nodes > 1) {
             (false, _) => format!("worker(s) {} never reached it", behind.join(", ")),
-            (true, true) => format!(
-                "every worker of node {} reached it: a worker of another node died or hangs",
-                topology.node_rank
-            ),
+            (true, true) => {
+                let others: Vec<String> = (0..topology.nodes)
+                    .filter(|&n| n != topology.node_rank)
+                    .map(|n| n.to_string())
+                    .collect();
+                format!(
+                    "every worker of node {} reached it: a worker of node(s) {} died or hangs",
+                    topology.node_rank,
+                    others.join(", ")
+                )
+            }
             (true, false) => "every worker reached it: burn's collective layer hangs".into(),
         }
     }

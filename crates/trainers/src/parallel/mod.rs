@@ -17,10 +17,11 @@
 
 mod group;
 mod link;
+mod nodes;
 mod replica;
 mod wire;
 
-pub use group::{Group, Network, Topology, WorkerFailure};
+pub use group::{Group, Topology, WorkerFailure};
 pub use replica::Replica;
 
 use thiserror::Error;
@@ -60,6 +61,16 @@ pub enum ParallelError {
         /// The operation.
         what: &'static str,
         /// burn's error.
+        problem: String,
+    },
+    /// Another node's connection was lost or it sent something wrong.
+    #[error("worker {rank}: lost node {node}: {problem}")]
+    NodeLost {
+        /// The worker that noticed.
+        rank: usize,
+        /// The node.
+        node: usize,
+        /// What happened.
         problem: String,
     },
     /// The workers do not hold the same run (another config, step or weights).
