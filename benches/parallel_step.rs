@@ -5,22 +5,27 @@
 //! steps/s, the rollout, train and exchange seconds of a step, and the bytes of gradients each
 //! worker all-reduces per update.
 //!
-//! `cargo bench -p opd-trainers --bench parallel_step [-- STEPS]` (the model from
-//! `scripts/fetch-smollm2.sh`).
+//! `cargo bench -p opd-trainers --bench parallel_step [-- STEPS [WORKERS…]]` (the model from
+//! `scripts/fetch-smollm2.sh`); with `--features cuda`, on CUDA devices `0..workers`
+//! (`scripts/gpu-bench.sh`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Autodiff;
 use burn::module::Module;
+use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceId};
+use opd_divergences::DivergenceBackend;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
 use opd_tasks::{MathAnswer, Task};
 use opd_trainers::parallel::{Group, Topology};
 use opd_trainers::{
     GrpoConfig, Objective, OptimizerConfig, SamplingConfig, StepMetrics, TrainConfig, Trainer,
 };
-use std::time::Instant;
 
-type A = Autodiff<Flex>;
+#[cfg(not(feature = "cuda"))]
+type A = Autodiff<burn::backend::Flex>;
+#[cfg(feature = "cuda")]
+type A = Autodiff<burn::backend::Cuda>;
 
 const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -61,9 +66,12 @@ fn config(steps: usize) -> TrainConfig {
     }
 }
 
-/// SmolLM2, with LoRA adapters when `lora`.
-fn student(lora: bool) -> (Llama<A>, opd_policy::ChatTokenizer) {
-    let (model, tokenizer) = opd_policy::load::<A>(MODEL, &Default::default()).expect("SmolLM2");
+/// SmolLM2 on `device`, with LoRA adapters when `lora`.
+fn student<B: AutodiffBackend>(
+    lora: bool,
+    device: &B::Device,
+) -> (Llama<B>, opd_policy::ChatTokenizer) {
+    let (model, tokenizer) = opd_policy::load::<B>(MODEL, device).expect("SmolLM2");
     let model = if lora {
         model.with_lora(&LoraConfig {
             rank: 16,
@@ -78,12 +86,12 @@ fn student(lora: bool) -> (Llama<A>, opd_policy::ChatTokenizer) {
 }
 
 /// Trainable values (what each worker all-reduces per update).
-fn trainable_values(model: &Llama<A>) -> usize {
+fn trainable_values<B: AutodiffBackend>(model: &Llama<B>) -> usize {
     struct Count(usize);
-    impl burn::module::ModuleVisitor<A> for Count {
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Count {
         fn visit_float<const D: usize>(
             &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<A, D>>,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
         ) {
             if param.val().is_require_grad() {
                 self.0 += param.val().shape().num_elements();
@@ -96,8 +104,12 @@ fn trainable_values(model: &Llama<A>) -> usize {
 }
 
 /// Each measured step's metrics (worker 0's) and wall seconds, the first step left out.
-fn run(workers: usize, lora: bool, steps: usize) -> (Vec<(StepMetrics, f64)>, usize) {
-    let measure = |trainer: &mut Trainer<A>| {
+fn run<B: AutodiffBackend + DivergenceBackend>(
+    workers: usize,
+    lora: bool,
+    steps: usize,
+) -> (Vec<(StepMetrics, f64)>, usize) {
+    let measure = |trainer: &mut Trainer<B>| {
         let mut measured = Vec::new();
         let mut last = Instant::now();
         trainer
@@ -112,7 +124,7 @@ fn run(workers: usize, lora: bool, steps: usize) -> (Vec<(StepMetrics, f64)>, us
         measured
     };
     if workers == 1 {
-        let (model, tokenizer) = student(lora);
+        let (model, tokenizer) = student::<B>(lora, &Default::default());
         let values = trainable_values(&model);
         let mut trainer = Trainer::new(
             config(steps),
@@ -124,10 +136,11 @@ fn run(workers: usize, lora: bool, steps: usize) -> (Vec<(StepMetrics, f64)>, us
         .unwrap();
         return (measure(&mut trainer), values);
     }
-    let group = Group::<Flex>::new(Topology::local(workers, Duration::from_secs(600))).unwrap();
-    let devices = vec![Default::default(); workers];
+    let group =
+        Group::<B::InnerBackend>::new(Topology::local(workers, Duration::from_secs(600))).unwrap();
+    let devices: Vec<B::Device> = (0..workers).map(device::<B>).collect();
     let mut results = group.run(&devices, |replica| -> Result<_, opd_trainers::TrainError> {
-        let (model, tokenizer) = student(lora);
+        let (model, tokenizer) = student::<B>(lora, replica.device());
         let values = trainable_values(&model);
         let mut trainer = Trainer::builder(
             config(steps),
@@ -145,19 +158,35 @@ fn run(workers: usize, lora: bool, steps: usize) -> (Vec<(StepMetrics, f64)>, us
     results.remove(0).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Device `index` of the backend's kind (every worker on the one CPU).
+fn device<B: Backend>(index: usize) -> B::Device {
+    let first = B::Device::default();
+    let id = first.to_id();
+    if B::device_count(id.type_id) <= 1 {
+        return first;
+    }
+    B::Device::from_id(DeviceId::new(id.type_id, index as u16))
+}
+
 fn main() {
     opd_policy::allocator::tune();
-    let steps = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(3usize);
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let steps = args.first().copied().unwrap_or(3);
+    let counts = if args.len() > 1 {
+        args[1..].to_vec()
+    } else {
+        vec![1, 2]
+    };
     println!(
         "| trained | workers | s/step | steps/s | rollout s | train s | exchange s | gradient MB per update |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for lora in [true, false] {
-        for workers in [1, 2] {
-            let (measured, values) = run(workers, lora, steps);
+        for &workers in &counts {
+            let (measured, values) = run::<A>(workers, lora, steps);
             let n = measured.len().max(1) as f64;
             let mean = |f: &dyn Fn(&StepMetrics) -> f64| {
                 measured.iter().map(|(m, _)| f(m)).sum::<f64>() / n
