@@ -136,23 +136,3 @@ pub(crate) fn all_reduce<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 /// Values per all-reduce of gradients (64 MiB of f32).
 pub(crate) const BUCKET: usize = 1 << 24;
-
-/// A fingerprint of the values of every parameter of `module` that requires a gradient
-/// (CRC-32 of their bytes, in module order): equal on replicas that hold the same weights.
-pub(crate) fn fingerprint<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> u64 {
-    struct Hash(crc32fast::Hasher, u64);
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Hash {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let value = param.val();
-            if !value.is_require_grad() {
-                return;
-            }
-            let data = value.inner().into_data();
-            self.0.update(&data.bytes);
-            self.1 += data.num_elements() as u64;
-        }
-    }
-    let mut hash = Hash(crc32fast::Hasher::new(), 0);
-    module.visit(&mut hash);
-    (u64::from(hash.0.finalize()) << 32) | (hash.1 & 0xffff_ffff)
-}

@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod config;
 mod diagnostics;
 mod error;
+mod fingerprint;
 mod grads;
 mod method;
 mod metrics;

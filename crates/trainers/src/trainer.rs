@@ -15,7 +15,6 @@ use crate::builder::TrainerBuilder;
 use crate::config::{OnNonFinite, TrainConfig};
 use crate::diagnostics::CollapseState;
 use crate::error::{Result, TrainError};
-use crate::grads;
 use crate::method::{Method, Rollouts, Sizes};
 use crate::metrics::StepMetrics;
 use crate::micro::{Micro, Split, prepare};
@@ -26,6 +25,7 @@ use crate::schedule::learning_rate;
 use crate::state::{RunProgress, SavedState, TokensSpent, TrainerState};
 use crate::telemetry::{Step, Telemetry, watch_collapse};
 use crate::update::{Gradients, LossSettings, counts, gradients};
+use crate::{fingerprint, grads};
 use opd_divergences::Counts;
 
 /// Steps in a row whose every update is skipped as non-finite before the run stops with
@@ -239,8 +239,8 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         Ok(())
     }
 
-    /// In a data-parallel run: every worker holds the same config, tasks, step and weights
-    /// (a fingerprint of each); else [`crate::parallel::ParallelError::Disagree`].
+    /// In a data-parallel run: every worker holds the same config, tasks, step, weights and
+    /// optimizer state (a fingerprint of each); else [`crate::parallel::ParallelError::Disagree`].
     fn check_replicas(&mut self) -> Result<()> {
         let Some(replica) = &mut self.replica else {
             return Ok(());
@@ -259,7 +259,9 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         replica.agree(u64::from(run.finalize()), "config and tasks")?;
         replica.agree(self.step as u64, "steps taken")?;
         let student = self.student.as_ref().expect("the student is in");
-        replica.agree(grads::fingerprint(student), "weights")?;
+        replica.agree(fingerprint::weights(student), "weights")?;
+        let optimizer = fingerprint::optimizer(student, &self.optimizer);
+        replica.agree(optimizer, "optimizer state")?;
         Ok(())
     }
 

@@ -1,0 +1,66 @@
+//! Fingerprints of a trainer's state, for the workers of a data-parallel run to compare: equal
+//! on replicas that hold the same weights and optimizer state.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::AdamW;
+use burn::optim::Optimizer;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use opd_policy::Llama;
+
+use crate::state::OptimizerRecord;
+
+/// CRC-32 of the values of every parameter of `model` that requires a gradient, in module order
+/// (the ids of parameters differ between replicas, their order does not), with their count.
+pub(crate) fn weights<B: AutodiffBackend>(model: &Llama<B>) -> u64 {
+    struct Hash(crc32fast::Hasher, u64);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Hash {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let value = param.val();
+            if !value.is_require_grad() {
+                return;
+            }
+            let data = value.inner().into_data();
+            self.0.update(&data.bytes);
+            self.1 += data.num_elements() as u64;
+        }
+    }
+    let mut hash = Hash(crc32fast::Hasher::new(), 0);
+    model.visit(&mut hash);
+    (u64::from(hash.0.finalize()) << 32) | (hash.1 & 0xffff_ffff)
+}
+
+/// CRC-32 of AdamW's state (both moments and the step count of every parameter it holds, in
+/// module order).
+pub(crate) fn optimizer<B: AutodiffBackend>(
+    model: &Llama<B>,
+    optimizer: &OptimizerAdaptor<AdamW, Llama<B>, B>,
+) -> u64 {
+    struct Hash<B: AutodiffBackend> {
+        record: OptimizerRecord<B>,
+        hasher: crc32fast::Hasher,
+        held: u64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Hash<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let Some(record) = self.record.remove(&param.id) else {
+                return;
+            };
+            let state = record.into_state::<D>();
+            let m = state.momentum;
+            self.hasher.update(&(m.time as u64).to_le_bytes());
+            for moment in [m.moment_1, m.moment_2] {
+                self.hasher.update(&moment.into_data().bytes);
+            }
+            self.held += 1;
+        }
+    }
+    let mut hash = Hash {
+        record: optimizer.to_record(),
+        hasher: crc32fast::Hasher::new(),
+        held: 0,
+    };
+    model.visit(&mut hash);
+    (u64::from(hash.hasher.finalize()) << 32) | (hash.held & 0xffff_ffff)
+}
