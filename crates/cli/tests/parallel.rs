@@ -1,5 +1,5 @@
-//! `opd train` on several workers: two threads of one process, and two processes joined by
-//! burn's orchestrator on loopback, reach the weights of one worker; a killed node stops the
+//! `opd train` on several workers: two threads of one process, two processes joined over
+//! loopback, and two processes of two workers each reach the weights of one worker; a killed node stops the
 //! other with an error, and the run resumes from its last checkpoint on one worker.
 
 #[path = "support/runs.rs"]
@@ -140,6 +140,29 @@ fn one_two_threads_and_two_processes(objective: &str) {
 #[test]
 fn grpo_on_two_threads_and_on_two_processes_reaches_the_weights_of_one_worker() {
     one_two_threads_and_two_processes(r#"{ method = "grpo", group_size = 4 }"#);
+}
+
+/// Two processes of two workers each: the sum inside each process (burn's collective), across
+/// the processes (the star) and back to each process's second worker (burn's broadcast).
+#[test]
+fn two_processes_of_two_workers_reach_the_weights_of_one_worker() {
+    let objective = r#"{ method = "grpo", group_size = 4 }"#;
+    let folder = tempfile::tempdir().unwrap();
+    let folder = folder.path();
+    let one = one_worker(folder, 6, objective);
+    let parallel = format!(
+        "[parallel]\nworkers = 2\nnodes = 2\norchestrator = \"127.0.0.1:{}\"\n\
+         timeout_seconds = 60",
+        free_port()
+    );
+    let file = write_run(folder, "four", 6, objective, &parallel);
+    let node0 = spawn(&file, &[]);
+    let node1 = spawn(&file, &["--node-rank", "1"]);
+    for (rank, node) in [node0, node1].into_iter().enumerate() {
+        let out = node.wait_with_output().unwrap();
+        assert!(out.status.success(), "node {rank}: {}", stderr(&out));
+    }
+    assert_close_to_one(folder, "four", &one);
 }
 
 #[test]
