@@ -111,6 +111,23 @@ fn assert_close_to_one(folder: &Path, run: &str, one: &BTreeMap<String, Vec<f32>
     );
 }
 
+/// Run `name` on two processes of `workers` workers each joined over loopback, both waited
+/// for and successful.
+fn two_nodes(folder: &Path, name: &str, steps: usize, objective: &str, workers: usize) {
+    let parallel = format!(
+        "[parallel]\nworkers = {workers}\nnodes = 2\norchestrator = \"127.0.0.1:{}\"\n\
+         timeout_seconds = 60",
+        free_port()
+    );
+    let file = write_run(folder, name, steps, objective, &parallel);
+    let node0 = spawn(&file, &[]);
+    let node1 = spawn(&file, &["--node-rank", "1"]);
+    for (rank, node) in [node0, node1].into_iter().enumerate() {
+        let out = node.wait_with_output().unwrap();
+        assert!(out.status.success(), "node {rank}: {}", stderr(&out));
+    }
+}
+
 /// One worker, two threads (`--workers 2`), and two processes (`--node-rank`) on loopback.
 fn one_two_threads_and_two_processes(objective: &str) {
     let folder = tempfile::tempdir().unwrap();
@@ -123,17 +140,7 @@ fn one_two_threads_and_two_processes(objective: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_close_to_one(folder, "threads", &one);
 
-    let parallel = format!(
-        "[parallel]\nnodes = 2\norchestrator = \"127.0.0.1:{}\"\ntimeout_seconds = 60",
-        free_port()
-    );
-    let nodes = write_run(folder, "nodes", steps, objective, &parallel);
-    let node0 = spawn(&nodes, &[]);
-    let node1 = spawn(&nodes, &["--node-rank", "1"]);
-    for (rank, node) in [node0, node1].into_iter().enumerate() {
-        let out = node.wait_with_output().unwrap();
-        assert!(out.status.success(), "node {rank}: {}", stderr(&out));
-    }
+    two_nodes(folder, "nodes", steps, objective, 1);
     assert_close_to_one(folder, "nodes", &one);
 }
 
@@ -150,18 +157,7 @@ fn two_processes_of_two_workers_reach_the_weights_of_one_worker() {
     let folder = tempfile::tempdir().unwrap();
     let folder = folder.path();
     let one = one_worker(folder, 6, objective);
-    let parallel = format!(
-        "[parallel]\nworkers = 2\nnodes = 2\norchestrator = \"127.0.0.1:{}\"\n\
-         timeout_seconds = 60",
-        free_port()
-    );
-    let file = write_run(folder, "four", 6, objective, &parallel);
-    let node0 = spawn(&file, &[]);
-    let node1 = spawn(&file, &["--node-rank", "1"]);
-    for (rank, node) in [node0, node1].into_iter().enumerate() {
-        let out = node.wait_with_output().unwrap();
-        assert!(out.status.success(), "node {rank}: {}", stderr(&out));
-    }
+    two_nodes(folder, "four", 6, objective, 2);
     assert_close_to_one(folder, "four", &one);
 }
 

@@ -3,7 +3,6 @@
 #[path = "support/toy.rs"]
 mod toy;
 
-use burn::module::Module;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
 use opd_trainers::checkpoint::{
     checkpoint_dir, checkpoints, latest_checkpoint, prune_checkpoints, verify,
@@ -11,7 +10,9 @@ use opd_trainers::checkpoint::{
 use opd_trainers::{
     GrpoConfig, Objective, SdftConfig, TeacherWeights, TrainConfig, TrainError, Trainer,
 };
-use toy::{A, Revealing, config, copy_base, mapping_tasks, template, tokenizer, toy_config};
+use toy::{
+    A, Revealing, config, copy_base, mapping_tasks, template, tokenizer, toy_config, weights,
+};
 
 fn trainer(objective: &Objective, student: Llama<A>, steps: usize) -> Trainer<A> {
     let mut run: TrainConfig = toy_config(objective.clone(), steps, 1e-2);
@@ -20,22 +21,6 @@ fn trainer(objective: &Objective, student: Llama<A>, steps: usize) -> Trainer<A>
         .template(template())
         .build()
         .unwrap()
-}
-
-/// Every parameter's values, in visiting order.
-fn weights(model: &Llama<A>) -> Vec<Vec<f32>> {
-    struct All(Vec<Vec<f32>>);
-    impl burn::module::ModuleVisitor<A> for All {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<A, D>>,
-        ) {
-            self.0.push(param.val().into_data().to_vec().unwrap());
-        }
-    }
-    let mut all = All(Vec::new());
-    model.visit(&mut all);
-    all.0
 }
 
 /// Trains `steps` steps straight, and again with a checkpoint after `stop` steps resumed by a

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use burn::backend::Flex;
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
 use opd_trainers::checkpoint::checkpoint_dir;
 use opd_trainers::parallel::{Group, ParallelError, Replica, Topology, WorkerFailure};
@@ -18,6 +18,7 @@ use opd_trainers::{
 };
 use toy::{
     A, Revealing, config, copy_base, mapping_tasks, template, tokenizer, toy_config, trainable,
+    weights,
 };
 
 /// burn's collective layer keeps one group per process and backend: one test at a time.
@@ -47,21 +48,6 @@ fn trainer(
         builder = builder.replica(replica);
     }
     builder.build().unwrap()
-}
-
-fn weights(model: &Llama<A>) -> Vec<Vec<f32>> {
-    struct All(Vec<Vec<f32>>);
-    impl burn::module::ModuleVisitor<A> for All {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<A, D>>,
-        ) {
-            self.0.push(param.val().into_data().to_vec().unwrap());
-        }
-    }
-    let mut all = All(Vec::new());
-    model.visit(&mut all);
-    all.0
 }
 
 fn largest_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {

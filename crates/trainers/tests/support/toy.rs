@@ -240,3 +240,19 @@ pub fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>, tasks: &[opd_ta
         .collect();
     kls.iter().sum::<f64>() / kls.len() as f64
 }
+
+/// Every parameter's values, in visiting order.
+pub fn weights(model: &Llama<A>) -> Vec<Vec<f32>> {
+    struct All(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor<A> for All {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<A, D>>,
+        ) {
+            self.0.push(param.val().into_data().to_vec().unwrap());
+        }
+    }
+    let mut all = All(Vec::new());
+    model.visit(&mut all);
+    all.0
+}
