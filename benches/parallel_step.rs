@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
 use burn::module::Module;
-use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceId};
+use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
 use opd_tasks::{MathAnswer, Task};
-use opd_trainers::parallel::{Group, Topology};
+use opd_trainers::parallel::{Group, Topology, worker_device};
 use opd_trainers::{
     GrpoConfig, Objective, OptimizerConfig, SamplingConfig, StepMetrics, TrainConfig, Trainer,
 };
@@ -138,7 +138,9 @@ fn run<B: AutodiffBackend + DivergenceBackend>(
     }
     let group =
         Group::<B::InnerBackend>::new(Topology::local(workers, Duration::from_secs(600))).unwrap();
-    let devices: Vec<B::Device> = (0..workers).map(device::<B>).collect();
+    let devices: Vec<B::Device> = (0..workers)
+        .map(|local| worker_device::<B>(&Default::default(), local))
+        .collect();
     let mut results = group.run(&devices, |replica| -> Result<_, opd_trainers::TrainError> {
         let (model, tokenizer) = student::<B>(lora, replica.device());
         let values = trainable_values(&model);
@@ -156,16 +158,6 @@ fn run<B: AutodiffBackend + DivergenceBackend>(
         Ok((measured, values))
     });
     results.remove(0).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Device `index` of the backend's kind (every worker on the one CPU).
-fn device<B: Backend>(index: usize) -> B::Device {
-    let first = B::Device::default();
-    let id = first.to_id();
-    if B::device_count(id.type_id) <= 1 {
-        return first;
-    }
-    B::Device::from_id(DeviceId::new(id.type_id, index as u16))
 }
 
 fn main() {

@@ -4,10 +4,10 @@
 
 use std::sync::atomic::AtomicUsize;
 
-use burn::tensor::backend::{AutodiffBackend, Backend, Device, DeviceId};
+use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
 use opd_trainers::checkpoint::latest_checkpoint;
-use opd_trainers::parallel::{Group, Replica, WorkerFailure};
+use opd_trainers::parallel::{Group, Replica, WorkerFailure, worker_device};
 use opd_trainers::{Flow, Trainer};
 
 use crate::config::RunConfig;
@@ -86,16 +86,4 @@ fn follow<B: AutodiffBackend + DivergenceBackend>(
         evaluation: None,
         skipped_updates: 0,
     })
-}
-
-/// The device of local worker `local`: the `local`-th after `first` of its kind (one device
-/// for all on the CPU).
-fn worker_device<B: Backend>(first: &B::Device, local: usize) -> B::Device {
-    let id = first.to_id();
-    let count = B::device_count(id.type_id);
-    if count <= 1 {
-        return first.clone();
-    }
-    let index = (id.index_id as usize + local) % count;
-    B::Device::from_id(DeviceId::new(id.type_id, index as u16))
 }

@@ -217,7 +217,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         &mut self,
         mut after_step: impl FnMut(&Self, StepMetrics) -> std::result::Result<Flow, E>,
     ) -> std::result::Result<(), E> {
-        self.check_replicas()?;
+        self.check_replicas(true)?;
         while self.step < self.config.steps {
             let metrics = self.step()?;
             let flow = after_step(self, metrics);
@@ -232,31 +232,31 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 break;
             }
             if self.step.is_multiple_of(CHECK_EVERY) {
-                self.check_replicas()?;
+                self.check_replicas(false)?;
             }
         }
-        self.check_replicas()?;
+        self.check_replicas(false)?;
         Ok(())
     }
 
-    /// In a data-parallel run: every worker holds the same config, tasks, step, weights and
-    /// optimizer state (a fingerprint of each); else [`crate::parallel::ParallelError::Disagree`].
-    fn check_replicas(&mut self) -> Result<()> {
+    /// In a data-parallel run: every worker holds the same step, weights and optimizer state
+    /// (and, at the `first` check, config and tasks): a fingerprint of each; else [`crate::parallel::ParallelError::Disagree`].
+    fn check_replicas(&mut self, first: bool) -> Result<()> {
         let Some(replica) = &mut self.replica else {
             return Ok(());
         };
-        let mut run = crc32fast::Hasher::new();
-        run.update(
-            serde_json::to_string(&self.config)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        run.update(
-            serde_json::to_string(&self.tasks)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        replica.agree(u64::from(run.finalize()), "config and tasks")?;
+        // The config and tasks are fixed for a trainer's life: compared once, before any step.
+        if first {
+            let run = format!(
+                "{}\n{}",
+                serde_json::to_string(&self.config).unwrap_or_default(),
+                crate::checkpoint::tasks_fingerprint(&self.tasks)
+            );
+            replica.agree(
+                u64::from(crc32fast::hash(run.as_bytes())),
+                "config and tasks",
+            )?;
+        }
         replica.agree(self.step as u64, "steps taken")?;
         let student = self.student.as_ref().expect("the student is in");
         replica.agree(fingerprint::weights(student), "weights")?;

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, Device, DeviceId};
 
 use super::ParallelError;
 use super::replica::Replica;
@@ -221,4 +221,16 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The device of local worker `local`: the `local`-th of `first`'s kind after `first`
+/// (wrapping around), or `first` for every worker where there is one device (the CPU).
+pub fn worker_device<B: Backend>(first: &B::Device, local: usize) -> B::Device {
+    let id = first.to_id();
+    let count = B::device_count(id.type_id);
+    if count <= 1 {
+        return first.clone();
+    }
+    let index = (id.index_id as usize + local) % count;
+    B::Device::from_id(DeviceId::new(id.type_id, index as u16))
 }

@@ -21,7 +21,7 @@ mod nodes;
 mod replica;
 mod wire;
 
-pub use group::{Group, Topology, WorkerFailure};
+pub use group::{Group, Topology, WorkerFailure, worker_device};
 pub use replica::Replica;
 
 use thiserror::Error;
