@@ -1,0 +1,290 @@
+//! The experiments: each a list of arms (a label and a run file) on the same task, model and
+//! budget, and what its table compares them to.
+
+use std::path::Path;
+
+use opd_cli::RunConfig;
+use opd_cli::config::{ArithmeticData, DataConfig, ServedProtocol, TeacherSource};
+use opd_tasks::data::{Arithmetic, Operation};
+use opd_trainers::{Objective, OpdConfig, OpdForm, OpsdConfig, SftConfig, TeacherWeights};
+
+use crate::runs::{RUNS, finished, run_file, with_budget};
+
+/// The experiments by name, with the claim each tests.
+pub const NAMES: [(&str, &str); 6] = [
+    (
+        "opd-teacher",
+        "OPD reaches a teacher with a fraction of RL's samples; full vocabulary beats sampled token",
+    ),
+    (
+        "reach-teacher",
+        "the same, OPD (reverse KL) against GRPO only, for budgets long enough to reach the teacher",
+    ),
+    (
+        "opsd-grpo",
+        "OPSD is several times more token-efficient than GRPO",
+    ),
+    ("forgetting", "on-policy training forgets less than SFT"),
+    (
+        "self-teacher",
+        "a frozen, EMA or trust-region self-teacher is stable where the current weights are not",
+    ),
+    (
+        "diagnostics",
+        "a working OPD run concentrates its mass on a small shared top-k set",
+    ),
+];
+
+/// One arm: a label (also its runs' folder name) and its run file (seed, budget and folder are
+/// set per run).
+pub struct Arm {
+    pub label: &'static str,
+    pub config: RunConfig,
+    /// Held-out evaluations every this many steps.
+    pub eval_every: usize,
+}
+
+/// What an arm's accuracy is measured against in the table.
+pub enum Target {
+    /// Tokens to reach 90 % of this teacher accuracy.
+    Teacher(f64),
+    /// Tokens to reach the named arm's mean final accuracy.
+    Arm(&'static str),
+}
+
+/// An experiment's arms, its target and, for forgetting, the old task measured after each run.
+pub struct Experiment {
+    pub arms: Vec<Arm>,
+    pub target: Option<Target>,
+    pub old_task: Option<DataConfig>,
+}
+
+/// The experiment `name`, or `None`.
+pub fn experiment(name: &str) -> Option<Experiment> {
+    Some(match name {
+        "opd-teacher" => opd_teacher(),
+        "reach-teacher" => reach_teacher(),
+        "opsd-grpo" => opsd_grpo(),
+        "forgetting" => forgetting(),
+        "self-teacher" => self_teacher(),
+        "diagnostics" => diagnostics(),
+        _ => return None,
+    })
+}
+
+/// The arithmetic run files' evaluation cadence: GRPO spends ~1 200 tokens a step (4
+/// questions × 8 answers), OPD and OPSD ~300, SFT ~110 (8 references).
+const EVERY_GRPO: usize = 1;
+const EVERY_DISTILL: usize = 3;
+const EVERY_SFT: usize = 6;
+
+/// The teacher of `opd-teacher` and `opsd-grpo`: SmolLM2 + LoRA trained by SFT on the worked
+/// answers of `a ± b` for 4 000 reference tokens (seed 0), merged; and its held-out accuracy.
+fn sft_teacher() -> (std::path::PathBuf, f64) {
+    let mut sft = run_file("configs/opsd.toml");
+    sft.train.objective = Objective::Sft(SftConfig::default());
+    let dir = Path::new(RUNS).join("teacher-sft-4000-s0");
+    let teacher = with_budget(sft, dir.clone(), 0, 4_000, 10);
+    let run = finished("teacher (SFT, 4 000 tokens)", &teacher);
+    (dir.join("final"), run.final_accuracy())
+}
+
+/// `config` with the model at `path` as its teacher (OPD's, or the model that reads the
+/// privileged context in place of a self-teacher).
+fn with_teacher(mut config: RunConfig, path: &Path) -> RunConfig {
+    config.teacher = Some(TeacherSource {
+        name: None,
+        path: Some(path.to_path_buf()),
+        scratch: None,
+        url: None,
+        protocol: ServedProtocol::Opd,
+        served_model: None,
+        token: None,
+        timeout_seconds: None,
+        wait_seconds: None,
+    });
+    config
+}
+
+fn opd(form: OpdForm, teacher: &Path) -> RunConfig {
+    let mut config = with_teacher(run_file("configs/opsd.toml"), teacher);
+    config.train.objective = Objective::Opd(OpdConfig {
+        form,
+        ..OpdConfig::default()
+    });
+    config
+}
+
+fn opd_reverse_kl(teacher: &Path) -> Arm {
+    Arm {
+        label: "OPD reverse KL (full)",
+        config: opd(
+            OpdForm::Divergence {
+                beta: 1.0,
+                teacher_top_k: None,
+            },
+            teacher,
+        ),
+        eval_every: EVERY_DISTILL,
+    }
+}
+
+fn grpo() -> Arm {
+    Arm {
+        label: "GRPO",
+        config: run_file("configs/grpo.toml"),
+        eval_every: EVERY_GRPO,
+    }
+}
+
+/// OPSD (`configs/opsd.toml`: JSD β 0.5, full vocabulary) with the self-teacher's weights.
+fn opsd(label: &'static str, weights: TeacherWeights) -> Arm {
+    let mut config = run_file("configs/opsd.toml");
+    config.train.objective = Objective::Opsd(OpsdConfig {
+        teacher: weights,
+        ..OpsdConfig::default()
+    });
+    Arm {
+        label,
+        config,
+        eval_every: EVERY_DISTILL,
+    }
+}
+
+/// Claims 1 and 3: a fresh student distilled from the SFT teacher by OPD in three forms,
+/// against GRPO.
+fn opd_teacher() -> Experiment {
+    let (teacher, accuracy) = sft_teacher();
+    let arms = vec![
+        opd_reverse_kl(&teacher),
+        Arm {
+            label: "OPD surrogate (sampled)",
+            config: opd(OpdForm::surrogate(), &teacher),
+            eval_every: EVERY_DISTILL,
+        },
+        Arm {
+            label: "OPD advantage (sampled)",
+            config: opd(
+                OpdForm::Advantage {
+                    discount: 0.0,
+                    reward_weight: 0.0,
+                },
+                &teacher,
+            ),
+            eval_every: EVERY_DISTILL,
+        },
+        grpo(),
+    ];
+    Experiment {
+        arms,
+        target: Some(Target::Teacher(accuracy)),
+        old_task: None,
+    }
+}
+
+/// Claim 1 at larger budgets: `opd-teacher`'s full reverse KL and GRPO arms only.
+fn reach_teacher() -> Experiment {
+    let (teacher, accuracy) = sft_teacher();
+    Experiment {
+        arms: vec![opd_reverse_kl(&teacher), grpo()],
+        target: Some(Target::Teacher(accuracy)),
+        old_task: None,
+    }
+}
+
+/// Claim 2: OPSD with SmolLM2 as its own teacher (frozen, reading the worked answer), OPSD
+/// whose privileged reader is the SFT teacher, against GRPO.
+fn opsd_grpo() -> Experiment {
+    let (teacher, _) = sft_teacher();
+    let self_taught = opsd("OPSD (self-teacher, frozen)", TeacherWeights::FrozenInitial);
+    let mut trained = opsd(
+        "OPSD (SFT teacher reads the reference)",
+        TeacherWeights::FrozenInitial,
+    );
+    trained.config = with_teacher(trained.config, &teacher);
+    Experiment {
+        arms: vec![self_taught, trained, grpo()],
+        target: Some(Target::Arm("GRPO")),
+        old_task: None,
+    }
+}
+
+/// The old task of `forgetting`: `a × b` with operands 0–12, asked plainly ("What is 7*8?"),
+/// graded by the last number of the answer; the base model answers some of these, and none
+/// is in the new task's training data.
+fn old_task() -> DataConfig {
+    DataConfig {
+        train: None,
+        test: None,
+        arithmetic: Some(ArithmeticData {
+            generator: Arithmetic {
+                max_operand: 12,
+                operations: vec![Operation::Multiply],
+                seed: 7,
+                template: "What is {question}?".into(),
+                reference: "{question} = {answer}".into(),
+            },
+            train_tasks: 1,
+            test_tasks: 100,
+        }),
+    }
+}
+
+/// Claim 4: learn `a ± b` in the `####` format by SFT on the references, SDFT (the student
+/// shown a demonstration, EMA teacher) and OPD from the SFT teacher; the old task measured
+/// before and after.
+fn forgetting() -> Experiment {
+    let (teacher, _) = sft_teacher();
+    let mut sft = run_file("configs/opsd.toml");
+    sft.train.objective = Objective::Sft(SftConfig::default());
+    let arms = vec![
+        Arm {
+            label: "SFT",
+            config: sft,
+            eval_every: EVERY_SFT,
+        },
+        Arm {
+            label: "SDFT (EMA self-teacher)",
+            config: run_file("configs/sdft.toml"),
+            eval_every: EVERY_DISTILL,
+        },
+        opd_reverse_kl(&teacher),
+    ];
+    Experiment {
+        arms,
+        target: None,
+        old_task: Some(old_task()),
+    }
+}
+
+/// Claim 5: OPSD with each self-teacher (frozen initial, current weights, EMA η 0.05, trust
+/// region α 0.05: the SDPO code's number for both).
+fn self_teacher() -> Experiment {
+    Experiment {
+        arms: vec![
+            opsd("OPSD (self-teacher, frozen)", TeacherWeights::FrozenInitial),
+            opsd("OPSD (self-teacher, current)", TeacherWeights::Current),
+            opsd("OPSD (self-teacher, EMA 0.05)", TeacherWeights::Ema(0.05)),
+            opsd(
+                "OPSD (self-teacher, trust region 0.05)",
+                TeacherWeights::TrustRegion(0.05),
+            ),
+        ],
+        target: None,
+        old_task: None,
+    }
+}
+
+/// Claim 6: the shared top-k mass of the distillation runs above, working and failing (no new
+/// runs at the budget the others used).
+fn diagnostics() -> Experiment {
+    let (teacher, _) = sft_teacher();
+    let mut arms = vec![opd_reverse_kl(&teacher)];
+    arms.extend(opd_teacher().arms.into_iter().skip(1).take(2));
+    arms.extend(opsd_grpo().arms.into_iter().take(2));
+    Experiment {
+        arms,
+        target: None,
+        old_task: None,
+    }
+}

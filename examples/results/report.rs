@@ -1,0 +1,257 @@
+//! An experiment's table and mean curves.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::runs::{Finished, mean_and_spread};
+
+/// An arm's label and its runs (one per seed).
+pub type Results<'a> = [(&'a str, Vec<Finished>)];
+
+/// The accuracy the table counts tokens to, and the sentence that says what it is.
+pub struct Goal {
+    pub accuracy: f64,
+    pub text: String,
+}
+
+/// The old task's accuracy before training, for forgetting.
+pub struct OldTask {
+    pub before: f64,
+}
+
+/// `f(step)` averaged over the first and over the last `EDGE` steps of each run, then over the
+/// runs; `None` when no step has it.
+fn first_and_last(
+    runs: &[Finished],
+    f: impl Fn(&opd_trainers::StepMetrics) -> Option<f64>,
+) -> Option<(f64, f64)> {
+    const EDGE: usize = 3;
+    let mut firsts = Vec::new();
+    let mut lasts = Vec::new();
+    for run in runs {
+        let values: Vec<f64> = run
+            .steps()
+            .filter_map(&f)
+            .filter(|v| v.is_finite())
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let n = values.len().min(EDGE);
+        firsts.push(values[..n].iter().sum::<f64>() / n as f64);
+        lasts.push(values[values.len() - n..].iter().sum::<f64>() / n as f64);
+    }
+    (!firsts.is_empty()).then(|| (mean_and_spread(&firsts).0, mean_and_spread(&lasts).0))
+}
+
+fn arrow(pair: Option<(f64, f64)>, digits: usize) -> String {
+    pair.map_or("–".into(), |(a, b)| {
+        format!("{a:.digits$} → {b:.digits$}")
+    })
+}
+
+/// The Markdown table of an experiment: per arm, final held-out accuracy (mean ± sd, per
+/// seed), tokens and training seconds, tokens to the target, the old task after training, and
+/// the diagnostics over the first and last three steps (student entropy, mean per-token
+/// divergence to the teacher, top-k overlap, the shared set's mass under the teacher) with the
+/// collapse watch's warnings.
+pub fn table(
+    command: &str,
+    goal: Option<&Goal>,
+    old: Option<&OldTask>,
+    results: &Results,
+) -> String {
+    let mut text = format!("`{command}`\n\n");
+    if let Some(goal) = goal {
+        text += &format!("{} ", goal.text);
+    }
+    let before: Vec<f64> = results
+        .iter()
+        .flat_map(|(_, runs)| {
+            runs.iter()
+                .filter_map(|r| r.evals().next().map(|e| e.accuracy))
+        })
+        .collect();
+    text += &format!(
+        "Before training (the base model: LoRA starts at zero): {:.2}",
+        mean_and_spread(&before).0
+    );
+    if let Some(old) = old {
+        text += &format!("; on the old task {:.2}", old.before);
+    }
+    text +=
+        ".\n\n| arm | held-out accuracy (mean ± sd) | per seed | tokens (mean) | train s (mean) |";
+    let mut columns = 5;
+    if goal.is_some() {
+        text += " tokens to the target (per seed) |";
+        columns += 1;
+    }
+    if old.is_some() {
+        text += " old task after (mean ± sd) | per seed |";
+        columns += 2;
+    }
+    text += " entropy (first → last steps) | divergence to the teacher | top-k overlap | shared mass, teacher | collapse warnings (runs) |\n";
+    columns += 5;
+    text += &format!("|{}\n", "---|".repeat(columns));
+    for (label, runs) in results {
+        let accuracy: Vec<f64> = runs.iter().map(Finished::final_accuracy).collect();
+        let (mean, sd) = mean_and_spread(&accuracy);
+        let per_seed: Vec<String> = accuracy.iter().map(|a| format!("{a:.2}")).collect();
+        let tokens = runs.iter().map(|r| r.tokens() as f64).sum::<f64>() / runs.len() as f64;
+        let seconds = runs.iter().map(|r| r.seconds).sum::<f64>() / runs.len() as f64;
+        text += &format!(
+            "| {label} | {mean:.3} ± {sd:.3} | {} | {tokens:.0} | {seconds:.0} |",
+            per_seed.join(", ")
+        );
+        if let Some(goal) = goal {
+            let reached: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    r.tokens_to(goal.accuracy)
+                        .map_or("not reached".into(), |t| t.to_string())
+                })
+                .collect();
+            text += &format!(" {} |", reached.join(", "));
+        }
+        if old.is_some() {
+            let after: Vec<f64> = runs.iter().filter_map(|r| r.old_task).collect();
+            let (m, s) = mean_and_spread(&after);
+            let each: Vec<String> = after.iter().map(|a| format!("{a:.2}")).collect();
+            text += &format!(" {m:.3} ± {s:.3} | {} |", each.join(", "));
+        }
+        let warned = runs
+            .iter()
+            .filter(|r| r.steps().any(|m| !m.warnings.is_empty()))
+            .count();
+        text += &format!(
+            " {} | {} | {} | {} | {warned} of {} |\n",
+            arrow(first_and_last(runs, |m| Some(m.entropy)), 2),
+            arrow(first_and_last(runs, |m| m.divergence_mean), 3),
+            arrow(first_and_last(runs, |m| m.topk_overlap), 2),
+            arrow(first_and_last(runs, |m| m.shared_mass_teacher), 3),
+            runs.len()
+        );
+    }
+    text
+}
+/// Mean held-out accuracy (over seeds, at each evaluation) against mean generated tokens and
+/// against mean training seconds, one line per arm.
+pub fn plot(
+    stem: &Path,
+    results: &[(&str, Vec<Finished>)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let series: Vec<(&str, Vec<Point>)> = results
+        .iter()
+        .map(|(label, runs)| {
+            let n = runs.iter().map(|r| r.evals().count()).min().unwrap_or(0);
+            let points = (0..n)
+                .map(|i| {
+                    let at: Vec<Point> = runs
+                        .iter()
+                        .map(|r| {
+                            let e = r.evals().nth(i).expect("n evaluations");
+                            (
+                                e.generated_tokens_total as f64,
+                                r.seconds_at(e.step),
+                                e.accuracy,
+                            )
+                        })
+                        .collect();
+                    let k = at.len() as f64;
+                    (
+                        at.iter().map(|p| p.0).sum::<f64>() / k,
+                        at.iter().map(|p| p.1).sum::<f64>() / k,
+                        at.iter().map(|p| p.2).sum::<f64>() / k,
+                    )
+                })
+                .collect();
+            (*label, points)
+        })
+        .collect();
+    for (path, svg) in [
+        (stem.with_extension("png"), false),
+        (stem.with_extension("svg"), true),
+    ] {
+        if svg {
+            draw(
+                SVGBackend::new(&path, (1200, 450)).into_drawing_area(),
+                &series,
+            )?;
+        } else {
+            draw(
+                BitMapBackend::new(&path, (1200, 450)).into_drawing_area(),
+                &series,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A point of a mean curve: (generated tokens, training seconds, held-out accuracy).
+type Point = (f64, f64, f64);
+
+/// A panel's title and what its x reads from a point.
+type Axis = (&'static str, fn(&Point) -> f64);
+
+/// Each arm's mean curve.
+type Series<'a> = [(&'a str, Vec<Point>)];
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    series: &Series,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let text = opd_cli::plot::register_system_font();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    let axes: [Axis; 2] = [
+        ("mean held-out accuracy vs generated tokens", |p| p.0),
+        ("mean held-out accuracy vs training seconds", |p| p.1),
+    ];
+    for (area, (title, x)) in panels.iter().zip(axes) {
+        let x1 = series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(x))
+            .fold(1.0, f64::max);
+        let mut builder = ChartBuilder::on(area);
+        builder
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(45);
+        if text {
+            builder.caption(title, ("sans-serif", 18));
+        }
+        let mut chart = builder.build_cartesian_2d(0.0..x1, 0.0..1.0)?;
+        let mut mesh = chart.configure_mesh();
+        if !text {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw()?;
+        let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+        for ((label, points), color) in series.iter().zip(colors.iter().cycle()) {
+            let line = chart.draw_series(LineSeries::new(
+                points.iter().map(|p| (x(p), p.2)),
+                color.stroke_width(2),
+            ))?;
+            if text {
+                let color = *color;
+                line.label(*label).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Running an arm's seeds, and what a finished run left.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use opd_cli::RunConfig;
+use opd_cli::config::{Budget, DataConfig, EnvironmentConfig};
+use opd_cli::folder::{METRICS, read_metrics};
+use opd_cli::record::{EvalRecord, Record};
+use opd_cli::run::train;
+use opd_cli::setup::{environment, splits};
+use opd_rollout::SamplingParams;
+use opd_trainers::StepMetrics;
+
+type Backend = Autodiff<Flex>;
+
+/// Where every run of every experiment lives: `runs/results/{arm}-{budget}-s{seed}`, so an
+/// arm that two experiments share (same label, same run file) is trained once.
+pub const RUNS: &str = "runs/results";
+
+/// What a finished run left.
+pub struct Finished {
+    pub records: Vec<Record>,
+    /// Training seconds (the steps' phases, evaluations left out).
+    pub seconds: f64,
+    /// Held-out accuracy on the experiment's old task after training (forgetting).
+    pub old_task: Option<f64>,
+}
+
+impl Finished {
+    pub fn evals(&self) -> impl DoubleEndedIterator<Item = &EvalRecord> {
+        self.records.iter().filter_map(Record::eval)
+    }
+
+    pub fn steps(&self) -> impl Iterator<Item = &StepMetrics> {
+        self.records.iter().filter_map(Record::train)
+    }
+
+    pub fn final_accuracy(&self) -> f64 {
+        self.evals().next_back().map_or(f64::NAN, |e| e.accuracy)
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.records
+            .iter()
+            .map(Record::generated_tokens_total)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Training seconds before the evaluation after `step` steps.
+    pub fn seconds_at(&self, step: usize) -> f64 {
+        self.steps()
+            .filter(|m| m.step < step)
+            .map(|m| m.seconds.rollout + m.seconds.teacher + m.seconds.train + m.seconds.optimizer)
+            .sum()
+    }
+
+    /// The generated tokens at the first evaluation at or above `accuracy`.
+    pub fn tokens_to(&self, accuracy: f64) -> Option<u64> {
+        self.evals()
+            .find(|e| e.accuracy >= accuracy - 1e-9)
+            .map(|e| e.generated_tokens_total)
+    }
+}
+
+/// `config` with `budget` generated tokens and seed `seed` (trainer and LoRA), written to
+/// `dir`, evaluated on 100 held-out questions every `eval_every` steps.
+pub fn with_budget(
+    mut config: RunConfig,
+    dir: PathBuf,
+    seed: u64,
+    budget: u64,
+    eval_every: usize,
+) -> RunConfig {
+    config.output.dir = dir;
+    config.output.checkpoint_every = 0;
+    config.output.eval_every = eval_every;
+    config.output.eval_tasks = 100;
+    config.train.steps = 100_000;
+    config.train.seed = seed;
+    if let Some(lora) = &mut config.model.lora {
+        lora.seed = seed;
+    }
+    config.budget = Some(Budget {
+        generated_tokens: budget,
+    });
+    config
+}
+
+/// A committed run file.
+pub fn run_file(path: &str) -> RunConfig {
+    RunConfig::from_file(path).expect("a valid run file")
+}
+
+/// Trains `config` unless its folder holds a finished run of the same config; returns what
+/// the run left.
+pub fn finished(label: &str, config: &RunConfig) -> Finished {
+    let dir = &config.output.dir;
+    let saved = RunConfig::from_file(dir.join("config.toml")).ok();
+    let done = dir.join("final").is_dir() && saved.as_ref() == Some(config);
+    if !done {
+        if saved.is_some() && saved.as_ref() != Some(config) {
+            println!("  {} holds another config: trained again", dir.display());
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let clock = Instant::now();
+        let report = train::<Backend>(config, false, &Default::default()).expect("the run trains");
+        println!(
+            "  {label:<32} {:>4} steps {:>6} tokens  accuracy {:.2}  ({:.0} s)",
+            report.steps,
+            report.generated_tokens,
+            report.evaluation.map_or(f64::NAN, |e| e.accuracy),
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    let records = read_metrics(&dir.join(METRICS)).expect("the run's metrics");
+    let mut run = Finished {
+        records,
+        seconds: 0.0,
+        old_task: None,
+    };
+    run.seconds = run.seconds_at(usize::MAX);
+    run
+}
+
+/// Greedy accuracy of the model at `model` on `data`'s held-out questions (answers of at
+/// most 64 tokens, as the runs' own evaluations), cached in `cache` (one number).
+pub fn accuracy_on(model: &Path, data: &DataConfig, cache: &Path) -> f64 {
+    if let Some(a) = std::fs::read_to_string(cache)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return a;
+    }
+    let (_, test) = splits(data).expect("the old task's questions");
+    let env = environment(EnvironmentConfig::Math).expect("the math environment");
+    let (policy, tokenizer) =
+        opd_policy::load::<Flex>(model, &Default::default()).expect("the trained model");
+    let e = opd_tasks::evaluate(
+        &policy,
+        &tokenizer,
+        &*env,
+        &test.tasks,
+        &SamplingParams::greedy(64),
+    )
+    .expect("the old task evaluates");
+    std::fs::write(cache, format!("{}\n", e.accuracy)).expect("the cached accuracy");
+    e.accuracy
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_and_spread(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
