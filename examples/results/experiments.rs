@@ -5,6 +5,8 @@ use std::path::Path;
 
 use opd_cli::RunConfig;
 use opd_cli::config::{ArithmeticData, DataConfig, ServedProtocol, TeacherSource};
+use opd_cli::setup::splits;
+use opd_tasks::Task;
 use opd_tasks::data::{Arithmetic, Operation};
 use opd_trainers::{Objective, OpdConfig, OpdForm, OpsdConfig, SftConfig, TeacherWeights};
 
@@ -18,7 +20,7 @@ pub const NAMES: [(&str, &str); 6] = [
     ),
     (
         "reach-teacher",
-        "the same, OPD (reverse KL) against GRPO only, for budgets long enough to reach the teacher",
+        "the same, OPD (reverse KL) alone, at a budget long enough to reach the teacher",
     ),
     (
         "opsd-grpo",
@@ -52,11 +54,17 @@ pub enum Target {
     Arm(&'static str),
 }
 
-/// An experiment's arms, its target and, for forgetting, the old task measured after each run.
+/// A task the base model can do, measured before and after training (forgetting).
+pub struct OldTask {
+    pub name: &'static str,
+    pub tasks: Vec<Task>,
+}
+
+/// An experiment's arms, its target and, for forgetting, the old tasks measured after each run.
 pub struct Experiment {
     pub arms: Vec<Arm>,
     pub target: Option<Target>,
-    pub old_task: Option<DataConfig>,
+    pub old_tasks: Vec<OldTask>,
 }
 
 /// The experiment `name`, or `None`.
@@ -178,17 +186,18 @@ fn opd_teacher() -> Experiment {
     Experiment {
         arms,
         target: Some(Target::Teacher(accuracy)),
-        old_task: None,
+        old_tasks: Vec::new(),
     }
 }
 
-/// Claim 1 at larger budgets: `opd-teacher`'s full reverse KL and GRPO arms only.
+/// Claim 1 at a larger budget: `opd-teacher`'s full reverse KL arm alone (GRPO's runs at
+/// this budget cost more than this machine's session had left; see `docs/results.md`).
 fn reach_teacher() -> Experiment {
     let (teacher, accuracy) = sft_teacher();
     Experiment {
-        arms: vec![opd_reverse_kl(&teacher), grpo()],
+        arms: vec![opd_reverse_kl(&teacher)],
         target: Some(Target::Teacher(accuracy)),
-        old_task: None,
+        old_tasks: Vec::new(),
     }
 }
 
@@ -205,15 +214,16 @@ fn opsd_grpo() -> Experiment {
     Experiment {
         arms: vec![self_taught, trained, grpo()],
         target: Some(Target::Arm("GRPO")),
-        old_task: None,
+        old_tasks: Vec::new(),
     }
 }
 
-/// The old task of `forgetting`: `a × b` with operands 0–12, asked plainly ("What is 7*8?"),
-/// graded by the last number of the answer; the base model answers some of these, and none
-/// is in the new task's training data.
-fn old_task() -> DataConfig {
-    DataConfig {
+/// The old tasks of `forgetting`, each graded by the last number of the answer: `a × b` with
+/// operands 0–12 asked plainly ("What is 7*8?"; 100 questions, a neighbour of the new task,
+/// none in its training data), and general-knowledge facts with a number for an answer
+/// ([`crate::facts`]; unrelated to it).
+fn old_tasks() -> Vec<OldTask> {
+    let multiplication = DataConfig {
         train: None,
         test: None,
         arithmetic: Some(ArithmeticData {
@@ -227,11 +237,22 @@ fn old_task() -> DataConfig {
             train_tasks: 1,
             test_tasks: 100,
         }),
-    }
+    };
+    let (_, multiplication) = splits(&multiplication).expect("the multiplication questions");
+    vec![
+        OldTask {
+            name: "multiplication",
+            tasks: multiplication.tasks,
+        },
+        OldTask {
+            name: "facts",
+            tasks: crate::facts::tasks(),
+        },
+    ]
 }
 
 /// Claim 4: learn `a ± b` in the `####` format by SFT on the references, SDFT (the student
-/// shown a demonstration, EMA teacher) and OPD from the SFT teacher; the old task measured
+/// shown a demonstration, EMA teacher) and OPD from the SFT teacher; the old tasks measured
 /// before and after.
 fn forgetting() -> Experiment {
     let (teacher, _) = sft_teacher();
@@ -253,7 +274,7 @@ fn forgetting() -> Experiment {
     Experiment {
         arms,
         target: None,
-        old_task: Some(old_task()),
+        old_tasks: old_tasks(),
     }
 }
 
@@ -271,7 +292,7 @@ fn self_teacher() -> Experiment {
             ),
         ],
         target: None,
-        old_task: None,
+        old_tasks: Vec::new(),
     }
 }
 
@@ -285,6 +306,6 @@ fn diagnostics() -> Experiment {
     Experiment {
         arms,
         target: None,
-        old_task: None,
+        old_tasks: Vec::new(),
     }
 }

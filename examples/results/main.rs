@@ -7,7 +7,7 @@
 //! there with the same config is read, not rerun: arms that experiments share are trained
 //! once), and writes into `docs/results/NAME/`: `table.md` (per arm: held-out accuracy, mean ±
 //! standard deviation over seeds and each seed's; tokens; training seconds; tokens to the
-//! experiment's target; the old task after training for `forgetting`; the diagnostics'
+//! experiment's target; the old tasks after training for `forgetting`; the diagnostics'
 //! first and last steps and the collapse watch's warnings), `curves.png`/`.svg` (mean held-out
 //! accuracy against generated tokens and against training seconds), and each run's exact
 //! `config.toml` and `metrics.jsonl` (with `runs/all.png`, every run's panels). Every number
@@ -17,6 +17,7 @@
 //! model, data, held-out questions and budget are the same for every arm.
 
 mod experiments;
+mod facts;
 mod report;
 mod runs;
 
@@ -27,7 +28,7 @@ use opd_cli::plot::{Curves, write_curves};
 use opd_cli::record::Record;
 
 use experiments::{NAMES, Target, experiment};
-use report::{Goal, OldTask, plot, table};
+use report::{Goal, plot, table};
 use runs::{Finished, RUNS, accuracy_on, finished, mean_and_spread, with_budget};
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -64,13 +65,14 @@ fn main() {
     };
     let out = Path::new("docs/results").join(name);
     std::fs::create_dir_all(out.join("runs")).expect("docs/results");
-    let old = experiment.old_task.as_ref().map(|data| OldTask {
-        before: accuracy_on(
-            Path::new(MODEL),
-            data,
-            &Path::new(RUNS).join("base-old-task.txt"),
-        ),
-    });
+    let old: Vec<(&str, f64)> = experiment
+        .old_tasks
+        .iter()
+        .map(|old| {
+            let cache = Path::new(RUNS).join(format!("base-old-task-{}.txt", old.name));
+            (old.name, accuracy_on(Path::new(MODEL), &old.tasks, &cache))
+        })
+        .collect();
     let mut results: Vec<(&str, Vec<Finished>)> = Vec::new();
     for arm in &experiment.arms {
         let mut arm_runs = Vec::new();
@@ -85,12 +87,10 @@ fn main() {
                 arm.eval_every,
             );
             let mut run = finished(&format!("{} seed {seed}", arm.label), &config);
-            if let Some(data) = &experiment.old_task {
-                run.old_task = Some(accuracy_on(
-                    &dir.join("final"),
-                    data,
-                    &dir.join("old-task.txt"),
-                ));
+            for old in &experiment.old_tasks {
+                let cache = dir.join(format!("old-task-{}.txt", old.name));
+                let after = accuracy_on(&dir.join("final"), &old.tasks, &cache);
+                run.old_tasks.push(after);
             }
             let kept = out.join("runs").join(&slug);
             std::fs::create_dir_all(&kept).expect("a results folder");
@@ -123,7 +123,7 @@ fn main() {
         }
     });
     let command = format!("cargo run --release --example results -- {name} {seeds} {budget}");
-    let table = table(&command, goal.as_ref(), old.as_ref(), &results);
+    let table = table(&command, goal.as_ref(), &old, &results);
     std::fs::write(out.join("table.md"), &table).expect("table.md");
     println!("\n{table}");
     plot(&out.join("curves"), &results).expect("the curves");

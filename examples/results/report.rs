@@ -15,11 +15,6 @@ pub struct Goal {
     pub text: String,
 }
 
-/// The old task's accuracy before training, for forgetting.
-pub struct OldTask {
-    pub before: f64,
-}
-
 /// `f(step)` averaged over the first and over the last `EDGE` steps of each run, then over the
 /// runs; `None` when no step has it.
 fn first_and_last(
@@ -52,16 +47,11 @@ fn arrow(pair: Option<(f64, f64)>, digits: usize) -> String {
 }
 
 /// The Markdown table of an experiment: per arm, final held-out accuracy (mean ± sd, per
-/// seed), tokens and training seconds, tokens to the target, the old task after training, and
+/// seed), tokens and training seconds, tokens to the target, each old task after training, and
 /// the diagnostics over the first and last three steps (student entropy, mean per-token
 /// divergence to the teacher, top-k overlap, the shared set's mass under the teacher) with the
 /// collapse watch's warnings.
-pub fn table(
-    command: &str,
-    goal: Option<&Goal>,
-    old: Option<&OldTask>,
-    results: &Results,
-) -> String {
+pub fn table(command: &str, goal: Option<&Goal>, old: &[(&str, f64)], results: &Results) -> String {
     let mut text = format!("`{command}`\n\n");
     if let Some(goal) = goal {
         text += &format!("{} ", goal.text);
@@ -77,8 +67,8 @@ pub fn table(
         "Before training (the base model: LoRA starts at zero): {:.2}",
         mean_and_spread(&before).0
     );
-    if let Some(old) = old {
-        text += &format!("; on the old task {:.2}", old.before);
+    for (name, before) in old {
+        text += &format!("; on the old task {name} {before:.2}");
     }
     text +=
         ".\n\n| arm | held-out accuracy (mean ± sd) | per seed | tokens (mean) | train s (mean) |";
@@ -87,8 +77,8 @@ pub fn table(
         text += " tokens to the target (per seed) |";
         columns += 1;
     }
-    if old.is_some() {
-        text += " old task after (mean ± sd) | per seed |";
+    for (name, _) in old {
+        text += &format!(" {name} after (mean ± sd) | per seed |");
         columns += 2;
     }
     text += " entropy (first → last steps) | divergence to the teacher | top-k overlap | shared mass, teacher | collapse warnings (runs) |\n";
@@ -114,8 +104,8 @@ pub fn table(
                 .collect();
             text += &format!(" {} |", reached.join(", "));
         }
-        if old.is_some() {
-            let after: Vec<f64> = runs.iter().filter_map(|r| r.old_task).collect();
+        for i in 0..old.len() {
+            let after: Vec<f64> = runs.iter().map(|r| r.old_tasks[i]).collect();
             let (m, s) = mean_and_spread(&after);
             let each: Vec<String> = after.iter().map(|a| format!("{a:.2}")).collect();
             text += &format!(" {m:.3} ± {s:.3} | {} |", each.join(", "));

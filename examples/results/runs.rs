@@ -5,12 +5,13 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use opd_cli::RunConfig;
-use opd_cli::config::{Budget, DataConfig, EnvironmentConfig};
+use opd_cli::config::{Budget, EnvironmentConfig};
 use opd_cli::folder::{METRICS, read_metrics};
 use opd_cli::record::{EvalRecord, Record};
 use opd_cli::run::train;
-use opd_cli::setup::{environment, splits};
+use opd_cli::setup::environment;
 use opd_rollout::SamplingParams;
+use opd_tasks::Task;
 use opd_trainers::StepMetrics;
 
 type Backend = Autodiff<Flex>;
@@ -24,8 +25,8 @@ pub struct Finished {
     pub records: Vec<Record>,
     /// Training seconds (the steps' phases, evaluations left out).
     pub seconds: f64,
-    /// Held-out accuracy on the experiment's old task after training (forgetting).
-    pub old_task: Option<f64>,
+    /// Accuracy on each of the experiment's old tasks after training (forgetting).
+    pub old_tasks: Vec<f64>,
 }
 
 impl Finished {
@@ -119,22 +120,21 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
     let mut run = Finished {
         records,
         seconds: 0.0,
-        old_task: None,
+        old_tasks: Vec::new(),
     };
     run.seconds = run.seconds_at(usize::MAX);
     run
 }
 
-/// Greedy accuracy of the model at `model` on `data`'s held-out questions (answers of at
-/// most 64 tokens, as the runs' own evaluations), cached in `cache` (one number).
-pub fn accuracy_on(model: &Path, data: &DataConfig, cache: &Path) -> f64 {
+/// Greedy accuracy of the model at `model` on `tasks` (answers of at most 64 tokens, as the
+/// runs' own evaluations), graded by their final number; cached in `cache` (one number).
+pub fn accuracy_on(model: &Path, tasks: &[Task], cache: &Path) -> f64 {
     if let Some(a) = std::fs::read_to_string(cache)
         .ok()
         .and_then(|t| t.trim().parse().ok())
     {
         return a;
     }
-    let (_, test) = splits(data).expect("the old task's questions");
     let env = environment(EnvironmentConfig::Math).expect("the math environment");
     let (policy, tokenizer) =
         opd_policy::load::<Flex>(model, &Default::default()).expect("the trained model");
@@ -142,7 +142,7 @@ pub fn accuracy_on(model: &Path, data: &DataConfig, cache: &Path) -> f64 {
         &policy,
         &tokenizer,
         &*env,
-        &test.tasks,
+        tasks,
         &SamplingParams::greedy(64),
     )
     .expect("the old task evaluates");
