@@ -98,6 +98,11 @@ pub fn run_file(path: &str) -> RunConfig {
 /// Trains `config` unless its folder holds a finished run of the same config; returns what
 /// the run left.
 pub fn finished(label: &str, config: &RunConfig) -> Finished {
+    // The checks `opd train` makes of a run file: a saved config that does not pass them would
+    // never compare equal, and the run would be trained again each time.
+    config
+        .check()
+        .unwrap_or_else(|problem| panic!("{label}: {problem}"));
     let dir = &config.output.dir;
     let saved = RunConfig::from_file(dir.join("config.toml")).ok();
     let done = dir.join("final").is_dir() && saved.as_ref() == Some(config);

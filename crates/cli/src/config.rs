@@ -22,8 +22,9 @@ use crate::error::{CliError, Result};
 pub struct RunConfig {
     /// The student.
     pub model: ModelSource,
-    /// OPD's teacher: a model to load, or a server to ask (required for `method = "opd"`,
-    /// refused otherwise).
+    /// OPD's teacher, or for OPSD, SDFT and SDPO the model that reads the privileged context
+    /// in place of the self-teacher: a model to load, or a server to ask (required for
+    /// `method = "opd"`, refused by SFT and GRPO).
     #[serde(default)]
     pub teacher: Option<TeacherSource>,
     /// Several named teachers in place of `teacher` (OPD): each task is scored by the one its
@@ -458,6 +459,7 @@ impl RunConfig {
                     .into(),
             );
         }
+        let reads = method.needs_teacher_model() || method.reads_privileged_context();
         match (&self.teacher, method.needs_teacher_model()) {
             (None, true) => {
                 return Err(format!(
@@ -465,13 +467,13 @@ impl RunConfig {
                     method.name()
                 ));
             }
-            (Some(_), false) => {
+            (Some(_), _) if !reads => {
                 return Err(format!(
-                    "`teacher` is only read by method = \"opd\" (this run is {}); the self-distillation methods use the student itself",
+                    "`teacher` is read by method = \"opd\" (its teacher) and by opsd, sdft and sdpo (the model that reads the privileged context in place of the self-teacher); this run is {}",
                     self.train.objective.name()
                 ));
             }
-            (Some(teacher), true) => check_teacher(teacher)?,
+            (Some(teacher), _) => check_teacher(teacher)?,
             (None, false) => {}
         }
         Ok(())
@@ -652,6 +654,31 @@ objective = { method = "grpo", group_size = 4 }
         assert!(error.contains("http://HOST:PORT"), "{error}");
         let error = with("[teacher]\npath = \"t.gguf\"\nwait_seconds = 3\n").unwrap_err();
         assert!(error.contains("served teacher"), "{error}");
+    }
+
+    /// A `[teacher]` is OPD's teacher or the privileged reader of OPSD, SDFT and SDPO (as
+    /// `TrainerBuilder::teacher` takes it); SFT and GRPO, which read no teacher, refuse it.
+    #[test]
+    fn a_teacher_is_read_by_opd_and_the_self_distillation_methods_only() {
+        let teacher = "[teacher]\npath = \"t.gguf\"\n";
+        for (objective, accepted) in [
+            ("{ method = \"opd\" }", true),
+            ("{ method = \"opsd\" }", true),
+            ("{ method = \"sdft\" }", true),
+            ("{ method = \"sdpo\", group_size = 4 }", true),
+            ("{ method = \"sft\" }", false),
+            ("{ method = \"grpo\", group_size = 4 }", false),
+        ] {
+            let text = RUN.replace("{ method = \"grpo\", group_size = 4 }", objective) + teacher;
+            let parsed = RunConfig::parse(&text, Path::new("run.toml"));
+            match accepted {
+                true => assert!(parsed.is_ok(), "{objective}: {:?}", parsed.err()),
+                false => {
+                    let error = parsed.unwrap_err().to_string();
+                    assert!(error.contains("privileged context"), "{objective}: {error}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -243,6 +243,12 @@ pub trait MethodSettings {
         false
     }
 
+    /// Whether a teacher model, when given, reads the privileged context in place of the
+    /// self-teacher (OPSD, SDFT, SDPO: `[teacher]` in a run file). Default false.
+    fn reads_privileged_context(&self) -> bool {
+        false
+    }
+
     /// Checks the settings, and the sampling they need; errors name the field.
     fn validate(&self, sampling: &SamplingConfig) -> Result<()>;
 }

@@ -73,6 +73,10 @@ impl MethodSettings for OpsdConfig {
         "opsd"
     }
 
+    fn reads_privileged_context(&self) -> bool {
+        true
+    }
+
     fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
         unit("objective.beta", self.beta)?;
         if let Some(clip) = self.token_clip {

@@ -48,6 +48,10 @@ impl MethodSettings for SdftConfig {
         "sdft"
     }
 
+    fn reads_privileged_context(&self) -> bool {
+        true
+    }
+
     fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
         teacher_weights("objective.teacher", self.teacher)?;
         positive("objective.temperature", self.temperature)?;

@@ -71,6 +71,10 @@ impl MethodSettings for SdpoConfig {
         "sdpo"
     }
 
+    fn reads_privileged_context(&self) -> bool {
+        true
+    }
+
     fn group_size(&self) -> usize {
         self.group_size
     }
