@@ -105,9 +105,9 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
         .unwrap_or_else(|problem| panic!("{label}: {problem}"));
     let dir = &config.output.dir;
     let saved = RunConfig::from_file(dir.join("config.toml")).ok();
-    let done = dir.join("final").is_dir() && saved.as_ref() == Some(config);
-    if !done {
-        if saved.is_some() && saved.as_ref() != Some(config) {
+    let same = saved.as_ref() == Some(config);
+    if !(same && dir.join("final").is_dir()) {
+        if saved.is_some() && !same {
             println!("  {} holds another config: trained again", dir.display());
         }
         let _ = std::fs::remove_dir_all(dir);
