@@ -7,14 +7,24 @@
 //! (the same computation as the PyTorch script's), tokens/s (`B·T` per step) and the peak
 //! resident memory. AdamW runs with burn's defaults (weight decay 1e-4), learning rate 1e-5.
 //!
-//! usage: peer_sft_step BATCH SEQ_LEN [STEPS]
+//! The NLL reads the final hidden states through the output head fused with the log-probs
+//! (`sequence_log_probs_from_hidden`, what the trainers do), or with `logits` as the fourth
+//! argument through the whole `[B, T − 1, V]` logits (the unfused path, for comparison).
+//!
+//! With a fifth argument `VOCAB`, the model is SmolLM2's shape with a vocabulary of `VOCAB`
+//! tokens and random weights (151936: Qwen3's vocabulary), for the memory of a large head.
+//!
+//! With `OPD_LORA_RANK=r` in the environment, only LoRA adapters of rank `r` on every
+//! projection train (the head stays frozen).
+//!
+//! usage: peer_sft_step BATCH SEQ_LEN [STEPS] [fused|logits] [VOCAB]
 
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use opd_divergences::sampled::sequence_log_probs;
-use opd_policy::{Llama, Policy, SequenceBatch};
+use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
+use opd_policy::{Llama, LoraConfig, LoraTarget, Policy, SequenceBatch};
 
 #[path = "peak_rss.rs"]
 mod peak_rss;
@@ -33,15 +43,30 @@ fn row(b: usize, len: usize, vocab: usize) -> Vec<u32> {
 
 fn main() {
     opd_policy::allocator::tune();
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
-    let (batch, len) = (args[0], args[1]);
-    let steps = args.get(2).copied().unwrap_or(3);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| {
+        args.get(i).map_or(default, |a| {
+            a.parse().expect("BATCH SEQ_LEN [STEPS] are numbers")
+        })
+    };
+    let (batch, len, steps) = (number(0, 2), number(1, 128), number(2, 3));
+    let fused = args.get(3).is_none_or(|mode| mode != "logits");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
     let (mut model, _) =
         opd_policy::load::<A>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
+    if let Some(vocab) = args.get(4) {
+        let mut config = model.config.clone();
+        config.vocab_size = vocab.parse().expect("VOCAB is a number");
+        model = Llama::init(&config, 0, &Default::default());
+    }
+    if let Ok(rank) = std::env::var("OPD_LORA_RANK") {
+        model = model.with_lora(&LoraConfig {
+            rank: rank.parse().expect("OPD_LORA_RANK is a number"),
+            alpha: 32.0,
+            targets: LoraTarget::ALL.to_vec(),
+            seed: 0,
+        });
+    }
     let vocab = model.vocab_size();
     let rows: Vec<Vec<u32>> = (0..batch).map(|b| row(b, len, vocab)).collect();
     let sequences = SequenceBatch::new(
@@ -58,9 +83,17 @@ fn main() {
     let (mut forward, mut backward, mut optim, mut loss_value) = (0.0, 0.0, 0.0, 0.0);
     for step in 0..=steps {
         let started = Instant::now();
-        let logits = model.response_logits(&sequences).unwrap();
-        let log_probs =
-            sequence_log_probs(logits, ids.clone(), mask.clone(), 1.0, 32).expect("log-probs");
+        let log_probs = if fused {
+            let hidden = model.response_hidden(&sequences).unwrap();
+            let head = model
+                .output_head()
+                .expect("SmolLM2's head is its embedding");
+            sequence_log_probs_from_hidden(hidden, head, ids.clone(), mask.clone(), 1.0)
+        } else {
+            let logits = model.response_logits(&sequences).unwrap();
+            sequence_log_probs(logits, ids.clone(), mask.clone(), 1.0, 32)
+        }
+        .expect("log-probs");
         let loss = log_probs.sum().neg() / sequences.response_tokens() as f64;
         let t_forward = started.elapsed().as_secs_f64();
         let started = Instant::now();
@@ -84,7 +117,7 @@ fn main() {
     }
     let total = forward + backward + optim;
     println!(
-        "{{\"batch\": {batch}, \"seq_len\": {len}, \"forward_s\": {forward:.3}, \
+        "{{\"batch\": {batch}, \"seq_len\": {len}, \"fused\": {fused}, \"forward_s\": {forward:.3}, \
          \"backward_s\": {backward:.3}, \"optimizer_s\": {optim:.3}, \"step_s\": {total:.3}, \
          \"tok_s\": {:.1}, \"loss\": {loss_value:.4}, \"peak_mb\": {:.0}}}",
         (batch * len) as f64 / total,

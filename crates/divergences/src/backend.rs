@@ -18,6 +18,7 @@ use burn::tensor::{backend::Backend, ops::FloatTensor, ops::IntTensor};
 use crate::buckets::TeacherLogits;
 use crate::chunks::Rows;
 use crate::generic;
+use crate::head;
 use crate::kind::DivergenceOptions;
 
 /// A backend that can evaluate divergences over logits row by row.
@@ -85,6 +86,23 @@ pub trait DivergenceBackend: Backend {
             grad_out,
         )
     }
+
+    /// `log softmax(h·Wᵀ / τ)[id]` at each selected row of final hidden states `h` `[N, d]`
+    /// with the output head `W` `[V, d]` and ids `[N]`: output `[rows.count(N)]`. The logits
+    /// are formed `block_rows` selected rows at a time, in the forward and the backward
+    /// (`O(block_rows · V)` memory), on every backend through its own matmul and
+    /// [`DivergenceBackend::token_log_probs`]. Inputs are validated by
+    /// [`crate::sampled::sequence_log_probs_from_hidden`], not here.
+    fn head_token_log_probs(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        rows: &Rows,
+        temperature: f64,
+        block_rows: usize,
+    ) -> FloatTensor<Self> {
+        head::forward::<Self>(hidden, weight, ids, rows, temperature, block_rows, false).0
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -141,7 +159,118 @@ impl<B: DivergenceBackend> Backward<B, 1> for TokenLogProbBackward {
     }
 }
 
+/// What the fused head's backward reads.
+#[derive(Debug, Clone)]
+enum HeadState<B: DivergenceBackend> {
+    /// `W` frozen: `u = ∂value/∂h` per selected row, from the forward.
+    Unit {
+        unit: FloatTensor<B>,
+        rows: Rows,
+        total: usize,
+    },
+    /// `W` trains: what forming the logits again needs.
+    Recompute {
+        hidden: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        ids: IntTensor<B>,
+        rows: Rows,
+        temperature: f64,
+        block_rows: usize,
+        values: FloatTensor<B>,
+    },
+}
+
+#[derive(Debug)]
+struct HeadBackward;
+
+impl<B: DivergenceBackend> Backward<B, 2> for HeadBackward {
+    type State = HeadState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [hidden_parent, weight_parent] = ops.parents;
+        let grad_out = grads.consume::<B>(&ops.node);
+        let (dh, dw) = match ops.state {
+            HeadState::Unit { unit, rows, total } => (
+                head::backward_from_unit::<B>(unit, &rows, total, grad_out),
+                None,
+            ),
+            HeadState::Recompute {
+                hidden,
+                weight,
+                ids,
+                rows,
+                temperature,
+                block_rows,
+                values,
+            } => head::backward_recomputed::<B>(
+                hidden,
+                weight,
+                ids,
+                &rows,
+                temperature,
+                block_rows,
+                values,
+                grad_out,
+                weight_parent.is_some(),
+            ),
+        };
+        if let Some(node) = hidden_parent {
+            grads.register::<B>(node.id, dh);
+        }
+        if let (Some(node), Some(dw)) = (weight_parent, dw) {
+            grads.register::<B>(node.id, dw);
+        }
+    }
+}
+
 impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff<B, C> {
+    fn head_token_log_probs(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        rows: &Rows,
+        temperature: f64,
+        block_rows: usize,
+    ) -> FloatTensor<Self> {
+        let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
+        let unit = weight.node.requirement.is_none() && !hidden.node.requirement.is_none();
+        let (values, unit) = head::forward::<B>(
+            hidden.primitive.clone(),
+            weight.primitive.clone(),
+            ids.clone(),
+            rows,
+            temperature,
+            block_rows,
+            unit,
+        );
+        match HeadBackward
+            .prepare::<C>([hidden.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = match unit {
+                    Some(unit) => HeadState::Unit {
+                        unit,
+                        rows: rows.clone(),
+                        total,
+                    },
+                    None => HeadState::Recompute {
+                        hidden: hidden.primitive,
+                        weight: weight.primitive,
+                        ids,
+                        rows: rows.clone(),
+                        temperature,
+                        block_rows,
+                        values: values.clone(),
+                    },
+                };
+                prep.finish(state, values)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(values),
+        }
+    }
+
     fn divergence_rows(
         student: FloatTensor<Self>,
         teacher: &TeacherLogits<Self>,

@@ -45,6 +45,7 @@ mod error;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod generic;
+mod head;
 mod kind;
 mod loss;
 mod positions;

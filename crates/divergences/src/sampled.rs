@@ -87,6 +87,46 @@ pub fn sequence_log_probs<B: DivergenceBackend>(
     Ok(scatter_rows(values, &rows, batch, time))
 }
 
+/// `log p(ŷ_{b,t})` with `p = softmax(h_{b,t}·Wᵀ / τ)` from final hidden states `hidden`
+/// `[B, T, d]` and the output head `head` `[V, d]`, for ids `[B, T]`: output `[B, T]`, zero where
+/// `mask` is false. The same values as [`sequence_log_probs`] of `hidden·headᵀ`, but the logits
+/// are formed a block of rows at a time (128 MB each) in the forward and the backward and
+/// never as one `[B, T, V]` tensor: the output head fused with the loss. The gradient reaches
+/// `hidden` and, when it trains, `head` (a tied embedding).
+pub fn sequence_log_probs_from_hidden<B: DivergenceBackend>(
+    hidden: Tensor<B, 3>,
+    head: Tensor<B, 2>,
+    ids: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2, Bool>,
+    temperature: f64,
+) -> Result<Tensor<B, 2>> {
+    let temperature = check::positive("temperature", temperature)?;
+    let [batch, time, width] = hidden.dims();
+    let [vocab, head_width] = head.dims();
+    check::non_empty("hidden states", &[batch, time, width])?;
+    check::non_empty("output head", &[vocab, head_width])?;
+    check::same_shape("output head", &[vocab, width], &[vocab, head_width])?;
+    check::same_shape("token ids", &[batch, time], &ids.dims())?;
+    check::same_shape("mask", &[batch, time], &mask.dims())?;
+    check::ids_in_vocab(&ids, vocab)?;
+    let rows = check::mask_rows(&mask)?;
+    let values = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(
+        B::head_token_log_probs(
+            hidden
+                .reshape([batch * time, width])
+                .into_primitive()
+                .tensor(),
+            head.into_primitive().tensor(),
+            ids.reshape([batch * time]).into_primitive(),
+            &rows,
+            temperature,
+            crate::head::rows_per_block(vocab),
+        ),
+    ));
+    check::finite("token log-prob", &values)?;
+    Ok(scatter_rows(values, &rows, batch, time))
+}
+
 /// What a [`SampledTokenLoss`] minimizes at each token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampledObjective {

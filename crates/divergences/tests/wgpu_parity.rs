@@ -62,3 +62,45 @@ fn token_log_probs_match_flex_on_wgpu() {
     let gpu = token_log_probs(z.tensor::<G>(), int_tensor::<G, 1>(ids, [5]), 1.0, 2).unwrap();
     assert_close("token log-probs", &to_vec(gpu), &to_vec(flex), 1e-5, 1e-5);
 }
+
+/// The fused head's values and gradients (to the hidden states and to a head that trains), on
+/// one backend.
+fn fused_head<BK: burn::tensor::backend::AutodiffBackend + opd_divergences::DivergenceBackend>(
+    h: &Mat,
+    w: &Mat,
+    ids: &[i64],
+    mask: [[i64; 4]; 3],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    use opd_divergences::sampled::sequence_log_probs_from_hidden;
+    let device = Default::default();
+    let hidden = h.tensor::<BK>().reshape([3, 4, h.cols]).require_grad();
+    let head = w.tensor::<BK>().require_grad();
+    let mask = burn::tensor::Tensor::<BK, 2, burn::tensor::Int>::from_ints(mask, &device).bool();
+    let lp = sequence_log_probs_from_hidden(
+        hidden.clone(),
+        head.clone(),
+        int_tensor::<BK, 2>(ids.to_vec(), [3, 4]),
+        mask,
+        0.9,
+    )
+    .unwrap();
+    let grads = lp.clone().sum().backward();
+    (
+        to_vec(lp),
+        to_vec(hidden.grad(&grads).unwrap()),
+        to_vec(head.grad(&grads).unwrap()),
+    )
+}
+
+#[test]
+fn fused_head_matches_flex_on_wgpu() {
+    let h = Mat::random(12, 16, 1.0, 5);
+    let w = Mat::random(300, 16, 1.0, 6);
+    let ids = [0, 299, 5, 7, 8, 150, 2, 2, 9, 10, 11, 12];
+    let mask = [[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]];
+    let flex = fused_head::<B>(&h, &w, &ids, mask);
+    let gpu = fused_head::<G>(&h, &w, &ids, mask);
+    assert_close("fused head values", &gpu.0, &flex.0, 1e-5, 1e-4);
+    assert_close("fused head ∂/∂h", &gpu.1, &flex.1, 1e-5, 1e-4);
+    assert_close("fused head ∂/∂W", &gpu.2, &flex.2, 1e-5, 1e-4);
+}

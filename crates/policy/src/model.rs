@@ -250,6 +250,17 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The output head as a `[V, d]` matrix `W` with `project(h) = h·Wᵀ`: the tied embedding,
+    /// or `lm_head`'s weight transposed (a view); `None` when `lm_head` has a bias. A loss that
+    /// fuses the head (`opd_divergences::sampled::sequence_log_probs_from_hidden`) reads it.
+    pub fn output_head(&self) -> Option<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(head) if head.bias.is_some() => None,
+            Some(head) => Some(head.weight.val().transpose()),
+            None => Some(self.embed_tokens.weight.val()),
+        }
+    }
+
     /// An empty KV cache for rows with the given left padding.
     pub fn new_cache(&self, padding: Vec<usize>) -> KvCache<B> {
         KvCache::new(self.layers.len(), padding)

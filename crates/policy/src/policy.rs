@@ -42,6 +42,12 @@ pub trait Policy<B: Backend>: Module<B> {
     /// The output projection `[B, T, d] → [B, T, V]`.
     fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
 
+    /// The output head as a `[V, d]` matrix `W` when the projection is `h·Wᵀ` (no bias), for
+    /// losses that form the logits a block of rows at a time instead of `project`ing all.
+    fn output_head(&self) -> Option<Tensor<B, 2>> {
+        None
+    }
+
     /// An empty KV cache for rows with the given left padding.
     fn new_cache(&self, padding: Vec<usize>) -> KvCache<B>;
 
@@ -97,6 +103,10 @@ impl<B: Backend> Policy<B> for Llama<B> {
 
     fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         Llama::project(self, hidden)
+    }
+
+    fn output_head(&self) -> Option<Tensor<B, 2>> {
+        Llama::output_head(self)
     }
 
     fn new_cache(&self, padding: Vec<usize>) -> KvCache<B> {

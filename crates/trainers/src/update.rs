@@ -1,16 +1,18 @@
 //! The loss stage: forward, loss and backward of each micro-batch of a mini-batch, the
 //! gradients accumulated.
 
+use std::cell::OnceCell;
+
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
-use opd_divergences::sampled::sequence_log_probs;
+use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
 use opd_policy::{Llama, Policy};
 
 use crate::diagnostics::host;
 use crate::error::Result;
-use crate::method::Forward;
+use crate::method::{Forward, project};
 use crate::micro::Micro;
 use crate::objectives::importance_ratio;
 use crate::telemetry::{RowTeachers, Telemetry};
@@ -85,6 +87,26 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
     })
 }
 
+/// Logits a micro-batch may form whole when the head trains: 256 MB of f32.
+const FORMED_LOGITS_LIMIT: usize = 1 << 26;
+
+/// Whether the log-probs come through the output head fused with the log-softmax
+/// (`sequence_log_probs_from_hidden`: no `[m, R, V]` logits or gradient) rather than from
+/// formed logits. Not when the loss reads the logits anyway. A frozen head (LoRA) always fuses:
+/// the forward also forms `∂value/∂h`, so the products are the unfused ones. A head that trains
+/// (a tied embedding under full fine-tuning) forms its blocks' logits again in the backward, one
+/// more product of `[rows, d] × [d, V]` (1–7 % of an SFT step of SmolLM2), so it fuses only
+/// when the logits would pass [`FORMED_LOGITS_LIMIT`].
+fn fuse_head<B: AutodiffBackend>(
+    hidden: &Tensor<B, 3>,
+    head: &Tensor<B, 2>,
+    reads_logits: bool,
+) -> bool {
+    let [m, r, _] = hidden.dims();
+    let logits = m * r * head.dims()[0];
+    !reads_logits && (!head.is_require_grad() || logits > FORMED_LOGITS_LIMIT)
+}
+
 /// One micro-batch's share of the mini-batch loss (with graph) and its value.
 fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     student: &Llama<B>,
@@ -93,15 +115,35 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     settings: LossSettings,
     telemetry: &mut Telemetry,
 ) -> Result<(Tensor<B, 1>, f64)> {
-    let logits = student.response_logits(&micro.batch)?;
-    let ids = micro.batch.response_ids::<B>(&logits.device());
-    let log_probs = sequence_log_probs(
-        logits.clone(),
-        ids.clone(),
-        micro.response_mask.clone(),
-        1.0,
-        settings.chunk,
-    )?;
+    let hidden = student.response_hidden(&micro.batch)?;
+    let ids = micro.batch.response_ids::<B>(&hidden.device());
+    let head = student.output_head();
+    let logits = OnceCell::new();
+    let log_probs = match &head {
+        Some(head) if fuse_head(&hidden, head, micro.prepared.targets.reads_logits()) => {
+            sequence_log_probs_from_hidden(
+                hidden.clone(),
+                head.clone(),
+                ids.clone(),
+                micro.response_mask.clone(),
+                1.0,
+            )?
+        }
+        _ => {
+            let formed = match &head {
+                Some(head) => project(hidden.clone(), head.clone()),
+                None => student.project(hidden.clone()),
+            };
+            let _ = logits.set(formed.clone());
+            sequence_log_probs(
+                formed,
+                ids.clone(),
+                micro.response_mask.clone(),
+                1.0,
+                settings.chunk,
+            )?
+        }
+    };
     let ratio_host = if settings.sampled {
         host(importance_ratio(log_probs.clone(), micro.old.clone()).inner())
     } else {
@@ -111,11 +153,9 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         of_row: micro.prepared.targets.teacher_of_rows(),
         width: micro.batch.response_width(),
     };
-    if let Some(k) = settings.diagnose {
-        let teacher = micro.prepared.targets.teacher();
-        telemetry.diagnose::<B>(logits.clone().inner(), teacher, &micro.counted, k, rows);
-    }
     let forward = Forward {
+        hidden,
+        head,
         logits,
         log_probs,
         old: micro.old.clone(),
@@ -126,6 +166,15 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         ratio_host,
         chunk: settings.chunk,
     };
+    if let Some(k) = settings.diagnose {
+        // No graph: the logits the loss formed, or a projection of the hidden states.
+        let no_grad = match (forward.logits.get(), &forward.head) {
+            (None, Some(head)) => project(forward.hidden.clone().inner(), head.clone().inner()),
+            _ => forward.logits().inner(),
+        };
+        let teacher = micro.prepared.targets.teacher();
+        telemetry.diagnose::<B>(no_grad, teacher, &micro.counted, k, rows);
+    }
     let loss = micro.prepared.targets.loss(&forward)?;
     let parts: Vec<Tensor<B, 1>> = loss
         .parts

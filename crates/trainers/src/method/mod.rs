@@ -26,7 +26,9 @@ mod sft;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Int, Tensor};
-use opd_divergences::sampled::sequence_log_probs;
+use std::cell::OnceCell;
+
+use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
 use opd_divergences::{DistillationLoss, DivergenceBackend, DivergenceOptions};
 use opd_policy::{ChatTokenizer, Llama, SequenceBatch};
 use opd_tasks::Task;
@@ -153,9 +155,20 @@ impl<B: AutodiffBackend + DivergenceBackend> Prepared<B> {
 }
 
 /// The student's side of one micro-batch's loss, with graph.
+///
+/// The response logits `[m, R, V]` are formed only when a loss reads them
+/// ([`Forward::logits`]); the log-probs of the sampled tokens come from the final hidden
+/// states through the output head fused with the log-softmax, a block of rows at a time
+/// (`opd_divergences::sampled::sequence_log_probs_from_hidden`), unless the logits were
+/// formed for the step anyway ([`Targets::reads_logits`]).
 pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
-    /// Response logits `[m, R, V]`.
-    pub logits: Tensor<B, 3>,
+    /// Final hidden states at the response positions `[m, R, d]`.
+    pub(crate) hidden: Tensor<B, 3>,
+    /// The output head `[V, d]` (`logits = hidden · headᵀ`); `None` when the head is not a
+    /// plain product, and the logits were formed up front.
+    pub(crate) head: Option<Tensor<B, 2>>,
+    /// The response logits, once formed.
+    pub(crate) logits: OnceCell<Tensor<B, 3>>,
     /// `log π_θ(ŷ_t)` at τ = 1 `[m, R]`.
     pub log_probs: Tensor<B, 2>,
     /// `log π_old(ŷ_t)` `[m, R]` (the sampler's; no gradient).
@@ -174,19 +187,54 @@ pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
     pub chunk: usize,
 }
 
+/// `hidden · headᵀ`: `[m, R, d] × [V, d] → [m, R, V]`, as one 2-D product.
+pub(crate) fn project<B: burn::tensor::backend::Backend>(
+    hidden: Tensor<B, 3>,
+    head: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [m, r, d] = hidden.dims();
+    let vocab = head.dims()[0];
+    hidden
+        .reshape([m * r, d])
+        .matmul(head.transpose())
+        .reshape([m, r, vocab])
+}
+
 impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
+    /// The response logits `[m, R, V]` with graph, formed on first use.
+    pub fn logits(&self) -> Tensor<B, 3> {
+        self.logits
+            .get_or_init(|| {
+                let head = self
+                    .head
+                    .clone()
+                    .expect("logits without a head are formed up front");
+                project(self.hidden.clone(), head)
+            })
+            .clone()
+    }
+
     /// `log softmax(z_θ / τ)[ŷ_t]` `[m, R]`, with gradient (τ = 1: [`Self::log_probs`]).
     pub fn log_probs_at(&self, temperature: f64) -> Result<Tensor<B, 2>> {
         if temperature == 1.0 {
             return Ok(self.log_probs.clone());
         }
-        Ok(sequence_log_probs(
-            self.logits.clone(),
-            self.ids.clone(),
-            self.response_mask.clone(),
-            temperature,
-            self.chunk,
-        )?)
+        match (&self.head, self.logits.get()) {
+            (Some(head), None) => Ok(sequence_log_probs_from_hidden(
+                self.hidden.clone(),
+                head.clone(),
+                self.ids.clone(),
+                self.response_mask.clone(),
+                temperature,
+            )?),
+            _ => Ok(sequence_log_probs(
+                self.logits(),
+                self.ids.clone(),
+                self.response_mask.clone(),
+                temperature,
+                self.chunk,
+            )?),
+        }
     }
 
     /// A divergence to `teacher` (full logits or a top-k) per token `[m, R]`, with gradient,
@@ -202,7 +250,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
             .with_temperature(temperature)
             .with_chunk_size(self.chunk);
         let out = DistillationLoss::new(options).forward(
-            self.logits.clone(),
+            self.logits(),
             teacher,
             self.loss_mask.clone(),
         )?;
@@ -252,6 +300,13 @@ pub struct Clipped {
 pub trait Targets<B: AutodiffBackend + DivergenceBackend> {
     /// The loss of the micro-batch on the student's forward, with graph.
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>>;
+
+    /// Whether [`Targets::loss`] reads the student's full logits (a divergence over the
+    /// vocabulary or a top-k): the step then forms them once and takes the log-probs from
+    /// them, instead of fusing the output head with the log-probs. Only speed depends on it.
+    fn reads_logits(&self) -> bool {
+        false
+    }
 
     /// The teacher's distribution, for the top-k overlap diagnostics (`None` without one).
     fn teacher(&self) -> Option<&TeacherOutput<B>> {
