@@ -101,7 +101,13 @@ pub trait DivergenceBackend: Backend {
         temperature: f64,
         block_rows: usize,
     ) -> FloatTensor<Self> {
-        head::forward::<Self>(hidden, weight, ids, rows, temperature, block_rows, false).0
+        let scored = head::Scored {
+            ids,
+            rows: rows.clone(),
+            temperature,
+            block_rows,
+        };
+        head::forward::<Self>(hidden, weight, &scored, false).0
     }
 }
 
@@ -172,10 +178,7 @@ enum HeadState<B: DivergenceBackend> {
     Recompute {
         hidden: FloatTensor<B>,
         weight: FloatTensor<B>,
-        ids: IntTensor<B>,
-        rows: Rows,
-        temperature: f64,
-        block_rows: usize,
+        scored: head::Scored<B>,
         values: FloatTensor<B>,
     },
 }
@@ -197,18 +200,12 @@ impl<B: DivergenceBackend> Backward<B, 2> for HeadBackward {
             HeadState::Recompute {
                 hidden,
                 weight,
-                ids,
-                rows,
-                temperature,
-                block_rows,
+                scored,
                 values,
             } => head::backward_recomputed::<B>(
                 hidden,
                 weight,
-                ids,
-                &rows,
-                temperature,
-                block_rows,
+                &scored,
                 values,
                 grad_out,
                 weight_parent.is_some(),
@@ -234,13 +231,16 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
     ) -> FloatTensor<Self> {
         let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
         let unit = weight.node.requirement.is_none() && !hidden.node.requirement.is_none();
+        let scored = head::Scored {
+            ids,
+            rows: rows.clone(),
+            temperature,
+            block_rows,
+        };
         let (values, unit) = head::forward::<B>(
             hidden.primitive.clone(),
             weight.primitive.clone(),
-            ids.clone(),
-            rows,
-            temperature,
-            block_rows,
+            &scored,
             unit,
         );
         match HeadBackward
@@ -258,10 +258,7 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
                     None => HeadState::Recompute {
                         hidden: hidden.primitive,
                         weight: weight.primitive,
-                        ids,
-                        rows: rows.clone(),
-                        temperature,
-                        block_rows,
+                        scored,
                         values: values.clone(),
                     },
                 };

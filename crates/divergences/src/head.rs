@@ -43,46 +43,78 @@ fn block_logits<B: DivergenceBackend>(
         .matmul(weight.clone().transpose())
 }
 
+/// What the fused head scores: the ids `[N]`, the selected rows, the temperature and the rows
+/// per block.
+#[derive(Debug, Clone)]
+pub(crate) struct Scored<B: DivergenceBackend> {
+    pub ids: IntTensor<B>,
+    pub rows: Rows,
+    pub temperature: f64,
+    pub block_rows: usize,
+}
+
+impl<B: DivergenceBackend> Scored<B> {
+    /// The blocks over the selected rows of `total`.
+    fn blocks(&self, total: usize) -> Vec<Chunk> {
+        chunks(&self.rows, total, self.block_rows.max(1))
+    }
+
+    /// A block's values from its logits `z` `[rows, V]`: `log softmax(z / τ)[id]`.
+    fn values(&self, block: &Chunk, z: Tensor<B, 2>) -> FloatTensor<B> {
+        B::token_log_probs(
+            primitive(z),
+            self.block_ids(block),
+            &Rows::All,
+            self.temperature,
+            block.len,
+        )
+    }
+
+    /// A block's `g · (onehot(id) − p) / τ` `[rows, V]` from its logits, values and upstream `g`.
+    fn gradient(
+        &self,
+        block: &Chunk,
+        z: Tensor<B, 2>,
+        values: FloatTensor<B>,
+        grad_out: FloatTensor<B>,
+    ) -> Tensor<B, 2> {
+        float(B::token_log_probs_backward(
+            primitive(z),
+            self.block_ids(block),
+            &Rows::All,
+            self.temperature,
+            block.len,
+            values,
+            grad_out,
+        ))
+    }
+
+    fn block_ids(&self, block: &Chunk) -> IntTensor<B> {
+        block
+            .take(Tensor::<B, 1, Int>::from_primitive(self.ids.clone()))
+            .into_primitive()
+    }
+}
+
 /// `log softmax(h·Wᵀ / τ)[id]` at each selected row, `[rows.count(N)]`; with `unit`, also
 /// `u = ∂value/∂h` per selected row, `[rows.count(N), d]`.
 pub(crate) fn forward<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
-    ids: IntTensor<B>,
-    rows: &Rows,
-    temperature: f64,
-    block_rows: usize,
+    scored: &Scored<B>,
     unit: bool,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let hidden = float::<B, 2>(hidden);
     let weight = float::<B, 2>(weight);
-    let ids = Tensor::<B, 1, Int>::from_primitive(ids);
-    let total = hidden.dims()[0];
     let mut values = Vec::new();
     let mut units = Vec::new();
-    for block in chunks(rows, total, block_rows.max(1)) {
+    for block in scored.blocks(hidden.dims()[0]) {
         let z = block_logits(&block, &hidden, &weight);
-        let ids = block.take(ids.clone()).into_primitive();
-        let all = Rows::All;
-        let v = B::token_log_probs(
-            primitive(z.clone()),
-            ids.clone(),
-            &all,
-            temperature,
-            block.len,
-        );
+        let v = scored.values(&block, z.clone());
         if unit {
             let ones = primitive(Tensor::<B, 1>::ones([block.len], &hidden.device()));
-            let dz = B::token_log_probs_backward(
-                primitive(z),
-                ids,
-                &all,
-                temperature,
-                block.len,
-                v.clone(),
-                ones,
-            );
-            units.push(float::<B, 2>(dz).matmul(weight.clone()));
+            let dz = scored.gradient(&block, z, v.clone(), ones);
+            units.push(dz.matmul(weight.clone()));
         }
         values.push(float::<B, 1>(v));
     }
@@ -101,48 +133,41 @@ pub(crate) fn backward_from_unit<B: DivergenceBackend>(
     let unit = float::<B, 2>(unit);
     let [count, d] = unit.dims();
     let scaled = unit * float::<B, 1>(grad_out).unsqueeze_dim(1);
-    match chunks(rows, total, count.max(1)).as_slice() {
-        [only] if only.is_whole(total) => primitive(scaled),
-        [only] => primitive(only.put(Tensor::<B, 2>::zeros([total, d], &scaled.device()), scaled)),
-        _ => primitive(Tensor::<B, 2>::zeros([total, d], &scaled.device())),
-    }
+    let zeros = Tensor::<B, 2>::zeros([total, d], &scaled.device());
+    // One chunk covers every selected row.
+    let placed = chunks(rows, total, count.max(1))
+        .iter()
+        .fold(zeros, |dh, all| all.put(dh, scaled.clone()));
+    primitive(placed)
 }
 
 /// The backward that forms each block's logits again: `∂L/∂h` `[N, d]` and, when
 /// `weight_grad`, `∂L/∂W` `[V, d]`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_recomputed<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
-    ids: IntTensor<B>,
-    rows: &Rows,
-    temperature: f64,
-    block_rows: usize,
+    scored: &Scored<B>,
     values: FloatTensor<B>,
     grad_out: FloatTensor<B>,
     weight_grad: bool,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let hidden = float::<B, 2>(hidden);
     let weight = float::<B, 2>(weight);
-    let ids = Tensor::<B, 1, Int>::from_primitive(ids);
     let values = float::<B, 1>(values);
     let grad_out = float::<B, 1>(grad_out);
     let ([total, d], [vocab, _]) = (hidden.dims(), weight.dims());
     let device = hidden.device();
     let mut dh = Tensor::<B, 2>::zeros([total, d], &device);
     let mut dw = weight_grad.then(|| Tensor::<B, 2>::zeros([vocab, d], &device));
-    for block in chunks(rows, total, block_rows.max(1)) {
+    for block in scored.blocks(total) {
         let z = block_logits(&block, &hidden, &weight);
         let outputs = block.out_start..block.out_start + block.len;
-        let dz = float::<B, 2>(B::token_log_probs_backward(
-            primitive(z),
-            block.take(ids.clone()).into_primitive(),
-            &Rows::All,
-            temperature,
-            block.len,
+        let dz = scored.gradient(
+            &block,
+            z,
             primitive(values.clone().slice(outputs.clone())),
             primitive(grad_out.clone().slice(outputs)),
-        ));
+        );
         if let Some(sum) = dw.take() {
             dw = Some(sum + dz.clone().transpose().matmul(block.take(hidden.clone())));
         }

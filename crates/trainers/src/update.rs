@@ -130,10 +130,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
             )?
         }
         _ => {
-            let formed = match &head {
-                Some(head) => project(hidden.clone(), head.clone()),
-                None => student.project(hidden.clone()),
-            };
+            let formed = student.project(hidden.clone());
             let _ = logits.set(formed.clone());
             sequence_log_probs(
                 formed,
