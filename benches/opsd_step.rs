@@ -5,13 +5,20 @@
 //! over the steps after the first: mean seconds per phase and the shapes of a step (rows,
 //! student and teacher context lengths, longest response), which the PyTorch peer replays.
 //!
-//! usage: opsd_step [STEPS] [MAX_NEW_TOKENS]
+//! `ROWS` sets the rows per step (one micro-batch), `OUTPUT_HEAD` the trainer's `output_head`
+//! (`auto`, `fused` or `formed`: the step's memory with and without the head fused with the
+//! loss), and `VOCAB` replaces SmolLM2 by a model of its shape with a `VOCAB`-token
+//! vocabulary and random weights (151936: Qwen3's), whose answers run to `MAX_NEW_TOKENS`.
+//!
+//! usage: opsd_step [STEPS] [MAX_NEW_TOKENS] [ROWS] [auto|fused|formed] [VOCAB]
 
 use burn::backend::{Autodiff, Flex};
+use opd_policy::Llama;
 use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 use opd_teachers::{Conditioned, Privileged, PrivilegedTemplate};
 use opd_trainers::{
-    Objective, OpsdConfig, OptimizerConfig, SamplingConfig, StepMetrics, TrainConfig, Trainer,
+    Objective, OpsdConfig, OptimizerConfig, OutputHead, SamplingConfig, StepMetrics, TrainConfig,
+    Trainer,
 };
 
 #[path = "peak_rss.rs"]
@@ -21,7 +28,6 @@ use peak_rss::peak_rss_mb;
 type A = Autodiff<Flex>;
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-const ROWS: usize = 2;
 
 /// Four GSM-style problems with worked solutions ending `#### N`.
 fn problems() -> Vec<Task> {
@@ -84,15 +90,24 @@ impl Environment for FinalNumber {
 
 fn main() {
     opd_policy::allocator::tune();
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
-    let steps = args.first().copied().unwrap_or(3);
-    let max_new_tokens = args.get(1).copied().unwrap_or(96);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| {
+        args.get(i).map_or(default, |a| {
+            a.parse().expect("STEPS MAX_NEW_TOKENS ROWS are numbers")
+        })
+    };
+    let (steps, max_new_tokens, rows) = (number(0, 3), number(1, 96), number(2, 2));
+    let output_head: OutputHead = args.get(3).map_or(OutputHead::Auto, |mode| {
+        serde_json::from_value(mode.as_str().into()).expect("auto, fused or formed")
+    });
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
-    let (student, tokenizer) =
+    let (mut student, tokenizer) =
         opd_policy::load::<A>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
+    if let Some(vocab) = args.get(4) {
+        let mut config = student.config.clone();
+        config.vocab_size = vocab.parse().expect("VOCAB is a number");
+        student = Llama::init(&config, 0, &Default::default());
+    }
     let tasks = problems();
     let mean_len = |lens: Vec<usize>| lens.iter().sum::<usize>() / lens.len();
     let student_context = mean_len(
@@ -121,8 +136,8 @@ fn main() {
     );
     let config = TrainConfig {
         steps,
-        prompts_per_step: ROWS,
-        micro_batch: ROWS,
+        prompts_per_step: rows,
+        micro_batch: rows,
         seed: 1,
         optimizer: OptimizerConfig {
             learning_rate: 1e-5,
@@ -133,8 +148,10 @@ fn main() {
             ..SamplingConfig::default()
         },
         objective: Objective::Opsd(OpsdConfig::default()),
+        output_head,
         ..TrainConfig::default()
     };
+    let trainer_vocab = student.config.vocab_size;
     let mut trainer = Trainer::new(config, student, tokenizer, tasks, FinalNumber).unwrap();
     let mut measured: Vec<StepMetrics> = Vec::new();
     let mut longest = 0;
@@ -153,7 +170,8 @@ fn main() {
         measured.iter().map(f).sum::<f64>() / measured.len() as f64
     };
     let summary = serde_json::json!({
-        "rows": ROWS,
+        "rows": rows,
+        "vocab": trainer_vocab,
         "student_context": student_context,
         "teacher_context": teacher_context,
         "response": longest,

@@ -4,7 +4,12 @@ PyTorch eager (`opsd_step.py`: teacher forward, student forward + backward, Adam
 shapes and thread count. Prints each opd step's metrics and a markdown table of the phases
 with ratios (PyTorch seconds / opd seconds; above 1 is faster).
 
+`--rows` sets the rows per step, `--output-head` opd's `output_head` (auto, fused, formed), and
+`--vocab` replaces SmolLM2 by a model of its shape with that vocabulary and random weights, on
+both sides (151936: Qwen3's).
+
 usage: python3 benches/peer/compare_opsd_step.py [--threads 2] [--steps 3] [--max-new-tokens 96]
+       [--rows 2] [--output-head auto] [--vocab V]
 Needs `pip install torch transformers gguf accelerate` and scripts/fetch-smollm2.sh.
 """
 import argparse
@@ -23,11 +28,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--rows", type=int, default=2)
+    ap.add_argument("--output-head", default="auto", choices=["auto", "fused", "formed"])
+    ap.add_argument("--vocab", type=int)
     args = ap.parse_args()
+    vocab = [] if args.vocab is None else [str(args.vocab)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     binary = rust_binary("opd-trainers", "opsd_step")
-    proc = subprocess.run([binary, str(args.steps), str(args.max_new_tokens)], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([binary, str(args.steps), str(args.max_new_tokens), str(args.rows),
+                           args.output_head] + vocab, capture_output=True, text=True, env=env,
+                          cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"opsd_step failed:\n{proc.stderr[-2000:]}")
     lines = [json.loads(l) for l in proc.stdout.strip().splitlines()]
@@ -42,7 +52,7 @@ def main():
     ours = lines[-1]
     theirs = run_json([sys.executable, os.path.join(HERE, "opsd_step.py"), str(ours["rows"]),
                        str(ours["student_context"]), str(ours["teacher_context"]),
-                       str(ours["response"]), str(args.threads), str(args.steps)], env)
+                       str(ours["response"]), str(args.threads), str(args.steps)] + vocab, env)
     print(f"\nshapes: {ours['rows']} rows, student context {ours['student_context']}, teacher "
           f"context {ours['teacher_context']}, response ≤ {ours['response']} tokens\n")
     print("| phase | opd s | PyTorch s | PyTorch / opd |")

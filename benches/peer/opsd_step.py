@@ -5,7 +5,9 @@ ROWS × (STUDENT_CONTEXT + RESPONSE), the generalized JSD (β = 0.5, full vocabu
 on the response positions, backward, and an AdamW step. Prints one JSON line with the mean
 seconds of each phase over the measured steps (after one warm-up step) and the peak memory.
 
-usage: python3 benches/peer/opsd_step.py ROWS STUDENT_CONTEXT TEACHER_CONTEXT RESPONSE THREADS [STEPS]
+With VOCAB, the model is SmolLM2's shape with a VOCAB-token vocabulary and random weights.
+
+usage: python3 benches/peer/opsd_step.py ROWS STUDENT_CONTEXT TEACHER_CONTEXT RESPONSE THREADS [STEPS] [VOCAB]
 Needs `pip install torch transformers gguf`.
 """
 import copy
@@ -45,6 +47,11 @@ def main():
     steps = int(sys.argv[6]) if len(sys.argv) > 6 else 3
     torch.set_num_threads(threads)
     student = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=GGUF, torch_dtype=torch.float32)
+    if len(sys.argv) > 7:
+        config = student.config
+        config.vocab_size = int(sys.argv[7])
+        torch.manual_seed(0)
+        student = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     teacher = copy.deepcopy(student).eval()
     student.train()
     vocab = student.config.vocab_size

@@ -102,9 +102,34 @@ pub trait DivergenceBackend: Backend {
         block_rows: usize,
     ) -> FloatTensor<Self> {
         let scored = head::Scored {
-            ids,
+            loss: head::RowLoss::TokenLogProb { ids, temperature },
             rows: rows.clone(),
-            temperature,
+            block_rows,
+        };
+        head::forward::<Self>(hidden, weight, &scored, false).0
+    }
+
+    /// `D(p_T ‖ softmax(h·Wᵀ / τ))` at each selected row of final hidden states `h` `[N, d]`
+    /// with the output head `W` `[V, d]` against the teacher (any of its forms, a teacher given
+    /// by hidden states included): output `[rows.count(N)]`, as
+    /// [`DivergenceBackend::divergence_rows`] of the logits `h·Wᵀ`, which are formed
+    /// `block_rows` selected rows at a time in the forward and the backward, the teacher's
+    /// next to the student's. Inputs are validated by
+    /// [`crate::DistillationLoss::forward_from_hidden`], not here.
+    fn head_divergence_rows(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        teacher: &TeacherLogits<Self>,
+        rows: &Rows,
+        options: DivergenceOptions,
+        block_rows: usize,
+    ) -> FloatTensor<Self> {
+        let scored = head::Scored {
+            loss: head::RowLoss::Divergence {
+                teacher: teacher.clone(),
+                options,
+            },
+            rows: rows.clone(),
             block_rows,
         };
         head::forward::<Self>(hidden, weight, &scored, false).0
@@ -220,6 +245,70 @@ impl<B: DivergenceBackend> Backward<B, 2> for HeadBackward {
     }
 }
 
+/// The teacher's inner tensors (stop-gradient: no graph reaches a teacher).
+fn detached<B: DivergenceBackend, C: CheckpointStrategy>(
+    teacher: &TeacherLogits<Autodiff<B, C>>,
+) -> TeacherLogits<B> {
+    match teacher {
+        TeacherLogits::Logits(t) => TeacherLogits::Logits(t.primitive.clone()),
+        TeacherLogits::TopK { ids, log_probs } => TeacherLogits::TopK {
+            ids: ids.clone(),
+            log_probs: log_probs.primitive.clone(),
+        },
+        TeacherLogits::Hidden { hidden, head } => TeacherLogits::Hidden {
+            hidden: hidden.primitive.clone(),
+            head: head.primitive.clone(),
+        },
+    }
+}
+
+/// The fused head's graph node: `loss` at the selected rows of `h·Wᵀ`, evaluated on `B`; the
+/// backward reads the kept `u` when `W` is frozen and forms the blocks again when it trains.
+fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
+    hidden: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    loss: head::RowLoss<B>,
+    rows: &Rows,
+    block_rows: usize,
+) -> FloatTensor<Autodiff<B, C>> {
+    let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
+    let unit = weight.node.requirement.is_none() && !hidden.node.requirement.is_none();
+    let scored = head::Scored {
+        loss,
+        rows: rows.clone(),
+        block_rows,
+    };
+    let (values, unit) = head::forward::<B>(
+        hidden.primitive.clone(),
+        weight.primitive.clone(),
+        &scored,
+        unit,
+    );
+    match HeadBackward
+        .prepare::<C>([hidden.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = match unit {
+                Some(unit) => HeadState::Unit {
+                    unit,
+                    rows: rows.clone(),
+                    total,
+                },
+                None => HeadState::Recompute {
+                    hidden: hidden.primitive,
+                    weight: weight.primitive,
+                    scored,
+                    values: values.clone(),
+                },
+            };
+            prep.finish(state, values)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(values),
+    }
+}
+
 impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff<B, C> {
     fn head_token_log_probs(
         hidden: FloatTensor<Self>,
@@ -229,43 +318,23 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
         temperature: f64,
         block_rows: usize,
     ) -> FloatTensor<Self> {
-        let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
-        let unit = weight.node.requirement.is_none() && !hidden.node.requirement.is_none();
-        let scored = head::Scored {
-            ids,
-            rows: rows.clone(),
-            temperature,
-            block_rows,
+        let loss = head::RowLoss::TokenLogProb { ids, temperature };
+        head_node::<B, C>(hidden, weight, loss, rows, block_rows)
+    }
+
+    fn head_divergence_rows(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        teacher: &TeacherLogits<Self>,
+        rows: &Rows,
+        options: DivergenceOptions,
+        block_rows: usize,
+    ) -> FloatTensor<Self> {
+        let loss = head::RowLoss::Divergence {
+            teacher: detached(teacher),
+            options,
         };
-        let (values, unit) = head::forward::<B>(
-            hidden.primitive.clone(),
-            weight.primitive.clone(),
-            &scored,
-            unit,
-        );
-        match HeadBackward
-            .prepare::<C>([hidden.node.clone(), weight.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = match unit {
-                    Some(unit) => HeadState::Unit {
-                        unit,
-                        rows: rows.clone(),
-                        total,
-                    },
-                    None => HeadState::Recompute {
-                        hidden: hidden.primitive,
-                        weight: weight.primitive,
-                        scored,
-                        values: values.clone(),
-                    },
-                };
-                prep.finish(state, values)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(values),
-        }
+        head_node::<B, C>(hidden, weight, loss, rows, block_rows)
     }
 
     fn divergence_rows(
@@ -274,14 +343,7 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
         rows: &Rows,
         options: DivergenceOptions,
     ) -> FloatTensor<Self> {
-        // Stop-gradient: only the inner tensors of the teacher are used.
-        let teacher = match teacher {
-            TeacherLogits::Logits(t) => TeacherLogits::Logits(t.primitive.clone()),
-            TeacherLogits::TopK { ids, log_probs } => TeacherLogits::TopK {
-                ids: ids.clone(),
-                log_probs: log_probs.primitive.clone(),
-            },
-        };
+        let teacher = detached(teacher);
         let output = B::divergence_rows(student.primitive.clone(), &teacher, rows, options);
         match DivergenceBackward
             .prepare::<C>([student.node.clone()])

@@ -31,6 +31,14 @@ pub enum TeacherLogits<B: Backend> {
         /// The teacher's log-probabilities at `ids`.
         log_probs: FloatTensor<B>,
     },
+    /// The teacher's final hidden states `[N, d_T]` and its output head `[V, d_T]`: its logits
+    /// `hidden · headᵀ` are formed a chunk of rows at a time, never whole.
+    Hidden {
+        /// Final hidden states, one row per position.
+        hidden: FloatTensor<B>,
+        /// The output head.
+        head: FloatTensor<B>,
+    },
 }
 
 /// The teacher side of one chunk, as tensors.
@@ -40,6 +48,19 @@ pub(crate) enum TeacherChunk<B: Backend> {
         ids: Tensor<B, 2, Int>,
         log_probs: Tensor<B, 2>,
     },
+}
+
+impl<B: Backend> TeacherChunk<B> {
+    /// The chunk as a teacher of its own rows.
+    pub(crate) fn into_logits(self) -> TeacherLogits<B> {
+        match self {
+            Self::Logits(t) => TeacherLogits::Logits(primitive(t)),
+            Self::TopK { ids, log_probs } => TeacherLogits::TopK {
+                ids: ids.into_primitive(),
+                log_probs: primitive(log_probs),
+            },
+        }
+    }
 }
 
 /// Bucket log-probabilities of one chunk.

@@ -115,7 +115,7 @@ impl Chunk {
         }
     }
 
-    /// The teacher's rows for this chunk.
+    /// The teacher's rows for this chunk (a teacher given by its hidden states is projected).
     pub(crate) fn teacher<B: Backend>(&self, teacher: &TeacherLogits<B>) -> TeacherChunk<B> {
         match teacher {
             TeacherLogits::Logits(t) => TeacherChunk::Logits(self.take(float(t.clone()))),
@@ -123,6 +123,10 @@ impl Chunk {
                 ids: self.take(Tensor::<B, 2, Int>::from_primitive(ids.clone())),
                 log_probs: self.take(float(log_probs.clone())),
             },
+            TeacherLogits::Hidden { hidden, head } => TeacherChunk::Logits(
+                self.take(float::<B, 2>(hidden.clone()))
+                    .matmul(float::<B, 2>(head.clone()).transpose()),
+            ),
         }
     }
 }

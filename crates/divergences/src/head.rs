@@ -1,26 +1,30 @@
-//! The output head fused with the token log-probability: `log softmax(h·Wᵀ / τ)[id]` from the
-//! final hidden states `h` `[N, d]` and the head `W` `[V, d]`, with the logits formed a block
-//! of rows at a time and never whole, in the forward or the backward.
+//! The output head fused with a per-row loss: the token log-probability
+//! `log softmax(h·Wᵀ / τ)[id]` or a divergence `D(p_T ‖ softmax(h·Wᵀ / τ))`, from the final
+//! hidden states `h` `[N, d]` and the head `W` `[V, d]`, with the logits formed a block of rows
+//! at a time and never whole, in the forward or the backward.
 //!
-//! Per row, with `z = h·Wᵀ`, `p = softmax(z / τ)` and upstream gradient `g`:
+//! Per row, with `z = h·Wᵀ` and upstream gradient `g`:
 //!
 //! ```text
-//! value = z_id / τ − log Σ_v exp(z_v / τ)
-//! ∂/∂z  = g · (onehot(id) − p) / τ          (the row kernels' closed form)
-//! ∂/∂h  = (∂/∂z) · W                        ∂/∂W = Σ_rows (∂/∂z)ᵀ · h
+//! token:       value = z_id / τ − log Σ_v exp(z_v / τ)     ∂/∂z = g · (onehot(id) − p) / τ
+//! divergence:  value = D(p_T ‖ p_S)                         ∂/∂z = g · ∂D/∂z  (the row kernels')
+//! ∂/∂h = (∂/∂z) · W                                         ∂/∂W = Σ_rows (∂/∂z)ᵀ · h
 //! ```
 //!
-//! When `W` takes a gradient (full fine-tuning of a tied embedding), the backward forms each
-//! block's logits again: one more `[rows, d] × [d, V]` product per block in exchange for no
-//! `[N, V]` tensor. When `W` is frozen (LoRA, or a head that does not train), the forward also
-//! forms `u = (onehot(id) − p) / τ · W` per row, `[N, d]`, and the backward is `g · u`: as many
-//! products as the unfused head, and `O(rows · V)` memory.
+//! A teacher given by its own hidden states and head has its block of logits formed next to
+//! the student's. When `W` takes a gradient (full fine-tuning of a tied embedding), the
+//! backward forms each block's logits again (the student's, and the teacher's when it is given
+//! by hidden states): more products in exchange for no `[N, V]` tensor. When `W` is frozen
+//! (LoRA, or a head that does not train), the forward also forms `u = ∂value/∂z · W` per row,
+//! `[N, d]` (each row's value depends on its own logits only, so its gradient is `g · u`): as
+//! many products as the unfused head, and `O(rows · V)` memory.
 
 use burn::tensor::{Int, Tensor, ops::FloatTensor, ops::IntTensor};
 
 use crate::backend::DivergenceBackend;
-use crate::buckets::{float, primitive};
+use crate::buckets::{TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};
+use crate::kind::DivergenceOptions;
 
 /// Logit elements one block holds: 32 Mi f32 (128 MB): 682 rows of SmolLM2's 49,152-token
 /// vocabulary, 220 of Qwen3's 151,936. Blocks of this size keep the head's products large
@@ -43,14 +47,80 @@ fn block_logits<B: DivergenceBackend>(
         .matmul(weight.clone().transpose())
 }
 
-/// What the fused head scores: the ids `[N]`, the selected rows, the temperature and the rows
-/// per block.
+/// What the fused head evaluates on each row's logits `z`.
+#[derive(Debug, Clone)]
+pub(crate) enum RowLoss<B: DivergenceBackend> {
+    /// `log softmax(z / τ)[id]` for ids `[N]`.
+    TokenLogProb { ids: IntTensor<B>, temperature: f64 },
+    /// `D(p_T ‖ softmax(z / τ))` against the teacher's rows, per `options`.
+    Divergence {
+        teacher: TeacherLogits<B>,
+        options: DivergenceOptions,
+    },
+}
+
+/// What the fused head scores: the per-row loss, the selected rows and the rows per block.
 #[derive(Debug, Clone)]
 pub(crate) struct Scored<B: DivergenceBackend> {
-    pub ids: IntTensor<B>,
+    pub loss: RowLoss<B>,
     pub rows: Rows,
-    pub temperature: f64,
     pub block_rows: usize,
+}
+
+impl<B: DivergenceBackend> RowLoss<B> {
+    /// The loss on the rows of `block` only: their ids, or their teacher rows (a teacher
+    /// given by hidden states is projected here, once per block).
+    fn of_block(&self, block: &Chunk) -> Self {
+        match self {
+            Self::TokenLogProb { ids, temperature } => Self::TokenLogProb {
+                ids: block
+                    .take(Tensor::<B, 1, Int>::from_primitive(ids.clone()))
+                    .into_primitive(),
+                temperature: *temperature,
+            },
+            Self::Divergence { teacher, options } => Self::Divergence {
+                teacher: block.teacher(teacher).into_logits(),
+                options: *options,
+            },
+        }
+    }
+
+    /// The values `[rows]` at every row of logits `z` `[rows, V]`.
+    fn values(&self, z: Tensor<B, 2>) -> FloatTensor<B> {
+        let rows = z.dims()[0];
+        match self {
+            Self::TokenLogProb { ids, temperature } => {
+                B::token_log_probs(primitive(z), ids.clone(), &Rows::All, *temperature, rows)
+            }
+            Self::Divergence { teacher, options } => {
+                B::divergence_rows(primitive(z), teacher, &Rows::All, *options)
+            }
+        }
+    }
+
+    /// `g · ∂value/∂z` `[rows, V]` from the logits, their values and upstream `g`.
+    fn gradient(
+        &self,
+        z: Tensor<B, 2>,
+        values: FloatTensor<B>,
+        grad_out: FloatTensor<B>,
+    ) -> Tensor<B, 2> {
+        let rows = z.dims()[0];
+        float(match self {
+            Self::TokenLogProb { ids, temperature } => B::token_log_probs_backward(
+                primitive(z),
+                ids.clone(),
+                &Rows::All,
+                *temperature,
+                rows,
+                values,
+                grad_out,
+            ),
+            Self::Divergence { teacher, options } => {
+                B::divergence_rows_backward(primitive(z), teacher, &Rows::All, *options, grad_out)
+            }
+        })
+    }
 }
 
 impl<B: DivergenceBackend> Scored<B> {
@@ -58,45 +128,9 @@ impl<B: DivergenceBackend> Scored<B> {
     fn blocks(&self, total: usize) -> Vec<Chunk> {
         chunks(&self.rows, total, self.block_rows.max(1))
     }
-
-    /// A block's values from its logits `z` `[rows, V]`: `log softmax(z / τ)[id]`.
-    fn values(&self, block: &Chunk, z: Tensor<B, 2>) -> FloatTensor<B> {
-        B::token_log_probs(
-            primitive(z),
-            self.block_ids(block),
-            &Rows::All,
-            self.temperature,
-            block.len,
-        )
-    }
-
-    /// A block's `g · (onehot(id) − p) / τ` `[rows, V]` from its logits, values and upstream `g`.
-    fn gradient(
-        &self,
-        block: &Chunk,
-        z: Tensor<B, 2>,
-        values: FloatTensor<B>,
-        grad_out: FloatTensor<B>,
-    ) -> Tensor<B, 2> {
-        float(B::token_log_probs_backward(
-            primitive(z),
-            self.block_ids(block),
-            &Rows::All,
-            self.temperature,
-            block.len,
-            values,
-            grad_out,
-        ))
-    }
-
-    fn block_ids(&self, block: &Chunk) -> IntTensor<B> {
-        block
-            .take(Tensor::<B, 1, Int>::from_primitive(self.ids.clone()))
-            .into_primitive()
-    }
 }
 
-/// `log softmax(h·Wᵀ / τ)[id]` at each selected row, `[rows.count(N)]`; with `unit`, also
+/// The loss at each selected row, `[rows.count(N)]`; with `unit`, also
 /// `u = ∂value/∂h` per selected row, `[rows.count(N), d]`.
 pub(crate) fn forward<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
@@ -110,10 +144,11 @@ pub(crate) fn forward<B: DivergenceBackend>(
     let mut units = Vec::new();
     for block in scored.blocks(hidden.dims()[0]) {
         let z = block_logits(&block, &hidden, &weight);
-        let v = scored.values(&block, z.clone());
+        let loss = scored.loss.of_block(&block);
+        let v = loss.values(z.clone());
         if unit {
             let ones = primitive(Tensor::<B, 1>::ones([block.len], &hidden.device()));
-            let dz = scored.gradient(&block, z, v.clone(), ones);
+            let dz = loss.gradient(z, v.clone(), ones);
             units.push(dz.matmul(weight.clone()));
         }
         values.push(float::<B, 1>(v));
@@ -162,8 +197,7 @@ pub(crate) fn backward_recomputed<B: DivergenceBackend>(
     for block in scored.blocks(total) {
         let z = block_logits(&block, &hidden, &weight);
         let outputs = block.out_start..block.out_start + block.len;
-        let dz = scored.gradient(
-            &block,
+        let dz = scored.loss.of_block(&block).gradient(
             z,
             primitive(values.clone().slice(outputs.clone())),
             primitive(grad_out.clone().slice(outputs)),

@@ -3,10 +3,12 @@
 use burn::tensor::{Bool, Tensor};
 
 use crate::backend::DivergenceBackend;
+use crate::buckets::{float, primitive};
 use crate::check;
+use crate::chunks::Rows;
 use crate::error::Result;
 use crate::kind::DivergenceOptions;
-use crate::positions::{TeacherTarget, divergence_at};
+use crate::positions::{TeacherTarget, divergence_at, flatten};
 use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
 
 /// `L = reduce_{m}(min(D(p_T ‖ p_S)_{b,t}, clip))` over student logits `[B, T, V]`.
@@ -65,12 +67,67 @@ impl DistillationLoss {
         mask: Tensor<B, 2, Bool>,
     ) -> Result<LossOutput<B>> {
         let [batch, time, _] = student.dims();
-        check::same_shape("mask", &[batch, time], &mask.dims())?;
-        check_reduction(self.reduction)?;
-        let rows = check::mask_rows(&mask)?;
-        let tokens = rows.count(batch * time);
+        let rows = self.rows(&mask, [batch, time])?;
         let values = divergence_at(student, teacher, rows.clone(), self.options)?;
-        let per_token = scatter_rows(values, &rows, batch, time);
+        self.output(values, &rows, mask)
+    }
+
+    /// The same loss from the student's final hidden states `[B, T, d]` and output head
+    /// `[V, d]` (student logits `z = hidden · headᵀ`), with the output head fused with the
+    /// divergence: the logits are formed a block of positions at a time (128 MB of them) in
+    /// the forward and the backward and never as one `[B, T, V]` tensor, the teacher's too
+    /// when it is given by its hidden states ([`TeacherTarget::Hidden`]). The gradient reaches
+    /// `hidden` and, when it trains, `head` (a tied embedding); a frozen head costs no more
+    /// products than the formed logits, a trained one forms each block again in the backward.
+    pub fn forward_from_hidden<B: DivergenceBackend>(
+        &self,
+        hidden: Tensor<B, 3>,
+        head: Tensor<B, 2>,
+        teacher: TeacherTarget<B, 3>,
+        mask: Tensor<B, 2, Bool>,
+    ) -> Result<LossOutput<B>> {
+        let options = self.options.validated()?;
+        let [batch, time, width] = hidden.dims();
+        let [vocab, head_width] = head.dims();
+        check::non_empty("hidden states", &[batch, time, width])?;
+        check::non_empty("output head", &[vocab, head_width])?;
+        check::same_shape("output head", &[vocab, width], &[vocab, head_width])?;
+        let rows = self.rows(&mask, [batch, time])?;
+        teacher.validate(&[batch, time, vocab], &rows)?;
+        options.support.top_k(vocab)?;
+        let values = float(B::head_divergence_rows(
+            primitive(flatten(hidden)),
+            primitive(head),
+            &teacher.into_rows(),
+            &rows,
+            options,
+            crate::head::rows_per_block(vocab),
+        ));
+        check::finite("divergence", &values)?;
+        self.output(values, &rows, mask)
+    }
+
+    /// The positions `mask` `[B, T]` selects, checked with the reduction.
+    fn rows<B: DivergenceBackend>(
+        &self,
+        mask: &Tensor<B, 2, Bool>,
+        shape: [usize; 2],
+    ) -> Result<Rows> {
+        check::same_shape("mask", &shape, &mask.dims())?;
+        check_reduction(self.reduction)?;
+        check::mask_rows(mask)
+    }
+
+    /// Per-token values placed at the selected positions, clipped and reduced.
+    fn output<B: DivergenceBackend>(
+        &self,
+        values: Tensor<B, 1>,
+        rows: &Rows,
+        mask: Tensor<B, 2, Bool>,
+    ) -> Result<LossOutput<B>> {
+        let [batch, time] = mask.dims();
+        let tokens = rows.count(batch * time);
+        let per_token = scatter_rows(values, rows, batch, time);
         let clipped = match self.token_clip {
             Some(clip) => clip_per_token(per_token.clone(), clip)?,
             None => per_token.clone(),
@@ -86,13 +143,13 @@ impl DistillationLoss {
 /// Places values of the selected rows into a `[B, T]` tensor of zeros (differentiably).
 pub(crate) fn scatter_rows<B: DivergenceBackend>(
     values: Tensor<B, 1>,
-    rows: &crate::chunks::Rows,
+    rows: &Rows,
     batch: usize,
     time: usize,
 ) -> Tensor<B, 2> {
     match rows {
-        crate::chunks::Rows::All => values.reshape([batch, time]),
-        crate::chunks::Rows::Selected(idx) => {
+        Rows::All => values.reshape([batch, time]),
+        Rows::Selected(idx) => {
             let device = values.device();
             let idx: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
             let n = idx.len();

@@ -25,12 +25,48 @@ pub enum TeacherTarget<B: Backend, const D: usize> {
         /// The teacher's log-probabilities at `ids`, used as given (no temperature).
         log_probs: Tensor<B, D>,
     },
+    /// The teacher's final hidden states, the student's shape with the vocabulary axis
+    /// replaced by the teacher's width `d_T`, and its output head `[V, d_T]`: logits
+    /// `z_T = hidden · headᵀ`, formed a chunk of positions at a time by the losses that take
+    /// the student's hidden states too ([`crate::DistillationLoss::forward_from_hidden`]), and
+    /// once whole by those that take the student's logits.
+    Hidden {
+        /// Final hidden states.
+        hidden: Tensor<B, D>,
+        /// The output head `[V, d_T]`.
+        head: Tensor<B, 2>,
+    },
+}
+
+impl<B: Backend, const D: usize> TeacherTarget<B, D> {
+    /// The teacher's full logits: as given, or `hidden · headᵀ` for a teacher given by hidden
+    /// states (no graph); `None` for a top-k.
+    pub fn logits(&self) -> Option<Tensor<B, D>> {
+        match self {
+            Self::Logits(t) => Some(t.clone()),
+            Self::Hidden { hidden, head } => Some(
+                hidden
+                    .clone()
+                    .detach()
+                    .matmul(head.clone().detach().transpose().unsqueeze()),
+            ),
+            Self::TopK { .. } => None,
+        }
+    }
+
+    /// The same teacher with its logits formed (see [`Self::logits`]).
+    pub fn formed(self) -> Self {
+        match self.logits() {
+            Some(logits) => Self::Logits(logits),
+            None => self,
+        }
+    }
 }
 
 impl<B: DivergenceBackend, const D: usize> TeacherTarget<B, D> {
     /// Checks the teacher against the student's shape and vocabulary. A precomputed top-k is
     /// checked on the evaluated `rows` only: padding positions may hold any id and −∞.
-    fn validate(&self, student: &[usize], rows: &Rows) -> Result<()> {
+    pub(crate) fn validate(&self, student: &[usize], rows: &Rows) -> Result<()> {
         match self {
             TeacherTarget::Logits(t) => check::same_shape("teacher logits", student, &t.dims()),
             TeacherTarget::TopK { ids, log_probs } => {
@@ -46,22 +82,41 @@ impl<B: DivergenceBackend, const D: usize> TeacherTarget<B, D> {
                     &rows.of(flatten(log_probs.clone())),
                 )
             }
+            TeacherTarget::Hidden { hidden, head } => {
+                let hidden_shape = hidden.dims();
+                let mut expected = student.to_vec();
+                expected[D - 1] = hidden_shape[D - 1];
+                check::same_shape("teacher hidden states", &expected, &hidden_shape)?;
+                check::non_empty("teacher hidden states", &hidden_shape)?;
+                let width = hidden_shape[D - 1];
+                check::same_shape(
+                    "teacher output head",
+                    &[student[D - 1], width],
+                    &head.dims(),
+                )
+            }
         }
     }
 
     /// Flattens the leading axes: `[…, X] → [N, X]` as backend primitives.
-    fn into_rows(self) -> TeacherLogits<B> {
+    pub(crate) fn into_rows(self) -> TeacherLogits<B> {
         match self {
             TeacherTarget::Logits(t) => TeacherLogits::Logits(primitive(flatten(t))),
             TeacherTarget::TopK { ids, log_probs } => TeacherLogits::TopK {
                 ids: flatten(ids).into_primitive(),
                 log_probs: primitive(flatten(log_probs)),
             },
+            TeacherTarget::Hidden { hidden, head } => TeacherLogits::Hidden {
+                hidden: primitive(flatten(hidden)),
+                head: primitive(head),
+            },
         }
     }
 }
 
-fn flatten<B: DivergenceBackend, const D: usize, K>(t: Tensor<B, D, K>) -> Tensor<B, 2, K>
+pub(crate) fn flatten<B: DivergenceBackend, const D: usize, K>(
+    t: Tensor<B, D, K>,
+) -> Tensor<B, 2, K>
 where
     K: burn::tensor::BasicOps<B>,
 {
@@ -82,9 +137,10 @@ pub(crate) fn divergence_at<B: DivergenceBackend, const D: usize>(
     check::non_empty("student logits", &dims)?;
     teacher.validate(&dims, &rows)?;
     options.support.top_k(dims[D - 1])?;
+    // The student's logits are whole: the teacher's are formed whole too, for the row kernels.
     let values = float(B::divergence_rows(
         primitive(flatten(student)),
-        &teacher.into_rows(),
+        &teacher.formed().into_rows(),
         &rows,
         options,
     ));

@@ -2,11 +2,11 @@
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::{Llama, Policy, SequenceBatch};
+use opd_policy::{Llama, SequenceBatch};
 
 use crate::error::Result;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Teacher, respond};
+use crate::teacher::{InnerLlama, Scores, Teacher, respond};
 
 /// **Frozen initial** teacher: `θ_T = θ_0`, the student's weights when the teacher was built
 /// (OPSD's teacher). Without adapters it keeps a snapshot, which shares storage with the
@@ -48,7 +48,7 @@ impl<B: AutodiffBackend> Teacher<B> for FrozenInitial<B> {
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         let model = self.model(student);
-        respond(batch, request, |rows| model.response_logits(rows))
+        respond(batch, request, |rows| Scores::of(&model, rows))
     }
 }
 
@@ -66,6 +66,6 @@ impl<B: AutodiffBackend> Teacher<B> for Current {
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         let model = student.valid();
-        respond(batch, request, |rows| model.response_logits(rows))
+        respond(batch, request, |rows| Scores::of(&model, rows))
     }
 }

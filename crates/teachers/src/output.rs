@@ -101,11 +101,45 @@ impl<B: AutodiffBackend> TeacherOutput<B> {
     fn name(&self) -> &'static str {
         match self {
             Self::Distribution {
-                target: TeacherTarget::Logits(_),
+                target: TeacherTarget::Logits(_) | TeacherTarget::Hidden { .. },
                 ..
             } => "full logits",
             Self::Distribution { .. } => "a top-k",
             Self::SampledToken { .. } => "sampled-token log-probs",
+        }
+    }
+
+    /// The output at rows `range` of the batch only (a teacher given by hidden states keeps its
+    /// head).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Self {
+        let (start, len) = (range.start, range.len());
+        match self {
+            Self::Distribution {
+                target,
+                temperature,
+            } => Self::Distribution {
+                target: match target {
+                    TeacherTarget::Logits(t) => {
+                        TeacherTarget::Logits(t.clone().narrow(0, start, len))
+                    }
+                    TeacherTarget::TopK { ids, log_probs } => TeacherTarget::TopK {
+                        ids: ids.clone().narrow(0, start, len),
+                        log_probs: log_probs.clone().narrow(0, start, len),
+                    },
+                    TeacherTarget::Hidden { hidden, head } => TeacherTarget::Hidden {
+                        hidden: hidden.clone().narrow(0, start, len),
+                        head: head.clone(),
+                    },
+                },
+                temperature: *temperature,
+            },
+            Self::SampledToken {
+                log_probs,
+                temperature,
+            } => Self::SampledToken {
+                log_probs: log_probs.clone().narrow(0, start, len),
+                temperature: *temperature,
+            },
         }
     }
 

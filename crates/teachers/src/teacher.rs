@@ -1,9 +1,9 @@
 //! The [`Teacher`] trait, and how every strategy turns its logits into the requested support.
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use opd_divergences::TeacherTarget;
-use opd_policy::{Llama, SequenceBatch};
+use opd_policy::{Llama, Policy, SequenceBatch};
 use opd_rollout::{ScoreOptions, score_by};
 
 use crate::error::{Result, TeacherError};
@@ -69,18 +69,59 @@ impl<B: AutodiffBackend, T: Teacher<B> + ?Sized> Teacher<B> for Box<T> {
     }
 }
 
-/// The requested support from a source of logits `[m, R_m, V]` for any rows of `batch`:
-/// full logits in one call, top-k and sampled-token log-probs `micro_batch` rows at a time.
+/// A teacher model's scores of some rows at their response positions: its final hidden
+/// states `[m, R, d]` and output head `[V, d]` (logits `hidden · headᵀ`), or its logits
+/// `[m, R, V]` when the head is not a plain product.
+pub(crate) enum Scores<I: Backend> {
+    /// Hidden states and the head.
+    Hidden {
+        hidden: Tensor<I, 3>,
+        head: Tensor<I, 2>,
+    },
+    /// Formed logits.
+    Logits(Tensor<I, 3>),
+}
+
+impl<I: Backend> Scores<I> {
+    /// `model`'s scores of `rows`.
+    pub fn of(model: &Llama<I>, rows: &SequenceBatch) -> opd_policy::Result<Self> {
+        let hidden = model.response_hidden(rows)?;
+        Ok(match model.output_head() {
+            Some(head) => Self::Hidden { hidden, head },
+            None => Self::Logits(model.project(hidden)),
+        })
+    }
+
+    /// The logits `[m, R, V]`.
+    pub fn logits(self) -> Tensor<I, 3> {
+        match self {
+            Self::Hidden { hidden, head } => hidden.matmul(head.transpose().unsqueeze()),
+            Self::Logits(logits) => logits,
+        }
+    }
+}
+
+/// The requested support from a source of scores for any rows of `batch`: the full
+/// distribution in one call (as hidden states and the head when the model has a plain head, so
+/// the loss forms the logits a block at a time), top-k and sampled-token log-probs
+/// `micro_batch` rows at a time.
 pub(crate) fn respond<B: AutodiffBackend>(
     batch: &SequenceBatch,
     request: &Request,
-    mut logits: impl FnMut(&SequenceBatch) -> opd_policy::Result<Tensor<B::InnerBackend, 3>>,
+    mut scores: impl FnMut(&SequenceBatch) -> opd_policy::Result<Scores<B::InnerBackend>>,
 ) -> Result<TeacherOutput<B>> {
     let temperature = request.temperature;
     let top_k = match request.support {
         TeacherSupport::Logits => {
+            let target = match scores(batch)? {
+                Scores::Hidden { hidden, head } => TeacherTarget::Hidden {
+                    hidden: Tensor::from_inner(hidden),
+                    head: Tensor::from_inner(head),
+                },
+                Scores::Logits(logits) => TeacherTarget::Logits(Tensor::from_inner(logits)),
+            };
             return Ok(TeacherOutput::Distribution {
-                target: TeacherTarget::Logits(Tensor::from_inner(logits(batch)?)),
+                target,
                 temperature,
             });
         }
@@ -99,7 +140,7 @@ pub(crate) fn respond<B: AutodiffBackend>(
         top_k,
         temperature,
     };
-    let scores = score_by(batch, options, |rows| Ok(logits(rows)?))?;
+    let scores = score_by(batch, options, |rows| Ok(scores(rows)?.logits()))?;
     Ok(match scores.top_k {
         Some(top) => TeacherOutput::Distribution {
             target: TeacherTarget::TopK {

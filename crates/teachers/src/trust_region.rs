@@ -1,13 +1,14 @@
 //! The trust-region teacher: logits between a frozen reference and the current student.
 
 use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::{Llama, Policy, SequenceBatch};
+use opd_policy::{Llama, SequenceBatch};
 
 use crate::error::{Result, TeacherError};
 use crate::frozen::FrozenInitial;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{Teacher, respond};
+use crate::teacher::{Scores, Teacher, respond};
 
 /// **Trust-region** teacher: logits `z_T = lerp(z_ref, z_cur, α) = z_ref + α·(z_cur − z_ref)`
 /// from the frozen initial weights and the current student's (SDPO's alternative to EMA, with
@@ -45,10 +46,33 @@ impl<B: AutodiffBackend> Teacher<B> for TrustRegion<B> {
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         let (reference, current) = (self.reference.model(student), student.valid());
+        let alpha = self.alpha;
         respond(batch, request, |rows| {
-            let z_ref = reference.response_logits(rows)?;
-            let z_cur = current.response_logits(rows)?;
-            Ok(z_ref.clone() + (z_cur - z_ref).mul_scalar(self.alpha))
+            Ok(
+                match (Scores::of(&reference, rows)?, Scores::of(&current, rows)?) {
+                    // (1 − α)·h_ref·W_refᵀ + α·h_cur·W_curᵀ: one product over both widths.
+                    (
+                        Scores::Hidden {
+                            hidden: h_ref,
+                            head: w_ref,
+                        },
+                        Scores::Hidden {
+                            hidden: h_cur,
+                            head: w_cur,
+                        },
+                    ) => Scores::Hidden {
+                        hidden: Tensor::cat(
+                            vec![h_ref.mul_scalar(1.0 - alpha), h_cur.mul_scalar(alpha)],
+                            2,
+                        ),
+                        head: Tensor::cat(vec![w_ref, w_cur], 1),
+                    },
+                    (reference, current) => {
+                        let z_ref = reference.logits();
+                        Scores::Logits(z_ref.clone() + (current.logits() - z_ref).mul_scalar(alpha))
+                    }
+                },
+            )
         })
     }
 }

@@ -72,13 +72,15 @@ fn full() -> Request {
     Request::new(TeacherSupport::Logits, 1.0).unwrap()
 }
 
+/// The full logits of an output: a model teacher returns its hidden states and head, which
+/// the losses project a block at a time.
 fn logits(out: TeacherOutput<A>) -> Tensor<A, 3> {
     match out {
         TeacherOutput::Distribution {
-            target: opd_divergences::TeacherTarget::Logits(logits),
+            target: target @ opd_divergences::TeacherTarget::Hidden { .. },
             ..
-        } => logits,
-        other => panic!("expected logits, got {other:?}"),
+        } => target.logits().expect("a full distribution"),
+        other => panic!("expected hidden states and a head, got {other:?}"),
     }
 }
 

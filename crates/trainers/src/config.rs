@@ -35,6 +35,9 @@ pub struct TrainConfig {
     pub sampling: SamplingConfig,
     /// Positions per chunk of the full-vocabulary losses (memory `O(chunk · V)`). Default 32.
     pub chunk_size: usize,
+    /// Whether the losses form the student's response logits `[m, R, V]` or take them from
+    /// the output head fused with the loss, a block of positions at a time. Default `auto`.
+    pub output_head: OutputHead,
     /// Top-k size of the teacher/student overlap diagnostics; 0 turns them off. Default 16.
     pub diagnostics_top_k: usize,
     /// What to do with an update whose loss or gradient is NaN or infinite. Default `skip`.
@@ -56,6 +59,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::default(),
             sampling: SamplingConfig::default(),
             chunk_size: 32,
+            output_head: OutputHead::Auto,
             diagnostics_top_k: 16,
             on_non_finite: OnNonFinite::Skip,
             collapse: CollapseWatch::default(),
@@ -137,6 +141,23 @@ impl SamplingConfig {
     pub fn is_unbiased(&self) -> bool {
         self.temperature == 1.0 && self.top_p == 1.0 && self.top_k.is_none()
     }
+}
+
+/// How the losses reach the student's logits `z = h·Wᵀ` (final hidden states `h`, head `W`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputHead {
+    /// `fused` when the head is frozen (LoRA: no more products than `formed`) or when a
+    /// micro-batch's logits would pass 256 MB; `formed` otherwise.
+    #[default]
+    Auto,
+    /// The head fused with every loss: the logits are formed 128 MB at a time in the forward
+    /// and the backward, never whole. A head that trains (full fine-tuning of a tied
+    /// embedding) forms each block again in the backward, and a teacher given by its hidden
+    /// states its block too: less memory, some more time.
+    Fused,
+    /// The logits `[m, R, V]` formed once per micro-batch, with their gradient.
+    Formed,
 }
 
 /// What happens to an update whose loss or gradient norm is NaN or infinite.

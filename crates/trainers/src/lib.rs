@@ -51,8 +51,9 @@ mod update;
 pub use builder::TrainerBuilder;
 pub use config::{
     CollapseWatch, DistillForm, GrpoConfig, MethodSettings, Objective, OnNonFinite, OpdConfig,
-    OpdForm, OpsdConfig, OptimizerConfig, Reduction, SampledTokenBaseline, SamplingConfig,
-    SdftConfig, SdpoConfig, SftConfig, TeacherWeights, TrainConfig, TrustRegionEstimator,
+    OpdForm, OpsdConfig, OptimizerConfig, OutputHead, Reduction, SampledTokenBaseline,
+    SamplingConfig, SdftConfig, SdpoConfig, SftConfig, TeacherWeights, TrainConfig,
+    TrustRegionEstimator,
 };
 pub use error::{Result, TrainError};
 pub use metrics::{Phases, StepMetrics, TeacherMetrics};

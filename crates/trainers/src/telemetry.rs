@@ -147,15 +147,6 @@ impl Telemetry {
             .add_masked(&diagnostics::entropy(student.clone()), counted);
         let teacher = match teacher {
             Some(TeacherOutput::Distribution {
-                target: TeacherTarget::Logits(logits),
-                temperature,
-            }) => {
-                let teacher = diagnostics::log_probs(logits.clone().inner(), *temperature);
-                self.teacher_entropy
-                    .add_masked(&diagnostics::entropy(teacher.clone()), counted);
-                (k > 0).then(|| TopSets::of(teacher, k))
-            }
-            Some(TeacherOutput::Distribution {
                 target: TeacherTarget::TopK { ids, log_probs },
                 ..
             }) if k > 0 => {
@@ -165,6 +156,16 @@ impl Telemetry {
                     log_probs.clone().inner().narrow(2, 0, k),
                 ))
             }
+            // Full logits, given or formed from the teacher's hidden states.
+            Some(TeacherOutput::Distribution {
+                target,
+                temperature,
+            }) => target.logits().and_then(|logits| {
+                let teacher = diagnostics::log_probs(logits.inner(), *temperature);
+                self.teacher_entropy
+                    .add_masked(&diagnostics::entropy(teacher.clone()), counted);
+                (k > 0).then(|| TopSets::of(teacher, k))
+            }),
             _ => None,
         };
         if let Some(teacher) = teacher {

@@ -10,6 +10,7 @@ use opd_divergences::DivergenceBackend;
 use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
 use opd_policy::{Llama, Policy};
 
+use crate::config::OutputHead;
 use crate::diagnostics::host;
 use crate::error::Result;
 use crate::method::{Forward, project};
@@ -36,6 +37,8 @@ pub(crate) struct LossSettings {
     pub sampled: bool,
     /// Top-k of the overlap diagnostics, when this mini-batch is diagnosed.
     pub diagnose: Option<usize>,
+    /// Formed logits or the head fused with the losses.
+    pub output_head: OutputHead,
 }
 
 /// The summed counts of `mini`'s micro-batches (the `Normalizer`'s, before any exchange).
@@ -90,21 +93,71 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
 /// Logits a micro-batch may form whole when the head trains: 256 MB of f32.
 const FORMED_LOGITS_LIMIT: usize = 1 << 26;
 
-/// Whether the log-probs come through the output head fused with the log-softmax
-/// (`sequence_log_probs_from_hidden`: no `[m, R, V]` logits or gradient) rather than from
-/// formed logits. Not when the loss reads the logits anyway. A frozen head (LoRA) always fuses:
-/// the forward also forms `∂value/∂h`, so the products are the unfused ones. A head that trains
-/// (a tied embedding under full fine-tuning) forms its blocks' logits again in the backward, one
-/// more product of `[rows, d] × [d, V]` (1–7 % of an SFT step of SmolLM2), so it fuses only
-/// when the logits would pass [`FORMED_LOGITS_LIMIT`].
+/// Whether the losses take the logits from the output head fused with them (the log-probs
+/// through `sequence_log_probs_from_hidden`, the divergences through
+/// `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or gradient) rather than
+/// from formed logits. Under [`OutputHead::Auto`] a frozen head (LoRA) always fuses: the
+/// forward also forms `∂value/∂h`, so the products are the unfused ones. A head that trains
+/// (a tied embedding under full fine-tuning) forms its blocks' logits again in the backward,
+/// one more product of `[rows, d] × [d, V]` (1–7 % of an SFT step of SmolLM2), so it fuses
+/// only when the logits would pass [`FORMED_LOGITS_LIMIT`].
 fn fuse_head<B: AutodiffBackend>(
     hidden: &Tensor<B, 3>,
     head: &Tensor<B, 2>,
-    reads_logits: bool,
+    output_head: OutputHead,
 ) -> bool {
     let [m, r, _] = hidden.dims();
     let logits = m * r * head.dims()[0];
-    !reads_logits && (!head.is_require_grad() || logits > FORMED_LOGITS_LIMIT)
+    match output_head {
+        OutputHead::Fused => true,
+        OutputHead::Formed => false,
+        OutputHead::Auto => !head.is_require_grad() || logits > FORMED_LOGITS_LIMIT,
+    }
+}
+
+/// Batch rows per block of the diagnostics, whose no-grad logits and log-probs are formed a
+/// block at a time: `rows · R · V` within 32 Mi elements (128 MB), at least one row.
+fn diagnosed_rows(width: usize, vocab: usize) -> usize {
+    ((1usize << 25) / (width * vocab).max(1)).max(1)
+}
+
+/// The entropies and top-k overlap of a micro-batch, without graph, a block of rows at a
+/// time: the logits the loss formed, or a projection of the hidden states.
+fn diagnose<B: AutodiffBackend + DivergenceBackend>(
+    forward: &Forward<B>,
+    micro: &Micro<B>,
+    k: usize,
+    rows: RowTeachers<'_>,
+    telemetry: &mut Telemetry,
+) {
+    let [m, width, _] = forward.hidden.dims();
+    let teacher = micro.prepared.targets.teacher();
+    let vocab = forward
+        .head
+        .as_ref()
+        .map_or_else(|| forward.logits().dims()[2], |head| head.dims()[0]);
+    let block = diagnosed_rows(width, vocab);
+    for start in (0..m).step_by(block) {
+        let range = start..(start + block).min(m);
+        let logits = match (forward.logits.get(), &forward.head) {
+            (None, Some(head)) => project(
+                forward.hidden.clone().inner().narrow(0, start, range.len()),
+                head.clone().inner(),
+            ),
+            _ => forward.logits().inner().narrow(0, start, range.len()),
+        };
+        let of_row = match rows.of_row {
+            [] => &[][..],
+            all => &all[range.clone()],
+        };
+        telemetry.diagnose::<B>(
+            logits,
+            teacher.map(|t| t.rows(range.clone())).as_ref(),
+            &micro.counted[start * width..range.end * width],
+            k,
+            RowTeachers { of_row, width },
+        );
+    }
 }
 
 /// One micro-batch's share of the mini-batch loss (with graph) and its value.
@@ -120,7 +173,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     let head = student.output_head();
     let logits = OnceCell::new();
     let log_probs = match &head {
-        Some(head) if fuse_head(&hidden, head, micro.prepared.targets.reads_logits()) => {
+        Some(head) if fuse_head(&hidden, head, settings.output_head) => {
             sequence_log_probs_from_hidden(
                 hidden.clone(),
                 head.clone(),
@@ -164,13 +217,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         chunk: settings.chunk,
     };
     if let Some(k) = settings.diagnose {
-        // No graph: the logits the loss formed, or a projection of the hidden states.
-        let no_grad = match (forward.logits.get(), &forward.head) {
-            (None, Some(head)) => project(forward.hidden.clone().inner(), head.clone().inner()),
-            _ => forward.logits().inner(),
-        };
-        let teacher = micro.prepared.targets.teacher();
-        telemetry.diagnose::<B>(no_grad, teacher, &micro.counted, k, rows);
+        diagnose(&forward, micro, k, rows, telemetry);
     }
     let loss = micro.prepared.targets.loss(&forward)?;
     let parts: Vec<Tensor<B, 1>> = loss

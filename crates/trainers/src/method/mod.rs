@@ -156,11 +156,10 @@ impl<B: AutodiffBackend + DivergenceBackend> Prepared<B> {
 
 /// The student's side of one micro-batch's loss, with graph.
 ///
-/// The response logits `[m, R, V]` are formed only when a loss reads them
-/// ([`Forward::logits`]); the log-probs of the sampled tokens come from the final hidden
-/// states through the output head fused with the log-softmax, a block of rows at a time
-/// (`opd_divergences::sampled::sequence_log_probs_from_hidden`), unless the logits were
-/// formed for the step anyway ([`Targets::reads_logits`]).
+/// The step either forms the response logits `[m, R, V]` up front, or leaves them to the
+/// output head fused with each loss (`crate::OutputHead`): the log-probs of the sampled tokens
+/// through `opd_divergences::sampled::sequence_log_probs_from_hidden`, the divergences through
+/// `DistillationLoss::forward_from_hidden`, the logits formed a block of rows at a time.
 pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
     /// Final hidden states at the response positions `[m, R, d]`.
     pub(crate) hidden: Tensor<B, 3>,
@@ -249,11 +248,14 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
         let options = options
             .with_temperature(temperature)
             .with_chunk_size(self.chunk);
-        let out = DistillationLoss::new(options).forward(
-            self.logits(),
-            teacher,
-            self.loss_mask.clone(),
-        )?;
+        let loss = DistillationLoss::new(options);
+        let mask = self.loss_mask.clone();
+        let out = match (&self.head, self.logits.get()) {
+            (Some(head), None) => {
+                loss.forward_from_hidden(self.hidden.clone(), head.clone(), teacher, mask)?
+            }
+            _ => loss.forward(self.logits(), teacher, mask)?,
+        };
         Ok(out.per_token)
     }
 }
@@ -300,13 +302,6 @@ pub struct Clipped {
 pub trait Targets<B: AutodiffBackend + DivergenceBackend> {
     /// The loss of the micro-batch on the student's forward, with graph.
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>>;
-
-    /// Whether [`Targets::loss`] reads the student's full logits (a divergence over the
-    /// vocabulary or a top-k): the step then forms them once and takes the log-probs from
-    /// them, instead of fusing the output head with the log-probs. Only speed depends on it.
-    fn reads_logits(&self) -> bool {
-        false
-    }
 
     /// The teacher's distribution, for the top-k overlap diagnostics (`None` without one).
     fn teacher(&self) -> Option<&TeacherOutput<B>> {

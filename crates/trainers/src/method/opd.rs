@@ -185,17 +185,6 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for OpdTargets<B> {
         self.form.loss(student)
     }
 
-    fn reads_logits(&self) -> bool {
-        matches!(
-            self.form,
-            FormTargets::Divergence { .. }
-                | FormTargets::Surrogate {
-                    trust_region: TrustRegion::Exact(_),
-                    ..
-                }
-        )
-    }
-
     fn teacher(&self) -> Option<&TeacherOutput<B>> {
         self.form.teacher()
     }

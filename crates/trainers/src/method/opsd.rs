@@ -124,10 +124,6 @@ pub(super) struct SelfDistillTargets<B: AutodiffBackend + DivergenceBackend> {
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SelfDistillTargets<B> {
-    fn reads_logits(&self) -> bool {
-        self.form == DistillForm::Full
-    }
-
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let values = match self.form {
             DistillForm::Full => {

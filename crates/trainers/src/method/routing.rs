@@ -146,35 +146,6 @@ fn merge<B: AutodiffBackend + DivergenceBackend>(
             }
         }
         TeacherOutput::Distribution {
-            target: TeacherTarget::Logits(first),
-            ..
-        } => {
-            let vocab = first.dims()[2];
-            let mut flat = vec![0.0; rows * width * vocab];
-            for (part_rows, w, output) in &parts {
-                if let TeacherOutput::Distribution {
-                    target: TeacherTarget::Logits(logits),
-                    ..
-                } = output
-                {
-                    scatter(
-                        &mut flat,
-                        &host(logits.clone().inner()),
-                        part_rows,
-                        *w,
-                        vocab,
-                    );
-                }
-            }
-            TeacherOutput::Distribution {
-                target: TeacherTarget::Logits(Tensor::from_data(
-                    TensorData::new(flat, [rows, width, vocab]),
-                    device,
-                )),
-                temperature,
-            }
-        }
-        TeacherOutput::Distribution {
             target: TeacherTarget::TopK { ids: first, .. },
             ..
         } => {
@@ -216,6 +187,30 @@ fn merge<B: AutodiffBackend + DivergenceBackend>(
                         device,
                     ),
                 },
+                temperature,
+            }
+        }
+        TeacherOutput::Distribution { target, .. } => {
+            // Full logits, given or formed from a teacher's hidden states (teachers of other
+            // widths cannot share a head).
+            let vocab = match target {
+                TeacherTarget::Hidden { head, .. } => head.dims()[0],
+                TeacherTarget::Logits(first) => first.dims()[2],
+                TeacherTarget::TopK { ids, .. } => ids.dims()[2],
+            };
+            let mut flat = vec![0.0; rows * width * vocab];
+            for (part_rows, w, output) in &parts {
+                if let TeacherOutput::Distribution { target, .. } = output
+                    && let Some(logits) = target.logits()
+                {
+                    scatter(&mut flat, &host(logits.inner()), part_rows, *w, vocab);
+                }
+            }
+            TeacherOutput::Distribution {
+                target: TeacherTarget::Logits(Tensor::from_data(
+                    TensorData::new(flat, [rows, width, vocab]),
+                    device,
+                )),
                 temperature,
             }
         }

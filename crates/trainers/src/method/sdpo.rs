@@ -124,10 +124,6 @@ struct SdpoTargets<B: AutodiffBackend + DivergenceBackend> {
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SdpoTargets<B> {
-    fn reads_logits(&self) -> bool {
-        true
-    }
-
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let c = &self.config;
         let support = c.top_k.map_or(Support::Full, Support::StudentTopK);
