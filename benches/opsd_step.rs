@@ -13,7 +13,7 @@
 //! usage: opsd_step [STEPS] [MAX_NEW_TOKENS] [ROWS] [auto|fused|formed] [VOCAB]
 
 use burn::backend::{Autodiff, Flex};
-use opd_policy::Llama;
+use opd_policy::{ChatTokenizer, Llama};
 use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 use opd_teachers::{Conditioned, Privileged, PrivilegedTemplate};
 use opd_trainers::{
@@ -88,6 +88,27 @@ impl Environment for FinalNumber {
     }
 }
 
+/// `tokenizer` with special tokens `<extra_i>` up to `vocab` ids, so a random model of that
+/// vocabulary can sample every id.
+fn padded(tokenizer: &ChatTokenizer, vocab: usize) -> ChatTokenizer {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    tokenizer
+        .save_hf(folder.path())
+        .expect("save the tokenizer");
+    let path = folder.path().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let added = json["added_tokens"].as_array_mut().expect("added tokens");
+    for id in tokenizer.vocab_size()..vocab {
+        added.push(serde_json::json!({
+            "id": id, "content": format!("<extra_{id}>"), "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true,
+        }));
+    }
+    std::fs::write(&path, json.to_string()).unwrap();
+    ChatTokenizer::from_hf_folder(folder.path()).expect("the padded tokenizer")
+}
+
 fn main() {
     opd_policy::allocator::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -101,12 +122,13 @@ fn main() {
         serde_json::from_value(mode.as_str().into()).expect("auto, fused or formed")
     });
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
-    let (mut student, tokenizer) =
+    let (mut student, mut tokenizer) =
         opd_policy::load::<A>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
     if let Some(vocab) = args.get(4) {
         let mut config = student.config.clone();
         config.vocab_size = vocab.parse().expect("VOCAB is a number");
         student = Llama::init(&config, 0, &Default::default());
+        tokenizer = padded(&tokenizer, config.vocab_size);
     }
     let tasks = problems();
     let mean_len = |lens: Vec<usize>| lens.iter().sum::<usize>() / lens.len();

@@ -32,6 +32,11 @@ pub struct Request {
     /// Rows per teacher forward for the top-k and sampled-token supports: memory grows as
     /// `micro_batch · R · V` logits.
     pub micro_batch: usize,
+    /// For the full support: whether a model teacher may answer with its final hidden states
+    /// and output head ([`opd_divergences::TeacherTarget::Hidden`]), for a loss that forms the
+    /// logits a block at a time (`DistillationLoss::forward_from_hidden`), instead of its
+    /// logits `[B, R, V]`. Default false.
+    pub hidden_states: bool,
 }
 
 impl Request {
@@ -48,6 +53,7 @@ impl Request {
             support,
             temperature,
             micro_batch: 4,
+            hidden_states: false,
         })
     }
 }

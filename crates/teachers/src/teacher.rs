@@ -102,9 +102,9 @@ impl<I: Backend> Scores<I> {
 }
 
 /// The requested support from a source of scores for any rows of `batch`: the full
-/// distribution in one call (as hidden states and the head when the model has a plain head, so
-/// the loss forms the logits a block at a time), top-k and sampled-token log-probs
-/// `micro_batch` rows at a time.
+/// distribution in one call (as hidden states and the head when the request allows it and the
+/// model has a plain head, so the loss forms the logits a block at a time), top-k and
+/// sampled-token log-probs `micro_batch` rows at a time.
 pub(crate) fn respond<B: AutodiffBackend>(
     batch: &SequenceBatch,
     request: &Request,
@@ -114,11 +114,11 @@ pub(crate) fn respond<B: AutodiffBackend>(
     let top_k = match request.support {
         TeacherSupport::Logits => {
             let target = match scores(batch)? {
-                Scores::Hidden { hidden, head } => TeacherTarget::Hidden {
+                Scores::Hidden { hidden, head } if request.hidden_states => TeacherTarget::Hidden {
                     hidden: Tensor::from_inner(hidden),
                     head: Tensor::from_inner(head),
                 },
-                Scores::Logits(logits) => TeacherTarget::Logits(Tensor::from_inner(logits)),
+                other => TeacherTarget::Logits(Tensor::from_inner(other.logits())),
             };
             return Ok(TeacherOutput::Distribution {
                 target,

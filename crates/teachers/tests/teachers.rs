@@ -72,15 +72,13 @@ fn full() -> Request {
     Request::new(TeacherSupport::Logits, 1.0).unwrap()
 }
 
-/// The full logits of an output: a model teacher returns its hidden states and head, which
-/// the losses project a block at a time.
 fn logits(out: TeacherOutput<A>) -> Tensor<A, 3> {
     match out {
         TeacherOutput::Distribution {
-            target: target @ opd_divergences::TeacherTarget::Hidden { .. },
+            target: opd_divergences::TeacherTarget::Logits(logits),
             ..
-        } => target.logits().expect("a full distribution"),
-        other => panic!("expected hidden states and a head, got {other:?}"),
+        } => logits,
+        other => panic!("expected logits, got {other:?}"),
     }
 }
 
@@ -130,7 +128,22 @@ fn trust_region_interpolates_between_the_frozen_and_the_current_teacher() {
         let teacher = TrustRegion::new(&start, alpha).unwrap();
         let out = logits(teacher.outputs(&now, &b, &full()).unwrap());
         let expected = reference.clone() + (current.clone() - reference.clone()).mul_scalar(alpha);
-        assert!(max_diff(out, expected) < 1e-5, "α = {alpha}");
+        assert!(max_diff(out, expected.clone()) < 1e-5, "α = {alpha}");
+        // As hidden states: both models' states side by side against both heads.
+        let request = Request {
+            hidden_states: true,
+            ..full()
+        };
+        match teacher.outputs(&now, &b, &request).unwrap() {
+            TeacherOutput::Distribution {
+                target: target @ opd_divergences::TeacherTarget::Hidden { .. },
+                ..
+            } => {
+                let formed = target.logits().unwrap();
+                assert!(max_diff(formed, expected) < 1e-5, "α = {alpha}, hidden");
+            }
+            other => panic!("expected hidden states, got {other:?}"),
+        }
     }
     assert!(matches!(
         TrustRegion::new(&start, 1.5),

@@ -11,6 +11,7 @@ use crate::diagnostics::host;
 use crate::error::Result;
 use crate::method::{Method, MicroBatch, Prepared, Sizes};
 use crate::rows::Rows;
+use crate::update::fuse_head;
 use opd_divergences::Counts;
 
 /// One micro-batch, fixed before the step's first update.
@@ -25,6 +26,8 @@ pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
     pub counted: Vec<bool>,
     /// Counted tokens, and rows with at least one.
     pub count: Counts,
+    /// Whether the loss takes the logits from the output head fused with it.
+    pub fused_head: bool,
 }
 
 /// How a step's rows are split: into `mini_batches` updates, and each between `workers`.
@@ -80,6 +83,9 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 TensorData::new(old_host.clone(), [chunk.len(), width]),
                 &device,
             );
+            let fused_head = student
+                .output_head()
+                .is_some_and(|head| fuse_head(&head, chunk.len() * width, sizes.output_head));
             let micro = MicroBatch {
                 rows,
                 chunk,
@@ -90,6 +96,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 old: &old,
                 old_host: &old_host,
                 sizes,
+                fused_head,
             };
             let prepared = method.targets(student, &micro)?;
             let counted: Vec<bool> = host(prepared.loss_mask.clone().int().float())
@@ -111,6 +118,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 prepared,
                 counted,
                 count,
+                fused_head,
             });
         }
         minis.push(micros);

@@ -311,6 +311,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let sizes = Sizes {
             micro_batch: self.config.micro_batch,
             chunk: self.config.chunk_size,
+            output_head: self.config.output_head,
         };
         let minis = prepare(
             &*self.method,
@@ -340,7 +341,6 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 chunk: self.config.chunk_size,
                 sampled,
                 diagnose: (u == 0).then_some(self.config.diagnostics_top_k),
-                output_head: self.config.output_head,
             };
             let (train, optimizer) = self.update(mini, u, settings, &mut telemetry)?;
             train_seconds += train;

@@ -37,8 +37,6 @@ pub(crate) struct LossSettings {
     pub sampled: bool,
     /// Top-k of the overlap diagnostics, when this mini-batch is diagnosed.
     pub diagnose: Option<usize>,
-    /// Formed logits or the head fused with the losses.
-    pub output_head: OutputHead,
 }
 
 /// The summed counts of `mini`'s micro-batches (the `Normalizer`'s, before any exchange).
@@ -93,7 +91,8 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
 /// Logits a micro-batch may form whole when the head trains: 256 MB of f32.
 const FORMED_LOGITS_LIMIT: usize = 1 << 26;
 
-/// Whether the losses take the logits from the output head fused with them (the log-probs
+/// Whether the losses of a micro-batch of `positions` response positions take the logits from
+/// the output head fused with them (the log-probs
 /// through `sequence_log_probs_from_hidden`, the divergences through
 /// `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or gradient) rather than
 /// from formed logits. Under [`OutputHead::Auto`] a frozen head (LoRA) always fuses: the
@@ -101,13 +100,12 @@ const FORMED_LOGITS_LIMIT: usize = 1 << 26;
 /// (a tied embedding under full fine-tuning) forms its blocks' logits again in the backward,
 /// one more product of `[rows, d] × [d, V]` (1–7 % of an SFT step of SmolLM2), so it fuses
 /// only when the logits would pass [`FORMED_LOGITS_LIMIT`].
-fn fuse_head<B: AutodiffBackend>(
-    hidden: &Tensor<B, 3>,
+pub(crate) fn fuse_head<B: AutodiffBackend>(
     head: &Tensor<B, 2>,
+    positions: usize,
     output_head: OutputHead,
 ) -> bool {
-    let [m, r, _] = hidden.dims();
-    let logits = m * r * head.dims()[0];
+    let logits = positions * head.dims()[0];
     match output_head {
         OutputHead::Fused => true,
         OutputHead::Formed => false,
@@ -173,15 +171,13 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     let head = student.output_head();
     let logits = OnceCell::new();
     let log_probs = match &head {
-        Some(head) if fuse_head(&hidden, head, settings.output_head) => {
-            sequence_log_probs_from_hidden(
-                hidden.clone(),
-                head.clone(),
-                ids.clone(),
-                micro.response_mask.clone(),
-                1.0,
-            )?
-        }
+        Some(head) if micro.fused_head => sequence_log_probs_from_hidden(
+            hidden.clone(),
+            head.clone(),
+            ids.clone(),
+            micro.response_mask.clone(),
+            1.0,
+        )?,
         _ => {
             let formed = student.project(hidden.clone());
             let _ = logits.set(formed.clone());

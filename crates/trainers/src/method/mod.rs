@@ -89,6 +89,9 @@ pub struct MicroBatch<'a, B: AutodiffBackend> {
     pub old_host: &'a [f32],
     /// Rows per teacher forward and positions per chunk of a full-vocabulary loss.
     pub sizes: Sizes,
+    /// Whether the loss takes the student's logits from the output head fused with it
+    /// (`crate::OutputHead`); a model teacher then answers with its hidden states and head.
+    pub fused_head: bool,
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> MicroBatch<'_, B> {
@@ -97,10 +100,12 @@ impl<B: AutodiffBackend + DivergenceBackend> MicroBatch<'_, B> {
         &self.tasks[self.rows.tasks[self.chunk[i]]]
     }
 
-    /// A teacher request for `support` at `temperature`, `sizes.micro_batch` rows per forward.
+    /// A teacher request for `support` at `temperature`, `sizes.micro_batch` rows per forward;
+    /// the full support as hidden states and the head when the loss fuses the head.
     pub fn request(&self, support: TeacherSupport, temperature: f64) -> Result<Request> {
         let mut request = Request::new(support, temperature)?;
         request.micro_batch = self.sizes.micro_batch;
+        request.hidden_states = self.fused_head;
         Ok(request)
     }
 
@@ -130,6 +135,8 @@ pub struct Sizes {
     pub micro_batch: usize,
     /// Positions per chunk of a full-vocabulary loss.
     pub chunk: usize,
+    /// Formed logits or the output head fused with the losses.
+    pub output_head: crate::OutputHead,
 }
 
 /// A micro-batch's constants, fixed before the step's first update.
