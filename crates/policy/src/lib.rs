@@ -56,6 +56,8 @@ mod rope_grad;
 mod row_matmul;
 mod safetensors;
 pub mod sequence;
+#[cfg(feature = "flex")]
+mod swiglu_grad;
 pub mod tokenizer;
 mod weights;
 

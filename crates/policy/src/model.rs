@@ -11,7 +11,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::config::LlamaConfig;
@@ -134,8 +133,20 @@ impl<B: Backend> Attention<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(swiglu(gate, self.up_proj.forward(x)))
+    }
+}
+
+/// `silu(gate) ⊙ up`: on `Autodiff<Flex>` one graph node with a closed-form backward
+/// (`swiglu_grad.rs`), elsewhere burn's ops.
+fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    return crate::swiglu_grad::swiglu(gate, up);
+    #[cfg(not(feature = "flex"))]
+    {
+        burn::tensor::activation::silu(gate) * up
     }
 }
 
