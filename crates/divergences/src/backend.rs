@@ -13,12 +13,13 @@ use burn::backend::autodiff::{
     grads::Gradients,
     ops::{Backward, Ops, OpsKind},
 };
-use burn::tensor::{backend::Backend, ops::FloatTensor, ops::IntTensor};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ops::FloatTensor, ops::IntTensor};
 
 use crate::buckets::TeacherLogits;
 use crate::chunks::Rows;
 use crate::generic;
-use crate::head;
+use crate::head::{self, BlockObserver};
 use crate::kind::DivergenceOptions;
 
 /// A backend that can evaluate divergences over logits row by row.
@@ -91,8 +92,10 @@ pub trait DivergenceBackend: Backend {
     /// with the output head `W` `[V, d]` and ids `[N]`: output `[rows.count(N)]`. The logits
     /// are formed `block_rows` selected rows at a time, in the forward and the backward
     /// (`O(block_rows · V)` memory), on every backend through its own matmul and
-    /// [`DivergenceBackend::token_log_probs`]. Inputs are validated by
+    /// [`DivergenceBackend::token_log_probs`]; `observe` sees each block's logits. Inputs are
+    /// validated by
     /// [`crate::sampled::sequence_log_probs_from_hidden`], not here.
+    #[allow(clippy::too_many_arguments)]
     fn head_token_log_probs(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -100,13 +103,14 @@ pub trait DivergenceBackend: Backend {
         rows: &Rows,
         temperature: f64,
         block_rows: usize,
+        observe: Option<&mut BlockObserver<'_, Self>>,
     ) -> FloatTensor<Self> {
         let scored = head::Scored {
             loss: head::RowLoss::TokenLogProb { ids, temperature },
             rows: rows.clone(),
             block_rows,
         };
-        head::forward::<Self>(hidden, weight, &scored, false).0
+        head::forward::<Self>(hidden, weight, &scored, false, observe).0
     }
 
     /// `D(p_T ‖ softmax(h·Wᵀ / τ))` at each selected row of final hidden states `h` `[N, d]`
@@ -114,8 +118,10 @@ pub trait DivergenceBackend: Backend {
     /// by hidden states included): output `[rows.count(N)]`, as
     /// [`DivergenceBackend::divergence_rows`] of the logits `h·Wᵀ`, which are formed
     /// `block_rows` selected rows at a time in the forward and the backward, the teacher's
-    /// next to the student's. Inputs are validated by
+    /// next to the student's; `observe` sees each block's logits (the teacher's too). Inputs
+    /// are validated by
     /// [`crate::DistillationLoss::forward_from_hidden`], not here.
+    #[allow(clippy::too_many_arguments)]
     fn head_divergence_rows(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -123,6 +129,7 @@ pub trait DivergenceBackend: Backend {
         rows: &Rows,
         options: DivergenceOptions,
         block_rows: usize,
+        observe: Option<&mut BlockObserver<'_, Self>>,
     ) -> FloatTensor<Self> {
         let scored = head::Scored {
             loss: head::RowLoss::Divergence {
@@ -132,7 +139,7 @@ pub trait DivergenceBackend: Backend {
             rows: rows.clone(),
             block_rows,
         };
-        head::forward::<Self>(hidden, weight, &scored, false).0
+        head::forward::<Self>(hidden, weight, &scored, false, observe).0
     }
 }
 
@@ -270,6 +277,7 @@ fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
     loss: head::RowLoss<B>,
     rows: &Rows,
     block_rows: usize,
+    observe: Option<&mut BlockObserver<'_, Autodiff<B, C>>>,
 ) -> FloatTensor<Autodiff<B, C>> {
     let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
     let unit = weight.node.requirement.is_none() && !hidden.node.requirement.is_none();
@@ -278,11 +286,21 @@ fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
         rows: rows.clone(),
         block_rows,
     };
+    // The observer sees the blocks as constants of the autodiff backend.
+    let mut lifted = observe.map(|observe| {
+        move |rows: &[usize], z: FloatTensor<B>, teacher: Option<FloatTensor<B>>| {
+            let lift = <Autodiff<B, C> as AutodiffBackend>::from_inner;
+            observe(rows, lift(z), teacher.map(lift))
+        }
+    });
     let (values, unit) = head::forward::<B>(
         hidden.primitive.clone(),
         weight.primitive.clone(),
         &scored,
         unit,
+        lifted
+            .as_mut()
+            .map(|observe| observe as &mut BlockObserver<'_, B>),
     );
     match HeadBackward
         .prepare::<C>([hidden.node.clone(), weight.node.clone()])
@@ -317,9 +335,10 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
         rows: &Rows,
         temperature: f64,
         block_rows: usize,
+        observe: Option<&mut BlockObserver<'_, Self>>,
     ) -> FloatTensor<Self> {
         let loss = head::RowLoss::TokenLogProb { ids, temperature };
-        head_node::<B, C>(hidden, weight, loss, rows, block_rows)
+        head_node::<B, C>(hidden, weight, loss, rows, block_rows, observe)
     }
 
     fn head_divergence_rows(
@@ -329,12 +348,13 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
         rows: &Rows,
         options: DivergenceOptions,
         block_rows: usize,
+        observe: Option<&mut BlockObserver<'_, Self>>,
     ) -> FloatTensor<Self> {
         let loss = head::RowLoss::Divergence {
             teacher: detached(teacher),
             options,
         };
-        head_node::<B, C>(hidden, weight, loss, rows, block_rows)
+        head_node::<B, C>(hidden, weight, loss, rows, block_rows, observe)
     }
 
     fn divergence_rows(

@@ -81,6 +81,14 @@ impl Chunk {
         matches!(self.source, Source::Range(0)) && self.len == total
     }
 
+    /// The indices of the chunk's rows, in order.
+    pub(crate) fn rows(&self) -> Vec<usize> {
+        match &self.source {
+            Source::Range(start) => (*start..*start + self.len).collect(),
+            Source::Indices(idx) => idx.clone(),
+        }
+    }
+
     /// The chunk's rows (along the first axis) of `t`.
     pub(crate) fn take<B: Backend, const D: usize, K>(&self, t: Tensor<B, D, K>) -> Tensor<B, D, K>
     where

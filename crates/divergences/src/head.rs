@@ -19,12 +19,44 @@
 //! `[N, d]` (each row's value depends on its own logits only, so its gradient is `g · u`): as
 //! many products as the unfused head, and `O(rows · V)` memory.
 
-use burn::tensor::{Int, Tensor, ops::FloatTensor, ops::IntTensor};
+use burn::tensor::{Int, Tensor, backend::Backend, ops::FloatTensor, ops::IntTensor};
 
 use crate::backend::DivergenceBackend;
 use crate::buckets::{TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};
 use crate::kind::DivergenceOptions;
+
+/// Sees each block of logits the fused head forms in its forward, without graph: the indices
+/// of the block's rows, the student's logits `[rows, V]` and the teacher's, when the teacher
+/// has full logits (given, or formed from its hidden states).
+pub type BlockObserver<'a, B> = dyn FnMut(&[usize], FloatTensor<B>, Option<FloatTensor<B>>) + 'a;
+
+/// A block of logits a fused head formed in its forward, as constants: what the
+/// `_observed` entry points show their observer, e.g. for entropies and top-k diagnostics
+/// that would otherwise form the logits once more.
+#[derive(Debug, Clone)]
+pub struct LogitBlock<B: Backend> {
+    /// The flat positions `b·T + t` of the block's rows.
+    pub positions: Vec<usize>,
+    /// The student's logits `[rows, V]`.
+    pub student: Tensor<B, 2>,
+    /// The teacher's logits `[rows, V]`, when the loss has them (a divergence to full logits
+    /// or to a teacher given by its hidden states).
+    pub teacher: Option<Tensor<B, 2>>,
+}
+
+/// Adapts a [`LogitBlock`] observer to the backend hooks' [`BlockObserver`].
+pub(crate) fn lifted<B: Backend>(
+    observe: &mut dyn FnMut(LogitBlock<B>),
+) -> impl FnMut(&[usize], FloatTensor<B>, Option<FloatTensor<B>>) + '_ {
+    move |rows, student, teacher| {
+        observe(LogitBlock {
+            positions: rows.to_vec(),
+            student: float(student),
+            teacher: teacher.map(float),
+        })
+    }
+}
 
 /// Logit elements one block holds: 32 Mi f32 (128 MB): 682 rows of SmolLM2's 49,152-token
 /// vocabulary, 220 of Qwen3's 151,936. Blocks of this size keep the head's products large
@@ -68,6 +100,17 @@ pub(crate) struct Scored<B: DivergenceBackend> {
 }
 
 impl<B: DivergenceBackend> RowLoss<B> {
+    /// The teacher's full logits of a block's loss, when it has them.
+    fn teacher_logits(&self) -> Option<FloatTensor<B>> {
+        match self {
+            Self::Divergence {
+                teacher: TeacherLogits::Logits(t),
+                ..
+            } => Some(t.clone()),
+            _ => None,
+        }
+    }
+
     /// The loss on the rows of `block` only: their ids, or their teacher rows (a teacher
     /// given by hidden states is projected here, once per block).
     fn of_block(&self, block: &Chunk) -> Self {
@@ -130,13 +173,15 @@ impl<B: DivergenceBackend> Scored<B> {
     }
 }
 
-/// The loss at each selected row, `[rows.count(N)]`; with `unit`, also
+/// The loss at each selected row, `[rows.count(N)]`, each block's logits shown to `observe`;
+/// with `unit`, also
 /// `u = ∂value/∂h` per selected row, `[rows.count(N), d]`.
 pub(crate) fn forward<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
     scored: &Scored<B>,
     unit: bool,
+    mut observe: Option<&mut BlockObserver<'_, B>>,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let hidden = float::<B, 2>(hidden);
     let weight = float::<B, 2>(weight);
@@ -145,6 +190,9 @@ pub(crate) fn forward<B: DivergenceBackend>(
     for block in scored.blocks(hidden.dims()[0]) {
         let z = block_logits(&block, &hidden, &weight);
         let loss = scored.loss.of_block(&block);
+        if let Some(observe) = observe.as_deref_mut() {
+            observe(&block.rows(), primitive(z.clone()), loss.teacher_logits());
+        }
         let v = loss.values(z.clone());
         if unit {
             let ones = primitive(Tensor::<B, 1>::ones([block.len], &hidden.device()));

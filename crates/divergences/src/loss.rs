@@ -7,6 +7,7 @@ use crate::buckets::{float, primitive};
 use crate::check;
 use crate::chunks::Rows;
 use crate::error::Result;
+use crate::head::{BlockObserver, LogitBlock, lifted};
 use crate::kind::DivergenceOptions;
 use crate::positions::{TeacherTarget, divergence_at, flatten};
 use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
@@ -86,6 +87,32 @@ impl DistillationLoss {
         teacher: TeacherTarget<B, 3>,
         mask: Tensor<B, 2, Bool>,
     ) -> Result<LossOutput<B>> {
+        self.evaluate_from_hidden(hidden, head, teacher, mask, None)
+    }
+
+    /// [`Self::forward_from_hidden`], with `observe` shown each block of logits the forward
+    /// forms (the student's and the teacher's, as constants), in order: the diagnostics of a
+    /// step (entropies, top-k overlap) without forming the logits once more.
+    pub fn forward_from_hidden_observed<B: DivergenceBackend>(
+        &self,
+        hidden: Tensor<B, 3>,
+        head: Tensor<B, 2>,
+        teacher: TeacherTarget<B, 3>,
+        mask: Tensor<B, 2, Bool>,
+        observe: &mut dyn FnMut(LogitBlock<B>),
+    ) -> Result<LossOutput<B>> {
+        let mut observe = lifted(observe);
+        self.evaluate_from_hidden(hidden, head, teacher, mask, Some(&mut observe))
+    }
+
+    fn evaluate_from_hidden<B: DivergenceBackend>(
+        &self,
+        hidden: Tensor<B, 3>,
+        head: Tensor<B, 2>,
+        teacher: TeacherTarget<B, 3>,
+        mask: Tensor<B, 2, Bool>,
+        observe: Option<&mut BlockObserver<'_, B>>,
+    ) -> Result<LossOutput<B>> {
         let options = self.options.validated()?;
         let [batch, time, width] = hidden.dims();
         let [vocab, head_width] = head.dims();
@@ -102,6 +129,7 @@ impl DistillationLoss {
             &rows,
             options,
             crate::head::rows_per_block(vocab),
+            observe,
         ));
         check::finite("divergence", &values)?;
         self.output(values, &rows, mask)

@@ -12,6 +12,7 @@ use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 use crate::backend::DivergenceBackend;
 use crate::check;
 use crate::error::Result;
+use crate::head::{BlockObserver, LogitBlock, lifted};
 use crate::loss::{LossOutput, scatter_rows};
 use crate::positions::token_log_probs_at;
 use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
@@ -100,6 +101,31 @@ pub fn sequence_log_probs_from_hidden<B: DivergenceBackend>(
     mask: Tensor<B, 2, Bool>,
     temperature: f64,
 ) -> Result<Tensor<B, 2>> {
+    log_probs_from_hidden(hidden, head, ids, mask, temperature, None)
+}
+
+/// [`sequence_log_probs_from_hidden`], with `observe` shown each block of logits the forward
+/// forms (as constants), in order.
+pub fn sequence_log_probs_from_hidden_observed<B: DivergenceBackend>(
+    hidden: Tensor<B, 3>,
+    head: Tensor<B, 2>,
+    ids: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2, Bool>,
+    temperature: f64,
+    observe: &mut dyn FnMut(LogitBlock<B>),
+) -> Result<Tensor<B, 2>> {
+    let mut observe = lifted(observe);
+    log_probs_from_hidden(hidden, head, ids, mask, temperature, Some(&mut observe))
+}
+
+fn log_probs_from_hidden<B: DivergenceBackend>(
+    hidden: Tensor<B, 3>,
+    head: Tensor<B, 2>,
+    ids: Tensor<B, 2, Int>,
+    mask: Tensor<B, 2, Bool>,
+    temperature: f64,
+    observe: Option<&mut BlockObserver<'_, B>>,
+) -> Result<Tensor<B, 2>> {
     let temperature = check::positive("temperature", temperature)?;
     let [batch, time, width] = hidden.dims();
     let [vocab, head_width] = head.dims();
@@ -121,6 +147,7 @@ pub fn sequence_log_probs_from_hidden<B: DivergenceBackend>(
             &rows,
             temperature,
             crate::head::rows_per_block(vocab),
+            observe,
         ),
     ));
     check::finite("token log-prob", &values)?;

@@ -57,6 +57,7 @@ fn ours(
         rows,
         tau,
         block_rows,
+        None,
     );
     let values = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(values));
     let g: Vec<f32> = weights.iter().map(|&x| x as f32).collect();

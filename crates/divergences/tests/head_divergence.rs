@@ -92,6 +92,7 @@ fn ours(
         rows,
         options,
         block_rows,
+        None,
     );
     let values = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(values));
     let g: Vec<f32> = weights.iter().map(|&x| x as f32).collect();
@@ -342,4 +343,73 @@ fn fused_head_loss_checks_its_inputs() {
         .forward_from_hidden(nan, head, teacher(DT, V), mask)
         .unwrap_err();
     assert!(matches!(e, DivergenceError::NonFinite { .. }), "{e}");
+}
+
+#[test]
+fn the_observer_sees_every_counted_position_once_with_both_models_logits() {
+    let loss = DistillationLoss::new(DivergenceOptions::new(Divergence::ForwardKl));
+    let hidden = Mat::random(N, D, 1.0, 71).tensor::<B>().reshape([2, 3, D]);
+    let head = Mat::random(V, D, 1.0, 72).tensor::<B>();
+    let (ht, wt) = (
+        Mat::random(N, DT, 1.0, 73)
+            .tensor::<B>()
+            .reshape([2, 3, DT]),
+        Mat::random(V, DT, 1.0, 74).tensor::<B>(),
+    );
+    let teacher = || TeacherTarget::Hidden {
+        hidden: ht.clone(),
+        head: wt.clone(),
+    };
+    let mask = Tensor::<B, 2, Int>::from_ints([[1, 0, 1], [1, 1, 0]], &device()).bool();
+    let mut seen = Vec::new();
+    let observed = loss
+        .forward_from_hidden_observed(
+            hidden.clone(),
+            head.clone(),
+            teacher(),
+            mask.clone(),
+            &mut |block| seen.push(block),
+        )
+        .unwrap();
+    let plain = loss
+        .forward_from_hidden(hidden.clone(), head.clone(), teacher(), mask)
+        .unwrap();
+    assert_close(
+        "values",
+        &to_vec(observed.per_token),
+        &to_vec(plain.per_token),
+        0.0,
+        0.0,
+    );
+    let positions: Vec<usize> = seen.iter().flat_map(|b| b.positions.clone()).collect();
+    assert_eq!(
+        positions,
+        vec![0, 2, 3, 4],
+        "the counted positions, once each, in order"
+    );
+    let student = hidden.reshape([N, D]).matmul(head.transpose());
+    let formed = ht.reshape([N, DT]).matmul(wt.transpose());
+    for block in &seen {
+        let index = |rows: &[usize]| {
+            int_tensor::<B, 1>(rows.iter().map(|&r| r as i64).collect(), [rows.len()])
+        };
+        let rows = index(&block.positions);
+        let expected = student.clone().select(0, rows.clone());
+        assert_close(
+            "student block",
+            &to_vec(block.student.clone()),
+            &to_vec(expected),
+            1e-6,
+            1e-5,
+        );
+        let teacher = block.teacher.clone().expect("the teacher's logits");
+        let expected = formed.clone().select(0, rows);
+        assert_close(
+            "teacher block",
+            &to_vec(teacher),
+            &to_vec(expected),
+            1e-6,
+            1e-5,
+        );
+    }
 }

@@ -148,7 +148,7 @@ impl SamplingConfig {
 #[serde(rename_all = "snake_case")]
 pub enum OutputHead {
     /// `fused` when the head is frozen (LoRA: no more products than `formed`) or when a
-    /// micro-batch's logits would pass 256 MB; `formed` otherwise.
+    /// micro-batch's logits would pass 1 GB; `formed` otherwise.
     #[default]
     Auto,
     /// The head fused with every loss: the logits are formed 128 MB at a time in the forward

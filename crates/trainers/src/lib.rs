@@ -30,6 +30,7 @@ mod builder;
 mod check;
 pub mod checkpoint;
 pub mod config;
+mod diagnosis;
 mod diagnostics;
 mod error;
 mod fingerprint;

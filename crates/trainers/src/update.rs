@@ -1,19 +1,24 @@
 //! The loss stage: forward, loss and backward of each micro-batch of a mini-batch, the
 //! gradients accumulated.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
-use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
+use opd_divergences::TeacherTarget;
+use opd_divergences::sampled::{
+    sequence_log_probs, sequence_log_probs_from_hidden, sequence_log_probs_from_hidden_observed,
+};
 use opd_policy::{Llama, Policy};
+use opd_teachers::TeacherOutput;
 
 use crate::config::OutputHead;
+use crate::diagnosis::{Diagnosis, diagnose_formed};
 use crate::diagnostics::host;
 use crate::error::Result;
-use crate::method::{Forward, project};
+use crate::method::Forward;
 use crate::micro::Micro;
 use crate::objectives::importance_ratio;
 use crate::telemetry::{RowTeachers, Telemetry};
@@ -88,18 +93,18 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
     })
 }
 
-/// Logits a micro-batch may form whole when the head trains: 256 MB of f32.
-const FORMED_LOGITS_LIMIT: usize = 1 << 26;
+/// Logits a micro-batch may form whole when the head trains: 1 GB of f32.
+const FORMED_LOGITS_LIMIT: usize = 1 << 28;
 
 /// Whether the losses of a micro-batch of `positions` response positions take the logits from
-/// the output head fused with them (the log-probs
-/// through `sequence_log_probs_from_hidden`, the divergences through
-/// `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or gradient) rather than
-/// from formed logits. Under [`OutputHead::Auto`] a frozen head (LoRA) always fuses: the
-/// forward also forms `∂value/∂h`, so the products are the unfused ones. A head that trains
-/// (a tied embedding under full fine-tuning) forms its blocks' logits again in the backward,
-/// one more product of `[rows, d] × [d, V]` (1–7 % of an SFT step of SmolLM2), so it fuses
-/// only when the logits would pass [`FORMED_LOGITS_LIMIT`].
+/// the output head fused with them (the log-probs through `sequence_log_probs_from_hidden`,
+/// the divergences through `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or
+/// gradient) rather than from formed logits. Under [`OutputHead::Auto`] a frozen head (LoRA)
+/// always fuses: the forward also forms `∂value/∂h`, so the products are the unfused ones. A
+/// head that trains (a tied embedding under full fine-tuning) forms its blocks' logits again in
+/// the backward, and a divergence's teacher blocks too: 10–15 % of an SFT or OPSD step of
+/// SmolLM2 at 8 × 256 for 0.25–0.5 GB less, so it fuses only when the logits would pass
+/// [`FORMED_LOGITS_LIMIT`], where they and their gradient become the step's peak.
 pub(crate) fn fuse_head<B: AutodiffBackend>(
     head: &Tensor<B, 2>,
     positions: usize,
@@ -110,51 +115,6 @@ pub(crate) fn fuse_head<B: AutodiffBackend>(
         OutputHead::Fused => true,
         OutputHead::Formed => false,
         OutputHead::Auto => !head.is_require_grad() || logits > FORMED_LOGITS_LIMIT,
-    }
-}
-
-/// Batch rows per block of the diagnostics, whose no-grad logits and log-probs are formed a
-/// block at a time: `rows · R · V` within 32 Mi elements (128 MB), at least one row.
-fn diagnosed_rows(width: usize, vocab: usize) -> usize {
-    ((1usize << 25) / (width * vocab).max(1)).max(1)
-}
-
-/// The entropies and top-k overlap of a micro-batch, without graph, a block of rows at a
-/// time: the logits the loss formed, or a projection of the hidden states.
-fn diagnose<B: AutodiffBackend + DivergenceBackend>(
-    forward: &Forward<B>,
-    micro: &Micro<B>,
-    k: usize,
-    rows: RowTeachers<'_>,
-    telemetry: &mut Telemetry,
-) {
-    let [m, width, _] = forward.hidden.dims();
-    let teacher = micro.prepared.targets.teacher();
-    let vocab = forward
-        .head
-        .as_ref()
-        .map_or_else(|| forward.logits().dims()[2], |head| head.dims()[0]);
-    let block = diagnosed_rows(width, vocab);
-    for start in (0..m).step_by(block) {
-        let range = start..(start + block).min(m);
-        let logits = match (forward.logits.get(), &forward.head) {
-            (None, Some(head)) => project(
-                forward.hidden.clone().inner().narrow(0, start, range.len()),
-                head.clone().inner(),
-            ),
-            _ => forward.logits().inner().narrow(0, start, range.len()),
-        };
-        let of_row = match rows.of_row {
-            [] => &[][..],
-            all => &all[range.clone()],
-        };
-        telemetry.diagnose::<B>(
-            logits,
-            teacher.map(|t| t.rows(range.clone())).as_ref(),
-            &micro.counted[start * width..range.end * width],
-            k,
-            RowTeachers { of_row, width },
-        );
     }
 }
 
@@ -169,35 +129,53 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     let hidden = student.response_hidden(&micro.batch)?;
     let ids = micro.batch.response_ids::<B>(&hidden.device());
     let head = student.output_head();
+    let teacher = micro.prepared.targets.teacher();
+    let rows = RowTeachers {
+        of_row: micro.prepared.targets.teacher_of_rows(),
+        width: micro.batch.response_width(),
+    };
+    let mut diagnosis = settings
+        .diagnose
+        .map(|k| Diagnosis::new(k, rows.of_row, rows.width));
+    // With the head fused, a loss against the teacher's full distribution shows its blocks
+    // (the student's and the teacher's logits) to the diagnosis; otherwise the log-probs' do.
+    let full_teacher = matches!(
+        teacher,
+        Some(TeacherOutput::Distribution {
+            target: TeacherTarget::Logits(_) | TeacherTarget::Hidden { .. },
+            ..
+        })
+    );
     let logits = OnceCell::new();
+    let (mask, response_ids) = (micro.response_mask.clone(), ids.clone());
     let log_probs = match &head {
-        Some(head) if micro.fused_head => sequence_log_probs_from_hidden(
-            hidden.clone(),
-            head.clone(),
-            ids.clone(),
-            micro.response_mask.clone(),
-            1.0,
-        )?,
+        Some(head) if micro.fused_head => match diagnosis.as_mut().filter(|_| !full_teacher) {
+            Some(diagnosis) => sequence_log_probs_from_hidden_observed(
+                hidden.clone(),
+                head.clone(),
+                response_ids,
+                mask,
+                1.0,
+                &mut |block| diagnosis.block(block, teacher, &micro.counted),
+            )?,
+            None => sequence_log_probs_from_hidden(
+                hidden.clone(),
+                head.clone(),
+                response_ids,
+                mask,
+                1.0,
+            )?,
+        },
         _ => {
             let formed = student.project(hidden.clone());
             let _ = logits.set(formed.clone());
-            sequence_log_probs(
-                formed,
-                ids.clone(),
-                micro.response_mask.clone(),
-                1.0,
-                settings.chunk,
-            )?
+            sequence_log_probs(formed, response_ids, mask, 1.0, settings.chunk)?
         }
     };
     let ratio_host = if settings.sampled {
         host(importance_ratio(log_probs.clone(), micro.old.clone()).inner())
     } else {
         Vec::new()
-    };
-    let rows = RowTeachers {
-        of_row: micro.prepared.targets.teacher_of_rows(),
-        width: micro.batch.response_width(),
     };
     let forward = Forward {
         hidden,
@@ -211,11 +189,14 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         counted_host: micro.counted.clone(),
         ratio_host,
         chunk: settings.chunk,
+        diagnosis: RefCell::new(diagnosis),
     };
-    if let Some(k) = settings.diagnose {
-        diagnose(&forward, micro, k, rows, telemetry);
-    }
     let loss = micro.prepared.targets.loss(&forward)?;
+    match forward.diagnosis.take() {
+        Some(diagnosis) if diagnosis.observed => telemetry.absorb(&diagnosis.measured),
+        Some(diagnosis) => diagnose_formed(&forward, micro, diagnosis.k, rows, telemetry),
+        None => {}
+    }
     let parts: Vec<Tensor<B, 1>> = loss
         .parts
         .iter()

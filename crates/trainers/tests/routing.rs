@@ -8,7 +8,7 @@ mod toy;
 use burn::module::AutodiffModule;
 use opd_policy::Llama;
 use opd_teachers::External;
-use opd_trainers::{Objective, OpdConfig, OpdForm, TrainError, Trainer};
+use opd_trainers::{Objective, OpdConfig, OpdForm, OutputHead, TrainError, Trainer};
 use toy::*;
 
 /// The mapping tasks, alternately routed to `same` (the student itself) and `other` (a model
@@ -24,7 +24,7 @@ fn routed() -> Vec<opd_tasks::Task> {
         .collect()
 }
 
-fn first_step(form: OpdForm) -> opd_trainers::StepMetrics {
+fn first_step(form: OpdForm, output_head: OutputHead) -> opd_trainers::StepMetrics {
     let student = Llama::<A>::init(&config(), 11, &Default::default());
     let other = Llama::<A>::init(&config(), 12, &Default::default());
     let tok = tokenizer();
@@ -37,6 +37,7 @@ fn first_step(form: OpdForm) -> opd_trainers::StepMetrics {
     let mut run = toy_config(objective, 1, 1e-3);
     // One micro-batch holding rows of both teachers.
     run.micro_batch = 16;
+    run.output_head = output_head;
     let mut trainer = Trainer::builder(run, student, tok, routed(), Revealing)
         .named_teacher("same", Box::new(same))
         .named_teacher("other", Box::new(other))
@@ -55,7 +56,23 @@ fn each_task_is_scored_by_its_teacher_and_measured_apart() {
         },
         OpdForm::surrogate(),
     ] {
-        let metrics = first_step(form);
+        let metrics = first_step(form, OutputHead::Formed);
+        // The head fused with the loss measures each teacher's rows alike.
+        let fused = first_step(form, OutputHead::Fused);
+        for name in ["same", "other"] {
+            let (a, b) = (&fused.teachers[name], &metrics.teachers[name]);
+            assert_eq!(a.tokens, b.tokens, "{form:?} {name}");
+            for (what, x, y) in [
+                ("divergence", a.divergence_mean, b.divergence_mean),
+                ("overlap", a.topk_overlap, b.topk_overlap),
+            ] {
+                let (x, y) = (x.unwrap_or(0.0), y.unwrap_or(0.0));
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "{form:?} {name} {what}: fused {x} formed {y}"
+                );
+            }
+        }
         let (same, other) = (&metrics.teachers["same"], &metrics.teachers["other"]);
         assert!(same.tokens > 0 && other.tokens > 0, "{form:?}: {metrics:?}");
         let (d_same, d_other) = (

@@ -26,7 +26,7 @@ mod sft;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Int, Tensor};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
 use opd_divergences::{DistillationLoss, DivergenceBackend, DivergenceOptions};
@@ -44,6 +44,7 @@ pub use sdpo::SdpoConfig;
 pub use sft::SftConfig;
 
 use crate::config::{DistillForm, Objective, Reduction};
+use crate::diagnosis::Diagnosis;
 use crate::error::{Result, TrainError};
 use crate::rows::Rows;
 
@@ -191,6 +192,9 @@ pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
     pub ratio_host: Vec<f32>,
     /// Positions per chunk of the full-vocabulary computations.
     pub chunk: usize,
+    /// The micro-batch's diagnostics, when it is diagnosed: the first divergence with the head
+    /// fused shows its blocks of logits to it.
+    pub(crate) diagnosis: RefCell<Option<Diagnosis>>,
 }
 
 /// `hidden · headᵀ`: `[m, R, d] × [V, d] → [m, R, V]`, as one 2-D product.
@@ -243,24 +247,33 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
         }
     }
 
-    /// A divergence to `teacher` (full logits or a top-k) per token `[m, R]`, with gradient,
+    /// A divergence to the teacher's `output` (full logits, hidden states or a top-k) per token
+    /// `[m, R]`, with gradient,
     /// at the temperature the teacher scored at; zero off the loss mask.
     pub fn divergence(
         &self,
-        teacher: &TeacherOutput<B>,
+        output: &TeacherOutput<B>,
         options: DivergenceOptions,
     ) -> Result<Tensor<B, 2>> {
-        let temperature = teacher.temperature();
-        let teacher = teacher.clone().into_target(temperature)?;
+        let temperature = output.temperature();
+        let teacher = output.clone().into_target(temperature)?;
         let options = options
             .with_temperature(temperature)
             .with_chunk_size(self.chunk);
         let loss = DistillationLoss::new(options);
         let mask = self.loss_mask.clone();
+        let (hidden, mut diagnosis) = (self.hidden.clone(), self.diagnosis.borrow_mut());
         let out = match (&self.head, self.logits.get()) {
-            (Some(head), None) => {
-                loss.forward_from_hidden(self.hidden.clone(), head.clone(), teacher, mask)?
-            }
+            (Some(head), None) => match diagnosis.as_mut().filter(|d| !d.observed) {
+                Some(diagnosis) => loss.forward_from_hidden_observed(
+                    hidden,
+                    head.clone(),
+                    teacher,
+                    mask,
+                    &mut |block| diagnosis.block(block, Some(output), &self.counted_host),
+                )?,
+                None => loss.forward_from_hidden(hidden, head.clone(), teacher, mask)?,
+            },
             _ => loss.forward(self.logits(), teacher, mask)?,
         };
         Ok(out.per_token)
