@@ -94,19 +94,7 @@ fn ours(
         block_rows,
         None,
     );
-    let values = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(values));
-    let g: Vec<f32> = weights.iter().map(|&x| x as f32).collect();
-    let g = Tensor::<B, 1>::from_floats(g.as_slice(), &device());
-    let grads = (values.clone() * g).sum().backward();
-    (
-        to_vec(values),
-        to_vec(
-            hidden
-                .grad(&grads)
-                .expect("the hidden states take a gradient"),
-        ),
-        head.grad(&grads).map(to_vec),
-    )
+    weighted_values_and_gradients(values, &hidden, &head, weights)
 }
 
 fn primitive(m: &Mat) -> burn::tensor::ops::FloatTensor<Plain> {

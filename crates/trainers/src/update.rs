@@ -7,12 +7,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
-use opd_divergences::TeacherTarget;
-use opd_divergences::sampled::{
-    sequence_log_probs, sequence_log_probs_from_hidden, sequence_log_probs_from_hidden_observed,
-};
 use opd_policy::{Llama, Policy};
-use opd_teachers::TeacherOutput;
 
 use crate::config::OutputHead;
 use crate::diagnosis::{Diagnosis, diagnose_formed};
@@ -20,7 +15,6 @@ use crate::diagnostics::host;
 use crate::error::Result;
 use crate::method::Forward;
 use crate::micro::Micro;
-use crate::objectives::importance_ratio;
 use crate::telemetry::{RowTeachers, Telemetry};
 use opd_divergences::{Counts, reduce_share};
 
@@ -129,69 +123,37 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     let hidden = student.response_hidden(&micro.batch)?;
     let ids = micro.batch.response_ids::<B>(&hidden.device());
     let head = student.output_head();
-    let teacher = micro.prepared.targets.teacher();
     let rows = RowTeachers {
         of_row: micro.prepared.targets.teacher_of_rows(),
         width: micro.batch.response_width(),
     };
-    let mut diagnosis = settings
-        .diagnose
-        .map(|k| Diagnosis::new(k, rows.of_row, rows.width));
-    // With the head fused, a loss against the teacher's full distribution shows its blocks
-    // (the student's and the teacher's logits) to the diagnosis; otherwise the log-probs' do.
-    let full_teacher = matches!(
-        teacher,
-        Some(TeacherOutput::Distribution {
-            target: TeacherTarget::Logits(_) | TeacherTarget::Hidden { .. },
-            ..
-        })
-    );
     let logits = OnceCell::new();
-    let (mask, response_ids) = (micro.response_mask.clone(), ids.clone());
-    let log_probs = match &head {
-        Some(head) if micro.fused_head => match diagnosis.as_mut().filter(|_| !full_teacher) {
-            Some(diagnosis) => sequence_log_probs_from_hidden_observed(
-                hidden.clone(),
-                head.clone(),
-                response_ids,
-                mask,
-                1.0,
-                &mut |block| diagnosis.block(block, teacher, &micro.counted),
-            )?,
-            None => sequence_log_probs_from_hidden(
-                hidden.clone(),
-                head.clone(),
-                response_ids,
-                mask,
-                1.0,
-            )?,
-        },
-        _ => {
-            let formed = student.project(hidden.clone());
-            let _ = logits.set(formed.clone());
-            sequence_log_probs(formed, response_ids, mask, 1.0, settings.chunk)?
-        }
-    };
-    let ratio_host = if settings.sampled {
-        host(importance_ratio(log_probs.clone(), micro.old.clone()).inner())
-    } else {
-        Vec::new()
-    };
+    if !micro.fused_head || head.is_none() {
+        let _ = logits.set(student.project(hidden.clone()));
+    }
     let forward = Forward {
         hidden,
         head,
         logits,
-        log_probs,
+        log_probs: OnceCell::new(),
+        observed_log_probs: RefCell::new(None),
         old: micro.old.clone(),
         ids,
         response_mask: micro.response_mask.clone(),
         loss_mask: micro.prepared.loss_mask.clone(),
         counted_host: micro.counted.clone(),
-        ratio_host,
+        sampled: settings.sampled,
+        ratio: OnceCell::new(),
         chunk: settings.chunk,
-        diagnosis: RefCell::new(diagnosis),
+        diagnosis: RefCell::new(
+            settings
+                .diagnose
+                .map(|k| Diagnosis::new(k, rows.of_row, rows.width)),
+        ),
+        teacher: micro.prepared.targets.teacher().cloned(),
     };
     let loss = micro.prepared.targets.loss(&forward)?;
+    let ratio_host = forward.ratio_host()?;
     match forward.diagnosis.take() {
         Some(diagnosis) if diagnosis.observed => telemetry.absorb(&diagnosis.measured),
         Some(diagnosis) => diagnose_formed(&forward, micro, diagnosis.k, rows, telemetry),
@@ -221,7 +183,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     telemetry.add_loss(
         &named,
         &divergence,
-        &forward.ratio_host,
+        ratio_host,
         &micro.counted,
         loss.clipped,
         rows,

@@ -187,3 +187,26 @@ pub fn assert_close(what: &str, actual: &[f64], expected: &[f64], atol: f64, rto
         );
     }
 }
+
+/// A fused head's values (a backend primitive) and, for the loss `Σ_r w_r value_r`, the
+/// gradients to `hidden` and, when it takes one, `head`.
+pub fn weighted_values_and_gradients(
+    values: burn::tensor::ops::FloatTensor<B>,
+    hidden: &Tensor<B, 2>,
+    head: &Tensor<B, 2>,
+    weights: &[f64],
+) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+    let values = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(values));
+    let g: Vec<f32> = weights.iter().map(|&x| x as f32).collect();
+    let g = Tensor::<B, 1>::from_floats(g.as_slice(), &device());
+    let grads = (values.clone() * g).sum().backward();
+    (
+        to_vec(values),
+        to_vec(
+            hidden
+                .grad(&grads)
+                .expect("the hidden states take a gradient"),
+        ),
+        head.grad(&grads).map(to_vec),
+    )
+}

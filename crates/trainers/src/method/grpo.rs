@@ -131,15 +131,20 @@ impl<B: AutodiffBackend + DivergenceBackend> Advantages<B> {
 
     /// PPO's clipped surrogate `−min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A)` per token,
     /// with the tokens where the clip binds counted.
-    pub fn clipped(&self, student: &Forward<B>, low: f64, high: f64) -> (Tensor<B, 2>, Clipped)
+    pub fn clipped(
+        &self,
+        student: &Forward<B>,
+        low: f64,
+        high: f64,
+    ) -> Result<(Tensor<B, 2>, Clipped)>
     where
         B: DivergenceBackend,
     {
-        let lp = student.log_probs.clone();
+        let lp = student.log_probs()?;
         let mut clipped = Clipped::default();
         let counted = student.counted_host.iter();
         for ((r, a), _) in student
-            .ratio_host
+            .ratio_host()?
             .iter()
             .zip(&self.host)
             .zip(counted)
@@ -151,7 +156,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Advantages<B> {
             clipped.tokens += 1;
         }
         let loss = grpo::clipped_surrogate(lp, student.old.clone(), self.values.clone(), low, high);
-        (loss, clipped)
+        Ok((loss, clipped))
     }
 }
 
@@ -167,12 +172,12 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for GrpoTargets<B> {
         let c = &self.config;
         let (pg, clipped) = self
             .advantages
-            .clipped(student, c.epsilon_low, c.epsilon_high);
+            .clipped(student, c.epsilon_low, c.epsilon_high)?;
         let mut loss = Loss::single("pg", pg);
         loss.aggregation = c.aggregation;
         loss.clipped = Some(clipped);
         if let Some(reference) = &self.reference {
-            let kl = grpo::k3_to_reference(student.log_probs.clone(), reference.clone());
+            let kl = grpo::k3_to_reference(student.log_probs()?, reference.clone());
             loss.divergence = Some(kl.clone());
             loss.parts.push(("kl", kl.mul_scalar(c.kl_beta)));
         }

@@ -14,6 +14,7 @@
 //! [`Method`] in a file of this folder, and add one arm to [`crate::Objective`] and to
 //! [`build`]. `docs/development.md` walks through an example.
 
+mod forward;
 mod grpo;
 mod opd;
 mod opd_fields;
@@ -25,17 +26,17 @@ mod self_teacher;
 mod sft;
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Bool, Int, Tensor};
-use std::cell::{OnceCell, RefCell};
+use burn::tensor::{Bool, Tensor};
 
-use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
-use opd_divergences::{DistillationLoss, DivergenceBackend, DivergenceOptions};
+use opd_divergences::DivergenceBackend;
 use opd_policy::{ChatTokenizer, Llama, SequenceBatch};
 use opd_tasks::Task;
 use opd_teachers::{
     InnerLlama, PrivilegedTemplate, Request, Teacher, TeacherOutput, TeacherSupport,
 };
 
+pub use forward::Forward;
+pub(crate) use forward::project;
 pub use grpo::GrpoConfig;
 pub use opd::{OpdConfig, OpdForm, TrustRegionEstimator};
 pub use opsd::{OpsdConfig, SampledTokenBaseline};
@@ -44,7 +45,6 @@ pub use sdpo::SdpoConfig;
 pub use sft::SftConfig;
 
 use crate::config::{DistillForm, Objective, Reduction};
-use crate::diagnosis::Diagnosis;
 use crate::error::{Result, TrainError};
 use crate::rows::Rows;
 
@@ -159,124 +159,6 @@ impl<B: AutodiffBackend + DivergenceBackend> Prepared<B> {
             rows_without_privilege: 0,
             targets: Box::new(targets),
         }
-    }
-}
-
-/// The student's side of one micro-batch's loss, with graph.
-///
-/// The step either forms the response logits `[m, R, V]` up front, or leaves them to the
-/// output head fused with each loss (`crate::OutputHead`): the log-probs of the sampled tokens
-/// through `opd_divergences::sampled::sequence_log_probs_from_hidden`, the divergences through
-/// `DistillationLoss::forward_from_hidden`, the logits formed a block of rows at a time.
-pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
-    /// Final hidden states at the response positions `[m, R, d]`.
-    pub(crate) hidden: Tensor<B, 3>,
-    /// The output head `[V, d]` (`logits = hidden · headᵀ`); `None` when the head is not a
-    /// plain product, and the logits were formed up front.
-    pub(crate) head: Option<Tensor<B, 2>>,
-    /// The response logits, once formed.
-    pub(crate) logits: OnceCell<Tensor<B, 3>>,
-    /// `log π_θ(ŷ_t)` at τ = 1 `[m, R]`.
-    pub log_probs: Tensor<B, 2>,
-    /// `log π_old(ŷ_t)` `[m, R]` (the sampler's; no gradient).
-    pub old: Tensor<B, 2>,
-    /// The response ids `[m, R]`.
-    pub ids: Tensor<B, 2, Int>,
-    /// Response positions.
-    pub response_mask: Tensor<B, 2, Bool>,
-    /// Positions the loss counts.
-    pub loss_mask: Tensor<B, 2, Bool>,
-    /// Host copy of the loss mask, row-major `[m, R]`.
-    pub counted_host: Vec<bool>,
-    /// Host copy of `ρ_t = π_θ(ŷ_t)/π_old(ŷ_t)`, row-major `[m, R]` (empty for SFT).
-    pub ratio_host: Vec<f32>,
-    /// Positions per chunk of the full-vocabulary computations.
-    pub chunk: usize,
-    /// The micro-batch's diagnostics, when it is diagnosed: the first divergence with the head
-    /// fused shows its blocks of logits to it.
-    pub(crate) diagnosis: RefCell<Option<Diagnosis>>,
-}
-
-/// `hidden · headᵀ`: `[m, R, d] × [V, d] → [m, R, V]`, as one 2-D product.
-pub(crate) fn project<B: burn::tensor::backend::Backend>(
-    hidden: Tensor<B, 3>,
-    head: Tensor<B, 2>,
-) -> Tensor<B, 3> {
-    let [m, r, d] = hidden.dims();
-    let vocab = head.dims()[0];
-    hidden
-        .reshape([m * r, d])
-        .matmul(head.transpose())
-        .reshape([m, r, vocab])
-}
-
-impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
-    /// The response logits `[m, R, V]` with graph, formed on first use.
-    pub fn logits(&self) -> Tensor<B, 3> {
-        self.logits
-            .get_or_init(|| {
-                let head = self
-                    .head
-                    .clone()
-                    .expect("logits without a head are formed up front");
-                project(self.hidden.clone(), head)
-            })
-            .clone()
-    }
-
-    /// `log softmax(z_θ / τ)[ŷ_t]` `[m, R]`, with gradient (τ = 1: [`Self::log_probs`]).
-    pub fn log_probs_at(&self, temperature: f64) -> Result<Tensor<B, 2>> {
-        if temperature == 1.0 {
-            return Ok(self.log_probs.clone());
-        }
-        match (&self.head, self.logits.get()) {
-            (Some(head), None) => Ok(sequence_log_probs_from_hidden(
-                self.hidden.clone(),
-                head.clone(),
-                self.ids.clone(),
-                self.response_mask.clone(),
-                temperature,
-            )?),
-            _ => Ok(sequence_log_probs(
-                self.logits(),
-                self.ids.clone(),
-                self.response_mask.clone(),
-                temperature,
-                self.chunk,
-            )?),
-        }
-    }
-
-    /// A divergence to the teacher's `output` (full logits, hidden states or a top-k) per token
-    /// `[m, R]`, with gradient,
-    /// at the temperature the teacher scored at; zero off the loss mask.
-    pub fn divergence(
-        &self,
-        output: &TeacherOutput<B>,
-        options: DivergenceOptions,
-    ) -> Result<Tensor<B, 2>> {
-        let temperature = output.temperature();
-        let teacher = output.clone().into_target(temperature)?;
-        let options = options
-            .with_temperature(temperature)
-            .with_chunk_size(self.chunk);
-        let loss = DistillationLoss::new(options);
-        let mask = self.loss_mask.clone();
-        let (hidden, mut diagnosis) = (self.hidden.clone(), self.diagnosis.borrow_mut());
-        let out = match (&self.head, self.logits.get()) {
-            (Some(head), None) => match diagnosis.as_mut().filter(|d| !d.observed) {
-                Some(diagnosis) => loss.forward_from_hidden_observed(
-                    hidden,
-                    head.clone(),
-                    teacher,
-                    mask,
-                    &mut |block| diagnosis.block(block, Some(output), &self.counted_host),
-                )?,
-                None => loss.forward_from_hidden(hidden, head.clone(), teacher, mask)?,
-            },
-            _ => loss.forward(self.logits(), teacher, mask)?,
-        };
-        Ok(out.per_token)
     }
 }
 

@@ -222,7 +222,7 @@ enum TrustRegion<B: AutodiffBackend + DivergenceBackend> {
 
 impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
-        let (lp, old) = (student.log_probs.clone(), student.old.clone());
+        let old = student.old.clone();
         let (mut loss, aggregation) = match self {
             Self::Surrogate {
                 teacher,
@@ -230,6 +230,7 @@ impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
                 trust_region,
                 aggregation,
             } => {
+                let lp = student.log_probs()?;
                 let per_token = match trust_region {
                     TrustRegion::Sampled(Estimator::K3) => {
                         opd::surrogate(lp.clone(), old, teacher.clone(), *beta)
@@ -253,6 +254,7 @@ impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
                 advantages,
                 aggregation,
             } => {
+                let lp = student.log_probs()?;
                 let pg = opd::importance_weighted(lp.clone(), old, advantages.values.clone());
                 let mut loss = Loss::single("pg", pg);
                 loss.divergence = Some(Estimator::K3.estimate(lp.detach(), teacher.clone()));

@@ -130,14 +130,14 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SdpoTargets<B> {
         let options = DivergenceOptions::new(Divergence::jsd(c.alpha)?).with_support(support);
         let values = student.divergence(&self.teacher, options)?;
         let weight = distill::clipped_importance_weight(
-            student.log_probs.clone(),
+            student.log_probs()?,
             student.old.clone(),
             c.is_clip,
         );
         let distill_loss = values.clone() * weight;
         let mut loss = match (c.blend_weight, &self.advantages) {
             (Some(w), Some(advantages)) => {
-                let (pg, clipped) = advantages.clipped(student, c.epsilon_low, c.epsilon_high);
+                let (pg, clipped) = advantages.clipped(student, c.epsilon_low, c.epsilon_high)?;
                 let mut loss = Loss::single("pg", pg.mul_scalar(1.0 - w));
                 loss.parts.push(("distill", distill_loss.mul_scalar(w)));
                 loss.clipped = Some(clipped);

@@ -38,7 +38,7 @@ struct Nll;
 
 impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for Nll {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
-        Ok(Loss::single("nll", sft::nll(student.log_probs.clone())))
+        Ok(Loss::single("nll", sft::nll(student.log_probs()?)))
     }
 }
 

@@ -1,0 +1,277 @@
+//! The student's side of one micro-batch's loss: what a method's [`super::Targets::loss`]
+//! reads, each part formed on first use.
+
+use std::cell::{OnceCell, RefCell};
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use opd_divergences::sampled::{
+    sequence_log_probs, sequence_log_probs_from_hidden, sequence_log_probs_from_hidden_observed,
+};
+use opd_divergences::{
+    DistillationLoss, DivergenceBackend, DivergenceOptions, LogitBlock, TeacherTarget,
+    token_log_probs,
+};
+use opd_teachers::TeacherOutput;
+
+use crate::diagnosis::Diagnosis;
+use crate::diagnostics::host;
+use crate::error::Result;
+use crate::objectives::importance_ratio;
+
+/// The student's side of one micro-batch's loss, with graph.
+///
+/// The step either forms the response logits `[m, R, V]` up front, or leaves them to the
+/// output head fused with each loss (`crate::OutputHead`): the log-probs of the sampled tokens
+/// through `opd_divergences::sampled::sequence_log_probs_from_hidden`, the divergences through
+/// `DistillationLoss::forward_from_hidden`, the logits formed a block of rows at a time. The
+/// log-probs are formed only when a loss reads them ([`Self::log_probs`]): a divergence's loss
+/// takes the importance ratios' log-probs from the blocks it formed.
+pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
+    /// Final hidden states at the response positions `[m, R, d]`.
+    pub(crate) hidden: Tensor<B, 3>,
+    /// The output head `[V, d]` (`logits = hidden · headᵀ`); `None` when the head is not a
+    /// plain product, and the logits were formed up front.
+    pub(crate) head: Option<Tensor<B, 2>>,
+    /// The response logits, once formed.
+    pub(crate) logits: OnceCell<Tensor<B, 3>>,
+    /// `log π_θ(ŷ_t)` at τ = 1 `[m, R]`, with graph, once formed.
+    pub(crate) log_probs: OnceCell<Tensor<B, 2>>,
+    /// The same values without graph, flat `[m·R]`, at the positions a fused divergence's
+    /// blocks covered (zero elsewhere), when the loss did not form [`Self::log_probs`].
+    pub(crate) observed_log_probs: RefCell<Option<Vec<f32>>>,
+    /// `log π_old(ŷ_t)` `[m, R]` (the sampler's; no gradient).
+    pub old: Tensor<B, 2>,
+    /// The response ids `[m, R]`.
+    pub ids: Tensor<B, 2, Int>,
+    /// Response positions.
+    pub response_mask: Tensor<B, 2, Bool>,
+    /// Positions the loss counts.
+    pub loss_mask: Tensor<B, 2, Bool>,
+    /// Host copy of the loss mask, row-major `[m, R]`.
+    pub counted_host: Vec<bool>,
+    /// Whether the rows were sampled (they have importance ratios).
+    pub(crate) sampled: bool,
+    /// Host copy of `ρ_t`, once computed ([`Self::ratio_host`]).
+    pub(crate) ratio: OnceCell<Vec<f32>>,
+    /// Positions per chunk of the full-vocabulary computations.
+    pub chunk: usize,
+    /// The micro-batch's diagnostics, when it is diagnosed: the first fused head that forms
+    /// blocks of logits shows them to it.
+    pub(crate) diagnosis: RefCell<Option<Diagnosis>>,
+    /// The teacher's output, for the diagnostics (`None` without a teacher).
+    pub(crate) teacher: Option<TeacherOutput<B>>,
+}
+
+/// `hidden · headᵀ`: `[m, R, d] × [V, d] → [m, R, V]`, as one 2-D product.
+pub(crate) fn project<B: burn::tensor::backend::Backend>(
+    hidden: Tensor<B, 3>,
+    head: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let [m, r, d] = hidden.dims();
+    let vocab = head.dims()[0];
+    hidden
+        .reshape([m * r, d])
+        .matmul(head.transpose())
+        .reshape([m, r, vocab])
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
+    /// The response logits `[m, R, V]` with graph, formed on first use.
+    pub fn logits(&self) -> Tensor<B, 3> {
+        self.logits
+            .get_or_init(|| {
+                let head = self
+                    .head
+                    .clone()
+                    .expect("logits without a head are formed up front");
+                project(self.hidden.clone(), head)
+            })
+            .clone()
+    }
+
+    /// Whether the teacher gives a full distribution (logits or hidden states): its
+    /// diagnostics come from a divergence's blocks, which hold both models' logits.
+    fn full_teacher(&self) -> bool {
+        matches!(
+            &self.teacher,
+            Some(TeacherOutput::Distribution {
+                target: TeacherTarget::Logits(_) | TeacherTarget::Hidden { .. },
+                ..
+            })
+        )
+    }
+
+    /// `log π_θ(ŷ_t)` at τ = 1 `[m, R]`, with gradient, formed on first use.
+    pub fn log_probs(&self) -> Result<Tensor<B, 2>> {
+        if let Some(lp) = self.log_probs.get() {
+            return Ok(lp.clone());
+        }
+        let (hidden, ids, mask) = (
+            self.hidden.clone(),
+            self.ids.clone(),
+            self.response_mask.clone(),
+        );
+        let lp = match (&self.head, self.logits.get()) {
+            (Some(head), None) => {
+                let full = self.full_teacher();
+                let mut diagnosis = self.diagnosis.borrow_mut();
+                match diagnosis.as_mut().filter(|d| !d.observed && !full) {
+                    Some(d) => sequence_log_probs_from_hidden_observed(
+                        hidden,
+                        head.clone(),
+                        ids,
+                        mask,
+                        1.0,
+                        &mut |block| d.block(block, self.teacher.as_ref(), &self.counted_host),
+                    )?,
+                    None => sequence_log_probs_from_hidden(hidden, head.clone(), ids, mask, 1.0)?,
+                }
+            }
+            _ => sequence_log_probs(self.logits(), ids, mask, 1.0, self.chunk)?,
+        };
+        Ok(self.log_probs.get_or_init(|| lp).clone())
+    }
+
+    /// `log softmax(z_θ / τ)[ŷ_t]` `[m, R]`, with gradient (τ = 1: [`Self::log_probs`]).
+    pub fn log_probs_at(&self, temperature: f64) -> Result<Tensor<B, 2>> {
+        if temperature == 1.0 {
+            return self.log_probs();
+        }
+        match (&self.head, self.logits.get()) {
+            (Some(head), None) => Ok(sequence_log_probs_from_hidden(
+                self.hidden.clone(),
+                head.clone(),
+                self.ids.clone(),
+                self.response_mask.clone(),
+                temperature,
+            )?),
+            _ => Ok(sequence_log_probs(
+                self.logits(),
+                self.ids.clone(),
+                self.response_mask.clone(),
+                temperature,
+                self.chunk,
+            )?),
+        }
+    }
+
+    /// Host copy of `ρ_t = π_θ(ŷ_t)/π_old(ŷ_t)`, row-major `[m, R]` (empty when the rows were
+    /// not sampled): from [`Self::log_probs`], or from the log-probs a fused divergence read
+    /// off its blocks when the loss formed none.
+    pub fn ratio_host(&self) -> Result<&[f32]> {
+        if !self.sampled {
+            return Ok(&[]);
+        }
+        if let Some(ratio) = self.ratio.get() {
+            return Ok(ratio);
+        }
+        let observed = self.observed_log_probs.borrow();
+        let ratio = match (self.log_probs.get(), observed.as_ref()) {
+            (None, Some(lp)) => {
+                let old = host(self.old.clone().inner());
+                lp.iter()
+                    .zip(&old)
+                    .map(|(lp, old)| (lp - old).clamp(-20.0, 20.0).exp())
+                    .collect()
+            }
+            _ => {
+                drop(observed);
+                host(importance_ratio(self.log_probs()?, self.old.clone()).inner())
+            }
+        };
+        Ok(self.ratio.get_or_init(|| ratio))
+    }
+
+    /// A divergence to the teacher's `output` (full logits, hidden states or a top-k) per
+    /// token `[m, R]`, with gradient, at the temperature the teacher scored at; zero off the
+    /// loss mask.
+    pub fn divergence(
+        &self,
+        output: &TeacherOutput<B>,
+        options: DivergenceOptions,
+    ) -> Result<Tensor<B, 2>> {
+        let temperature = output.temperature();
+        let teacher = output.clone().into_target(temperature)?;
+        let options = options
+            .with_temperature(temperature)
+            .with_chunk_size(self.chunk);
+        let loss = DistillationLoss::new(options);
+        let mask = self.loss_mask.clone();
+        let Some(head) = self.head.clone().filter(|_| self.logits.get().is_none()) else {
+            return Ok(loss.forward(self.logits(), teacher, mask)?.per_token);
+        };
+        // The blocks the fused head forms anyway give the diagnostics and, when no loss formed
+        // the log-probs, the importance ratios' log-probs.
+        let mut diagnosis = self.diagnosis.borrow_mut();
+        let mut diagnosis = diagnosis.as_mut().filter(|d| !d.observed);
+        let mut log_probs = (self.sampled
+            && self.log_probs.get().is_none()
+            && self.observed_log_probs.borrow().is_none())
+        .then(|| BlockLogProbs::new(&self.ids));
+        if diagnosis.is_none() && log_probs.is_none() {
+            return Ok(loss
+                .forward_from_hidden(self.hidden.clone(), head, teacher, mask)?
+                .per_token);
+        }
+        let mut failed = None;
+        let out = loss.forward_from_hidden_observed(
+            self.hidden.clone(),
+            head,
+            teacher,
+            mask,
+            &mut |block| {
+                if let Some(lp) = log_probs.as_mut()
+                    && let Err(e) = lp.read(&block, self.chunk)
+                {
+                    failed.get_or_insert(e);
+                }
+                if let Some(d) = diagnosis.as_mut() {
+                    d.block(block, Some(output), &self.counted_host);
+                }
+            },
+        )?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(lp) = log_probs {
+            *self.observed_log_probs.borrow_mut() = Some(lp.values);
+        }
+        Ok(out.per_token)
+    }
+}
+
+/// `log π_θ(ŷ_t)` at τ = 1 read off a fused loss's blocks of logits, without graph.
+struct BlockLogProbs {
+    /// The response ids, flat `[m·R]`.
+    ids: Vec<i64>,
+    /// The log-probs, flat `[m·R]`; zero where no block reached.
+    values: Vec<f32>,
+}
+
+impl BlockLogProbs {
+    fn new<B: AutodiffBackend>(ids: &Tensor<B, 2, Int>) -> Self {
+        let ids: Vec<i64> = ids.to_data().convert::<i64>().into_vec().expect("int ids");
+        Self {
+            values: vec![0.0; ids.len()],
+            ids,
+        }
+    }
+
+    /// Reads the log-probs of the block's positions from its student logits.
+    fn read<B: AutodiffBackend + DivergenceBackend>(
+        &mut self,
+        block: &LogitBlock<B>,
+        chunk: usize,
+    ) -> Result<()> {
+        let ids: Vec<i64> = block.positions.iter().map(|&p| self.ids[p]).collect();
+        let n = ids.len();
+        let device = block.student.device();
+        let ids = Tensor::from_data(TensorData::new(ids, [n]), &device);
+        let values = token_log_probs(block.student.clone(), ids, 1.0, chunk)?;
+        for (&p, v) in block.positions.iter().zip(host(values.inner())) {
+            self.values[p] = v;
+        }
+        Ok(())
+    }
+}
