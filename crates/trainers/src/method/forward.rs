@@ -102,58 +102,59 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
         )
     }
 
-    /// `log π_θ(ŷ_t)` at τ = 1 `[m, R]`, with gradient, formed on first use.
+    /// `log π_θ(ŷ_t)` at τ = 1 `[m, R]`, with gradient, formed on first use (the blocks of a
+    /// fused head shown to a pending diagnosis, unless a divergence's loss will show both
+    /// models' blocks).
     pub fn log_probs(&self) -> Result<Tensor<B, 2>> {
         if let Some(lp) = self.log_probs.get() {
             return Ok(lp.clone());
         }
-        let (hidden, ids, mask) = (
-            self.hidden.clone(),
-            self.ids.clone(),
-            self.response_mask.clone(),
-        );
-        let lp = match (&self.head, self.logits.get()) {
-            (Some(head), None) => {
-                let full = self.full_teacher();
-                let mut diagnosis = self.diagnosis.borrow_mut();
-                match diagnosis.as_mut().filter(|d| !d.observed && !full) {
-                    Some(d) => sequence_log_probs_from_hidden_observed(
-                        hidden,
-                        head.clone(),
-                        ids,
-                        mask,
-                        1.0,
-                        &mut |block| d.block(block, self.teacher.as_ref(), &self.counted_host),
-                    )?,
-                    None => sequence_log_probs_from_hidden(hidden, head.clone(), ids, mask, 1.0)?,
-                }
-            }
-            _ => sequence_log_probs(self.logits(), ids, mask, 1.0, self.chunk)?,
+        let full = self.full_teacher();
+        let mut diagnosis = self.diagnosis.borrow_mut();
+        let lp = match diagnosis.as_mut().filter(|d| !d.observed && !full) {
+            Some(d) => self.sampled_log_probs(
+                1.0,
+                Some(&mut |block| d.block(block, self.teacher.as_ref(), &self.counted_host)),
+            )?,
+            None => self.sampled_log_probs(1.0, None)?,
         };
         Ok(self.log_probs.get_or_init(|| lp).clone())
     }
 
     /// `log softmax(z_θ / τ)[ŷ_t]` `[m, R]`, with gradient (τ = 1: [`Self::log_probs`]).
     pub fn log_probs_at(&self, temperature: f64) -> Result<Tensor<B, 2>> {
-        if temperature == 1.0 {
-            return self.log_probs();
+        match temperature == 1.0 {
+            true => self.log_probs(),
+            false => self.sampled_log_probs(temperature, None),
         }
-        match (&self.head, self.logits.get()) {
-            (Some(head), None) => Ok(sequence_log_probs_from_hidden(
-                self.hidden.clone(),
+    }
+
+    /// `log softmax(z_θ / τ)[ŷ_t]` through the fused head (its blocks shown to `observe`) or
+    /// from the formed logits.
+    fn sampled_log_probs(
+        &self,
+        temperature: f64,
+        observe: Option<&mut dyn FnMut(LogitBlock<B>)>,
+    ) -> Result<Tensor<B, 2>> {
+        let (hidden, ids, mask) = (
+            self.hidden.clone(),
+            self.ids.clone(),
+            self.response_mask.clone(),
+        );
+        Ok(match (&self.head, self.logits.get(), observe) {
+            (Some(head), None, Some(observe)) => sequence_log_probs_from_hidden_observed(
+                hidden,
                 head.clone(),
-                self.ids.clone(),
-                self.response_mask.clone(),
+                ids,
+                mask,
                 temperature,
-            )?),
-            _ => Ok(sequence_log_probs(
-                self.logits(),
-                self.ids.clone(),
-                self.response_mask.clone(),
-                temperature,
-                self.chunk,
-            )?),
-        }
+                observe,
+            )?,
+            (Some(head), None, None) => {
+                sequence_log_probs_from_hidden(hidden, head.clone(), ids, mask, temperature)?
+            }
+            _ => sequence_log_probs(self.logits(), ids, mask, temperature, self.chunk)?,
+        })
     }
 
     /// Host copy of `ρ_t = π_θ(ŷ_t)/π_old(ŷ_t)`, row-major `[m, R]` (empty when the rows were
