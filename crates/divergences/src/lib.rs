@@ -42,6 +42,7 @@ mod buckets;
 mod check;
 mod chunks;
 mod error;
+pub mod fast_exp;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod generic;

@@ -6,10 +6,12 @@
 //! out[b, t, h] = Σ_k softmax_k(q[b, h, t]·K[b, h/G, k] / √hd) · V[b, h/G, k]
 //! ```
 //!
-//! On the CPU backend (`flex`, f32, no autodiff) one kernel reads queries and the cached keys
-//! and values where they are (the cache's buffers are wider than the filled slots) and writes
-//! the output in the `[B, T, H·hd]` layout of the output projection. Elsewhere burn's
-//! `attention` runs with an explicit mask.
+//! On the CPU backend (`flex`, f32, no autodiff) the kernels read queries and the cached keys
+//! and values where they are (the cache's buffers are wider than the filled slots) and write
+//! the output in the `[B, T, H·hd]` layout of the output projection: blocks of query rows
+//! through GEMM products ([`crate::attention_blocks`]) for prefill and scoring, dot products
+//! per query for the few rows of a decode step. Elsewhere burn's `attention` runs with an
+//! explicit mask.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -63,6 +65,7 @@ mod flex {
     use burn::prelude::*;
     use rayon::prelude::*;
 
+    use crate::attention_blocks::{Dims, Heads};
     use crate::flex_tensor::{from_f32, to_flex};
     use crate::kv_cache::SlotLayout;
 
@@ -93,6 +96,14 @@ mod flex {
             })
         }
 
+        /// The same buffer for [`crate::attention_blocks`].
+        fn heads(&self) -> Heads<'a> {
+            Heads {
+                data: self.data,
+                strides: self.strides,
+            }
+        }
+
         /// The `hd` values at `[a, b, c, ..]`.
         fn row(&self, a: usize, b: usize, c: usize, hd: usize) -> &'a [f32] {
             let [s0, s1, s2] = self.strides;
@@ -118,6 +129,11 @@ mod flex {
         lanes.iter().sum::<f32>() + tail
     }
 
+    /// Query rows from which a call goes through [`crate::attention_blocks::forward`]; below,
+    /// a decode step's few rows take the dot products (measured on SmolLM2, see
+    /// `docs/performance.md`).
+    const BLOCKED_FROM: usize = 8;
+
     /// [`super::grouped_attention`] on CPU tensors; `None` when the backend or a layout
     /// does not fit.
     pub fn attention<B: Backend>(
@@ -137,6 +153,22 @@ mod flex {
         let (k_flex, v_flex) = (to_flex(k.clone())?, to_flex(v.clone())?);
         let q = q_flex.as_slice::<f32>()?;
         let (k, v) = (Strided::new(&k_flex)?, Strided::new(&v_flex)?);
+        if len >= BLOCKED_FROM {
+            let dims = Dims {
+                batch,
+                heads,
+                kv_heads,
+                len,
+                head_dim: hd,
+            };
+            let queries = Heads {
+                data: q,
+                strides: [heads * len * hd, len * hd, hd],
+            };
+            let (keys, values) = (k.heads(), v.heads());
+            let (out, _) = crate::attention_blocks::forward(dims, layout, queries, keys, values);
+            return from_f32(out, [batch, len, heads * hd]);
+        }
         let group = heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; batch * len * heads * hd];
@@ -162,7 +194,7 @@ mod flex {
                     let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut total = 0.0;
                     for w in weights.iter_mut() {
-                        *w = (*w - max).exp();
+                        *w = opd_divergences::fast_exp::exp(*w - max);
                         total += *w;
                     }
                     out.fill(0.0);
@@ -186,12 +218,20 @@ mod tests {
     use super::grouped_attention;
     use crate::kv_cache::SlotLayout;
 
-    /// The CPU kernel against burn's attention with the explicit mask: left padding, a block of
-    /// new tokens after cached slots, grouped heads, and keys read from a wider buffer.
+    /// The CPU kernels against burn's attention with the explicit mask: left padding, a block of
+    /// new tokens after cached slots, grouped heads, and keys read from a wider buffer; a
+    /// decode-sized block (dot products) and prefill-sized ones (blocks of GEMM products, one of
+    /// them over several blocks of rows and without cached slots).
     #[test]
-    fn cpu_kernel_matches_burn_attention() {
+    fn cpu_kernels_match_burn_attention() {
+        for (len, start) in [(4, 3), (20, 3), (150, 0)] {
+            compare_with_burn(len, start);
+        }
+    }
+
+    fn compare_with_burn(len: usize, start: usize) {
         let device = Default::default();
-        let (batch, heads, kv_heads, len, start, hd) = (3, 6, 2, 4, 3, 16);
+        let (batch, heads, kv_heads, hd) = (3, 6, 2, 16);
         let layout = SlotLayout {
             padding: vec![0, 2, 5],
             start,
@@ -224,7 +264,7 @@ mod tests {
         );
         assert_eq!(fast.len(), expected.len());
         for (f, e) in fast.iter().zip(&expected) {
-            assert!((f - e).abs() < 1e-5, "{f} vs {e}");
+            assert!((f - e).abs() < 1e-5, "T {len}, start {start}: {f} vs {e}");
         }
     }
 }

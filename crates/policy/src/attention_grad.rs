@@ -1,9 +1,8 @@
 //! Grouped-query attention of the training forward on the CPU (`Autodiff<Flex>`, f32) as one
 //! graph node with a closed-form backward that keeps no `[B, H, T, T]` tensor.
 //!
-//! (Longer than most files here: the forward and backward kernels share the blocking, the
-//! visibility rule and the units of work, and are checked against each other; split, each
-//! half would be unreadable without the other.)
+//! The forward is [`crate::attention_blocks::forward`] (shared with prefill and teacher
+//! scoring); this file is its graph node and the backward.
 //!
 //! burn's autodiff attention keeps the scores, the softmax and the mask of every layer for the
 //! backward (about 7 GB for SmolLM2 at B = 8, T = 512). Here the forward keeps only what it
@@ -31,40 +30,22 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use opd_divergences::fast_exp::exp;
 use rayon::prelude::*;
 
+use crate::attention_blocks::{Dims, Heads, View, matmul, visible};
 use crate::flex_tensor::{flex_values, from_autodiff_flex, to_autodiff_flex};
 use crate::kv_cache::SlotLayout;
 
 /// Query rows per block of the score matrix.
 const BLOCK: usize = 64;
 
-/// The shapes of one call.
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    batch: usize,
-    heads: usize,
-    kv_heads: usize,
-    len: usize,
-    head_dim: usize,
-}
-
-impl Dims {
-    fn group(&self) -> usize {
-        self.heads / self.kv_heads
-    }
-
-    fn scale(&self) -> f32 {
-        1.0 / (self.head_dim as f32).sqrt()
-    }
-
-    /// The units of parallel work: each row `b` and key/value head, which owns its `G` query
-    /// heads and its keys' and values' gradients.
-    fn tasks(&self) -> Vec<(usize, usize)> {
-        (0..self.batch)
-            .flat_map(|b| (0..self.kv_heads).map(move |kv| (b, kv)))
-            .collect()
-    }
+/// The units of parallel work of the backward: each row `b` and key/value head, which owns
+/// its `G` query heads and its keys' and values' gradients.
+fn tasks(dims: &Dims) -> Vec<(usize, usize)> {
+    (0..dims.batch)
+        .flat_map(|b| (0..dims.kv_heads).map(move |kv| (b, kv)))
+        .collect()
 }
 
 /// What the backward needs: the inputs (shared storage, not copies), the output and `L`.
@@ -79,170 +60,11 @@ struct Saved {
     lse: Vec<f32>,
 }
 
-/// The keys query slot `t` of a row with `pad` left-padding slots sees.
-fn visible(t: usize, pad: usize) -> Range<usize> {
-    if t < pad { t..t + 1 } else { pad..t + 1 }
-}
-
-/// A row-major matrix view: pointer, row stride, column stride (in elements).
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    row: isize,
-    col: isize,
-}
-
-impl View {
-    fn rows(data: &[f32], at: usize, row: usize) -> Self {
-        Self {
-            ptr: data[at..].as_ptr(),
-            row: row as isize,
-            col: 1,
-        }
-    }
-
-    /// The transpose of the row-major matrix at `at` with row stride `row`.
-    fn transposed(data: &[f32], at: usize, row: usize) -> Self {
-        Self {
-            ptr: data[at..].as_ptr(),
-            row: 1,
-            col: row as isize,
-        }
-    }
-}
-
-/// `dst[m × n] (row stride dst_row) = [dst +] alpha · lhs[m × k] · rhs[k × n]`, on this thread.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    dst_row: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    alpha: f32,
-) {
-    assert!(m == 0 || dst.len() >= (m - 1) * dst_row + n);
-    // SAFETY: `dst` holds the `m × n` block at row stride `dst_row` (asserted); `lhs` and
-    // `rhs` point into slices that hold their `m × k` and `k × n` blocks at their strides (the
-    // callers build them from the tensors' full buffers with in-range offsets).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_row as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col,
-            lhs.row,
-            rhs.ptr,
-            rhs.col,
-            rhs.row,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// Row blocks `[r0, r1)` of the `T` query rows.
 fn blocks(len: usize) -> impl Iterator<Item = Range<usize>> {
     (0..len)
         .step_by(BLOCK)
         .map(move |r0| r0..(r0 + BLOCK).min(len))
-}
-
-/// `P = softmax(S)` in place over the visible keys of rows `rows` (row stride `stride`; the
-/// block's row `i` is query `rows.start + i`; `keys = rows.end` columns), zero elsewhere;
-/// returns each row's `L`.
-fn softmax_rows(scores: &mut [f32], stride: usize, rows: Range<usize>, pad: usize) -> Vec<f32> {
-    let keys = rows.end;
-    rows.enumerate()
-        .map(|(i, t)| {
-            let row = &mut scores[i * stride..i * stride + keys];
-            let shown = visible(t, pad);
-            let max = row[shown.clone()]
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
-            for x in &mut row[shown.clone()] {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for x in &mut row[shown.clone()] {
-                *x /= sum;
-            }
-            row[..shown.start].fill(0.0);
-            row[shown.end..].fill(0.0);
-            max + sum.ln()
-        })
-        .collect()
-}
-
-/// Forward: the output `[B, T, H·hd]` and `L` `[B, H, T]`.
-fn forward(dims: Dims, padding: &[usize], q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let Dims {
-        batch,
-        heads,
-        kv_heads,
-        len,
-        head_dim: hd,
-    } = dims;
-    let group = dims.group();
-    let tasks = dims.tasks();
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(b, kv)| {
-            let kv_at = (b * kv_heads + kv) * len * hd;
-            let mut scores = vec![0.0f32; BLOCK * len];
-            let mut out = vec![0.0f32; group * len * hd];
-            let mut lse = Vec::with_capacity(group * len);
-            for g in 0..group {
-                let q_at = (b * heads + kv * group + g) * len * hd;
-                for rows in blocks(len) {
-                    let (m, keys) = (rows.len(), rows.end);
-                    let q_block = View::rows(q, q_at + rows.start * hd, hd);
-                    let k_t = View::transposed(k, kv_at, hd);
-                    matmul(
-                        [m, keys, hd],
-                        &mut scores,
-                        len,
-                        false,
-                        q_block,
-                        k_t,
-                        dims.scale(),
-                    );
-                    lse.extend(softmax_rows(&mut scores, len, rows.clone(), padding[b]));
-                    let out_block = &mut out[(g * len + rows.start) * hd..];
-                    let p = View::rows(&scores, 0, len);
-                    let v_rows = View::rows(v, kv_at, hd);
-                    matmul([m, hd, keys], out_block, hd, false, p, v_rows, 1.0);
-                }
-            }
-            (out, lse)
-        })
-        .collect();
-    let mut out = vec![0.0f32; batch * len * heads * hd];
-    let mut lse = vec![0.0f32; batch * heads * len];
-    for (&(b, kv), (part, part_lse)) in tasks.iter().zip(parts) {
-        for g in 0..group {
-            let h = kv * group + g;
-            for t in 0..len {
-                let from = (g * len + t) * hd;
-                let to = ((b * len + t) * heads + h) * hd;
-                out[to..to + hd].copy_from_slice(&part[from..from + hd]);
-            }
-            let at = (b * heads + h) * len;
-            lse[at..at + len].copy_from_slice(&part_lse[g * len..(g + 1) * len]);
-        }
-    }
-    (out, lse)
 }
 
 /// Backward: `dQ` `[B, H, T, hd]`, `dK` and `dV` `[B, KV, T, hd]` for `dO` `[B, T, H·hd]`.
@@ -264,7 +86,7 @@ fn backward(saved: &Saved, grad_out: &[f32]) -> [Vec<f32>; 3] {
     );
     let scale = dims.scale();
     let row = heads * hd; // row stride of O and dO
-    let tasks = dims.tasks();
+    let tasks = tasks(&dims);
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(b, kv)| {
@@ -291,7 +113,7 @@ fn backward(saved: &Saved, grad_out: &[f32]) -> [Vec<f32>; 3] {
                         let shown = visible(t, pad);
                         for (s, x) in r.iter_mut().enumerate() {
                             *x = if shown.contains(&s) {
-                                (*x - lse[t]).exp()
+                                exp(*x - lse[t])
                             } else {
                                 0.0
                             };
@@ -398,12 +220,25 @@ pub(crate) fn attention<B: Backend>(
         len,
         head_dim,
     };
-    let (out, lse) = forward(
+    let (q_values, k_values, v_values) = (
+        flex_values(&q.primitive),
+        flex_values(&k.primitive),
+        flex_values(&v.primitive),
+    );
+    let contiguous = |data| Heads {
+        data,
+        strides: [kv_heads * len * head_dim, len * head_dim, head_dim],
+    };
+    let queries = Heads {
+        data: &q_values,
+        strides: [heads * len * head_dim, len * head_dim, head_dim],
+    };
+    let (out, lse) = crate::attention_blocks::forward(
         dims,
-        &layout.padding,
-        &flex_values(&q.primitive),
-        &flex_values(&k.primitive),
-        &flex_values(&v.primitive),
+        layout,
+        queries,
+        contiguous(&k_values),
+        contiguous(&v_values),
     );
     let out = FlexTensor::from_data(TensorData::new(out, [batch, len, heads * head_dim]));
     let node = match AttentionBackward

@@ -31,6 +31,8 @@
 pub mod allocator;
 mod attention;
 #[cfg(feature = "flex")]
+mod attention_blocks;
+#[cfg(feature = "flex")]
 mod attention_grad;
 pub mod characters;
 pub mod chat;

@@ -7,7 +7,8 @@
 //! h = silu(g) ⊙ u = g σ(g) ⊙ u      dg = dh ⊙ u ⊙ σ(g) (1 + g (1 − σ(g)))      du = dh ⊙ g σ(g)
 //! ```
 //!
-//! The node keeps `g` and `u` (shared, not copied) and recomputes `σ(g)` in the backward.
+//! The node keeps `g` and `u` (shared, not copied) and recomputes `σ(g)` in the backward. On
+//! the plain CPU backend (prefill, scoring, decode) the forward is the same one-pass kernel.
 
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
@@ -17,9 +18,12 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::silu;
+use opd_divergences::fast_exp::exp;
 use rayon::prelude::*;
 
-use crate::flex_tensor::{flex_values as values, from_autodiff_flex, to_autodiff_flex};
+use crate::flex_tensor::{
+    flex_values as values, from_autodiff_flex, from_f32, to_autodiff_flex, to_flex,
+};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -35,8 +39,10 @@ struct Saved {
 #[derive(Debug)]
 struct SwigluBackward;
 
+/// `σ(x) = 1 / (1 + e^(−x))`.
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 impl Backward<Flex, 2> for SwigluBackward {
@@ -69,13 +75,42 @@ impl Backward<Flex, 2> for SwigluBackward {
     }
 }
 
-/// `silu(gate) ⊙ up` as one autodiff node when `B` is `Autodiff<Flex>` with f32 values, else
-/// burn's ops.
+/// `silu(gate) ⊙ up` as one autodiff node when `B` is `Autodiff<Flex>` with f32 values, in one
+/// pass when `B` is `Flex`, else burn's ops.
 pub(crate) fn swiglu<B: Backend, const D: usize>(
     gate: Tensor<B, D>,
     up: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    fused(gate.clone(), up.clone()).unwrap_or_else(|| silu(gate) * up)
+    plain(&gate, &up)
+        .or_else(|| fused(gate.clone(), up.clone()))
+        .unwrap_or_else(|| silu(gate) * up)
+}
+
+/// `h = g σ(g) ⊙ u` elementwise, in parallel chunks.
+fn forward_values(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut h = vec![0.0f32; g.len()];
+    h.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+        .for_each(|(h, (g, u))| {
+            for i in 0..g.len() {
+                h[i] = g[i] * sigmoid(g[i]) * u[i];
+            }
+        });
+    h
+}
+
+/// The forward on `Flex` tensors (no graph), when both are contiguous f32 of one shape.
+fn plain<B: Backend, const D: usize>(
+    gate: &Tensor<B, D>,
+    up: &Tensor<B, D>,
+) -> Option<Tensor<B, D>> {
+    let dims = gate.dims();
+    if up.dims() != dims {
+        return None;
+    }
+    let (g, u) = (to_flex(gate.clone())?, to_flex(up.clone())?);
+    let h = forward_values(g.as_slice::<f32>()?, u.as_slice::<f32>()?);
+    from_f32(h, dims)
 }
 
 fn fused<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Option<Tensor<B, D>> {
@@ -85,14 +120,7 @@ fn fused<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Op
     }
     let (gate, up) = (to_autodiff_flex(gate)?, to_autodiff_flex(up)?);
     let (g, u) = (values(&gate.primitive), values(&up.primitive));
-    let mut h = vec![0.0f32; g.len()];
-    h.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(h, (g, u))| {
-            for i in 0..g.len() {
-                h[i] = g[i] * sigmoid(g[i]) * u[i];
-            }
-        });
+    let h = forward_values(&g, &u);
     let h = FlexTensor::from_data(TensorData::new(h, dims.to_vec()));
     let node = match SwigluBackward
         .prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()])
@@ -160,6 +188,26 @@ mod tests {
                 .fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "{name}: {worst}");
         }
+    }
+
+    /// The one-pass forward of the plain backend against burn's ops (and a non-contiguous
+    /// input takes burn's ops).
+    #[test]
+    fn plain_forward_matches_burns_ops() {
+        let [g, u, _] = inputs();
+        let want: Vec<f32> = (silu(g.clone()) * u.clone())
+            .into_data()
+            .into_vec()
+            .unwrap();
+        let got: Vec<f32> = plain(&g, &u)
+            .expect("the plain path runs")
+            .into_data()
+            .into_vec()
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        assert!(plain(&g.clone().swap_dims(1, 2), &u.swap_dims(1, 2)).is_none());
     }
 
     #[test]

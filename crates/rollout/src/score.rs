@@ -9,6 +9,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use opd_policy::{Policy, SequenceBatch};
+use rayon::prelude::*;
 
 use crate::error::{Result, RolloutError};
 use crate::sampler::log_sum_exp;
@@ -160,9 +161,18 @@ pub fn score_by<B: Backend>(
             device = Some(out.device());
         }
         let values = host(out);
-        for (row_in_micro, b) in (start..end).enumerate() {
-            let response = &batch.responses()[b];
-            for (t, &token) in response.iter().enumerate() {
+        // Every response position of the micro-batch, scored in parallel.
+        let positions: Vec<(usize, usize, usize)> = (start..end)
+            .enumerate()
+            .flat_map(|(row_in_micro, b)| {
+                let len = batch.responses()[b].len();
+                (0..len).map(move |t| (row_in_micro, b, t))
+            })
+            .collect();
+        let scored: Vec<Scored> = positions
+            .into_par_iter()
+            .map(|(row_in_micro, b, t)| {
+                let token = batch.responses()[b][t] as usize;
                 let at = (row_in_micro * sub_width + t) * vocab;
                 let row = &values[at..at + vocab];
                 let scaled: Vec<f32>;
@@ -172,13 +182,19 @@ pub fn score_by<B: Backend>(
                     scaled = row.iter().map(|&z| (z as f64 / tau) as f32).collect();
                     &scaled
                 };
-                let p = b * width + t;
                 let (lse, _) = log_sum_exp(row);
-                logprobs[p] = (row[token as usize] as f64 - lse) as f32;
-                for (j, id) in top_indices(row, k).into_iter().enumerate() {
-                    top_ids[p * k + j] = id as i64;
-                    top_lps[p * k + j] = (row[id] as f64 - lse) as f32;
-                }
+                let top = top_indices(row, k)
+                    .into_iter()
+                    .map(|id| (id, (row[id] as f64 - lse) as f32))
+                    .collect();
+                (b * width + t, (row[token] as f64 - lse) as f32, top)
+            })
+            .collect();
+        for (p, logprob, top) in scored {
+            logprobs[p] = logprob;
+            for (j, (id, lp)) in top.into_iter().enumerate() {
+                top_ids[p * k + j] = id as i64;
+                top_lps[p * k + j] = lp;
             }
         }
     }
@@ -192,6 +208,9 @@ pub fn score_by<B: Backend>(
         top_k,
     })
 }
+
+/// One position's scores: its flat index `b·R + t`, `log π(y_t)`, and its top-k `(id, log π)`.
+type Scored = (usize, f32, Vec<(usize, f32)>);
 
 /// Indices of the `k` largest entries of `row`, largest first.
 fn top_indices(row: &[f32], k: usize) -> Vec<usize> {
