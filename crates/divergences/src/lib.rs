@@ -60,5 +60,5 @@ pub use error::{DivergenceError, Result};
 pub use head::{BlockObserver, LogitBlock};
 pub use kind::{Divergence, DivergenceOptions, Support};
 pub use loss::{DistillationLoss, LossOutput};
-pub use positions::{TeacherTarget, divergence, token_log_probs};
+pub use positions::{TeacherTarget, divergence, head_logits, token_log_probs};
 pub use reduce::{Counts, Reduction, clip_per_token, reduce, reduce_share};

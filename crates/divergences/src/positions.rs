@@ -38,18 +38,29 @@ pub enum TeacherTarget<B: Backend, const D: usize> {
     },
 }
 
+/// Logits from final hidden states and an output head, `z = h · Wᵀ` over the last dimension
+/// (`hidden` `[.., d]`, `head` `[V, d]`, logits `[.., V]`), as one 2-D product of all leading
+/// positions (a batched product would pack the head once per leading index). Keeps the graph.
+pub fn head_logits<B: Backend, const D: usize>(
+    hidden: Tensor<B, D>,
+    head: Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let mut dims = hidden.dims();
+    let (width, vocab) = (dims[D - 1], head.dims()[0]);
+    let logits = hidden.reshape([-1, width as i32]).matmul(head.transpose());
+    dims[D - 1] = vocab;
+    logits.reshape(dims)
+}
+
 impl<B: Backend, const D: usize> TeacherTarget<B, D> {
     /// The teacher's full logits: as given, or `hidden · headᵀ` for a teacher given by hidden
     /// states (no graph); `None` for a top-k.
     pub fn logits(&self) -> Option<Tensor<B, D>> {
         match self {
             Self::Logits(t) => Some(t.clone()),
-            Self::Hidden { hidden, head } => Some(
-                hidden
-                    .clone()
-                    .detach()
-                    .matmul(head.clone().detach().transpose().unsqueeze()),
-            ),
+            Self::Hidden { hidden, head } => {
+                Some(head_logits(hidden.clone().detach(), head.clone().detach()))
+            }
             Self::TopK { .. } => None,
         }
     }

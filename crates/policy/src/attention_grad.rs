@@ -170,7 +170,8 @@ impl Backward<Flex, 3> for AttentionBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let saved = ops.state;
-        let grad_out = flex_values(&grads.consume::<Flex>(&ops.node));
+        let grad_out = grads.consume::<Flex>(&ops.node);
+        let grad_out = flex_values(&grad_out);
         let Dims {
             batch,
             heads,

@@ -4,6 +4,7 @@
 //! `norm_grad`). Any other backend gets `None` and takes the generic path.
 
 use std::any::Any;
+use std::borrow::Cow;
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
@@ -69,13 +70,19 @@ pub fn from_autodiff_flex<B: Backend, const D: usize>(t: AutodiffFlex) -> Option
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
-/// The values of an f32 flex tensor of any rank, row-major.
-pub fn flex_values(t: &FlexTensor) -> Vec<f32> {
+/// The values of an f32 flex tensor of any rank, row-major: its storage itself when it is
+/// contiguous (no copy), else a contiguous copy.
+pub fn flex_values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    if let Some(values) = t.as_slice::<f32>() {
+        return Cow::Borrowed(values);
+    }
     let flat = t
         .clone()
         .reshape(burn::tensor::Shape::new([t.shape().num_elements()]));
-    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(flat))
-        .into_data()
-        .into_vec::<f32>()
-        .expect("f32 values")
+    Cow::Owned(
+        Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(flat))
+            .into_data()
+            .into_vec::<f32>()
+            .expect("f32 values"),
+    )
 }

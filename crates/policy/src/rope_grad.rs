@@ -38,7 +38,8 @@ impl Backward<Flex, 1> for RopeBackward {
             return;
         };
         let Saved { dims, tables } = ops.state;
-        let dy = flex_values(&grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = flex_values(&dy);
         let dx = rotate(&dy, dims, &tables, Direction::BackToTokens);
         grads.register::<Flex>(parent.id, FlexTensor::from_data(TensorData::new(dx, dims)));
     }

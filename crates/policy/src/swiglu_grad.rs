@@ -50,7 +50,8 @@ impl Backward<Flex, 2> for SwigluBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let Saved { shape, gate, up } = ops.state;
-        let dh = values(&grads.consume::<Flex>(&ops.node));
+        let dh = grads.consume::<Flex>(&ops.node);
+        let dh = values(&dh);
         let (g, u) = (values(&gate), values(&up));
         let [gate_parent, up_parent] = ops.parents;
         let mut dg = vec![0.0f32; g.len()];

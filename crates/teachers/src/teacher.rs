@@ -95,7 +95,7 @@ impl<I: Backend> Scores<I> {
     /// The logits `[m, R, V]`.
     pub fn logits(self) -> Tensor<I, 3> {
         match self {
-            Self::Hidden { hidden, head } => hidden.matmul(head.transpose().unsqueeze()),
+            Self::Hidden { hidden, head } => opd_divergences::head_logits(hidden, head),
             Self::Logits(logits) => logits,
         }
     }

@@ -5,10 +5,10 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use opd_divergences::{DivergenceBackend, LogitBlock, TeacherTarget};
+use opd_divergences::{DivergenceBackend, LogitBlock, TeacherTarget, head_logits};
 use opd_teachers::TeacherOutput;
 
-use crate::method::{Forward, project};
+use crate::method::Forward;
 use crate::micro::Micro;
 use crate::telemetry::{RowTeachers, Telemetry};
 
@@ -156,7 +156,7 @@ pub(crate) fn diagnose_formed<B: AutodiffBackend + DivergenceBackend>(
     for start in (0..m).step_by(block) {
         let range = start..(start + block).min(m);
         let logits = match (forward.logits.get(), &forward.head) {
-            (None, Some(head)) => project(
+            (None, Some(head)) => head_logits(
                 forward.hidden.clone().inner().narrow(0, start, range.len()),
                 head.clone().inner(),
             ),

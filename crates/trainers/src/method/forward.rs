@@ -9,7 +9,7 @@ use opd_divergences::sampled::{
     sequence_log_probs, sequence_log_probs_from_hidden, sequence_log_probs_from_hidden_observed,
 };
 use opd_divergences::{
-    DistillationLoss, DivergenceBackend, DivergenceOptions, LogitBlock, TeacherTarget,
+    DistillationLoss, DivergenceBackend, DivergenceOptions, LogitBlock, TeacherTarget, head_logits,
     token_log_probs,
 };
 use opd_teachers::TeacherOutput;
@@ -63,19 +63,6 @@ pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
     pub(crate) teacher: Option<TeacherOutput<B>>,
 }
 
-/// `hidden · headᵀ`: `[m, R, d] × [V, d] → [m, R, V]`, as one 2-D product.
-pub(crate) fn project<B: burn::tensor::backend::Backend>(
-    hidden: Tensor<B, 3>,
-    head: Tensor<B, 2>,
-) -> Tensor<B, 3> {
-    let [m, r, d] = hidden.dims();
-    let vocab = head.dims()[0];
-    hidden
-        .reshape([m * r, d])
-        .matmul(head.transpose())
-        .reshape([m, r, vocab])
-}
-
 impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
     /// The response logits `[m, R, V]` with graph, formed on first use.
     pub fn logits(&self) -> Tensor<B, 3> {
@@ -85,7 +72,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
                     .head
                     .clone()
                     .expect("logits without a head are formed up front");
-                project(self.hidden.clone(), head)
+                head_logits(self.hidden.clone(), head)
             })
             .clone()
     }

@@ -36,7 +36,6 @@ use opd_teachers::{
 };
 
 pub use forward::Forward;
-pub(crate) use forward::project;
 pub use grpo::GrpoConfig;
 pub use opd::{OpdConfig, OpdForm, TrustRegionEstimator};
 pub use opsd::{OpsdConfig, SampledTokenBaseline};
