@@ -12,9 +12,9 @@
 //!   difference between `teacher` and `none`.
 
 use burn::backend::{Autodiff, Flex};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
-use opd_policy::{Llama, LoraConfig, LoraTarget, Policy};
+use opd_policy::{FusedAdamW, Llama, LoraConfig, LoraTarget, Policy};
 use opd_teachers::{FrozenInitial, Request, Teacher, TeacherSupport};
 
 #[path = "peak_rss.rs"]
@@ -80,7 +80,7 @@ fn memory(student: Llama<A>, lora: bool, with_teacher: bool) {
     let teacher = with_teacher.then(|| FrozenInitial::new(&student));
     let train = rows(1, 8, 24, student.vocab_size());
     let device = Default::default();
-    let mut optimizer = AdamWConfig::new().init::<A, Llama<A>>();
+    let mut optimizer = FusedAdamW::new(0.9, 0.999, 1e-5, 1e-4).init::<A, Llama<A>>();
     for _ in 0..2 {
         let ids = train.response_ids::<A>(&device).unsqueeze_dim::<3>(2);
         let lp = log_softmax(student.response_logits(&train).unwrap(), 2).gather(2, ids);

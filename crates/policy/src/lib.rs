@@ -28,6 +28,7 @@
 //! # Ok::<(), opd_policy::PolicyError>(())
 //! ```
 
+mod adamw;
 pub mod allocator;
 mod attention;
 #[cfg(feature = "flex")]
@@ -63,6 +64,7 @@ mod swiglu_grad;
 pub mod tokenizer;
 mod weights;
 
+pub use adamw::FusedAdamW;
 pub use chat::{ChatTemplate, Message};
 pub use checkpoint::{load, save};
 pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};

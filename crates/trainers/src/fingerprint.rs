@@ -2,14 +2,12 @@
 //! on replicas that hold the same weights and optimizer state.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::AdamW;
 use burn::optim::Optimizer;
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use opd_policy::Llama;
 
-use crate::state::OptimizerRecord;
+use crate::state::{OptimizerRecord, StudentOptimizer};
 
 /// CRC-32 of the values of every parameter of `model` that requires a gradient, in module order
 /// (the ids of parameters differ between replicas, their order does not), with their count.
@@ -35,7 +33,7 @@ pub(crate) fn weights<B: AutodiffBackend>(model: &Llama<B>) -> u64 {
 /// module order).
 pub(crate) fn optimizer<B: AutodiffBackend>(
     model: &Llama<B>,
-    optimizer: &OptimizerAdaptor<AdamW, Llama<B>, B>,
+    optimizer: &StudentOptimizer<B>,
 ) -> u64 {
     struct Hash<B: AutodiffBackend> {
         record: OptimizerRecord<B>,

@@ -1,9 +1,9 @@
 //! What a trainer is besides its code: the values a checkpoint keeps and puts back.
 
+use burn::optim::Optimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::Llama;
+use opd_policy::{FusedAdamW, Llama};
 use opd_tasks::Task;
 use opd_teachers::InnerLlama;
 use serde::{Deserialize, Serialize};
@@ -33,9 +33,12 @@ pub struct RunProgress {
     pub tokens_spent: TokensSpent,
 }
 
-/// AdamW's state for the student's parameters, as burn records it.
-pub type OptimizerRecord<B> =
-    <OptimizerAdaptor<AdamW, Llama<B>, B> as Optimizer<Llama<B>, B>>::Record;
+/// The student's optimizer: AdamW, one pass per parameter on the CPU backend.
+pub type StudentOptimizer<B> = OptimizerAdaptor<FusedAdamW, Llama<B>, B>;
+
+/// AdamW's state for the student's parameters, as burn records it (the same for burn's own
+/// `AdamW`, so either's checkpoints load).
+pub type OptimizerRecord<B> = <StudentOptimizer<B> as Optimizer<Llama<B>, B>>::Record;
 
 /// A trainer's whole state, borrowed: what a checkpoint saves.
 pub struct TrainerState<'a, B: AutodiffBackend> {

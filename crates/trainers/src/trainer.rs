@@ -4,11 +4,10 @@
 
 use std::time::Instant;
 
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
-use opd_policy::{ChatTokenizer, Llama};
+use opd_policy::{ChatTokenizer, FusedAdamW, Llama};
 use opd_tasks::{Environment, Task};
 
 use crate::builder::TrainerBuilder;
@@ -22,7 +21,7 @@ use crate::order::TaskOrder;
 use crate::parallel::Replica;
 use crate::rows::{self, Rows};
 use crate::schedule::learning_rate;
-use crate::state::{RunProgress, SavedState, TokensSpent, TrainerState};
+use crate::state::{RunProgress, SavedState, StudentOptimizer, TokensSpent, TrainerState};
 use crate::telemetry::{Step, Telemetry, watch_collapse};
 use crate::update::{Gradients, LossSettings, counts, gradients};
 use crate::{fingerprint, grads};
@@ -53,7 +52,7 @@ pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
     /// Out only while an optimizer step consumes it.
     student: Option<Llama<B>>,
     tokenizer: ChatTokenizer,
-    optimizer: OptimizerAdaptor<AdamW, Llama<B>, B>,
+    optimizer: StudentOptimizer<B>,
     method: Box<dyn Method<B>>,
     environment: Box<dyn Environment>,
     tasks: Vec<Task>,
@@ -102,12 +101,13 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         replica: Option<Replica<B::InnerBackend>>,
     ) -> Self {
         let o = &config.optimizer;
-        let optimizer = AdamWConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.epsilon as f32)
-            .with_weight_decay(o.weight_decay as f32)
-            .init();
+        let optimizer = FusedAdamW::new(
+            o.beta1 as f32,
+            o.beta2 as f32,
+            o.epsilon as f32,
+            o.weight_decay as f32,
+        )
+        .init();
         let order = TaskOrder::new(tasks.len(), config.seed);
         Self {
             config,
