@@ -163,6 +163,11 @@ mod flex {
 
     /// `θ, m, v` after step `time`, written in place where a buffer is not shared (a shared
     /// one is copied first); `m` and `v` start from `(1 − β)·g` and `(1 − β₂)·g²` at step 1.
+    ///
+    /// A weight kept as the transposed view of a row-major matrix (how checkpoints load) stays
+    /// one, and its moments are kept in the same order, so the decode kernels keep reading
+    /// whole weight rows: the update walks the buffers in storage order and reads the gradient
+    /// (logical order) transposed, a block of rows at a time.
     fn update(
         adam: &FusedAdamW,
         lr: f64,
@@ -172,46 +177,104 @@ mod flex {
         m: Option<FlexTensor>,
         v: Option<FlexTensor>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let mut theta = theta.to_contiguous();
+        let shape = theta.shape();
+        let (k, n) = match shape.num_dims() {
+            2 => (shape[0], shape[1]),
+            _ => (0, 0),
+        };
+        let transposed = k > 1 && theta.layout().strides() == [1, k as isize];
+        // In storage order: `θ` is `[n, k]` row-major when transposed (the view turned back).
+        let orient = |t: FlexTensor| if transposed { t.transpose(0, 1) } else { t };
+        let mut theta = orient(theta).to_contiguous();
         let g = g.to_contiguous();
         let grads = g.storage::<f32>();
-        let n = grads.len();
-        let shape = g.shape();
-        let zeros = || FlexTensor::from_data(TensorData::new(vec![0f32; n], shape.clone()));
+        let len = grads.len();
+        let zeros = || FlexTensor::from_data(TensorData::new(vec![0f32; len], theta.shape()));
         let (mut m, mut v) = match (m, v) {
-            (Some(m), Some(v)) => (m.to_contiguous(), v.to_contiguous()),
+            (Some(m), Some(v)) => (orient(m).to_contiguous(), orient(v).to_contiguous()),
             _ => (zeros(), zeros()),
         };
-        let (beta_1, beta_2) = (adam.beta_1, adam.beta_2);
-        let first = time == 1;
-        let (factor_1, factor_2) = (1.0 - beta_1, 1.0 - beta_2);
-        let t = time as i32;
-        let (correct_1, correct_2) = (1.0 - beta_1.powi(t), 1.0 - beta_2.powi(t));
-        let decay_rate = lr * adam.weight_decay as f64;
-        let keep = (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32);
-        let (lr, epsilon) = (lr as f32, adam.epsilon);
+        let rule = Rule::new(adam, lr, time);
+        let task = if transposed { ROWS * k } else { CHUNK };
         let theta_values = values_mut(&mut theta);
         let m_values = values_mut(&mut m);
         let v_values = values_mut(&mut v);
-        debug_assert!(theta_values.len() == n && m_values.len() == n && v_values.len() == n);
+        debug_assert!(theta_values.len() == len && m_values.len() == len && v_values.len() == len);
         theta_values
-            .par_chunks_mut(CHUNK)
-            .zip(m_values.par_chunks_mut(CHUNK))
-            .zip(v_values.par_chunks_mut(CHUNK))
-            .zip(grads.par_chunks(CHUNK))
-            .for_each(|(((theta, m), v), g)| {
-                for (((theta, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
-                    (*m, *v) = if first {
-                        (g * factor_1, g * g * factor_2)
-                    } else {
-                        (*m * beta_1 + g * factor_1, *v * beta_2 + g * g * factor_2)
-                    };
-                    let delta = (*m / correct_1) / ((*v / correct_2).sqrt() + epsilon);
-                    let decayed = keep.map_or(*theta, |keep| *theta * keep);
-                    *theta = decayed - delta * lr;
+            .par_chunks_mut(task)
+            .zip(m_values.par_chunks_mut(task))
+            .zip(v_values.par_chunks_mut(task))
+            .enumerate()
+            .for_each(|(t, ((theta, m), v))| {
+                if !transposed {
+                    return rule.apply(theta, m, v, &grads[t * task..][..theta.len()]);
                 }
+                // Rows `r0 ..` of the `[n, k]` storage: element `(r, c)` is `g[c·n + r]`.
+                let (r0, rows) = (t * ROWS, theta.len() / k);
+                let mut block = vec![0f32; rows * k];
+                for c in 0..k {
+                    let column = &grads[c * n + r0..][..rows];
+                    for (r, &value) in column.iter().enumerate() {
+                        block[r * k + c] = value;
+                    }
+                }
+                rule.apply(theta, m, v, &block);
             });
-        (theta, m, v)
+        (orient(theta), orient(m), orient(v))
+    }
+
+    /// Storage rows of a transposed weight per parallel task.
+    const ROWS: usize = 16;
+
+    /// The per-element update of one step, its constants computed once.
+    struct Rule {
+        first: bool,
+        beta_1: f32,
+        beta_2: f32,
+        factor_1: f32,
+        factor_2: f32,
+        correct_1: f32,
+        correct_2: f32,
+        keep: Option<f32>,
+        lr: f32,
+        epsilon: f32,
+    }
+
+    impl Rule {
+        fn new(adam: &FusedAdamW, lr: f64, time: usize) -> Self {
+            let (beta_1, beta_2) = (adam.beta_1, adam.beta_2);
+            let t = time as i32;
+            let decay_rate = lr * adam.weight_decay as f64;
+            Self {
+                first: time == 1,
+                beta_1,
+                beta_2,
+                factor_1: 1.0 - beta_1,
+                factor_2: 1.0 - beta_2,
+                correct_1: 1.0 - beta_1.powi(t),
+                correct_2: 1.0 - beta_2.powi(t),
+                keep: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
+                lr: lr as f32,
+                epsilon: adam.epsilon,
+            }
+        }
+
+        /// `m, v, θ` updated in place from the gradients `g`, element by element.
+        fn apply(&self, theta: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+            for (((theta, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(g) {
+                (*m, *v) = if self.first {
+                    (g * self.factor_1, g * g * self.factor_2)
+                } else {
+                    (
+                        *m * self.beta_1 + g * self.factor_1,
+                        *v * self.beta_2 + g * g * self.factor_2,
+                    )
+                };
+                let delta = (*m / self.correct_1) / ((*v / self.correct_2).sqrt() + self.epsilon);
+                let decayed = self.keep.map_or(*theta, |keep| *theta * keep);
+                *theta = decayed - delta * self.lr;
+            }
+        }
     }
 
     /// The elements to write: in place when the buffer is this tensor's alone (`to_contiguous`
@@ -260,7 +323,8 @@ mod tests {
     }
 
     /// Five steps, with weight decay, from a transposed-view weight, against burn's `AdamW`
-    /// run on the same gradients; then the fused optimizer resumes from burn's record.
+    /// run on the same gradients (the weight stays a transposed view); then the fused
+    /// optimizer resumes from burn's record.
     #[test]
     fn matches_burns_adamw_and_resumes_from_its_record() {
         let device = Default::default();
@@ -295,6 +359,9 @@ mod tests {
         let mut resumed = FusedAdamW::new(b1, b2, eps, wd)
             .init::<A, Linear<A>>()
             .load_record(recorder.load(saved, &device).unwrap());
+        // The weight is still the transposed view of a row-major `[24, 40]` matrix.
+        let weight = crate::flex_tensor::to_flex(ours.weight.val().inner()).unwrap();
+        assert_eq!(weight.layout().strides(), [1, 40]);
         let x = Tensor::<A, 2>::random([6, 40], Distribution::Normal(0.0, 1.0), &device);
         let next = theirs.clone();
         let grads = GradientsParams::from_grads(loss(&next, x.clone()).backward(), &next);

@@ -30,11 +30,12 @@ static COLLECTIVE: Mutex<()> = Mutex::new(());
 /// weights. Measured: two workers differ from one by ≤ 4.2e-4 (SFT < 2e-5), and by 1.1e-3 for
 /// GRPO under LoRA once SwiGLU's product became one node (its rounding differs from burn's
 /// ops in the last bit; the LoRA factors start at zero, where AdamW's normalised steps carry
-/// the sign of near-zero gradients); one worker run with micro-batches of 1 row instead of 4
-/// (the same sums, in another order) differs by 4.0e-4 (OPSD) and 2.4e-3 (GRPO); a worker
-/// normalising by its own token count instead of the whole mini-batch's differs by 0.02–0.09.
-/// The rows (rewards) and losses must still agree.
-const TOLERANCE: f32 = 2e-3;
+/// the sign of near-zero gradients), 2.1e-3 once the fused AdamW kept weights in their
+/// transposed layout (the products round in another order); one worker run with micro-batches
+/// of 1 row instead of 4 (the same sums, in another order) differs by 4.0e-4 (OPSD) and 2.4e-3
+/// (GRPO); a worker normalising by its own token count instead of the whole mini-batch's
+/// differs by 0.02–0.09. The rows (rewards) and losses must still agree.
+const TOLERANCE: f32 = 3e-3;
 
 fn trainer(
     objective: &Objective,
