@@ -6,14 +6,40 @@
 use std::any::Any;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 
 use crate::error::{PolicyError, Result};
 
 /// A copy of `module` whose parameters take no gradient and do not follow later updates.
 pub fn frozen<B: Backend, M: Module<B>>(module: &M) -> M {
     module.clone().no_grad()
+}
+
+/// A tensor of `data` (the logical values) stored in the order of `like`: where `like` is a
+/// weight kept as the transposed view of a row-major `[n, k]` matrix (how checkpoints load,
+/// what the decode kernels read and [`crate::FusedAdamW`] keeps), one again, so a model
+/// restored from saved values computes exactly what the model they were saved from did.
+pub fn from_data_like<B: Backend, const D: usize>(
+    like: &Tensor<B, D>,
+    data: TensorData,
+) -> Tensor<B, D> {
+    let device = like.device();
+    #[cfg(feature = "flex")]
+    if crate::flex_tensor::is_transposed(like) && data.shape.as_slice() == like.dims() {
+        let [k, n] = [data.shape[0], data.shape[1]];
+        if let Ok(values) = data.to_vec::<f32>() {
+            // Row `r` of the `[n, k]` matrix is column `r` of the `[k, n]` values.
+            let mut rows = vec![0f32; k * n];
+            for (c, column) in values.chunks_exact(n).enumerate() {
+                for (r, &value) in column.iter().enumerate() {
+                    rows[r * k + c] = value;
+                }
+            }
+            return Tensor::from_data(TensorData::new(rows, [n, k]), &device).transpose();
+        }
+    }
+    Tensor::from_data(data, &device)
 }
 
 /// The EMA rate `η`: the weight of the **student** in `θ_T ← (1 − η)·θ_T + η·θ_S` (SDPO uses
@@ -148,4 +174,29 @@ pub fn ema_update_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(
     let mut trainable = Trainable(Vec::new());
     student.visit(&mut trainable);
     mix(teacher, trainable.0, rate)
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::from_data_like;
+    use crate::flex_tensor::is_transposed;
+
+    /// Saved values of a transposed-view weight load as a transposed view with the same
+    /// values (with and without autodiff); a contiguous one loads contiguous.
+    #[test]
+    fn values_load_in_the_layout_of_the_tensor_they_replace() {
+        let device = Default::default();
+        let rows = Tensor::<Autodiff<Flex>, 2>::random([5, 3], Distribution::Default, &device);
+        for like in [rows.clone().transpose(), rows] {
+            let loaded = from_data_like(&like, like.to_data());
+            assert_eq!(is_transposed(&loaded), is_transposed(&like));
+            assert_eq!(loaded.to_data(), like.to_data());
+        }
+        let plain = Tensor::<Flex, 2>::random([4, 6], Distribution::Default, &device).transpose();
+        assert!(is_transposed(&plain));
+        assert!(is_transposed(&from_data_like(&plain, plain.to_data())));
+    }
 }

@@ -86,7 +86,7 @@ pub(crate) fn replace<B: Backend, M: Module<B>>(
                 return Param::from_mapped_value(old_id, tensor, mapper);
             }
             let require_grad = tensor.is_require_grad();
-            let loaded = Tensor::<B, D>::from_data(data, &tensor.device());
+            let loaded = opd_policy::params::from_data_like(&tensor, data);
             let loaded = if require_grad {
                 loaded.require_grad()
             } else {
