@@ -162,7 +162,7 @@ mod flex {
     }
 
     /// `θ, m, v` after step `time`, written in place where a buffer is not shared (a shared
-    /// one is copied first); `m` and `v` start from `(1 − β)·g` and `(1 − β₂)·g²` at step 1.
+    /// one is copied first); `m` and `v` start from `(1 − β₁)·g` and `(1 − β₂)·g²` at step 1.
     ///
     /// A weight kept as the transposed view of a row-major matrix (how checkpoints load) stays
     /// one, and its moments are kept in the same order, so the decode kernels keep reading
