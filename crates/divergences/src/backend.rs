@@ -21,6 +21,7 @@ use crate::chunks::Rows;
 use crate::generic;
 use crate::head::{self, BlockObserver};
 use crate::kind::DivergenceOptions;
+use crate::summary::RowSummary;
 
 /// A backend that can evaluate divergences over logits row by row.
 ///
@@ -140,6 +141,12 @@ pub trait DivergenceBackend: Backend {
             block_rows,
         };
         head::forward::<Self>(hidden, weight, &scored, false, observe).0
+    }
+
+    /// The entropy and top-`k` (`k ≤ V`) of `softmax(z / τ)` at every row of logits `[N, V]`,
+    /// on the host: see [`crate::summarize`], which validates the inputs.
+    fn summarize_rows(logits: FloatTensor<Self>, temperature: f64, k: usize) -> RowSummary {
+        generic::summarize_rows::<Self>(logits, temperature, k)
     }
 }
 
@@ -328,6 +335,10 @@ fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
 }
 
 impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff<B, C> {
+    fn summarize_rows(logits: FloatTensor<Self>, temperature: f64, k: usize) -> RowSummary {
+        B::summarize_rows(logits.primitive, temperature, k)
+    }
+
     fn head_token_log_probs(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,

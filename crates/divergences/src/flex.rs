@@ -18,8 +18,10 @@ use crate::backend::DivergenceBackend;
 use crate::buckets::TeacherLogits;
 use crate::chunks::Rows;
 use crate::fast_exp::exp;
+use crate::flex_summary;
 use crate::generic;
 use crate::kind::{Divergence, DivergenceOptions, Support};
+use crate::summary::RowSummary;
 
 impl DivergenceBackend for Flex {
     fn divergence_rows(
@@ -87,6 +89,13 @@ impl DivergenceBackend for Flex {
             ),
         }
     }
+
+    fn summarize_rows(logits: FloatTensor<Self>, temperature: f64, k: usize) -> RowSummary {
+        match logits.as_slice::<f32>() {
+            Some(z) => flex_summary::summarize(z, logits.layout().shape()[1], temperature, k),
+            None => generic::summarize_rows::<Self>(logits, temperature, k),
+        }
+    }
 }
 
 fn vector(values: Vec<f32>) -> FlexTensor {
@@ -102,7 +111,7 @@ fn row_list(rows: &Rows, total: usize) -> Vec<usize> {
     }
 }
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -513,9 +522,9 @@ fn log_sum_exp(z: &[f32], inv_tau: f32) -> f32 {
 }
 
 /// Independent accumulators: float reductions only vectorize when the order is ours to choose.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 /// Elements summed in f32 before the partial sum moves to the f64 total.
-const BLOCK: usize = 1024;
+pub(crate) const BLOCK: usize = 1024;
 
 /// `Σ_i f(a_i, b_i)` over equal-length slices, in `LANES` f32 lanes per block of `BLOCK`
 /// elements and an f64 total: vectorized, and accurate over 152k terms.
@@ -537,7 +546,7 @@ fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 }
 
 /// `max_i z_i`, in `LANES` independent lanes.
-fn max(z: &[f32]) -> f32 {
+pub(crate) fn max(z: &[f32]) -> f32 {
     let (lanes, rest) = z.as_chunks::<LANES>();
     let mut acc = [f32::NEG_INFINITY; LANES];
     for x in lanes {

@@ -1,10 +1,14 @@
 //! The portable implementation: chunked evaluation with burn tensor ops, on any backend.
 
-use burn::tensor::{Int, Tensor, backend::Backend, ops::FloatTensor, ops::IntTensor, s};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{
+    Int, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor, ops::IntTensor, s,
+};
 
 use crate::buckets::{self, Buckets, TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};
 use crate::kind::DivergenceOptions;
+use crate::summary::{RowSummary, host};
 
 /// Per-row divergence values, `[rows.count(N)]`.
 pub fn divergence_rows<B: Backend>(
@@ -135,4 +139,32 @@ fn upstream<B: Backend>(grad_out: &Tensor<B, 1>, chunk: &Chunk) -> Tensor<B, 2> 
         .clone()
         .slice(s![chunk.out_start..chunk.out_start + chunk.len])
         .unsqueeze_dim(1)
+}
+
+/// The portable [`RowSummary`]: `log_softmax`, the entropy as a sum of `p log p`, and burn's
+/// `topk` (a full sort of each row).
+pub fn summarize_rows<B: Backend>(
+    logits: FloatTensor<B>,
+    temperature: f64,
+    k: usize,
+) -> RowSummary {
+    let logits = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(logits));
+    let log_p = log_softmax(logits.div_scalar(temperature), 1);
+    // `p log p` with `log p` floored, so a masked logit (`p = 0`, `log p = −∞`) adds 0, not NaN.
+    let floored = log_p.clone().clamp_min(f32::MIN);
+    let entropy = host((log_p.clone().exp() * floored).sum_dim(1).neg());
+    let (ids, log_probs) = match k {
+        0 => (Vec::new(), Vec::new()),
+        _ => {
+            let (values, ids) = log_p.topk_with_indices(k, 1);
+            let ids = ids.into_data().convert::<i64>().into_vec().expect("ids");
+            (ids, host(values))
+        }
+    };
+    RowSummary {
+        entropy,
+        ids,
+        log_probs,
+        k,
+    }
 }

@@ -45,6 +45,8 @@ mod error;
 pub mod fast_exp;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod flex_summary;
 pub mod generic;
 mod head;
 mod kind;
@@ -52,6 +54,7 @@ mod loss;
 mod positions;
 mod reduce;
 pub mod sampled;
+mod summary;
 
 pub use backend::DivergenceBackend;
 pub use buckets::TeacherLogits;
@@ -62,3 +65,4 @@ pub use kind::{Divergence, DivergenceOptions, Support};
 pub use loss::{DistillationLoss, LossOutput};
 pub use positions::{TeacherTarget, divergence, head_logits, token_log_probs};
 pub use reduce::{Counts, Reduction, clip_per_token, reduce, reduce_share};
+pub use summary::{RowSummary, summarize};

@@ -143,3 +143,20 @@ fn fused_head_divergence_matches_flex_on_wgpu() {
     assert_close("fused head JSD ∂/∂h", &gpu.1, &flex.1, 1e-5, 1e-4);
     assert_close("fused head JSD ∂/∂W", &gpu.2, &flex.2, 1e-5, 1e-4);
 }
+
+#[test]
+fn row_summaries_match_flex_on_wgpu() {
+    let z = Mat::random(6, 301, 6.0, 11).rounded_to_f32();
+    let flex = opd_divergences::summarize(z.tensor::<B>(), 0.8, 8);
+    let gpu = opd_divergences::summarize(z.tensor::<G>(), 0.8, 8);
+    let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    assert_close("entropy", &f(&gpu.entropy), &f(&flex.entropy), 1e-5, 1e-4);
+    assert_eq!(gpu.ids, flex.ids, "top-k ids");
+    assert_close(
+        "top-k log p",
+        &f(&gpu.log_probs),
+        &f(&flex.log_probs),
+        1e-5,
+        1e-4,
+    );
+}

@@ -45,7 +45,7 @@ impl Diagnosis {
     /// Measures a block of logits a fused head formed, at its `counted` positions (flat
     /// `[m·R]`), [`SUB_BLOCK_ELEMENTS`] logits at a time: the teacher's side from the block's
     /// own teacher logits, or from the rows of a top-k teacher.
-    pub fn block<B: AutodiffBackend>(
+    pub fn block<B: AutodiffBackend + DivergenceBackend>(
         &mut self,
         block: LogitBlock<B>,
         teacher: Option<&TeacherOutput<B>>,
@@ -65,7 +65,7 @@ impl Diagnosis {
         }
     }
 
-    fn sub_block<B: AutodiffBackend>(
+    fn sub_block<B: AutodiffBackend + DivergenceBackend>(
         &mut self,
         block: LogitBlock<B>,
         teacher: Option<&TeacherOutput<B>>,

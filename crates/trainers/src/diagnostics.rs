@@ -2,8 +2,9 @@
 //! student-visited states ("Rethinking On-Policy Distillation": successful OPD concentrates
 //! 97–99 % of the mass on a small shared set), and the collapse watch.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, backend::Backend};
+
+use opd_divergences::RowSummary;
 
 use crate::config::CollapseWatch;
 
@@ -15,16 +16,6 @@ pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .expect("float tensor")
 }
 
-/// `log softmax(z / τ)` over the vocabulary of `[B, R, V]` logits.
-pub(crate) fn log_probs<B: Backend>(logits: Tensor<B, 3>, temperature: f64) -> Tensor<B, 3> {
-    log_softmax(logits.div_scalar(temperature), 2)
-}
-
-/// Entropy `H_t = −Σ_v p(v) log p(v)` at each position, `[B·R]` on the host.
-pub(crate) fn entropy<B: Backend>(log_probs: Tensor<B, 3>) -> Vec<f32> {
-    host((log_probs.clone().exp() * log_probs).sum_dim(2).neg())
-}
-
 /// The `k` most likely tokens and their log-probs at each position, on the host.
 #[derive(Debug, Clone)]
 pub(crate) struct TopSets {
@@ -34,13 +25,6 @@ pub(crate) struct TopSets {
 }
 
 impl TopSets {
-    /// From log-probs `[B, R, V]`.
-    pub fn of<B: Backend>(log_probs: Tensor<B, 3>, k: usize) -> Self {
-        let k = k.min(log_probs.dims()[2]);
-        let (values, ids) = log_probs.topk_with_indices(k, 2);
-        Self::from_parts(ids, values)
-    }
-
     /// From a precomputed top-k `[B, R, k']`, keeping its first `k` entries.
     pub fn from_parts<B: Backend>(
         ids: Tensor<B, 3, burn::tensor::Int>,
@@ -51,6 +35,16 @@ impl TopSets {
             ids: ids.into_data().convert::<i64>().into_vec().expect("ids"),
             log_probs: host(log_probs),
             k,
+        }
+    }
+}
+
+impl From<RowSummary> for TopSets {
+    fn from(summary: RowSummary) -> Self {
+        Self {
+            ids: summary.ids,
+            log_probs: summary.log_probs,
+            k: summary.k,
         }
     }
 }

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::TeacherTarget;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use opd_divergences::{DivergenceBackend, TeacherTarget, summarize};
 use opd_teachers::TeacherOutput;
 
-use crate::diagnostics::{self, CollapseState, Overlap, TopSets};
+use crate::diagnostics::{CollapseState, Overlap, TopSets};
 use crate::method::{Clipped, SequenceAdvantages};
 use crate::metrics::{Phases, Running, StepMetrics, TeacherMetrics};
 use crate::rows::Rows;
@@ -134,7 +134,7 @@ impl Telemetry {
 
     /// The student's entropy, the teacher's (full logits) and their top-k overlap at the
     /// counted positions of a micro-batch.
-    pub fn diagnose<B: AutodiffBackend>(
+    pub fn diagnose<B: AutodiffBackend + DivergenceBackend>(
         &mut self,
         logits: Tensor<B::InnerBackend, 3>,
         teacher: Option<&TeacherOutput<B>>,
@@ -142,9 +142,6 @@ impl Telemetry {
         k: usize,
         rows: RowTeachers<'_>,
     ) {
-        let student = diagnostics::log_probs(logits, 1.0);
-        self.entropy
-            .add_masked(&diagnostics::entropy(student.clone()), counted);
         let teacher = match teacher {
             Some(TeacherOutput::Distribution {
                 target: TeacherTarget::TopK { ids, log_probs },
@@ -161,15 +158,17 @@ impl Telemetry {
                 target,
                 temperature,
             }) => target.logits().and_then(|logits| {
-                let teacher = diagnostics::log_probs(logits.inner(), *temperature);
-                self.teacher_entropy
-                    .add_masked(&diagnostics::entropy(teacher.clone()), counted);
-                (k > 0).then(|| TopSets::of(teacher, k))
+                let teacher = summarize(flat(logits), *temperature, k);
+                self.teacher_entropy.add_masked(&teacher.entropy, counted);
+                (k > 0).then(|| TopSets::from(teacher))
             }),
             _ => None,
         };
+        let top = teacher.as_ref().map_or(0, |t| t.k);
+        let student = summarize(flat(Tensor::<B, 3>::from_inner(logits)), 1.0, top);
+        self.entropy.add_masked(&student.entropy, counted);
         if let Some(teacher) = teacher {
-            let student = TopSets::of::<B::InnerBackend>(student, teacher.k);
+            let student = TopSets::from(student);
             self.overlap.add(&student, &teacher, counted);
             for t in rows.teachers() {
                 let mask = rows.mask(counted, t);
@@ -321,4 +320,10 @@ pub(crate) fn watch_collapse(
     let n = rows.responses.len().max(1) as f64;
     let length = rows.responses.iter().map(Vec::len).sum::<usize>() as f64 / n;
     state.check(watch, entropy, length)
+}
+
+/// `[B, R, V]` logits as rows `[B·R, V]`.
+fn flat<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, r, v] = logits.dims();
+    logits.reshape([b * r, v])
 }
