@@ -39,6 +39,8 @@ pub mod characters;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "flex")]
+mod ema_mix;
 pub mod error;
 #[cfg(feature = "flex")]
 mod flex_tensor;

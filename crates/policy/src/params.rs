@@ -123,6 +123,11 @@ impl<B: Backend> ModuleMapper<B> for Mix {
             return param;
         };
         let (id, teacher, mapper) = param.consume();
+        #[cfg(feature = "flex")]
+        let teacher = match crate::ema_mix::mix(teacher, &student, self.eta) {
+            Ok(mixed) => return Param::from_mapped_value(id, mixed, mapper),
+            Err(teacher) => teacher,
+        };
         let mixed = teacher.mul_scalar(1.0 - self.eta) + student.mul_scalar(self.eta);
         Param::from_mapped_value(id, mixed.detach(), mapper)
     }
@@ -152,7 +157,9 @@ fn mix<B: Backend, M: Module<B>>(teacher: M, student: Vec<Entry>, rate: EmaRate)
 
 /// The exponential moving average step of a teacher, `θ_T ← (1 − η)·θ_T + η·θ_S` for every
 /// parameter, matched by position in the module. Parameters are read in their own layout
-/// (no reshape, so no copy of a transposed view); each mixed parameter costs one temporary.
+/// (no reshape, so no copy of a transposed view). On the CPU backend each parameter is mixed
+/// in one pass and keeps the teacher's layout (a transposed-view weight stays one, so the
+/// teacher decodes on the fast kernels); elsewhere each mixed parameter costs one temporary.
 ///
 /// Errors when the two modules' parameters do not have the same count and shapes (say, a
 /// teacher of another architecture); the teacher is then lost, so check with a clone when it

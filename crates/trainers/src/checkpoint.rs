@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::named::{self, Layout, Named};
+use crate::named::{self, Named};
 use crate::state::{RunProgress, SavedState, TokensSpent};
 use crate::trainer::Trainer;
 
@@ -335,12 +335,8 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             ));
         }
         let trainable = dir.join(TRAINABLE);
-        let student = named::replace(
-            now.student.clone(),
-            decode(&trainable)?,
-            Layout::OfParameter,
-        )
-        .map_err(|e| problem(&trainable, e))?;
+        let student = named::replace(now.student.clone(), decode(&trainable)?)
+            .map_err(|e| problem(&trainable, e))?;
         let optimizer_path = dir.join(OPTIMIZER);
         let bytes = std::fs::read(&optimizer_path).map_err(|e| problem(&optimizer_path, e))?;
         let device = crate::trainer::device_of(now.student);
@@ -350,10 +346,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
         let teacher = match now.teacher.cloned() {
             Some(teacher) => {
                 let path = dir.join(TEACHER);
-                Some(
-                    named::replace(teacher, decode(&path)?, Layout::RowMajor)
-                        .map_err(|e| problem(&path, e))?,
-                )
+                Some(named::replace(teacher, decode(&path)?).map_err(|e| problem(&path, e))?)
             }
             None => None,
         };

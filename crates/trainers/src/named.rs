@@ -52,31 +52,19 @@ pub(crate) fn collect<B: Backend, M: Module<B>>(
     visitor.found
 }
 
-/// How [`replace`] lays out the values it loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Layout {
-    /// The layout of the parameter replaced: the student's, whose weights keep the checkpoint's
-    /// transposed views through every update (`FusedAdamW`).
-    OfParameter,
-    /// Row-major in logical order: what an EMA teacher's weights are after an update (burn's
-    /// elementwise ops write them so).
-    RowMajor,
-}
-
 /// `module` with the parameter at each path of `values` replaced by its values (keeping the
-/// parameter's gradient requirement) and, where an id is given, its id, laid out as `layout`
-/// says (so a resumed run computes exactly what the saved one did). Every path must exist,
-/// with the shape it has in the module.
+/// parameter's gradient requirement) and, where an id is given, its id, laid out as the
+/// parameter it replaces (a transposed-view weight loads as one, which the student's optimizer
+/// and an EMA teacher's update both keep; so a resumed run computes exactly what the saved one
+/// did). Every path must exist, with the shape it has in the module.
 pub(crate) fn replace<B: Backend, M: Module<B>>(
     module: M,
     mut values: HashMap<String, (TensorData, Option<ParamId>)>,
-    layout: Layout,
 ) -> std::result::Result<M, String> {
     struct Replace {
         path: Vec<String>,
         values: HashMap<String, (TensorData, Option<ParamId>)>,
         problem: Option<String>,
-        layout: Layout,
     }
     impl<B: Backend> ModuleMapper<B> for Replace {
         fn enter_module(&mut self, name: &str, _container: &str) {
@@ -100,10 +88,7 @@ pub(crate) fn replace<B: Backend, M: Module<B>>(
                 return Param::from_mapped_value(old_id, tensor, mapper);
             }
             let require_grad = tensor.is_require_grad();
-            let loaded = match self.layout {
-                Layout::OfParameter => opd_policy::params::from_data_like(&tensor, data),
-                Layout::RowMajor => Tensor::<B, D>::from_data(data, &tensor.device()),
-            };
+            let loaded = opd_policy::params::from_data_like(&tensor, data);
             let loaded = if require_grad {
                 loaded.require_grad()
             } else {
@@ -116,7 +101,6 @@ pub(crate) fn replace<B: Backend, M: Module<B>>(
         path: Vec::new(),
         values: std::mem::take(&mut values),
         problem: None,
-        layout,
     };
     let module = module.map(&mut mapper);
     if let Some(problem) = mapper.problem {
