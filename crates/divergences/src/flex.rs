@@ -6,8 +6,9 @@
 //!
 //! Each selected row is processed in a few passes over its `V` logits, in parallel over rows,
 //! with no `[chunk, V]` temporaries: two log-sum-exps, then the value or the gradient written
-//! straight into the output. Cases the kernels do not cover (top-k supports, a precomputed
-//! teacher top-k, non-f32 or strided tensors) take the portable path of [`crate::generic`].
+//! straight into the output; a top-k support selects its ids in one pass (`O(V)`). Cases the
+//! kernels do not cover (a precomputed teacher top-k, non-f32 or strided tensors) take the
+//! portable path of [`crate::generic`].
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -267,10 +268,11 @@ struct TopKRow<'a> {
 impl<'a> TopKRow<'a> {
     fn new(zs: &'a [f32], zt: &'a [f32], k: usize, by_teacher: bool, inv_tau: f32) -> Self {
         let ids = top_k_ids(if by_teacher { zt } else { zs }, k);
-        let mut selected = vec![false; zs.len()];
-        ids.iter().for_each(|&i| selected[i] = true);
-        let (student, lse_s) = buckets(zs, &ids, &selected, inv_tau);
-        let (teacher, _) = buckets(zt, &ids, &selected, inv_tau);
+        // `−∞` at the selected ids, 0 elsewhere: added to `z / τ`, it leaves the tail.
+        let mut outside = vec![0f32; zs.len()];
+        ids.iter().for_each(|&i| outside[i] = f32::NEG_INFINITY);
+        let (student, lse_s) = buckets(zs, &ids, &outside, inv_tau);
+        let (teacher, _) = buckets(zt, &ids, &outside, inv_tau);
         Self {
             zs,
             inv_tau,
@@ -323,36 +325,26 @@ impl<'a> TopKRow<'a> {
     }
 }
 
-/// The `k` largest entries' indices (ties broken by position).
+/// The `k` largest entries' indices, largest first (ties broken by position), selected in one
+/// pass.
 fn top_k_ids(z: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<u32> = (0..z.len() as u32).collect();
-    let order = |a: &u32, b: &u32| z[*b as usize].total_cmp(&z[*a as usize]).then(a.cmp(b));
-    idx.select_nth_unstable_by(k - 1, order);
-    idx[..k].iter().map(|&i| i as usize).collect()
+    let mut top = Vec::with_capacity(k + 1);
+    flex_summary::top_k(z, k, &mut top);
+    top.into_iter().map(|(_, id)| id).collect()
 }
 
-/// Bucket log-probs `[u_i − lse for i in ids] ++ [lse_tail − lse]` of `u = z / τ`, and `lse`.
-/// The tail's log-mass is a log-sum-exp over the complement (its own max), never `1 − Σ p`.
-fn buckets(z: &[f32], ids: &[usize], selected: &[bool], inv_tau: f32) -> (Vec<f32>, f32) {
-    let masked = |x: f32, sel: bool| if sel { f32::NEG_INFINITY } else { x };
-    let tail_max = z
-        .iter()
-        .zip(selected)
-        .fold(f32::NEG_INFINITY, |m, (&x, &sel)| m.max(masked(x, sel)))
-        * inv_tau;
-    let tail_sum: f32 = z
-        .iter()
-        .zip(selected)
-        .map(|(&x, &sel)| {
-            if sel {
-                0.0
-            } else {
-                exp(x * inv_tau - tail_max)
-            }
-        })
-        .sum();
+/// Bucket log-probs `[u_i − lse for i in ids] ++ [lse_tail − lse]` of `u = z / τ`, and `lse`;
+/// `outside` is `−∞` at the ids and 0 elsewhere. The tail's log-mass is a log-sum-exp over the
+/// complement (its own max), never `1 − Σ p`; both passes run in [`LANES`] lanes.
+fn buckets(z: &[f32], ids: &[usize], outside: &[f32], inv_tau: f32) -> (Vec<f32>, f32) {
+    let tail_max = max_pairs(z, outside, |x, o| x * inv_tau + o);
+    // Logits are finite (checked by the public functions), and `k < V`, so the tail has a
+    // largest term `e^0 = 1`; at the ids `e^{−∞}` flushes to the smallest normal float, and k
+    // of those are negligible next to it.
+    let tail_sum = sum_pairs(z, outside, |x, o| exp(x * inv_tau + o - tail_max));
+    let tail = tail_max + (tail_sum as f32).ln();
     let mut out: Vec<f32> = ids.iter().map(|&i| z[i] * inv_tau).collect();
-    out.push(tail_max + tail_sum.ln());
+    out.push(tail);
     let max = out.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let lse = max + out.iter().map(|&x| exp(x - max)).sum::<f32>().ln();
     out.iter_mut().for_each(|x| *x -= lse);
@@ -543,6 +535,22 @@ fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
         total += (acc.iter().sum::<f32>() + rest) as f64;
     }
     total
+}
+
+/// `max_i f(a_i, b_i)` over equal-length slices, in `LANES` independent lanes.
+fn max_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let (a_lanes, a_rest) = a.as_chunks::<LANES>();
+    let (b_lanes, b_rest) = b.as_chunks::<LANES>();
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for (x, y) in a_lanes.iter().zip(b_lanes) {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(f(x[l], y[l]));
+        }
+    }
+    let rest = a_rest.iter().zip(b_rest).map(|(&x, &y)| f(x, y));
+    acc.into_iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// `max_i z_i`, in `LANES` independent lanes.

@@ -59,7 +59,7 @@ fn summarize_part(rows: &[&[f32]], inv_tau: f32, k: usize) -> RowSummary {
 /// The `k` largest `(z_v, v)` of a row into `top`, largest first, lower ids first among equal
 /// values. Blocks of [`LANES`] whose maximum does not beat the current `k`-th are skipped. A
 /// NaN ranks as `−∞` (its row's entropy is NaN, which shows it).
-fn top_k(row: &[f32], k: usize, top: &mut Vec<(f32, usize)>) {
+pub(crate) fn top_k(row: &[f32], k: usize, top: &mut Vec<(f32, usize)>) {
     top.clear();
     if k == 0 {
         return;
