@@ -261,17 +261,13 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
-
     let parallelism = get_parallelism(m, n, k);
-
-    unsafe {
+    let write = |out: *mut T| unsafe {
         gemm_call(
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out,
             1,
             n as isize,
             lhs_ptr,
@@ -282,8 +278,24 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+    };
+    // (opd's patch) The product writes every element of a `[m, n]` output when `k > 0`, so its
+    // buffer is not zeroed first; elsewhere, a zeroed one.
+    let bytes = m * n * core::mem::size_of::<T>();
+    if k > 0 && bytes.is_multiple_of(16) {
+        let mut buffer: Vec<core::mem::MaybeUninit<u128>> = Vec::with_capacity(bytes / 16);
+        // SAFETY: `MaybeUninit` needs no initialization; `u128`'s alignment (16) is at least
+        // `T`'s.
+        unsafe { buffer.set_len(bytes / 16) };
+        write(buffer.as_mut_ptr().cast::<T>());
+        // SAFETY: the product wrote all `m · n` elements, every byte of the buffer.
+        let buffer: Vec<u128> = unsafe { core::mem::transmute(buffer) };
+        let layout = Layout::contiguous(out_shape);
+        return FlexTensor::new(Bytes::from_elems(buffer), layout, T::dtype());
     }
-
+    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    let out_data: &mut [T] = output.storage_mut();
+    write(out_data.as_mut_ptr());
     output
 }
 
