@@ -1,6 +1,7 @@
 //! The CPU kernel of [`crate::summarize`]: per row of logits, the top `k` by selection (one
 //! pass, `O(V + k · inserted)`, where burn's `topk` sorts all `V`) and the entropy from one
-//! exponential pass, in parallel over rows.
+//! exponential pass, in parallel over rows. The selection also picks the support of the fused
+//! top-k divergence kernel (`flex.rs`).
 
 use crate::fast_exp::exp;
 use crate::flex::{BLOCK, LANES, max, threads};
