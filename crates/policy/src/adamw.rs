@@ -89,7 +89,7 @@ mod flex {
     use rayon::prelude::*;
 
     use super::FusedAdamW;
-    use crate::flex_tensor::{from_flex, into_flex};
+    use crate::flex_tensor::{from_flex, into_flex, is_transposed_view};
 
     /// The moments' state after a step: step count `time`, `m` and `v`.
     fn moments<B: Backend, const D: usize>(
@@ -182,7 +182,7 @@ mod flex {
             2 => (shape[0], shape[1]),
             _ => (0, 0),
         };
-        let transposed = k > 1 && theta.layout().strides() == [1, k as isize];
+        let transposed = is_transposed_view(&theta);
         // In storage order: `θ` is `[n, k]` row-major when transposed (the view turned back).
         let orient = |t: FlexTensor| if transposed { t.transpose(0, 1) } else { t };
         let mut theta = orient(theta).to_contiguous();

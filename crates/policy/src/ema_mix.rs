@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorMetadata};
 use rayon::prelude::*;
 
-use crate::flex_tensor::{from_flex, into_flex, to_flex};
+use crate::flex_tensor::{from_flex, into_flex, is_transposed_view, to_flex};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 16;
@@ -33,7 +33,7 @@ pub(crate) fn mix<B: Backend, const D: usize>(
     let Some(student) = to_flex(student.clone()).filter(fits) else {
         return Err(back(theta));
     };
-    let transposed = D == 2 && shape[0] > 1 && theta.layout().strides() == [1, shape[0] as isize];
+    let transposed = is_transposed_view(&theta);
     // In storage order: a transposed view turned back is its row-major `[n, k]` buffer.
     let orient = |t: FlexTensor| if transposed { t.transpose(0, 1) } else { t };
     let mut theta = orient(theta).to_contiguous();

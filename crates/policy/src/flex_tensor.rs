@@ -70,16 +70,22 @@ pub fn from_autodiff_flex<B: Backend, const D: usize>(t: AutodiffFlex) -> Option
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
-/// The values of an f32 flex tensor of any rank, row-major: its storage itself when it is
-/// contiguous (no copy), else a contiguous copy.
 /// Whether `t` (on `flex`, with or without autodiff) is a 2-D transposed view of a row-major
 /// matrix that it covers: shape `[k, n]`, strides `[1, k]`, `k > 1`.
 pub fn is_transposed<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
     let flex = to_flex(t.clone()).or_else(|| to_autodiff_flex(t.clone()).map(|ad| ad.primitive));
-    let dims = t.dims();
-    D == 2 && dims[0] > 1 && flex.is_some_and(|f| f.layout().strides() == [1, dims[0] as isize])
+    flex.is_some_and(|f| is_transposed_view(&f))
 }
 
+/// [`is_transposed`] of a `flex` tensor: shape `[k, n]`, strides `[1, k]`, `k > 1` (how
+/// checkpoints load weights, the layout the decode kernels read).
+pub fn is_transposed_view(t: &FlexTensor) -> bool {
+    let shape = t.layout().shape();
+    shape.num_dims() == 2 && shape[0] > 1 && t.layout().strides() == [1, shape[0] as isize]
+}
+
+/// The values of an f32 flex tensor of any rank, row-major: its storage itself when it is
+/// contiguous (no copy), else a contiguous copy.
 pub fn flex_values(t: &FlexTensor) -> Cow<'_, [f32]> {
     if let Some(values) = t.as_slice::<f32>() {
         return Cow::Borrowed(values);
