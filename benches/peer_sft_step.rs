@@ -9,7 +9,8 @@
 //! 0.999, ε 1e-5, weight decay 1e-4), learning rate 1e-5.
 //!
 //! The NLL reads the final hidden states through the output head fused with the log-probs
-//! (`sequence_log_probs_from_hidden`, what the trainers do), or with `logits` as the fourth
+//! (`sequence_log_probs_from_hidden_with`, told that the loss weighs every token alike, so the
+//! head's gradient is formed in the forward: what the trainers do), or with `logits` as the fourth
 //! argument through the whole `[B, T − 1, V]` logits (the unfused path, for comparison).
 //!
 //! With a fifth argument `VOCAB`, the model is SmolLM2's shape with a vocabulary of `VOCAB`
@@ -24,7 +25,8 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::optim::{GradientsParams, Optimizer};
-use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
+use opd_divergences::HeadOptions;
+use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden_with};
 use opd_policy::{FusedAdamW, Llama, LoraConfig, LoraTarget, Policy, SequenceBatch};
 
 #[path = "peak_rss.rs"]
@@ -89,7 +91,21 @@ fn main() {
             let head = model
                 .output_head()
                 .expect("SmolLM2's head is its embedding");
-            sequence_log_probs_from_hidden(hidden, head, ids.clone(), mask.clone(), 1.0)
+            // The token-mean NLL weighs every response token alike: the head, told so, forms
+            // its gradient in the forward.
+            let linear = Some(mask.clone().float());
+            let options = HeadOptions {
+                observe: None,
+                linear,
+            };
+            sequence_log_probs_from_hidden_with(
+                hidden,
+                head,
+                ids.clone(),
+                mask.clone(),
+                1.0,
+                options,
+            )
         } else {
             let logits = model.response_logits(&sequences).unwrap();
             sequence_log_probs(logits, ids.clone(), mask.clone(), 1.0, 32)

@@ -93,8 +93,10 @@ pub trait DivergenceBackend: Backend {
     /// with the output head `W` `[V, d]` and ids `[N]`: output `[rows.count(N)]`. The logits
     /// are formed `block_rows` selected rows at a time, in the forward and the backward
     /// (`O(block_rows · V)` memory), on every backend through its own matmul and
-    /// [`DivergenceBackend::token_log_probs`]; `observe` sees each block's logits. Inputs are
-    /// validated by
+    /// [`DivergenceBackend::token_log_probs`]; `observe` sees each block's logits. With
+    /// `linear`, weights `c` `[rows.count(N)]` such that the loss is expected to be
+    /// `s · Σ_r c_r value_r` (plus terms without these values), a head that trains forms its
+    /// gradients in the forward (see [`crate::head`]). Inputs are validated by
     /// [`crate::sampled::sequence_log_probs_from_hidden`], not here.
     #[allow(clippy::too_many_arguments)]
     fn head_token_log_probs(
@@ -105,7 +107,9 @@ pub trait DivergenceBackend: Backend {
         temperature: f64,
         block_rows: usize,
         observe: Option<&mut BlockObserver<'_, Self>>,
+        linear: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
+        let _ = linear;
         let scored = head::Scored {
             loss: head::RowLoss::TokenLogProb { ids, temperature },
             rows: rows.clone(),
@@ -119,8 +123,8 @@ pub trait DivergenceBackend: Backend {
     /// by hidden states included): output `[rows.count(N)]`, as
     /// [`DivergenceBackend::divergence_rows`] of the logits `h·Wᵀ`, which are formed
     /// `block_rows` selected rows at a time in the forward and the backward, the teacher's
-    /// next to the student's; `observe` sees each block's logits (the teacher's too). Inputs
-    /// are validated by
+    /// next to the student's; `observe` sees each block's logits (the teacher's too), and
+    /// `linear` is [`DivergenceBackend::head_token_log_probs`]'. Inputs are validated by
     /// [`crate::DistillationLoss::forward_from_hidden`], not here.
     #[allow(clippy::too_many_arguments)]
     fn head_divergence_rows(
@@ -131,7 +135,9 @@ pub trait DivergenceBackend: Backend {
         options: DivergenceOptions,
         block_rows: usize,
         observe: Option<&mut BlockObserver<'_, Self>>,
+        linear: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
+        let _ = linear;
         let scored = head::Scored {
             loss: head::RowLoss::Divergence {
                 teacher: teacher.clone(),
@@ -214,12 +220,58 @@ enum HeadState<B: DivergenceBackend> {
         total: usize,
     },
     /// `W` trains: what forming the logits again needs.
-    Recompute {
-        hidden: FloatTensor<B>,
-        weight: FloatTensor<B>,
-        scored: head::Scored<B>,
-        values: FloatTensor<B>,
+    Recompute(Recompute<B>),
+    /// `W` trains and the loss was expected to be linear in the values with weights
+    /// `weights`: the gradients for `g = weights`, formed in the forward, and what forming
+    /// the logits again needs when the upstream gradient is not proportional to `weights`.
+    Linear {
+        gradients: head::LinearGradients<B>,
+        weights: FloatTensor<B>,
+        recompute: Recompute<B>,
     },
+}
+
+/// What forming the fused head's logits again needs.
+#[derive(Debug, Clone)]
+struct Recompute<B: DivergenceBackend> {
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    scored: head::Scored<B>,
+    values: FloatTensor<B>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many fused-head backwards on this thread formed their logits again.
+    static RECOMPUTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<B: DivergenceBackend> Recompute<B> {
+    fn backward(
+        self,
+        grad_out: FloatTensor<B>,
+        weight_grad: bool,
+    ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+        #[cfg(test)]
+        RECOMPUTED.with(|n| n.set(n.get() + 1));
+        head::backward_recomputed::<B>(
+            self.hidden,
+            self.weight,
+            &self.scored,
+            self.values,
+            grad_out,
+            weight_grad,
+        )
+    }
+}
+
+/// A host copy of a small float vector.
+fn host<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
+    crate::buckets::float::<B, 1>(t)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 data")
 }
 
 #[derive(Debug)]
@@ -236,19 +288,20 @@ impl<B: DivergenceBackend> Backward<B, 2> for HeadBackward {
                 head::backward_from_unit::<B>(unit, &rows, total, grad_out),
                 None,
             ),
-            HeadState::Recompute {
-                hidden,
-                weight,
-                scored,
-                values,
-            } => head::backward_recomputed::<B>(
-                hidden,
-                weight,
-                &scored,
-                values,
-                grad_out,
-                weight_parent.is_some(),
-            ),
+            HeadState::Recompute(recompute) => {
+                recompute.backward(grad_out, weight_parent.is_some())
+            }
+            HeadState::Linear {
+                gradients,
+                weights,
+                recompute,
+            } => match head::proportion(&host::<B>(grad_out.clone()), &host::<B>(weights)) {
+                Some(s) => {
+                    let scaled = |t| B::float_mul_scalar(t, s.into());
+                    (scaled(gradients.hidden), Some(scaled(gradients.weight)))
+                }
+                None => recompute.backward(grad_out, weight_parent.is_some()),
+            },
         };
         if let Some(node) = hidden_parent {
             grads.register::<B>(node.id, dh);
@@ -277,7 +330,9 @@ fn detached<B: DivergenceBackend, C: CheckpointStrategy>(
 }
 
 /// The fused head's graph node: `loss` at the selected rows of `h·Wᵀ`, evaluated on `B`; the
-/// backward reads the kept `u` when `W` is frozen and forms the blocks again when it trains.
+/// backward reads the kept `u` when `W` is frozen, the forward's gradients when `W` trains and
+/// the loss is linear in the values with the weights `linear`, and forms the blocks again
+/// otherwise.
 fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
     hidden: FloatTensor<Autodiff<B, C>>,
     weight: FloatTensor<Autodiff<B, C>>,
@@ -285,9 +340,11 @@ fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
     rows: &Rows,
     block_rows: usize,
     observe: Option<&mut BlockObserver<'_, Autodiff<B, C>>>,
+    linear: Option<FloatTensor<Autodiff<B, C>>>,
 ) -> FloatTensor<Autodiff<B, C>> {
     let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
-    let unit = weight.node.requirement.is_none() && !hidden.node.requirement.is_none();
+    let weight_trains = !weight.node.requirement.is_none();
+    let hidden_trains = !hidden.node.requirement.is_none();
     let scored = head::Scored {
         loss,
         rows: rows.clone(),
@@ -300,36 +357,60 @@ fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
             observe(rows, lift(z), teacher.map(lift))
         }
     });
-    let (values, unit) = head::forward::<B>(
-        hidden.primitive.clone(),
-        weight.primitive.clone(),
-        &scored,
-        unit,
-        lifted
-            .as_mut()
-            .map(|observe| observe as &mut BlockObserver<'_, B>),
-    );
-    match HeadBackward
-        .prepare::<C>([hidden.node.clone(), weight.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
+    let observe = lifted
+        .as_mut()
+        .map(|observe| observe as &mut BlockObserver<'_, B>);
+    let (hidden_p, weight_p) = (hidden.primitive.clone(), weight.primitive.clone());
+    let (values, state) = match linear.filter(|_| weight_trains) {
+        Some(weights) => {
+            let weights = weights.primitive;
+            let gradients = head::forward_linear::<B>(
+                hidden_p.clone(),
+                weight_p.clone(),
+                &scored,
+                weights.clone(),
+                observe,
+            );
+            let values = gradients.values.clone();
+            let recompute = Recompute {
+                hidden: hidden_p,
+                weight: weight_p,
+                scored,
+                values: values.clone(),
+            };
+            let state = HeadState::Linear {
+                gradients,
+                weights,
+                recompute,
+            };
+            (values, state)
+        }
+        None => {
+            let unit = !weight_trains && hidden_trains;
+            let (values, unit) =
+                head::forward::<B>(hidden_p.clone(), weight_p.clone(), &scored, unit, observe);
             let state = match unit {
                 Some(unit) => HeadState::Unit {
                     unit,
                     rows: rows.clone(),
                     total,
                 },
-                None => HeadState::Recompute {
-                    hidden: hidden.primitive,
-                    weight: weight.primitive,
+                None => HeadState::Recompute(Recompute {
+                    hidden: hidden_p,
+                    weight: weight_p,
                     scored,
                     values: values.clone(),
-                },
+                }),
             };
-            prep.finish(state, values)
+            (values, state)
         }
+    };
+    match HeadBackward
+        .prepare::<C>([hidden.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, values),
         OpsKind::UnTracked(prep) => prep.finish(values),
     }
 }
@@ -347,9 +428,10 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
         temperature: f64,
         block_rows: usize,
         observe: Option<&mut BlockObserver<'_, Self>>,
+        linear: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let loss = head::RowLoss::TokenLogProb { ids, temperature };
-        head_node::<B, C>(hidden, weight, loss, rows, block_rows, observe)
+        head_node::<B, C>(hidden, weight, loss, rows, block_rows, observe, linear)
     }
 
     fn head_divergence_rows(
@@ -360,12 +442,13 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
         options: DivergenceOptions,
         block_rows: usize,
         observe: Option<&mut BlockObserver<'_, Self>>,
+        linear: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let loss = head::RowLoss::Divergence {
             teacher: detached(teacher),
             options,
         };
-        head_node::<B, C>(hidden, weight, loss, rows, block_rows, observe)
+        head_node::<B, C>(hidden, weight, loss, rows, block_rows, observe, linear)
     }
 
     fn divergence_rows(
@@ -419,6 +502,94 @@ impl<B: DivergenceBackend, C: CheckpointStrategy> DivergenceBackend for Autodiff
                 output,
             ),
             OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Int, Tensor};
+
+    use super::*;
+
+    type A = Autodiff<Flex>;
+
+    /// The fused NLL of 5 rows (3 selected) with a head that trains, told `linear` (or
+    /// nothing), under the loss `Σ_r g_r value_r`: the gradients to `h` and `W` and whether
+    /// the backward formed the logits again.
+    fn run(linear: Option<[f32; 3]>, g: [f32; 3]) -> (Vec<f32>, Vec<f32>, bool) {
+        let device = Default::default();
+        let h = Tensor::<A, 2>::from_floats(
+            [
+                [0.3, -0.2],
+                [0.1, 0.5],
+                [-0.4, 0.2],
+                [0.7, 0.1],
+                [0.0, -0.6],
+            ],
+            &device,
+        )
+        .require_grad();
+        let w = Tensor::<A, 2>::from_floats(
+            [[0.5, 0.1], [-0.3, 0.8], [0.2, -0.7], [0.9, 0.4]],
+            &device,
+        )
+        .require_grad();
+        let ids = Tensor::<A, 1, Int>::from_ints([0, 3, 1, 2, 1], &device);
+        let rows = Rows::Selected([4, 0, 2].into());
+        let before = RECOMPUTED.with(|n| n.get());
+        let values = Tensor::<A, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(
+            A::head_token_log_probs(
+                h.clone().into_primitive().tensor(),
+                w.clone().into_primitive().tensor(),
+                ids.into_primitive(),
+                &rows,
+                1.0,
+                2,
+                None,
+                linear.map(|c| {
+                    Tensor::<A, 1>::from_floats(c, &device)
+                        .into_primitive()
+                        .tensor()
+                }),
+            ),
+        ));
+        let grads = (values * Tensor::from_floats(g, &device)).sum().backward();
+        let recomputed = RECOMPUTED.with(|n| n.get()) > before;
+        let host = |t: Tensor<Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
+        (
+            host(h.grad(&grads).unwrap()),
+            host(w.grad(&grads).unwrap()),
+            recomputed,
+        )
+    }
+
+    #[test]
+    fn a_right_guess_skips_the_second_pass_and_a_wrong_one_takes_it() {
+        let g = [0.5, -1.0, 2.0];
+        let (dh, dw, recomputed) = run(None, g);
+        assert!(
+            recomputed,
+            "told nothing, the backward forms the logits again"
+        );
+        // `g = −0.5 · c`.
+        let (dh_right, dw_right, recomputed) = run(Some([-1.0, 2.0, -4.0]), g);
+        assert!(!recomputed, "a right guess needs no second pass");
+        let (dh_wrong, dw_wrong, recomputed) = run(Some([1.0, 1.0, 1.0]), g);
+        assert!(recomputed, "a wrong guess falls back to the second pass");
+        for (what, got, want) in [
+            ("∂/∂h right", &dh_right, &dh),
+            ("∂/∂W right", &dw_right, &dw),
+            ("∂/∂h wrong", &dh_wrong, &dh),
+            ("∂/∂W wrong", &dw_wrong, &dw),
+        ] {
+            for (a, b) in got.iter().zip(want.iter()) {
+                assert!(
+                    (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
+                    "{what}: {got:?} vs {want:?}"
+                );
+            }
         }
     }
 }

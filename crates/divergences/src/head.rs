@@ -12,12 +12,21 @@
 //! ```
 //!
 //! A teacher given by its own hidden states and head has its block of logits formed next to
-//! the student's. When `W` takes a gradient (full fine-tuning of a tied embedding), the
-//! backward forms each block's logits again (the student's, and the teacher's when it is given
-//! by hidden states): more products in exchange for no `[N, V]` tensor. When `W` is frozen
-//! (LoRA, or a head that does not train), the forward also forms `u = ∂value/∂z · W` per row,
-//! `[N, d]` (each row's value depends on its own logits only, so its gradient is `g · u`): as
-//! many products as the unfused head, and `O(rows · V)` memory.
+//! the student's. How the gradient is formed depends on what is known in the forward:
+//!
+//! - `W` frozen (LoRA, or a head that does not train): the forward also forms
+//!   `u = ∂value/∂z · W` per row, `[N, d]` (each row's value depends on its own logits only,
+//!   so its gradient is `g · u`): as many products as the unfused head.
+//! - `W` trains and the caller expects the loss to be linear in the values, `g = s · c` for
+//!   weights `c` it gives up front and one scalar `s` (a token-mean NLL or divergence): the
+//!   forward forms `∂/∂h` and `∂/∂W` for `g = c` block by block (as Liger's fused linear
+//!   losses do), and the backward scales them by `s` after checking that the upstream
+//!   gradient is `s · c` ([`proportion`]). As many products as the unfused head.
+//! - Otherwise (or when that check fails) the backward forms each block's logits again (the
+//!   student's, and the teacher's when it is given by hidden states): one product more per
+//!   block (two with a teacher given by hidden states).
+//!
+//! Every way holds `O(rows · V)` logits at a time and no `[N, V]` tensor.
 
 use burn::tensor::{Int, Tensor, backend::Backend, ops::FloatTensor, ops::IntTensor};
 
@@ -43,6 +52,42 @@ pub struct LogitBlock<B: Backend> {
     /// The teacher's logits `[rows, V]`, when the loss has them (a divergence to full logits
     /// or to a teacher given by its hidden states).
     pub teacher: Option<Tensor<B, 2>>,
+}
+
+/// What the caller of a fused head may add to its inputs (all optional: `Default` is none).
+pub struct HeadOptions<'a, B: Backend> {
+    /// Shown each block of logits the forward forms (as constants), in order: the
+    /// diagnostics of a step (entropies, top-k overlap) without forming the logits once more.
+    pub observe: Option<&'a mut dyn FnMut(LogitBlock<B>)>,
+    /// Weights `c` `[B, T]` when the loss is known before the forward to be
+    /// `s · Σ_{b,t} c_{b,t} value_{b,t}` for one scalar `s`, plus terms that do not read these
+    /// values (a token-mean NLL or divergence: `c` = the mask). A head that trains (a tied
+    /// embedding) then forms its gradients in the forward, with no second pass over the
+    /// logits in the backward. The backward checks the guess: when the upstream gradient is
+    /// not `s · c`, it forms the logits again and the gradient is exact either way.
+    pub linear: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Default for HeadOptions<'_, B> {
+    fn default() -> Self {
+        Self {
+            observe: None,
+            linear: None,
+        }
+    }
+}
+
+/// The weights of [`HeadOptions::linear`] `[batch, time]` at the selected `rows`, flat
+/// `[rows.count(batch·time)]`; an error when their shape is not `shape`.
+pub(crate) fn linear_rows<B: Backend>(
+    weights: Tensor<B, 2>,
+    rows: &Rows,
+    shape: [usize; 2],
+) -> crate::error::Result<FloatTensor<B>> {
+    crate::check::same_shape("linear weights", &shape, &weights.dims())?;
+    let n = shape[0] * shape[1];
+    let flat = rows.of(weights.reshape([n, 1]));
+    Ok(primitive(flat.reshape([rows.count(n)])))
 }
 
 /// Adapts a [`LogitBlock`] observer to the backend hooks' [`BlockObserver`].
@@ -205,6 +250,107 @@ pub(crate) fn forward<B: DivergenceBackend>(
     (values, unit.then(|| primitive(Tensor::cat(units, 0))))
 }
 
+/// The gradients of a loss linear in the values, formed in the forward.
+#[derive(Debug, Clone)]
+pub(crate) struct LinearGradients<B: Backend> {
+    /// The values at the selected rows, `[rows.count(N)]`.
+    pub values: FloatTensor<B>,
+    /// `Σ_r c_r ∂value_r/∂h`, `[N, d]`.
+    pub hidden: FloatTensor<B>,
+    /// `Σ_r c_r ∂value_r/∂W`, `[V, d]`.
+    pub weight: FloatTensor<B>,
+}
+
+/// The values at the selected rows and the gradients (to `h` and `W`) of
+/// `L = Σ_r c_r value_r` for weights `c` `[rows.count(N)]`, formed block by block in one pass over the logits, each block shown
+/// to `observe`.
+pub(crate) fn forward_linear<B: DivergenceBackend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    scored: &Scored<B>,
+    weights: FloatTensor<B>,
+    mut observe: Option<&mut BlockObserver<'_, B>>,
+) -> LinearGradients<B> {
+    let hidden = float::<B, 2>(hidden);
+    let weight = float::<B, 2>(weight);
+    let weights = float::<B, 1>(weights);
+    let mut gradients = Gradients::zeros(&hidden, &weight, true);
+    let mut values = Vec::new();
+    for block in scored.blocks(hidden.dims()[0]) {
+        let z = block_logits(&block, &hidden, &weight);
+        let loss = scored.loss.of_block(&block);
+        if let Some(observe) = observe.as_deref_mut() {
+            observe(&block.rows(), primitive(z.clone()), loss.teacher_logits());
+        }
+        let v = loss.values(z.clone());
+        let c = weights
+            .clone()
+            .slice(block.out_start..block.out_start + block.len);
+        let dz = loss.gradient(z, v.clone(), primitive(c));
+        gradients.add(&block, dz, &hidden, &weight);
+        values.push(float::<B, 1>(v));
+    }
+    LinearGradients {
+        values: primitive(Tensor::cat(values, 0)),
+        hidden: primitive(gradients.hidden),
+        weight: primitive(gradients.weight.expect("formed with W's gradient")),
+    }
+}
+
+/// `s` when the upstream gradient `g` is `s · c` for the weights `c` the forward used (every
+/// `|g_r − s·c_r| ≤ 10⁻⁵ · max |g|`, with `s` the least-squares fit `Σ g c / Σ c²`), else
+/// `None`. The gradient scaled from the forward's then differs from the exact one by at most
+/// that 10⁻⁵ relative, below the f32 rounding of the products that form it.
+pub(crate) fn proportion(g: &[f32], c: &[f32]) -> Option<f32> {
+    if g.len() != c.len() {
+        return None;
+    }
+    let (gc, cc) = g
+        .iter()
+        .zip(c)
+        .fold((0.0f64, 0.0f64), |(gc, cc), (&g, &c)| {
+            (gc + g as f64 * c as f64, cc + c as f64 * c as f64)
+        });
+    let s = if cc > 0.0 { gc / cc } else { 0.0 };
+    let scale = g.iter().fold(0.0f64, |m, &g| m.max((g as f64).abs()));
+    let fits = g
+        .iter()
+        .zip(c)
+        .all(|(&g, &c)| (g as f64 - s * c as f64).abs() <= 1e-5 * scale);
+    fits.then_some(s as f32)
+}
+
+/// `∂L/∂h` and `∂L/∂W` summed block by block.
+struct Gradients<B: Backend> {
+    hidden: Tensor<B, 2>,
+    weight: Option<Tensor<B, 2>>,
+}
+
+impl<B: DivergenceBackend> Gradients<B> {
+    fn zeros(hidden: &Tensor<B, 2>, weight: &Tensor<B, 2>, weight_grad: bool) -> Self {
+        let device = hidden.device();
+        Self {
+            hidden: Tensor::zeros(hidden.dims(), &device),
+            weight: weight_grad.then(|| Tensor::zeros(weight.dims(), &device)),
+        }
+    }
+
+    /// Adds a block's share for its logits' gradient `dz` `[rows, V]`: `dz·W` at its rows of
+    /// `∂L/∂h`, `dzᵀ·h_b` to `∂L/∂W`.
+    fn add(
+        &mut self,
+        block: &Chunk,
+        dz: Tensor<B, 2>,
+        hidden: &Tensor<B, 2>,
+        weight: &Tensor<B, 2>,
+    ) {
+        if let Some(sum) = self.weight.take() {
+            self.weight = Some(sum + dz.clone().transpose().matmul(block.take(hidden.clone())));
+        }
+        self.hidden = block.put(self.hidden.clone(), dz.matmul(weight.clone()));
+    }
+}
+
 /// The backward when the forward kept `u` (frozen `W`): `∂L/∂h` `[N, d]`, `g_r · u_r` at the
 /// selected rows and zero elsewhere.
 pub(crate) fn backward_from_unit<B: DivergenceBackend>(
@@ -238,11 +384,8 @@ pub(crate) fn backward_recomputed<B: DivergenceBackend>(
     let weight = float::<B, 2>(weight);
     let values = float::<B, 1>(values);
     let grad_out = float::<B, 1>(grad_out);
-    let ([total, d], [vocab, _]) = (hidden.dims(), weight.dims());
-    let device = hidden.device();
-    let mut dh = Tensor::<B, 2>::zeros([total, d], &device);
-    let mut dw = weight_grad.then(|| Tensor::<B, 2>::zeros([vocab, d], &device));
-    for block in scored.blocks(total) {
+    let mut gradients = Gradients::zeros(&hidden, &weight, weight_grad);
+    for block in scored.blocks(hidden.dims()[0]) {
         let z = block_logits(&block, &hidden, &weight);
         let outputs = block.out_start..block.out_start + block.len;
         let dz = scored.loss.of_block(&block).gradient(
@@ -250,10 +393,29 @@ pub(crate) fn backward_recomputed<B: DivergenceBackend>(
             primitive(values.clone().slice(outputs.clone())),
             primitive(grad_out.clone().slice(outputs)),
         );
-        if let Some(sum) = dw.take() {
-            dw = Some(sum + dz.clone().transpose().matmul(block.take(hidden.clone())));
-        }
-        dh = block.put(dh, dz.matmul(weight.clone()));
+        gradients.add(&block, dz, &hidden, &weight);
     }
-    (primitive(dh), dw.map(primitive))
+    (primitive(gradients.hidden), gradients.weight.map(primitive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proportion;
+
+    #[test]
+    fn proportion_fits_one_scalar_or_refuses() {
+        assert_eq!(proportion(&[2.0, -4.0, 0.0], &[1.0, -2.0, 0.0]), Some(2.0));
+        assert_eq!(proportion(&[-0.5, -0.5], &[1.0, 1.0]), Some(-0.5));
+        assert_eq!(proportion(&[0.0, 0.0], &[1.0, 3.0]), Some(0.0));
+        assert_eq!(proportion(&[0.0, 0.0], &[0.0, 0.0]), Some(0.0));
+        // A zero weight where the loss sends a gradient, weights of another pattern, a
+        // clipped token (zero gradient where the weight is not), other lengths.
+        assert_eq!(proportion(&[1.0, 1.0], &[1.0, 0.0]), None);
+        assert_eq!(proportion(&[1.0, 2.0], &[2.0, 1.0]), None);
+        assert_eq!(proportion(&[1.0, 0.0, 1.0], &[1.0, 1.0, 1.0]), None);
+        assert_eq!(proportion(&[1.0], &[1.0, 1.0]), None);
+        // Rounding below 10⁻⁵ of the largest gradient fits; 10⁻⁴ does not.
+        assert!(proportion(&[1.0, 1.000_001], &[1.0, 1.0]).is_some());
+        assert!(proportion(&[1.0, 1.000_1], &[1.0, 1.0]).is_none());
+    }
 }

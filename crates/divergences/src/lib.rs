@@ -60,7 +60,7 @@ pub use backend::DivergenceBackend;
 pub use buckets::TeacherLogits;
 pub use chunks::Rows;
 pub use error::{DivergenceError, Result};
-pub use head::{BlockObserver, LogitBlock};
+pub use head::{BlockObserver, HeadOptions, LogitBlock};
 pub use kind::{Divergence, DivergenceOptions, Support};
 pub use loss::{DistillationLoss, LossOutput};
 pub use positions::{TeacherTarget, divergence, head_logits, token_log_probs};

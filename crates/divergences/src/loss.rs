@@ -7,7 +7,7 @@ use crate::buckets::{float, primitive};
 use crate::check;
 use crate::chunks::Rows;
 use crate::error::Result;
-use crate::head::{BlockObserver, LogitBlock, lifted};
+use crate::head::{BlockObserver, HeadOptions, lifted, linear_rows};
 use crate::kind::DivergenceOptions;
 use crate::positions::{TeacherTarget, divergence_at, flatten};
 use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
@@ -79,7 +79,8 @@ impl DistillationLoss {
     /// the forward and the backward and never as one `[B, T, V]` tensor, the teacher's too
     /// when it is given by its hidden states ([`TeacherTarget::Hidden`]). The gradient reaches
     /// `hidden` and, when it trains, `head` (a tied embedding); a frozen head costs no more
-    /// products than the formed logits, a trained one forms each block again in the backward.
+    /// products than the formed logits; a trained one forms each block again in the backward,
+    /// unless told the loss's weights ([`Self::forward_from_hidden_with`]).
     pub fn forward_from_hidden<B: DivergenceBackend>(
         &self,
         hidden: Tensor<B, 3>,
@@ -87,31 +88,20 @@ impl DistillationLoss {
         teacher: TeacherTarget<B, 3>,
         mask: Tensor<B, 2, Bool>,
     ) -> Result<LossOutput<B>> {
-        self.evaluate_from_hidden(hidden, head, teacher, mask, None)
+        self.forward_from_hidden_with(hidden, head, teacher, mask, Default::default())
     }
 
-    /// [`Self::forward_from_hidden`], with `observe` shown each block of logits the forward
-    /// forms (the student's and the teacher's, as constants), in order: the diagnostics of a
-    /// step (entropies, top-k overlap) without forming the logits once more.
-    pub fn forward_from_hidden_observed<B: DivergenceBackend>(
+    /// [`Self::forward_from_hidden`] with [`HeadOptions`]: an observer of the blocks of logits
+    /// the forward forms (the student's and the teacher's, as constants), and the weights of a
+    /// loss linear in the divergences, with which a head that trains forms its gradient in the
+    /// forward (a loss without clipping, token mean: the mask).
+    pub fn forward_from_hidden_with<B: DivergenceBackend>(
         &self,
         hidden: Tensor<B, 3>,
         head: Tensor<B, 2>,
         teacher: TeacherTarget<B, 3>,
         mask: Tensor<B, 2, Bool>,
-        observe: &mut dyn FnMut(LogitBlock<B>),
-    ) -> Result<LossOutput<B>> {
-        let mut observe = lifted(observe);
-        self.evaluate_from_hidden(hidden, head, teacher, mask, Some(&mut observe))
-    }
-
-    fn evaluate_from_hidden<B: DivergenceBackend>(
-        &self,
-        hidden: Tensor<B, 3>,
-        head: Tensor<B, 2>,
-        teacher: TeacherTarget<B, 3>,
-        mask: Tensor<B, 2, Bool>,
-        observe: Option<&mut BlockObserver<'_, B>>,
+        head_options: HeadOptions<'_, B>,
     ) -> Result<LossOutput<B>> {
         let options = self.options.validated()?;
         let [batch, time, width] = hidden.dims();
@@ -122,6 +112,11 @@ impl DistillationLoss {
         let rows = self.rows(&mask, [batch, time])?;
         teacher.validate(&[batch, time, vocab], &rows)?;
         options.support.top_k(vocab)?;
+        let HeadOptions { observe, linear } = head_options;
+        let linear = linear
+            .map(|c| linear_rows(c, &rows, [batch, time]))
+            .transpose()?;
+        let mut observe = observe.map(lifted);
         let values = float(B::head_divergence_rows(
             primitive(flatten(hidden)),
             primitive(head),
@@ -129,7 +124,10 @@ impl DistillationLoss {
             &rows,
             options,
             crate::head::rows_per_block(vocab),
-            observe,
+            observe
+                .as_mut()
+                .map(|observe| observe as &mut BlockObserver<'_, B>),
+            linear,
         ));
         check::finite("divergence", &values)?;
         self.output(values, &rows, mask)

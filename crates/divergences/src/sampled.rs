@@ -12,7 +12,7 @@ use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 use crate::backend::DivergenceBackend;
 use crate::check;
 use crate::error::Result;
-use crate::head::{BlockObserver, LogitBlock, lifted};
+use crate::head::{BlockObserver, HeadOptions, lifted, linear_rows};
 use crate::loss::{LossOutput, scatter_rows};
 use crate::positions::token_log_probs_at;
 use crate::reduce::{Reduction, check_reduction, clip_per_token, reduce_unchecked};
@@ -101,30 +101,19 @@ pub fn sequence_log_probs_from_hidden<B: DivergenceBackend>(
     mask: Tensor<B, 2, Bool>,
     temperature: f64,
 ) -> Result<Tensor<B, 2>> {
-    log_probs_from_hidden(hidden, head, ids, mask, temperature, None)
+    sequence_log_probs_from_hidden_with(hidden, head, ids, mask, temperature, Default::default())
 }
 
-/// [`sequence_log_probs_from_hidden`], with `observe` shown each block of logits the forward
-/// forms (as constants), in order.
-pub fn sequence_log_probs_from_hidden_observed<B: DivergenceBackend>(
+/// [`sequence_log_probs_from_hidden`] with [`HeadOptions`]: an observer of the blocks of
+/// logits the forward forms, and the weights of a loss linear in the log-probs (e.g. the mask
+/// of a token-mean NLL), with which a head that trains forms its gradient in the forward.
+pub fn sequence_log_probs_from_hidden_with<B: DivergenceBackend>(
     hidden: Tensor<B, 3>,
     head: Tensor<B, 2>,
     ids: Tensor<B, 2, Int>,
     mask: Tensor<B, 2, Bool>,
     temperature: f64,
-    observe: &mut dyn FnMut(LogitBlock<B>),
-) -> Result<Tensor<B, 2>> {
-    let mut observe = lifted(observe);
-    log_probs_from_hidden(hidden, head, ids, mask, temperature, Some(&mut observe))
-}
-
-fn log_probs_from_hidden<B: DivergenceBackend>(
-    hidden: Tensor<B, 3>,
-    head: Tensor<B, 2>,
-    ids: Tensor<B, 2, Int>,
-    mask: Tensor<B, 2, Bool>,
-    temperature: f64,
-    observe: Option<&mut BlockObserver<'_, B>>,
+    options: HeadOptions<'_, B>,
 ) -> Result<Tensor<B, 2>> {
     let temperature = check::positive("temperature", temperature)?;
     let [batch, time, width] = hidden.dims();
@@ -136,6 +125,11 @@ fn log_probs_from_hidden<B: DivergenceBackend>(
     check::same_shape("mask", &[batch, time], &mask.dims())?;
     check::ids_in_vocab(&ids, vocab)?;
     let rows = check::mask_rows(&mask)?;
+    let HeadOptions { observe, linear } = options;
+    let linear = linear
+        .map(|c| linear_rows(c, &rows, [batch, time]))
+        .transpose()?;
+    let mut observe = observe.map(lifted);
     let values = Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(
         B::head_token_log_probs(
             hidden
@@ -147,7 +141,10 @@ fn log_probs_from_hidden<B: DivergenceBackend>(
             &rows,
             temperature,
             crate::head::rows_per_block(vocab),
-            observe,
+            observe
+                .as_mut()
+                .map(|observe| observe as &mut BlockObserver<'_, B>),
+            linear,
         ),
     ));
     check::finite("token log-prob", &values)?;

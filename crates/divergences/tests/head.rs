@@ -1,7 +1,7 @@
 //! The output head fused with the token log-probability: values and gradients (to the hidden
 //! states and to the head) against an f64 reference on the host whose gradient is checked by
-//! central differences, for every block size, selected rows, both temperatures, and a head
-//! that trains or is frozen; and the same values as the unfused path through the public API.
+//! central differences, for every block size, selected rows, both temperatures, a head that
+//! trains or is frozen, and the loss's weights told to the head rightly, wrongly or not; and the same values as the unfused path through the public API.
 
 // Rows, ids and weights are parallel arrays: indexing them together reads best.
 #![allow(clippy::needless_range_loop)]
@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use common::*;
-use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden};
-use opd_divergences::{DivergenceBackend, DivergenceError, Rows};
+use opd_divergences::sampled::{
+    sequence_log_probs, sequence_log_probs_from_hidden, sequence_log_probs_from_hidden_with,
+};
+use opd_divergences::{DivergenceBackend, DivergenceError, HeadOptions, Rows};
 
 const N: usize = 7;
 const D: usize = 5;
@@ -34,6 +36,7 @@ fn reference_loss(h: &[f64], w: &[f64], rows: &[usize], weights: &[f64], tau: f6
 }
 
 /// The op's values and, for the loss `Σ_r w_r value_r`, its gradients to `h` and `W`.
+#[allow(clippy::too_many_arguments)]
 fn ours(
     h: &Mat,
     w: &Mat,
@@ -42,6 +45,7 @@ fn ours(
     block_rows: usize,
     head_trains: bool,
     weights: &[f64],
+    guess: Guess,
 ) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
     let hidden = h.tensor::<B>().require_grad();
     let head = if head_trains {
@@ -58,6 +62,7 @@ fn ours(
         tau,
         block_rows,
         None,
+        guess.weights(weights),
     );
     weighted_values_and_gradients(values, &hidden, &head, weights)
 }
@@ -89,10 +94,16 @@ fn fused_head_values_and_gradients_match_an_f64_reference() {
                 .collect();
             // Every row not listed takes no gradient.
             for block_rows in [1, 3, N, 100] {
-                for head_trains in [true, false] {
-                    let what =
-                        format!("rows {rows:?} τ {tau} block {block_rows} W trains {head_trains}");
-                    let (v, gh, gw) = ours(&h, &w, rows, tau, block_rows, head_trains, &weights);
+                for (head_trains, guess) in [true, false]
+                    .into_iter()
+                    .flat_map(|t| Guess::ALL.map(|g| (t, g)))
+                {
+                    let what = format!(
+                        "rows {rows:?} τ {tau} block {block_rows} W trains {head_trains} \
+                         guess {guess:?}"
+                    );
+                    let (v, gh, gw) =
+                        ours(&h, &w, rows, tau, block_rows, head_trains, &weights, guess);
                     assert_close(&format!("values, {what}"), &v, &values, 1e-5, 1e-5);
                     assert_close(&format!("∂/∂h, {what}"), &gh, &dh, 1e-5, 1e-4);
                     match gw {
@@ -147,4 +158,68 @@ fn fused_head_equals_the_unfused_projection_and_checks_its_inputs() {
     let none = Tensor::<Plain, 2, burn::tensor::Int>::zeros([batch, time], &device()).bool();
     let e = sequence_log_probs_from_hidden(hidden, head, ids, none, 1.0).unwrap_err();
     assert!(matches!(e, DivergenceError::EmptyMask), "{e}");
+}
+
+/// Through the public API, per-token weights `[B, T]` told to a head that trains (a
+/// sequence mean's `1 / len_b`, here) give the gradients of the head told nothing, on a
+/// masked batch; weights of another shape are an error.
+#[test]
+fn linear_weights_give_the_same_gradients_through_the_public_api() {
+    let (batch, time) = (2, 4);
+    let hidden = Mat::random(batch * time, D, 1.0, 51).tensor::<B>();
+    let hidden = hidden.reshape([batch, time, D]).require_grad();
+    let head = Mat::random(V, D, 1.0, 52).tensor::<B>().require_grad();
+    let ids = int_tensor::<B, 2>(vec![1, 2, 3, 4, 5, 6, 7, 8], [batch, time]);
+    let mask =
+        Tensor::<B, 2, burn::tensor::Int>::from_ints([[1, 1, 1, 0], [0, 1, 0, 1]], &device())
+            .bool();
+    let weights = Tensor::<B, 2>::from_floats(
+        [[1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0], [0.0, 0.5, 0.0, 0.5]],
+        &device(),
+    );
+    let gradients = |linear: Option<Tensor<B, 2>>| {
+        let lp = sequence_log_probs_from_hidden_with(
+            hidden.clone(),
+            head.clone(),
+            ids.clone(),
+            mask.clone(),
+            0.9,
+            HeadOptions {
+                observe: None,
+                linear,
+            },
+        )
+        .unwrap();
+        let grads = (lp * weights.clone()).sum().neg().backward();
+        (
+            to_vec(hidden.grad(&grads).unwrap()),
+            to_vec(head.grad(&grads).unwrap()),
+        )
+    };
+    let (dh, dw) = gradients(None);
+    let (dh_told, dw_told) = gradients(Some(weights.clone()));
+    assert_close("∂/∂h", &dh_told, &dh, 1e-6, 1e-5);
+    assert_close("∂/∂W", &dw_told, &dw, 1e-6, 1e-5);
+    let e = sequence_log_probs_from_hidden_with(
+        hidden.clone(),
+        head.clone(),
+        ids,
+        mask,
+        1.0,
+        HeadOptions {
+            observe: None,
+            linear: Some(weights.reshape([batch * time, 1])),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DivergenceError::ShapeMismatch {
+                what: "linear weights",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

@@ -1,8 +1,8 @@
 //! The output head fused with the divergences: values and gradients (to the hidden states and
 //! to the head) against an f64 reference on the host checked by central differences, for every
 //! divergence, the full and top-k supports, both temperatures, block sizes, selected rows, a
-//! teacher given by logits or by its own hidden states and head, and a head that trains or is
-//! frozen; and the same values and gradients as the unfused loss through the public API, a
+//! teacher given by logits or by its own hidden states and head, a head that trains or is
+//! frozen, and the loss's weights told to the head rightly, wrongly or not; and the same values and gradients as the unfused loss through the public API, a
 //! precomputed top-k teacher included.
 
 // Rows, weights and logits are parallel arrays: indexing them together reads best.
@@ -15,8 +15,8 @@ use std::sync::Arc;
 use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
 use common::*;
 use opd_divergences::{
-    DistillationLoss, Divergence, DivergenceBackend, DivergenceError, DivergenceOptions, Rows,
-    Support, TeacherLogits, TeacherTarget,
+    DistillationLoss, Divergence, DivergenceBackend, DivergenceError, DivergenceOptions,
+    HeadOptions, Rows, Support, TeacherLogits, TeacherTarget,
 };
 
 const N: usize = 6;
@@ -66,6 +66,7 @@ fn ours(
     block_rows: usize,
     head_trains: bool,
     weights: &[f64],
+    guess: Guess,
 ) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
     let hidden = h.tensor::<B>().require_grad();
     let head = match head_trains {
@@ -93,6 +94,7 @@ fn ours(
         options,
         block_rows,
         None,
+        guess.weights(weights),
     );
     weighted_values_and_gradients(values, &hidden, &head, weights)
 }
@@ -152,10 +154,13 @@ fn fused_head_divergences_match_an_f64_reference() {
                     .collect();
                 for (form, teacher) in &teachers {
                     for block_rows in [1, 4, 100] {
-                        for head_trains in [true, false] {
+                        for (head_trains, guess) in [true, false]
+                            .into_iter()
+                            .flat_map(|t| Guess::ALL.map(|g| (t, g)))
+                        {
                             let what = format!(
                                 "{divergence:?} {support:?} τ {tau} rows {rows:?} teacher {form} \
-                                 block {block_rows} W trains {head_trains}"
+                                 block {block_rows} W trains {head_trains} guess {guess:?}"
                             );
                             let (v, gh, gw) = ours(
                                 &h,
@@ -166,6 +171,7 @@ fn fused_head_divergences_match_an_f64_reference() {
                                 block_rows,
                                 head_trains,
                                 &weights,
+                                guess,
                             );
                             assert_close(&format!("values, {what}"), &v, &values, 1e-5, 1e-4);
                             assert_close(&format!("∂/∂h, {what}"), &gh, &dh, 1e-5, 1e-3);
@@ -351,12 +357,15 @@ fn the_observer_sees_every_counted_position_once_with_both_models_logits() {
     let mask = Tensor::<B, 2, Int>::from_ints([[1, 0, 1], [1, 1, 0]], &device()).bool();
     let mut seen = Vec::new();
     let observed = loss
-        .forward_from_hidden_observed(
+        .forward_from_hidden_with(
             hidden.clone(),
             head.clone(),
             teacher(),
             mask.clone(),
-            &mut |block| seen.push(block),
+            HeadOptions {
+                observe: Some(&mut |block| seen.push(block)),
+                linear: None,
+            },
         )
         .unwrap();
     let plain = loss

@@ -64,24 +64,32 @@ fn token_log_probs_match_flex_on_wgpu() {
 }
 
 /// The fused head's values and gradients (to the hidden states and to a head that trains), on
-/// one backend.
+/// one backend; with `linear`, the head told the loss's weights (the gradients formed in the
+/// forward).
 fn fused_head<BK: burn::tensor::backend::AutodiffBackend + opd_divergences::DivergenceBackend>(
     h: &Mat,
     w: &Mat,
     ids: &[i64],
     mask: [[i64; 4]; 3],
+    linear: bool,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    use opd_divergences::sampled::sequence_log_probs_from_hidden;
+    use opd_divergences::HeadOptions;
+    use opd_divergences::sampled::sequence_log_probs_from_hidden_with;
     let device = Default::default();
     let hidden = h.tensor::<BK>().reshape([3, 4, h.cols]).require_grad();
     let head = w.tensor::<BK>().require_grad();
     let mask = burn::tensor::Tensor::<BK, 2, burn::tensor::Int>::from_ints(mask, &device).bool();
-    let lp = sequence_log_probs_from_hidden(
+    let options = HeadOptions {
+        observe: None,
+        linear: linear.then(|| mask.clone().float()),
+    };
+    let lp = sequence_log_probs_from_hidden_with(
         hidden.clone(),
         head.clone(),
         int_tensor::<BK, 2>(ids.to_vec(), [3, 4]),
         mask,
         0.9,
+        options,
     )
     .unwrap();
     let grads = lp.clone().sum().backward();
@@ -98,20 +106,41 @@ fn fused_head_matches_flex_on_wgpu() {
     let w = Mat::random(300, 16, 1.0, 6);
     let ids = [0, 299, 5, 7, 8, 150, 2, 2, 9, 10, 11, 12];
     let mask = [[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]];
-    let flex = fused_head::<B>(&h, &w, &ids, mask);
-    let gpu = fused_head::<G>(&h, &w, &ids, mask);
-    assert_close("fused head values", &gpu.0, &flex.0, 1e-5, 1e-4);
-    assert_close("fused head ∂/∂h", &gpu.1, &flex.1, 1e-5, 1e-4);
-    assert_close("fused head ∂/∂W", &gpu.2, &flex.2, 1e-5, 1e-4);
+    let flex = fused_head::<B>(&h, &w, &ids, mask, false);
+    for linear in [false, true] {
+        let gpu = fused_head::<G>(&h, &w, &ids, mask, linear);
+        assert_close("fused head values", &gpu.0, &flex.0, 1e-5, 1e-4);
+        assert_close(
+            &format!("fused head ∂/∂h, linear {linear}"),
+            &gpu.1,
+            &flex.1,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("fused head ∂/∂W, linear {linear}"),
+            &gpu.2,
+            &flex.2,
+            1e-5,
+            1e-4,
+        );
+    }
 }
 
 /// The fused head's JSD to a teacher given by its hidden states: values and gradients (to the
-/// hidden states and to a head that trains), on one backend.
-fn fused_head_divergence<BK>(h: &Mat, w: &Mat, ht: &Mat, wt: &Mat) -> (Vec<f64>, Vec<f64>, Vec<f64>)
+/// hidden states and to a head that trains) of the token mean, on one backend; with `linear`,
+/// the head told the mean's weights.
+fn fused_head_divergence<BK>(
+    h: &Mat,
+    w: &Mat,
+    ht: &Mat,
+    wt: &Mat,
+    linear: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>)
 where
     BK: burn::tensor::backend::AutodiffBackend + opd_divergences::DivergenceBackend,
 {
-    use opd_divergences::{DistillationLoss, TeacherTarget};
+    use opd_divergences::{DistillationLoss, HeadOptions, TeacherTarget};
     let device = Default::default();
     let hidden = h.tensor::<BK>().reshape([3, 4, h.cols]).require_grad();
     let head = w.tensor::<BK>().require_grad();
@@ -122,8 +151,12 @@ where
     let mask = [[1, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]];
     let mask = burn::tensor::Tensor::<BK, 2, burn::tensor::Int>::from_ints(mask, &device).bool();
     let options = DivergenceOptions::new(Divergence::Jsd { beta: 0.5 }).with_temperature(0.9);
+    let head_options = HeadOptions {
+        observe: None,
+        linear: linear.then(|| mask.clone().float()),
+    };
     let out = DistillationLoss::new(options)
-        .forward_from_hidden(hidden.clone(), head.clone(), teacher, mask)
+        .forward_from_hidden_with(hidden.clone(), head.clone(), teacher, mask, head_options)
         .unwrap();
     let grads = out.loss.backward();
     (
@@ -137,11 +170,14 @@ where
 fn fused_head_divergence_matches_flex_on_wgpu() {
     let (h, w) = (Mat::random(12, 16, 1.0, 7), Mat::random(300, 16, 1.0, 8));
     let (ht, wt) = (Mat::random(12, 8, 1.0, 9), Mat::random(300, 8, 1.0, 10));
-    let flex = fused_head_divergence::<B>(&h, &w, &ht, &wt);
-    let gpu = fused_head_divergence::<G>(&h, &w, &ht, &wt);
-    assert_close("fused head JSD values", &gpu.0, &flex.0, 1e-5, 1e-4);
-    assert_close("fused head JSD ∂/∂h", &gpu.1, &flex.1, 1e-5, 1e-4);
-    assert_close("fused head JSD ∂/∂W", &gpu.2, &flex.2, 1e-5, 1e-4);
+    let flex = fused_head_divergence::<B>(&h, &w, &ht, &wt, false);
+    for linear in [false, true] {
+        let gpu = fused_head_divergence::<G>(&h, &w, &ht, &wt, linear);
+        let what = |part: &str| format!("fused head JSD {part}, linear {linear}");
+        assert_close(&what("values"), &gpu.0, &flex.0, 1e-5, 1e-4);
+        assert_close(&what("∂/∂h"), &gpu.1, &flex.1, 1e-5, 1e-4);
+        assert_close(&what("∂/∂W"), &gpu.2, &flex.2, 1e-5, 1e-4);
+    }
 }
 
 #[test]

@@ -9,10 +9,10 @@ use opd_tasks::Task;
 
 use crate::diagnostics::host;
 use crate::error::Result;
-use crate::method::{Method, MicroBatch, Prepared, Sizes};
+use crate::method::{LinearIn, Method, MicroBatch, Prepared, Sizes};
 use crate::rows::Rows;
 use crate::update::fuse_head;
-use opd_divergences::Counts;
+use opd_divergences::{Counts, Reduction};
 
 /// One micro-batch, fixed before the step's first update.
 pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
@@ -28,6 +28,8 @@ pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
     pub count: Counts,
     /// Whether the loss takes the logits from the output head fused with it.
     pub fused_head: bool,
+    /// What the loss is a weighted sum of, and its weights `[m, R]` (see [`LinearIn`]).
+    pub linear: Option<(LinearIn, Tensor<B, 2>)>,
 }
 
 /// How a step's rows are split: into `mini_batches` updates, and each between `workers`.
@@ -83,9 +85,15 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 TensorData::new(old_host.clone(), [chunk.len(), width]),
                 &device,
             );
-            let fused_head = student
-                .output_head()
-                .is_some_and(|head| fuse_head(&head, chunk.len() * width, sizes.output_head));
+            let linear_in = method.linear_in();
+            let fused_head = student.output_head().is_some_and(|head| {
+                fuse_head(
+                    &head,
+                    chunk.len() * width,
+                    sizes.output_head,
+                    linear_in.is_some(),
+                )
+            });
             let micro = MicroBatch {
                 rows,
                 chunk,
@@ -111,6 +119,11 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 tokens: per_row.iter().sum(),
                 sequences: per_row.iter().filter(|&&n| n > 0).count(),
             };
+            let linear = linear_in.map(|(of, reduction)| {
+                let weights = token_weights(&counted, &per_row, width, reduction);
+                let data = TensorData::new(weights, [chunk.len(), width]);
+                (of, Tensor::from_data(data, &device))
+            });
             micros.push(Micro {
                 batch,
                 response_mask,
@@ -119,9 +132,30 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 counted,
                 count,
                 fused_head,
+                linear,
             });
         }
         minis.push(micros);
     }
     Ok(minis)
+}
+
+/// Each token's weight `c_t` under `reduction`, up to one factor for the whole batch, row-major
+/// `[rows, width]`: 1 at counted tokens (token mean, constant length, sum), `1 / len_b` for a
+/// sequence mean, 0 elsewhere.
+fn token_weights(
+    counted: &[bool],
+    per_row: &[usize],
+    width: usize,
+    reduction: Reduction,
+) -> Vec<f32> {
+    counted
+        .iter()
+        .enumerate()
+        .map(|(i, &counted)| match (counted, reduction) {
+            (false, _) => 0.0,
+            (true, Reduction::SequenceMean) => 1.0 / per_row[i / width] as f32,
+            (true, _) => 1.0,
+        })
+        .collect()
 }

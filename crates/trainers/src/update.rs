@@ -93,22 +93,24 @@ const FORMED_LOGITS_LIMIT: usize = 1 << 28;
 /// Whether the losses of a micro-batch of `positions` response positions take the logits from
 /// the output head fused with them (the log-probs through `sequence_log_probs_from_hidden`,
 /// the divergences through `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or
-/// gradient) rather than from formed logits. Under [`OutputHead::Auto`] a frozen head (LoRA)
-/// always fuses: the forward also forms `∂value/∂h`, so the products are the unfused ones. A
-/// head that trains (a tied embedding under full fine-tuning) forms its blocks' logits again in
-/// the backward, and a divergence's teacher blocks too: 10–15 % of an SFT or OPSD step of
-/// SmolLM2 at 8 × 256 for 0.25–0.5 GB less, so it fuses only when the logits would pass
-/// [`FORMED_LOGITS_LIMIT`], where they and their gradient become the step's peak.
+/// gradient) rather than from formed logits. Under [`OutputHead::Auto`] the head fuses when
+/// it costs no more products than the formed logits: a frozen head (LoRA; the forward also
+/// forms `∂value/∂h`), or a loss `linear` in what the head forms (the forward forms the
+/// gradients, see `crate::method::LinearIn`). Otherwise a head that trains (a tied embedding
+/// under full fine-tuning) forms its blocks' logits again in the backward, and a divergence's
+/// teacher blocks too, so it fuses only when the logits would pass [`FORMED_LOGITS_LIMIT`],
+/// where they and their gradient become the step's peak.
 pub(crate) fn fuse_head<B: AutodiffBackend>(
     head: &Tensor<B, 2>,
     positions: usize,
     output_head: OutputHead,
+    linear: bool,
 ) -> bool {
     let logits = positions * head.dims()[0];
     match output_head {
         OutputHead::Fused => true,
         OutputHead::Formed => false,
-        OutputHead::Auto => !head.is_require_grad() || logits > FORMED_LOGITS_LIMIT,
+        OutputHead::Auto => !head.is_require_grad() || linear || logits > FORMED_LOGITS_LIMIT,
     }
 }
 
@@ -151,6 +153,7 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
                 .map(|k| Diagnosis::new(k, rows.of_row, rows.width)),
         ),
         teacher: micro.prepared.targets.teacher().cloned(),
+        linear: micro.linear.clone(),
     };
     let loss = micro.prepared.targets.loss(&forward)?;
     let ratio_host = forward.ratio_host()?;

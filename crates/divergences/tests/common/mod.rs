@@ -210,3 +210,32 @@ pub fn weighted_values_and_gradients(
         head.grad(&grads).map(to_vec),
     )
 }
+
+/// What a fused head is told about the loss's weights on its values (`HeadOptions::linear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guess {
+    /// Nothing: a head that trains forms its blocks again in the backward.
+    None,
+    /// The weights the loss uses, times −3: the gradients come from the forward.
+    Right,
+    /// Other weights (reversed): the backward's check fails and forms the blocks again.
+    Wrong,
+}
+
+impl Guess {
+    pub const ALL: [Guess; 3] = [Guess::None, Guess::Right, Guess::Wrong];
+
+    /// The guessed weights `[rows]` as the backend hooks take them.
+    pub fn weights(self, weights: &[f64]) -> Option<burn::tensor::ops::FloatTensor<B>> {
+        let guessed: Vec<f32> = match self {
+            Guess::None => return None,
+            Guess::Right => weights.iter().map(|&w| (-3.0 * w) as f32).collect(),
+            Guess::Wrong => weights.iter().rev().map(|&w| w as f32).collect(),
+        };
+        Some(
+            Tensor::<B, 1>::from_floats(guessed.as_slice(), &device())
+                .into_primitive()
+                .tensor(),
+        )
+    }
+}

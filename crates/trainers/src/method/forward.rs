@@ -5,12 +5,10 @@ use std::cell::{OnceCell, RefCell};
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use opd_divergences::sampled::{
-    sequence_log_probs, sequence_log_probs_from_hidden, sequence_log_probs_from_hidden_observed,
-};
+use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden_with};
 use opd_divergences::{
-    DistillationLoss, DivergenceBackend, DivergenceOptions, LogitBlock, TeacherTarget, head_logits,
-    token_log_probs,
+    DistillationLoss, DivergenceBackend, DivergenceOptions, HeadOptions, LogitBlock, TeacherTarget,
+    head_logits, token_log_probs,
 };
 use opd_teachers::TeacherOutput;
 
@@ -18,6 +16,8 @@ use crate::diagnosis::Diagnosis;
 use crate::diagnostics::host;
 use crate::error::Result;
 use crate::objectives::importance_ratio;
+
+use super::LinearIn;
 
 /// The student's side of one micro-batch's loss, with graph.
 ///
@@ -61,6 +61,9 @@ pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
     pub(crate) diagnosis: RefCell<Option<Diagnosis>>,
     /// The teacher's output, for the diagnostics (`None` without a teacher).
     pub(crate) teacher: Option<TeacherOutput<B>>,
+    /// What the method's loss is a weighted sum of, and its weights `[m, R]`: told to the
+    /// fused head that forms it.
+    pub(crate) linear: Option<(LinearIn, Tensor<B, 2>)>,
 }
 
 impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
@@ -128,20 +131,28 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
             self.ids.clone(),
             self.response_mask.clone(),
         );
-        Ok(match (&self.head, self.logits.get(), observe) {
-            (Some(head), None, Some(observe)) => sequence_log_probs_from_hidden_observed(
+        let linear = (temperature == 1.0)
+            .then(|| self.linear_weights(LinearIn::LogProbs))
+            .flatten();
+        Ok(match (&self.head, self.logits.get()) {
+            (Some(head), None) => sequence_log_probs_from_hidden_with(
                 hidden,
                 head.clone(),
                 ids,
                 mask,
                 temperature,
-                observe,
+                HeadOptions { observe, linear },
             )?,
-            (Some(head), None, None) => {
-                sequence_log_probs_from_hidden(hidden, head.clone(), ids, mask, temperature)?
-            }
             _ => sequence_log_probs(self.logits(), ids, mask, temperature, self.chunk)?,
         })
+    }
+
+    /// The loss's weights when it is a weighted sum of `of`.
+    fn linear_weights(&self, of: LinearIn) -> Option<Tensor<B, 2>> {
+        self.linear
+            .as_ref()
+            .filter(|(linear, _)| *linear == of)
+            .map(|(_, weights)| weights.clone())
     }
 
     /// Host copy of `ρ_t = π_θ(ŷ_t)/π_old(ŷ_t)`, row-major `[m, R]` (empty when the rows were
@@ -197,28 +208,33 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
             && self.log_probs.get().is_none()
             && self.observed_log_probs.borrow().is_none())
         .then(|| BlockLogProbs::new(&self.ids));
+        let linear = self.linear_weights(LinearIn::Divergence);
         if diagnosis.is_none() && log_probs.is_none() {
+            let options = HeadOptions {
+                observe: None,
+                linear,
+            };
             return Ok(loss
-                .forward_from_hidden(self.hidden.clone(), head, teacher, mask)?
+                .forward_from_hidden_with(self.hidden.clone(), head, teacher, mask, options)?
                 .per_token);
         }
         let mut failed = None;
-        let out = loss.forward_from_hidden_observed(
-            self.hidden.clone(),
-            head,
-            teacher,
-            mask,
-            &mut |block| {
-                if let Some(lp) = log_probs.as_mut()
-                    && let Err(e) = lp.read(&block, self.chunk)
-                {
-                    failed.get_or_insert(e);
-                }
-                if let Some(d) = diagnosis.as_mut() {
-                    d.block(block, Some(output), &self.counted_host);
-                }
-            },
-        )?;
+        let mut observe = |block: LogitBlock<B>| {
+            if let Some(lp) = log_probs.as_mut()
+                && let Err(e) = lp.read(&block, self.chunk)
+            {
+                failed.get_or_insert(e);
+            }
+            if let Some(d) = diagnosis.as_mut() {
+                d.block(block, Some(output), &self.counted_host);
+            }
+        };
+        let options = HeadOptions {
+            observe: Some(&mut observe),
+            linear,
+        };
+        let out =
+            loss.forward_from_hidden_with(self.hidden.clone(), head, teacher, mask, options)?;
         if let Some(e) = failed {
             return Err(e);
         }

@@ -59,6 +59,21 @@ pub enum Rollouts {
     References,
 }
 
+/// What a method's loss is a weighted sum of, with weights fixed before the forward: then
+/// `L = s · Σ_t c_t x_t` over the counted tokens, with `c_t` the aggregation's weight of each
+/// (1 for a token mean or a constant length, `1 / len_b` for a sequence mean). Told this, an
+/// output head fused with the loss that trains (a tied embedding) forms its gradient in the
+/// forward instead of forming its logits again in the backward
+/// (`opd_divergences::HeadOptions::linear`); the backward checks it, so a wrong claim costs
+/// time, never a wrong gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearIn {
+    /// `x_t = log π_θ(ŷ_t)` at τ = 1 (SFT's NLL).
+    LogProbs,
+    /// `x_t` = the divergence to the teacher of [`Forward::divergence`] (unclipped).
+    Divergence,
+}
+
 /// Per-row advantages of a step from its rewards, with the groups that carry no signal.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SequenceAdvantages {
@@ -236,6 +251,13 @@ pub trait Method<B: AutodiffBackend + DivergenceBackend> {
     /// The constants of one micro-batch, computed before any update: teacher outputs
     /// (no graph), token advantages, `π_ref`'s log-probs, the loss mask.
     fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>>;
+
+    /// What the method's loss is a weighted sum of, and its aggregation, when its weights are
+    /// fixed before the forward (see [`LinearIn`]); `None` when the loss is not linear in
+    /// what the head forms (clipped ratios, importance weights from this forward).
+    fn linear_in(&self) -> Option<(LinearIn, Reduction)> {
+        None
+    }
 
     /// Called after each optimizer step (the EMA teacher moves here).
     fn after_update(&mut self, _student: &Llama<B>) -> Result<()> {

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::grpo::check_aggregation;
 use super::opd_fields::OpdFields;
 use super::routing::Routed;
-use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, SequenceAdvantages};
+use super::{
+    Forward, LinearIn, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, SequenceAdvantages,
+};
 use super::{Targets, grpo::Advantages};
 use crate::check::{non_negative, top_k, unbiased_sampling, unit};
 use crate::config::{MethodSettings, Reduction, SamplingConfig};
@@ -287,6 +289,11 @@ impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
 impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
+    }
+
+    fn linear_in(&self) -> Option<(LinearIn, Reduction)> {
+        matches!(self.config.form, OpdForm::Divergence { .. })
+            .then_some((LinearIn::Divergence, self.config.aggregation))
     }
 
     fn sequence_advantages(&self, rewards: &[f64]) -> Option<SequenceAdvantages> {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::distill_support;
 use super::grpo::check_aggregation;
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
-use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, Targets};
+use super::{Forward, LinearIn, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, Targets};
 use crate::check::{positive, teacher_weights, unbiased_sampling, unit};
 use crate::config::{DistillForm, MethodSettings, Reduction, SamplingConfig, TeacherWeights};
 use crate::error::{Result, TrainError};
@@ -169,6 +169,12 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opsd<B> {
 
     fn check_task(&self, task: &Task) -> Option<String> {
         needs_reference("opsd", task)
+    }
+
+    fn linear_in(&self) -> Option<(LinearIn, Reduction)> {
+        let c = &self.config;
+        (c.form == DistillForm::Full && c.token_clip.is_none())
+            .then_some((LinearIn::Divergence, c.aggregation))
     }
 
     fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {

@@ -12,7 +12,7 @@ use super::distill_support;
 use super::grpo::check_aggregation;
 use super::opsd::{SampledTokenBaseline, SelfDistillTargets, needs_reference};
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
-use super::{Method, MicroBatch, Parts, Prepared, Rollouts};
+use super::{LinearIn, Method, MicroBatch, Parts, Prepared, Rollouts};
 use crate::check::{positive, teacher_weights, unbiased_sampling};
 use crate::config::{DistillForm, MethodSettings, Reduction, SamplingConfig, TeacherWeights};
 use crate::error::Result;
@@ -83,6 +83,11 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sdft<B> {
 
     fn check_task(&self, task: &Task) -> Option<String> {
         needs_reference("sdft", task)
+    }
+
+    fn linear_in(&self) -> Option<(LinearIn, Reduction)> {
+        let c = &self.config;
+        (c.form == DistillForm::Full).then_some((LinearIn::Divergence, c.aggregation))
     }
 
     fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {

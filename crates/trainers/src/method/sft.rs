@@ -6,8 +6,8 @@ use opd_policy::Llama;
 use opd_tasks::Task;
 use serde::{Deserialize, Serialize};
 
-use super::{Forward, Loss, Method, MicroBatch, Prepared, Rollouts, Targets};
-use crate::config::{MethodSettings, SamplingConfig};
+use super::{Forward, LinearIn, Loss, Method, MicroBatch, Prepared, Rollouts, Targets};
+use crate::config::{MethodSettings, Reduction, SamplingConfig};
 use crate::error::Result;
 use crate::objectives::sft;
 
@@ -45,6 +45,10 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for Nll {
 impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sft {
     fn rollouts(&self) -> Rollouts {
         Rollouts::References
+    }
+
+    fn linear_in(&self) -> Option<(LinearIn, Reduction)> {
+        Some((LinearIn::LogProbs, Reduction::TokenMean))
     }
 
     fn check_task(&self, task: &Task) -> Option<String> {
