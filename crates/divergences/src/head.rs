@@ -218,35 +218,48 @@ impl<B: DivergenceBackend> Scored<B> {
     }
 }
 
-/// The loss at each selected row, `[rows.count(N)]`, each block's logits shown to `observe`;
-/// with `unit`, also
-/// `u = ∂value/∂h` per selected row, `[rows.count(N), d]`.
-pub(crate) fn forward<B: DivergenceBackend>(
-    hidden: FloatTensor<B>,
-    weight: FloatTensor<B>,
+/// Forms each block's logits, shows them to `observe`, evaluates the block's values and hands
+/// the block, its loss, logits and values to `each`; returns the values of every block,
+/// `[rows.count(N)]`.
+fn over_blocks<B: DivergenceBackend>(
+    hidden: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
     scored: &Scored<B>,
-    unit: bool,
     mut observe: Option<&mut BlockObserver<'_, B>>,
-) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
-    let hidden = float::<B, 2>(hidden);
-    let weight = float::<B, 2>(weight);
+    mut each: impl FnMut(&Chunk, &RowLoss<B>, Tensor<B, 2>, FloatTensor<B>),
+) -> FloatTensor<B> {
     let mut values = Vec::new();
-    let mut units = Vec::new();
     for block in scored.blocks(hidden.dims()[0]) {
-        let z = block_logits(&block, &hidden, &weight);
+        let z = block_logits(&block, hidden, weight);
         let loss = scored.loss.of_block(&block);
         if let Some(observe) = observe.as_deref_mut() {
             observe(&block.rows(), primitive(z.clone()), loss.teacher_logits());
         }
         let v = loss.values(z.clone());
+        values.push(float::<B, 1>(v.clone()));
+        each(&block, &loss, z, v);
+    }
+    primitive(Tensor::cat(values, 0))
+}
+
+/// The loss at each selected row, `[rows.count(N)]`, each block's logits shown to `observe`;
+/// with `unit`, also `u = ∂value/∂h` per selected row, `[rows.count(N), d]`.
+pub(crate) fn forward<B: DivergenceBackend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    scored: &Scored<B>,
+    unit: bool,
+    observe: Option<&mut BlockObserver<'_, B>>,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    let hidden = float::<B, 2>(hidden);
+    let weight = float::<B, 2>(weight);
+    let mut units = Vec::new();
+    let values = over_blocks(&hidden, &weight, scored, observe, |block, loss, z, v| {
         if unit {
             let ones = primitive(Tensor::<B, 1>::ones([block.len], &hidden.device()));
-            let dz = loss.gradient(z, v.clone(), ones);
-            units.push(dz.matmul(weight.clone()));
+            units.push(loss.gradient(z, v, ones).matmul(weight.clone()));
         }
-        values.push(float::<B, 1>(v));
-    }
-    let values = primitive(Tensor::cat(values, 0));
+    });
     (values, unit.then(|| primitive(Tensor::cat(units, 0))))
 }
 
@@ -262,36 +275,28 @@ pub(crate) struct LinearGradients<B: Backend> {
 }
 
 /// The values at the selected rows and the gradients (to `h` and `W`) of
-/// `L = Σ_r c_r value_r` for weights `c` `[rows.count(N)]`, formed block by block in one pass over the logits, each block shown
-/// to `observe`.
+/// `L = Σ_r c_r value_r` for weights `c` `[rows.count(N)]`, formed block by block in one pass
+/// over the logits, each block shown to `observe`.
 pub(crate) fn forward_linear<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
     scored: &Scored<B>,
     weights: FloatTensor<B>,
-    mut observe: Option<&mut BlockObserver<'_, B>>,
+    observe: Option<&mut BlockObserver<'_, B>>,
 ) -> LinearGradients<B> {
     let hidden = float::<B, 2>(hidden);
     let weight = float::<B, 2>(weight);
     let weights = float::<B, 1>(weights);
     let mut gradients = Gradients::zeros(&hidden, &weight, true);
-    let mut values = Vec::new();
-    for block in scored.blocks(hidden.dims()[0]) {
-        let z = block_logits(&block, &hidden, &weight);
-        let loss = scored.loss.of_block(&block);
-        if let Some(observe) = observe.as_deref_mut() {
-            observe(&block.rows(), primitive(z.clone()), loss.teacher_logits());
-        }
-        let v = loss.values(z.clone());
+    let values = over_blocks(&hidden, &weight, scored, observe, |block, loss, z, v| {
         let c = weights
             .clone()
             .slice(block.out_start..block.out_start + block.len);
-        let dz = loss.gradient(z, v.clone(), primitive(c));
-        gradients.add(&block, dz, &hidden, &weight);
-        values.push(float::<B, 1>(v));
-    }
+        let dz = loss.gradient(z, v, primitive(c));
+        gradients.add(block, dz, &hidden, &weight);
+    });
     LinearGradients {
-        values: primitive(Tensor::cat(values, 0)),
+        values,
         hidden: primitive(gradients.hidden),
         weight: primitive(gradients.weight.expect("formed with W's gradient")),
     }
