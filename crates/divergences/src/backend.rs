@@ -16,12 +16,12 @@ use burn::backend::autodiff::{
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ops::FloatTensor, ops::IntTensor};
 
-use crate::buckets::TeacherLogits;
+use crate::buckets::{TeacherLogits, float};
 use crate::chunks::Rows;
 use crate::generic;
 use crate::head::{self, BlockObserver};
 use crate::kind::DivergenceOptions;
-use crate::summary::RowSummary;
+use crate::summary::{RowSummary, host};
 
 /// A backend that can evaluate divergences over logits row by row.
 ///
@@ -265,15 +265,6 @@ impl<B: DivergenceBackend> Recompute<B> {
     }
 }
 
-/// A host copy of a small float vector.
-fn host<B: Backend>(t: FloatTensor<B>) -> Vec<f32> {
-    crate::buckets::float::<B, 1>(t)
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32 data")
-}
-
 #[derive(Debug)]
 struct HeadBackward;
 
@@ -295,7 +286,10 @@ impl<B: DivergenceBackend> Backward<B, 2> for HeadBackward {
                 gradients,
                 weights,
                 recompute,
-            } => match head::proportion(&host::<B>(grad_out.clone()), &host::<B>(weights)) {
+            } => match head::proportion(
+                &host(float::<B, 1>(grad_out.clone())),
+                &host(float::<B, 1>(weights)),
+            ) {
                 Some(s) => {
                     let scaled = |t| B::float_mul_scalar(t, s.into());
                     (scaled(gradients.hidden), Some(scaled(gradients.weight)))

@@ -65,6 +65,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
         .collect();
     let n = mini_batches.min(kept.len());
     let device = crate::trainer::device_of(student);
+    let linear_in = method.linear_in();
     let mut minis = Vec::with_capacity(n);
     for u in 0..n {
         let slice = &kept[u * kept.len() / n..(u + 1) * kept.len() / n];
@@ -85,7 +86,6 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 TensorData::new(old_host.clone(), [chunk.len(), width]),
                 &device,
             );
-            let linear_in = method.linear_in();
             let fused_head = student.output_head().is_some_and(|head| {
                 fuse_head(
                     &head,
@@ -119,7 +119,8 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 tokens: per_row.iter().sum(),
                 sequences: per_row.iter().filter(|&&n| n > 0).count(),
             };
-            let linear = linear_in.map(|(of, reduction)| {
+            // Only a fused head reads the weights.
+            let linear = linear_in.filter(|_| fused_head).map(|(of, reduction)| {
                 let weights = token_weights(&counted, &per_row, width, reduction);
                 let data = TensorData::new(weights, [chunk.len(), width]);
                 (of, Tensor::from_data(data, &device))
