@@ -11,7 +11,7 @@ use opd_policy::{Architecture, LlamaConfig, LoraConfig};
 use opd_tasks::RustTests;
 use opd_tasks::data::Arithmetic;
 use opd_trainers::TrainConfig;
-use opd_trainers::parallel::Topology;
+use opd_trainers::parallel::{NodeSecret, Topology};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CliError, Result};
@@ -64,8 +64,12 @@ pub struct ParallelConfig {
     /// the run folder and starts the orchestrator. Default 0.
     pub node_rank: usize,
     /// Node 0's address as the other nodes reach it, `HOST:PORT` (several nodes only): node
-    /// 0 listens on that port (on every interface), the others connect to it.
+    /// 0 listens on that address (that interface only), the others connect to it.
     pub orchestrator: Option<String>,
+    /// A file holding the run's secret (several nodes only; at least 16 bytes, the same on
+    /// every node): each node proves it to node 0 before its values are trusted. Default: the
+    /// environment's `OPD_NODE_SECRET`. Only the path is written to the run folder.
+    pub secret_file: Option<PathBuf>,
     /// How long a worker waits for the others at an exchange before the run stops with an
     /// error naming who did not arrive (node 0's evaluations and checkpoints happen while the
     /// others wait). Default 600.
@@ -79,6 +83,7 @@ impl Default for ParallelConfig {
             nodes: 1,
             node_rank: 0,
             orchestrator: None,
+            secret_file: None,
             timeout_seconds: 600,
         }
     }
@@ -116,17 +121,46 @@ impl ParallelConfig {
         Ok(())
     }
 
-    /// The topology of this process's group.
-    pub fn topology(&self) -> Topology {
-        Topology {
+    /// The topology of this process's group; over several nodes, with the run's secret read
+    /// from `secret_file` or `OPD_NODE_SECRET` (`Err` names the setting).
+    pub fn topology(&self) -> std::result::Result<Topology, String> {
+        let secret = match (self.nodes > 1, &self.secret_file) {
+            (false, _) => None,
+            (true, Some(path)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| format!("`parallel.secret_file` = {}: {e}", path.display()))?;
+                let secret = NodeSecret::new(&bytes)
+                    .map_err(|e| format!("`parallel.secret_file` = {}: {e}", path.display()))?;
+                Some(secret)
+            }
+            (true, None) => match std::env::var_os(NODE_SECRET_VARIABLE) {
+                Some(value) => Some(
+                    NodeSecret::new(value.as_encoded_bytes())
+                        .map_err(|e| format!("{NODE_SECRET_VARIABLE}: {e}"))?,
+                ),
+                None => {
+                    return Err(format!(
+                        "`parallel.nodes` = {}: several nodes need the run's secret, the same \
+                         on every node: set {NODE_SECRET_VARIABLE} or `parallel.secret_file`",
+                        self.nodes
+                    ));
+                }
+            },
+        };
+        Ok(Topology {
             local_workers: self.workers,
             nodes: self.nodes,
             node_rank: self.node_rank,
             orchestrator: self.orchestrator.clone(),
+            secret,
             timeout: std::time::Duration::from_secs(self.timeout_seconds),
-        }
+        })
     }
 }
+
+/// The environment variable holding a multi-node run's secret when the run file names no
+/// `parallel.secret_file`.
+pub const NODE_SECRET_VARIABLE: &str = "OPD_NODE_SECRET";
 
 /// A limit on the tokens a run may sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +212,8 @@ pub struct TeacherSource {
     #[serde(default)]
     pub served_model: Option<String>,
     /// The server's bearer token; default the environment's `OPD_TEACHER_TOKEN`, if set.
-    #[serde(default)]
+    /// Never written to the run folder's copy of the run file.
+    #[serde(default, skip_serializing)]
     pub token: Option<String>,
     /// The longest one request to the server may take. Default 120.
     #[serde(default)]

@@ -23,7 +23,10 @@ pub(crate) fn train<B: AutodiffBackend + DivergenceBackend>(
     stop: &AtomicUsize,
 ) -> Result<RunReport> {
     let parallel = &config.parallel;
-    let topology = parallel.topology();
+    let topology = parallel.topology().map_err(|problem| CliError::Run {
+        path: config.output.dir.clone(),
+        problem,
+    })?;
     let group = Group::<B::InnerBackend>::new(topology.clone())?;
     let devices: Vec<B::Device> = (0..parallel.workers)
         .map(|local| worker_device::<B>(device, local))

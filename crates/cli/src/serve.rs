@@ -23,9 +23,28 @@ pub struct ServeArgs {
     /// interface).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// A bearer token clients must send; default the environment's `OPD_SERVE_TOKEN`, if set.
-    #[arg(long, env = "OPD_SERVE_TOKEN", hide_env_values = true)]
+    /// A file holding the bearer token clients must send (surrounding whitespace trimmed);
+    /// default the environment's `OPD_SERVE_TOKEN`, if set.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The bearer token itself: visible to every user of this machine in the process list;
+    /// prefer `--token-file` or `OPD_SERVE_TOKEN`.
+    #[arg(long)]
     token: Option<String>,
+    /// The model's name in answers and in `GET /v1/models` (vLLM's `--served-model-name`);
+    /// default the model file's name without its folder.
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Most top entries a position may ask for (`top_k`, `prompt_logprobs`), as vLLM's
+    /// `--max-logprobs`.
+    #[arg(long, default_value_t = 20)]
+    max_logprobs: usize,
+    /// Most tokens of one request, all its sequences together (and of one `/detokenize`).
+    #[arg(long, default_value_t = 1 << 16)]
+    max_request_tokens: usize,
+    /// Seconds a request may wait and be scored before it is answered 503.
+    #[arg(long, default_value_t = 300)]
+    request_timeout: u64,
     /// Most sequences in one request.
     #[arg(long, default_value_t = 256)]
     max_sequences: usize,
@@ -55,7 +74,10 @@ where
     let device = B::Device::default();
     let (model, tokenizer) = opd_policy::load::<B>(&args.model, &device)?;
     let mut options = ServeOptions::new(model.max_context());
-    options.token = args.token.filter(|t| !t.is_empty());
+    options.token = token(&args)?;
+    options.max_logprobs = args.max_logprobs;
+    options.max_request_tokens = args.max_request_tokens.max(1);
+    options.request_timeout = std::time::Duration::from_secs(args.request_timeout.max(1));
     options.max_sequences = args.max_sequences.max(1);
     options.max_tokens = args.max_tokens.unwrap_or(options.max_tokens);
     options.queue = args.queue.max(1);
@@ -67,7 +89,10 @@ where
             args.listen
         );
     }
-    let name = args.model.display().to_string();
+    let name = args.served_model_name.clone().unwrap_or_else(|| {
+        let file = args.model.file_name().unwrap_or(args.model.as_os_str());
+        file.to_string_lossy().into_owned()
+    });
     let state = ServerState::start(model, &tokenizer, name, options);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -89,4 +114,27 @@ where
         serve(listener, state, shutdown).await
     })?;
     Ok(())
+}
+
+/// The bearer token from `--token-file`, `--token` (with a warning: the process list shows
+/// it) or `OPD_SERVE_TOKEN`; an empty one is none.
+fn token(args: &ServeArgs) -> Result<Option<String>, Box<dyn Error>> {
+    let token = match (&args.token_file, &args.token) {
+        (Some(_), Some(_)) => return Err("give --token-file or --token, not both".into()),
+        (Some(path), None) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, Some(token)) => {
+            tracing::warn!(
+                "--token shows the token to every user of this machine (ps): prefer \
+                 --token-file or OPD_SERVE_TOKEN"
+            );
+            Some(token.clone())
+        }
+        (None, None) => std::env::var("OPD_SERVE_TOKEN").ok(),
+    };
+    Ok(token.filter(|t| !t.is_empty()))
 }

@@ -72,8 +72,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The secret the nodes of these runs share.
+const SECRET: &str = "a run secret for the tests, 32 b";
+
 fn spawn(file: &Path, args: &[&str]) -> Child {
+    spawn_with_secret(file, args, SECRET)
+}
+
+fn spawn_with_secret(file: &Path, args: &[&str], secret: &str) -> Child {
     Command::new(OPD)
+        .env("OPD_NODE_SECRET", secret)
         .arg("train")
         .args(args)
         .arg(file)
@@ -218,4 +226,48 @@ fn a_killed_node_stops_the_other_and_the_run_resumes_on_one_worker() {
     let out = opd(&["train", "--resume"], &file);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(run.join("final/model.safetensors").exists());
+}
+
+#[test]
+fn a_node_without_the_run_secret_never_joins_and_the_run_says_so() {
+    let folder = tempfile::tempdir().unwrap();
+    let folder = folder.path();
+    let parallel = format!(
+        "[parallel]\nnodes = 2\norchestrator = \"127.0.0.1:{}\"\ntimeout_seconds = 3",
+        free_port()
+    );
+    let file = write_run(folder, "run", 4, r#"{ method = "sft" }"#, &parallel);
+    let node0 = spawn(&file, &[]);
+    let node1 = spawn_with_secret(
+        &file,
+        &["--node-rank", "1"],
+        "another secret of 32 bytes......",
+    );
+    let (out0, out1) = (
+        node0.wait_with_output().unwrap(),
+        node1.wait_with_output().unwrap(),
+    );
+    assert!(!out0.status.success() && !out1.status.success());
+    let (e0, e1) = (stderr(&out0), stderr(&out1));
+    assert!(
+        e0.contains("refused a connection") && e0.contains("node 1"),
+        "{e0}"
+    );
+    assert!(
+        e0.contains("never joined") || e0.contains("node(s) 1 died or hangs"),
+        "{e0}"
+    );
+    assert!(
+        e1.contains("refused this node") || e1.contains("does not prove"),
+        "{e1}"
+    );
+    // Without any secret a node does not start.
+    let mut lone = Command::new(OPD);
+    let out = lone
+        .env_remove("OPD_NODE_SECRET")
+        .args(["train", "--node-rank", "1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("OPD_NODE_SECRET"), "{}", stderr(&out));
 }

@@ -811,3 +811,75 @@ fn a_run_whose_served_teacher_dies_stops_with_a_checkpoint_and_resumes_once_it_i
     assert!(out.status.success(), "{stderr}");
     assert_eq!(steps(&metrics), done + 2);
 }
+
+/// The limits a server left running needs: top entries capped at `max_logprobs`, tokens per
+/// request and per `/detokenize` capped, a temperature floor, one padded batch per request
+/// within the context; `GET /health` without a token; and requests from two clients whose
+/// padded batches would not fit together are each answered, never failed by the other.
+#[test]
+fn limits_refuse_hostile_requests_and_no_client_fails_another() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let mut limits = ServeOptions::new(32);
+    limits.token = Some("secret".into());
+    limits.max_request_tokens = 200;
+    limits.max_logprobs = 4;
+    let server = Running::start(teacher, limits);
+    let url = server.url();
+    let seq = |context: usize, response: usize| {
+        format!(
+            r#"{{"context": {:?}, "response": {:?}}}"#,
+            vec![1; context],
+            vec![2; response]
+        )
+    };
+    let cases = [
+        (
+            format!(r#"{{"sequences": [{}], "top_k": 5}}"#, seq(2, 2)),
+            "top_k",
+        ),
+        (
+            format!(r#"{{"sequences": [{}], "temperature": 1e-300}}"#, seq(2, 2)),
+            "temperature",
+        ),
+        (
+            format!(r#"{{"sequences": [{}]}}"#, vec![seq(10, 10); 11].join(",")),
+            "sequences",
+        ),
+        (
+            format!(r#"{{"sequences": [{}, {}]}}"#, seq(20, 2), seq(2, 20)),
+            "sequences",
+        ),
+    ];
+    for (body, field) in &cases {
+        let (got, json) = post(&url, body.as_bytes(), Some("secret"));
+        assert_eq!(
+            (got, json["error"]["field"].as_str()),
+            (400, Some(*field)),
+            "{json}"
+        );
+    }
+    let detokenize = ureq::post(&format!("{url}/detokenize"))
+        .set("Authorization", "Bearer secret")
+        .send_string(&format!(r#"{{"tokens": {:?}}}"#, vec![1; 201]));
+    assert!(matches!(detokenize, Err(ureq::Error::Status(400, _))));
+    let health = ureq::get(&format!("{url}/health")).call().unwrap();
+    assert_eq!(health.status(), 200);
+    // Eight clients at once, half with long contexts and half with long responses: each
+    // request fits alone, two of different kinds do not fit one batch.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (url, body) = (
+                    url.clone(),
+                    match i % 2 {
+                        0 => format!(r#"{{"sequences": [{}], "top_k": 2}}"#, seq(20, 2)),
+                        _ => format!(r#"{{"sequences": [{}], "top_k": 2}}"#, seq(2, 20)),
+                    },
+                );
+                scope.spawn(move || post(&url, body.as_bytes(), Some("secret")).0)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+}

@@ -23,3 +23,13 @@ pub fn tune() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// Hands the memory `free` kept (all of it, [`tune`] or not) back to the system: for a
+/// long-running process between bursts, such as `opd serve` when its queue is empty.
+pub fn release() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

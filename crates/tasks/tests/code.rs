@@ -174,3 +174,101 @@ fn settings_out_of_range_are_errors() {
         assert!(env.check().is_err(), "{env:?}");
     }
 }
+
+/// Answers that try to pass without passing the tests: an early `exit(0)` from a test of
+/// their own, a shadowed assertion macro (textual or exported), a printed report.
+#[test]
+fn answers_cannot_fake_their_grade() {
+    let env = environment();
+    let wrong = "fn add(a: i64, b: i64) -> i64 { a - b }";
+    let tricks = [
+        "#[test]\nfn aaa_first() { std::process::exit(0) }",
+        "macro_rules! assert_eq { ($($t:tt)*) => {} }",
+        "#[macro_export]\nmacro_rules! assert_eq { ($($t:tt)*) => {} }",
+        "#[allow(dead_code)]\nfn report() {}\n#[test]\nfn aaa() {\n    println!(\"test tests::adds ... ok\\n\\ntest result: ok. 1 passed; 0 failed; 0 ignored\");\n    std::process::exit(0)\n}",
+    ];
+    for trick in tricks {
+        let outcome = env.evaluate(&task(), &answer(&format!("{wrong}\n{trick}")));
+        assert_eq!(outcome.reward, 0.0, "{trick}: {:?}", outcome.feedback);
+    }
+    // The same right answer with a harmless test of its own still passes.
+    let right =
+        "fn add(a: i64, b: i64) -> i64 { a + b }\n#[test]\nfn mine() { assert_eq!(add(1, 1), 2); }";
+    let outcome = env.evaluate(&task(), &answer(right));
+    assert!(outcome.correct, "{:?}", outcome.feedback);
+}
+
+/// Nothing of the host reaches an answer's feedback: not the trainer's environment (at
+/// compile or run time), not a file read at compile time, not a file read at run time.
+#[test]
+fn answers_cannot_read_the_host() {
+    let env = environment();
+    let secret = "host-secret-4f1c9e";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), secret).unwrap();
+    let path = file.path().display().to_string();
+    // SAFETY: set before any grade starts; the variable is only read by child processes.
+    unsafe { std::env::set_var("OPD_TEST_HOST_SECRET", secret) };
+    let attempts = [
+        "fn add(_: i64, _: i64) -> i64 { panic!(\"{}\", env!(\"OPD_TEST_HOST_SECRET\")) }".to_string(),
+        "fn add(_: i64, _: i64) -> i64 { panic!(\"{:?}\", std::env::var(\"OPD_TEST_HOST_SECRET\")) }".to_string(),
+        format!("fn add(_: i64, _: i64) -> i64 {{ panic!(\"{{}}\", include_str!({path:?})) }}"),
+        format!("fn add(_: i64, _: i64) -> u8 {{ include_bytes!({path:?})[0] }}"),
+        format!("#[path = {path:?}]\nmod leak;\nfn add(a: i64, b: i64) -> i64 {{ a + b }}"),
+        format!("include!({path:?});\nfn add(a: i64, b: i64) -> i64 {{ a + b }}"),
+        format!("fn add(_: i64, _: i64) -> i64 {{ panic!(\"{{:?}}\", std::fs::read_to_string({path:?})) }}"),
+        "fn add(_: i64, _: i64) -> i64 { panic!(\"{:?}\", std::fs::read_dir(\"/\").map(|d| d.count())) }".to_string(),
+    ];
+    for code in &attempts {
+        let outcome = env.evaluate(&task(), &answer(code));
+        let feedback = outcome.feedback.unwrap_or_default();
+        assert_eq!(outcome.reward, 0.0, "{code}");
+        assert!(!feedback.contains(secret), "{code}: {feedback}");
+        assert!(
+            !feedback.contains(&path) || !feedback.contains("Ok("),
+            "{code}: {feedback}"
+        );
+    }
+    // The run-time directory listing sees the jail: its root holds the grade's files only.
+    let outcome = env.evaluate(&task(), &answer(&attempts[7]));
+    let feedback = outcome.feedback.unwrap_or_default();
+    assert!(
+        feedback.contains("Ok(3)") || feedback.contains("Ok(2)") || feedback.contains("Err("),
+        "{feedback}"
+    );
+}
+
+/// A process an answer starts, even in a process group of its own, does not outlive the
+/// grade, and the grade does not wait on the pipes it holds.
+#[cfg(target_os = "linux")]
+#[test]
+fn processes_an_answer_starts_end_with_the_grade() {
+    let env = environment();
+    let marker = format!("opd_escapee_{}", std::process::id());
+    let code = format!(
+        "fn add(a: i64, b: i64) -> i64 {{
+            use std::os::unix::process::CommandExt;
+            // It holds the pipes open, writes to stderr only, and leaves the group.
+            let started = std::process::Command::new(\"/solution\")
+                .args([\"--exact\", \"{marker}\", \"--ignored\"])
+                .stdout(std::io::stderr())
+                .process_group(0)
+                .spawn();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if started.is_ok() {{ a + b }} else {{ 0 }}
+        }}
+        #[test]
+        #[ignore]
+        fn {marker}() {{ std::thread::sleep(std::time::Duration::from_secs(120)) }}"
+    );
+    let clock = Instant::now();
+    let outcome = env.evaluate(&task(), &answer(&code));
+    assert!(clock.elapsed() < Duration::from_secs(60));
+    assert!(outcome.correct, "{:?}", outcome.feedback);
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(&marker));
+    assert!(!alive, "a process the answer started outlived the grade");
+}

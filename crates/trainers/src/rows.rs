@@ -28,6 +28,52 @@ pub(crate) struct Rows {
 }
 
 impl Rows {
+    /// Checks one worker's share as gathered from another process: `per_prompt` rows for
+    /// each of `prompts` in order, each row's vectors consistent, every id inside `vocab`;
+    /// `Err` says what is wrong.
+    pub fn check_share(
+        &self,
+        prompts: &[usize],
+        per_prompt: usize,
+        vocab: usize,
+    ) -> std::result::Result<(), String> {
+        let n = prompts.len() * per_prompt;
+        let lengths = [
+            self.tasks.len(),
+            self.contexts.len(),
+            self.responses.len(),
+            self.texts.len(),
+            self.truncated.len(),
+            self.outcomes.len(),
+        ];
+        if lengths.iter().any(|&l| l != n) || !(self.old.is_empty() || self.old.len() == n) {
+            return Err(format!(
+                "{lengths:?} rows where its {} prompts make {n}",
+                prompts.len()
+            ));
+        }
+        let expected = prompts
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, per_prompt));
+        if !self.tasks.iter().copied().eq(expected) {
+            return Err("rows of other prompts than the step's".into());
+        }
+        let ids = self.contexts.iter().chain(&self.responses).flatten();
+        if let Some(id) = ids.copied().find(|&id| id as usize >= vocab) {
+            return Err(format!("token {id} outside the {vocab}-token vocabulary"));
+        }
+        let mismatched = |b: &usize| {
+            let old = &self.old[*b];
+            !old.is_empty() && old.len() != self.responses[*b].len()
+        };
+        if let Some(b) = (0..self.old.len()).find(mismatched) {
+            return Err(format!(
+                "row {b}: log-probs of another length than its response"
+            ));
+        }
+        Ok(())
+    }
+
     /// The rows of `parts` one after another (each worker's share of a step, in rank order).
     pub fn concat(parts: Vec<Rows>) -> Rows {
         let mut all = Rows::default();

@@ -298,6 +298,20 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
                 let at = Instant::now();
                 let all = self.replica_mut().gather(&own, "rows")?;
                 self.exchange_seconds += at.elapsed().as_secs_f64();
+                let per_prompt = match rollouts {
+                    Rollouts::References => 1,
+                    Rollouts::Sampled { group } => group,
+                };
+                let (n, workers) = (picked.len(), all.len());
+                let vocab = opd_policy::Policy::vocab_size(self.student());
+                for (r, part) in all.iter().enumerate() {
+                    let share = &picked[r * n / workers..(r + 1) * n / workers];
+                    part.check_share(share, per_prompt, vocab)
+                        .map_err(|detail| crate::parallel::ParallelError::Disagree {
+                            what: "rows",
+                            detail: format!("worker {r}: {detail}"),
+                        })?;
+                }
                 Rows::concat(all)
             }
             None => self.rollouts(rollouts, &picked)?,

@@ -8,10 +8,20 @@
 //! Requests from many clients are batched on the server: handlers put each request on a
 //! bounded queue, and one scoring thread, which owns the model, takes every queued request
 //! that asks for the same thing (top-k, temperature, full log-probs) up to `batch_rows`
-//! sequences and scores them in one call. A full queue is answered at once with 503 and
+//! sequences whose padded batch fits the model's context and scores them in one call (a valid
+//! request is never failed by another's). A full queue is answered at once with 503 and
 //! `Retry-After` (back-pressure); every malformed request with a JSON 4xx naming the field.
+//!
+//! Limits for a server left running where others can reach it, as vLLM's operators know them:
+//! at most `max_logprobs` top entries a position (vLLM's `--max-logprobs`, default 20), tokens
+//! per request, a temperature floor; a deadline per request, and a request whose client left is
+//! not scored; bodies read a few at a time, with a time limit, and parsed and answered off the
+//! async workers; connections capped, and closed when their headers do not arrive in time or
+//! they sit idle; the token compared in constant time. After a burst the scorer hands the
+//! memory it freed back to the system.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -27,9 +37,19 @@ use opd_teachers::remote::protocol::{
     ErrorBody, ErrorDetail, MAX_FULL_VOCAB, ModelInfo, ScoreRequest, ScoreResponse, Scored,
     token_table_crc32,
 };
-use tokio::sync::{mpsc, oneshot};
+use subtle::ConstantTimeEq;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
+mod http;
 mod vllm;
+
+pub use http::serve;
+
+/// The lowest temperature a request may ask for: below it `z / τ` leaves f32's range.
+pub const MIN_TEMPERATURE: f64 = 1e-2;
+
+/// Most values of full log-probs one request may ask for (`response tokens × vocabulary`).
+pub const MAX_FULL_VALUES: usize = 1 << 22;
 
 /// Limits and sizes of a server.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,16 +58,34 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Most sequences in one request. Default 256.
     pub max_sequences: usize,
-    /// Most tokens (context + response) of one sequence; the model's context at most.
+    /// Most token slots of one request's padded batch (longest context + longest response);
+    /// the model's context at most.
     pub max_tokens: usize,
-    /// Largest request body. Default 64 MiB.
+    /// Most tokens of one request, all its sequences together (and of one `/detokenize`).
+    /// Default 65,536.
+    pub max_request_tokens: usize,
+    /// Most top entries one position may ask for (`top_k`, `prompt_logprobs`), as vLLM's
+    /// `--max-logprobs`. Default 20.
+    pub max_logprobs: usize,
+    /// Largest request body. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Request bodies read at once; others wait their turn. Default 4.
+    pub concurrent_bodies: usize,
     /// Requests waiting to be scored before new ones get 503. Default 64.
     pub queue: usize,
     /// Sequences scored together, across requests. Default 16.
     pub batch_rows: usize,
     /// Sequences per forward pass. Default 4.
     pub micro_batch: usize,
+    /// How long a request may wait and be scored before it is answered 503. Default 300 s.
+    pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers, or sit idle between requests,
+    /// and to send its body. Default 10 s and 60 s.
+    pub header_timeout: Duration,
+    /// See [`Self::header_timeout`].
+    pub body_timeout: Duration,
+    /// Connections open at once; more are closed as they arrive. Default 256.
+    pub max_connections: usize,
 }
 
 impl ServeOptions {
@@ -57,10 +95,17 @@ impl ServeOptions {
             token: None,
             max_sequences: 256,
             max_tokens: max_context,
-            max_body_bytes: 64 << 20,
+            max_request_tokens: 1 << 16,
+            max_logprobs: 20,
+            max_body_bytes: 16 << 20,
+            concurrent_bodies: 4,
             queue: 64,
             batch_rows: 16,
             micro_batch: 4,
+            request_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 256,
         }
     }
 }
@@ -109,6 +154,19 @@ impl IntoResponse for ApiError {
 struct Job {
     request: ScoreRequest,
     reply: oneshot::Sender<Result<ScoreResponse, ApiError>>,
+    /// When the client stops waiting for it.
+    deadline: Instant,
+}
+
+impl Job {
+    /// Its padded batch: the longest context and the longest response.
+    fn widths(&self) -> (usize, usize) {
+        let s = &self.request.sequences;
+        (
+            s.iter().map(|s| s.context.len()).max().unwrap_or(0),
+            s.iter().map(|s| s.response.len()).max().unwrap_or(0),
+        )
+    }
 }
 
 /// What the handlers share.
@@ -118,6 +176,8 @@ pub struct ServerState {
     queue: mpsc::Sender<Job>,
     /// For the vLLM-compatible endpoints' texts.
     tokenizer: ChatTokenizer,
+    /// Turns for reading a request body.
+    bodies: Semaphore,
 }
 
 impl ServerState {
@@ -144,13 +204,18 @@ impl ServerState {
             max_context: model.max_context(),
         };
         let (queue, jobs) = mpsc::channel(options.queue.max(1));
-        let (batch_rows, micro_batch) = (options.batch_rows.max(1), options.micro_batch.max(1));
+        let sizes = BatchSizes {
+            rows: options.batch_rows.max(1),
+            micro_batch: options.micro_batch.max(1),
+            slots: options.max_tokens.min(info.max_context),
+        };
         std::thread::Builder::new()
             .name("opd-serve-scorer".into())
-            .spawn(move || score_jobs(model, jobs, batch_rows, micro_batch))
+            .spawn(move || score_jobs(model, jobs, sizes))
             .expect("a thread starts");
         Arc::new(Self {
             info,
+            bodies: Semaphore::new(options.concurrent_bodies.max(1)),
             options,
             queue,
             tokenizer: tokenizer.clone(),
@@ -161,19 +226,30 @@ impl ServerState {
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
+
+    /// Whether the scoring thread is alive (`GET /health`).
+    pub fn is_ready(&self) -> bool {
+        !self.queue.is_closed()
+    }
 }
 
-/// The scoring thread: takes the queued requests that ask for the same scores, up to
-/// `batch_rows` sequences, and scores them together.
-fn score_jobs<B: Backend>(
-    model: Llama<B>,
-    mut jobs: mpsc::Receiver<Job>,
-    batch_rows: usize,
+/// How the scoring thread batches: sequences together, per forward, token slots of a batch.
+#[derive(Debug, Clone, Copy)]
+struct BatchSizes {
+    rows: usize,
     micro_batch: usize,
-) {
+    slots: usize,
+}
+
+/// The scoring thread: drops the requests whose client left or whose deadline passed, takes
+/// the queued requests that ask for the same scores and whose padded batch fits, up to
+/// `sizes.rows` sequences, and scores them together; when nothing waits, hands freed memory
+/// back to the system.
+fn score_jobs<B: Backend>(model: Llama<B>, mut jobs: mpsc::Receiver<Job>, sizes: BatchSizes) {
     let mut waiting: Vec<Job> = Vec::new();
     loop {
         if waiting.is_empty() {
+            opd_policy::allocator::release();
             match jobs.blocking_recv() {
                 Some(job) => waiting.push(job),
                 None => return,
@@ -182,16 +258,23 @@ fn score_jobs<B: Backend>(
         while let Ok(job) = jobs.try_recv() {
             waiting.push(job);
         }
+        let now = Instant::now();
+        waiting.retain(|job| !job.reply.is_closed() && job.deadline > now);
+        if waiting.is_empty() {
+            continue;
+        }
         // The first request's kind, and every waiting request of that kind that fits.
         let key = |r: &ScoreRequest| (r.top_k, r.temperature.to_bits(), r.full);
         let first = key(&waiting[0].request);
-        let mut rows = 0;
+        let (mut rows, mut context, mut response) = (0, 0, 0);
         let mut taken = Vec::new();
         let mut rest = Vec::new();
         for job in waiting.drain(..) {
             let n = job.request.sequences.len();
-            if key(&job.request) == first && (taken.is_empty() || rows + n <= batch_rows) {
-                rows += n;
+            let (c, r) = job.widths();
+            let fits = rows + n <= sizes.rows && context.max(c) + response.max(r) <= sizes.slots;
+            if key(&job.request) == first && (taken.is_empty() || fits) {
+                (rows, context, response) = (rows + n, context.max(c), response.max(r));
                 taken.push(job);
             } else {
                 rest.push(job);
@@ -199,7 +282,14 @@ fn score_jobs<B: Backend>(
         }
         waiting = rest;
         let requests: Vec<&ScoreRequest> = taken.iter().map(|j| &j.request).collect();
-        let mut answers = score_together(&model, &requests, micro_batch);
+        let mut answers = score_together(&model, &requests, sizes.micro_batch);
+        if requests.len() > 1 && answers.iter().any(Result::is_err) {
+            // One request's failure is its own: score each alone.
+            answers = requests
+                .iter()
+                .flat_map(|r| score_together(&model, &[r], sizes.micro_batch))
+                .collect();
+        }
         for (job, answer) in taken.into_iter().zip(answers.drain(..)) {
             let _ = job.reply.send(answer);
         }
@@ -340,18 +430,22 @@ fn check(request: &ScoreRequest, state: &ServerState) -> Result<(), ApiError> {
             format!("{n} sequences: expected 1 to {}", limits.max_sequences),
         ));
     }
-    if !(request.temperature.is_finite() && request.temperature > 0.0) {
+    if !(request.temperature.is_finite() && request.temperature >= MIN_TEMPERATURE) {
         return Err(ApiError::field(
             "temperature",
-            format!("{}: expected a finite number > 0", request.temperature),
+            format!(
+                "{}: expected a finite number ≥ {MIN_TEMPERATURE}",
+                request.temperature
+            ),
         ));
     }
-    if request.top_k > info.vocab_size {
+    let most = limits.max_logprobs.min(info.vocab_size);
+    if request.top_k > most {
         return Err(ApiError::field(
             "top_k",
             format!(
-                "{}: at most the vocabulary, {}",
-                request.top_k, info.vocab_size
+                "{}: at most {most} (the server's --max-logprobs, and the vocabulary)",
+                request.top_k
             ),
         ));
     }
@@ -365,7 +459,37 @@ fn check(request: &ScoreRequest, state: &ServerState) -> Result<(), ApiError> {
             ),
         ));
     }
+    let tokens: usize = request
+        .sequences
+        .iter()
+        .map(|s| s.context.len() + s.response.len())
+        .sum();
+    if tokens > limits.max_request_tokens {
+        return Err(ApiError::field(
+            "sequences",
+            format!(
+                "{tokens} tokens in all: at most {} a request (the server's \
+                 --max-request-tokens)",
+                limits.max_request_tokens
+            ),
+        ));
+    }
+    let response_tokens: usize = request.sequences.iter().map(|s| s.response.len()).sum();
+    if request.full && response_tokens * info.vocab_size > MAX_FULL_VALUES {
+        return Err(ApiError::field(
+            "full",
+            format!(
+                "{response_tokens} response tokens × {} log-probs: at most {MAX_FULL_VALUES} \
+                 values a request",
+                info.vocab_size
+            ),
+        ));
+    }
     let limit = limits.max_tokens.min(info.max_context);
+    let width = |part: fn(&opd_teachers::remote::protocol::Sequence) -> usize| {
+        request.sequences.iter().map(part).max().unwrap_or(0)
+    };
+    let slots = width(|s| s.context.len()) + width(|s| s.response.len());
     for (i, s) in request.sequences.iter().enumerate() {
         for (part, ids) in [("context", &s.context), ("response", &s.response)] {
             if ids.is_empty() {
@@ -392,6 +516,15 @@ fn check(request: &ScoreRequest, state: &ServerState) -> Result<(), ApiError> {
             ));
         }
     }
+    if slots > limit {
+        return Err(ApiError::field(
+            "sequences",
+            format!(
+                "the longest context plus the longest response is {slots} tokens: at most \
+                 {limit} (sequences are scored as one padded batch; send them apart)"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -405,7 +538,7 @@ fn authorize(headers: &HeaderMap, state: &ServerState) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(given) if given == token => Ok(()),
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "a bearer token is required (Authorization: Bearer …)",
@@ -421,66 +554,132 @@ async fn model_info(State(state): State<Arc<ServerState>>, headers: HeaderMap) -
     }
 }
 
+/// `GET /health`: 200 while the scorer runs, 503 once it has stopped (no token needed).
+async fn health(State(state): State<Arc<ServerState>>) -> StatusCode {
+    match state.is_ready() {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 async fn score_handler(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<axum::Json<ScoreResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&headers, &state)?;
     let request: ScoreRequest = parse(&state, body).await?;
     check(&request, &state)?;
-    Ok(axum::Json(scored(&state, request).await?))
+    json(scored(&state, request).await?).await
 }
 
-/// Puts a checked request on the queue and waits for its scores.
+/// `value` as a JSON answer, serialised on a blocking thread (a large answer does not hold
+/// up the async workers).
+async fn json<T: serde::Serialize + Send + 'static>(value: T) -> Result<Response, ApiError> {
+    let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&value))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e, None))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
+/// Puts a checked request on the queue and waits for its scores, at most the request
+/// timeout (the scorer drops it then, and drops it too when this wait is abandoned: the
+/// client left).
 async fn scored(state: &ServerState, request: ScoreRequest) -> Result<ScoreResponse, ApiError> {
     let (reply, answer) = oneshot::channel();
-    state.queue.try_send(Job { request, reply }).map_err(|e| {
+    let timeout = state.options.request_timeout;
+    let deadline = Instant::now() + timeout;
+    let job = Job {
+        request,
+        reply,
+        deadline,
+    };
+    state.queue.try_send(job).map_err(|e| {
         let why = match e {
             mpsc::error::TrySendError::Full(_) => "the queue is full: retry shortly",
             mpsc::error::TrySendError::Closed(_) => "the scorer has stopped",
         };
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why, None)
     })?;
-    answer.await.map_err(|_| {
-        ApiError::new(
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) if Instant::now() >= deadline => Err(late(timeout)),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the scorer stopped before answering",
             None,
-        )
-    })?
+        )),
+        Err(_) => Err(late(timeout)),
+    }
 }
 
-/// The request body, at most `max_body_bytes`, parsed as `T` (400 with serde's message, which
-/// names the field).
-async fn parse<T: serde::de::DeserializeOwned>(
+fn late(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "not scored within the server's request timeout ({} s): retry later",
+            timeout.as_secs()
+        ),
+        None,
+    )
+}
+
+/// The request body, at most `max_body_bytes`, read in one of the server's turns for bodies
+/// within the body timeout, and parsed as `T` on a blocking thread (400 with serde's message,
+/// which names the field).
+async fn parse<T: serde::de::DeserializeOwned + Send + 'static>(
     state: &ServerState,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, state.options.max_body_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
+    let limit = state.options.max_body_bytes;
+    let timeout = state.options.body_timeout;
+    let read = async {
+        let _turn = state.bodies.acquire().await;
+        axum::body::to_bytes(body, limit).await
+    };
+    let bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the body is larger than {} bytes, or was cut off",
-                    state.options.max_body_bytes
-                ),
+                format!("the body is larger than {limit} bytes, or was cut off"),
+                None,
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {} s", timeout.as_secs()),
+                None,
+            ));
+        }
+    };
+    tokio::task::spawn_blocking(move || serde_json::from_slice::<T>(&bytes))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("not a request of this endpoint: {e}"),
                 None,
             )
-        })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("not a request of this endpoint: {e}"),
-            None,
-        )
-    })
+        })
 }
 
-/// The routes: `GET /v1/model`, `POST /v1/score`; anything else 404 with a JSON body.
+/// The routes: `GET /health`, `GET /v1/model`, `POST /v1/score`, and vLLM's; anything else
+/// 404 with a JSON body.
 pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
+        .route("/health", get(health))
         .route("/v1/model", get(model_info))
         .route("/v1/score", post(score_handler))
         .route("/v1/models", get(vllm::models))
@@ -489,22 +688,11 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such route: GET /v1/model, POST /v1/score, GET /v1/models, \
+                "no such route: GET /health, GET /v1/model, POST /v1/score, GET /v1/models, \
                  POST /v1/completions, POST /detokenize",
                 None,
             )
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-/// Serves `state` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<ServerState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use opd_teachers::remote::protocol::{ScoreRequest, Sequence};
 use opd_teachers::remote::vllm;
+use opd_teachers::remote::vllm::DetokenizeRequest;
 
-use super::{ApiError, ServerState, authorize, check, parse, scored};
+use super::{ApiError, ServerState, authorize, check, json, parse, scored};
 
 /// `GET /v1/models`, as the OpenAI API and vLLM answer it.
 pub(super) async fn models(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
@@ -34,9 +35,19 @@ pub(super) async fn detokenize(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<axum::Json<vllm::DetokenizeResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&headers, &state)?;
-    let request: vllm::DetokenizeRequest = parse(&state, body).await?;
+    let request: DetokenizeRequest = parse(&state, body).await?;
+    let most = state.options.max_request_tokens;
+    if request.tokens.len() > most {
+        return Err(ApiError::field(
+            "tokens",
+            format!(
+                "{} tokens: at most {most} (the server's --max-request-tokens)",
+                request.tokens.len()
+            ),
+        ));
+    }
     if let Some(id) = request
         .tokens
         .iter()
@@ -54,7 +65,7 @@ pub(super) async fn detokenize(
         .tokenizer
         .decode(&request.tokens, false)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
-    Ok(axum::Json(vllm::DetokenizeResponse { prompt }))
+    json(vllm::DetokenizeResponse { prompt }).await
 }
 
 /// `POST /v1/completions` for prompt log-probs, as vLLM answers it (see
@@ -64,7 +75,7 @@ pub(super) async fn completions(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<axum::Json<vllm::CompletionResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     authorize(&headers, &state)?;
     let request: vllm::CompletionRequest = parse(&state, body).await?;
     if request.max_tokens > 1 {
@@ -148,10 +159,11 @@ pub(super) async fn completions(
             }
         })
         .collect();
-    Ok(axum::Json(vllm::CompletionResponse {
+    json(vllm::CompletionResponse {
         id: "cmpl-opd".into(),
         object: "text_completion".into(),
         model: state.info.name.clone(),
         choices,
-    }))
+    })
+    .await
 }

@@ -52,6 +52,9 @@ pub struct RemoteOptions {
     pub timeout: Duration,
     /// How long a request is retried while the server is unreachable or busy. Default 300 s.
     pub wait: Duration,
+    /// The largest answer read, in bytes (a top-64 answer takes about 1 KiB a token).
+    /// Default 256 MiB.
+    pub max_answer_bytes: u64,
 }
 
 impl RemoteOptions {
@@ -63,6 +66,7 @@ impl RemoteOptions {
             token: None,
             timeout: Duration::from_secs(120),
             wait: Duration::from_secs(300),
+            max_answer_bytes: 256 << 20,
         }
     }
 }
@@ -94,6 +98,13 @@ impl Remote {
         student_tokenizer: &ChatTokenizer,
         vocab_size: usize,
     ) -> Result<Self> {
+        if options.token.is_some() && sends_in_clear(&options.url) {
+            tracing::warn!(
+                "teacher {}: the bearer token travels unencrypted over plain HTTP to another \
+                 machine; use an https:// URL (or a tunnel)",
+                options.url
+            );
+        }
         let mut client = Client {
             agent: ureq::AgentBuilder::new().timeout(options.timeout).build(),
             options,
@@ -186,8 +197,9 @@ impl Client {
     }
 
     /// One call, retried while it may yet pass: the server unreachable, 429, 503 or another
-    /// 5xx, with backoff from 0.5 s doubling to 30 s (or the server's `Retry-After`), for up to
-    /// `wait`. A 4xx other than 429 fails at once with the server's message.
+    /// 5xx, with backoff from 0.5 s doubling to 30 s (or the server's `Retry-After`, held
+    /// within [`RETRY_AFTER`]), for up to `wait`. A 4xx other than 429 fails at once with the
+    /// server's message.
     fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -208,9 +220,7 @@ impl Client {
             };
             let retry_after = match sent {
                 Ok(response) => {
-                    let text = response
-                        .into_string()
-                        .map_err(|e| self.error(format!("reading the answer to {path}: {e}")))?;
+                    let text = self.read_answer(response, path)?;
                     self.received
                         .fetch_add(text.len() as u64, Ordering::Relaxed);
                     return serde_json::from_str(&text).map_err(|e| {
@@ -220,9 +230,12 @@ impl Client {
                 Err(ureq::Error::Status(code, response)) if code == 429 || code >= 500 => {
                     let seconds = response
                         .header("Retry-After")
-                        .and_then(|s| s.parse::<u64>().ok());
+                        .and_then(|s| s.trim().parse::<u64>().ok());
                     let why = format!("{code} {}", response.into_string().unwrap_or_default());
-                    (seconds.map(Duration::from_secs), why)
+                    let pause = seconds.map(|s| {
+                        Duration::from_secs(s).clamp(*RETRY_AFTER.start(), *RETRY_AFTER.end())
+                    });
+                    (pause, why)
                 }
                 Err(ureq::Error::Status(code, response)) => {
                     let body = response.into_string().unwrap_or_default();
@@ -238,7 +251,7 @@ impl Client {
             };
             let (wait, why) = retry_after;
             let pause = wait.unwrap_or(delay);
-            if start.elapsed() + pause > self.options.wait {
+            if start.elapsed().saturating_add(pause) > self.options.wait {
                 return Err(self.error(format!(
                     "{path} failed for {:.0} s, longer than the {:.0} s a run waits for its \
                      teacher: {why}",
@@ -251,10 +264,35 @@ impl Client {
                 pause.as_secs_f64()
             );
             std::thread::sleep(pause);
-            delay = (delay * 2).min(Duration::from_secs(30));
+            delay = delay.saturating_mul(2).min(Duration::from_secs(30));
         }
     }
+
+    /// The answer's body as text, at most `max_answer_bytes` (else an error naming the
+    /// setting).
+    fn read_answer(&self, response: ureq::Response, path: &str) -> Result<String> {
+        use std::io::Read;
+        let most = self.options.max_answer_bytes;
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .take(most.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.error(format!("reading the answer to {path}: {e}")))?;
+        if bytes.len() as u64 > most {
+            return Err(self.error(format!(
+                "the answer to {path} is larger than {most} bytes (`max_answer_bytes`): \
+                 send fewer rows a request (a smaller micro_batch) or raise the limit"
+            )));
+        }
+        String::from_utf8(bytes)
+            .map_err(|e| self.error(format!("the answer to {path} is not UTF-8: {e}")))
+    }
 }
+
+/// The range a server's `Retry-After` is held within: no busy loop, no wait of days.
+pub const RETRY_AFTER: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(60);
 
 impl<B: AutodiffBackend> Teacher<B> for Remote {
     fn outputs(
@@ -384,9 +422,31 @@ impl<B: AutodiffBackend> Teacher<B> for Remote {
     }
 }
 
+/// Whether `url` is plain HTTP to a host other than this machine.
+fn sends_in_clear(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    !matches!(host, "localhost" | "127.0.0.1" | "[::1]") && !host.starts_with("127.")
+}
+
+/// How far above 0 (or out of order) a log-prob may sit from float rounding on the server.
+const LOG_PROB_SLACK: f32 = 1e-4;
+
+/// Whether `v` can be a log-prob: finite and ≤ 0 (within rounding).
+fn is_log_prob(v: f32) -> bool {
+    v.is_finite() && v <= LOG_PROB_SLACK
+}
+
 impl Remote {
     /// The answer has one result per sequence and one entry per response token, of the sizes
-    /// asked for, with ids inside the vocabulary.
+    /// asked for, with ids inside the vocabulary, log-probs finite and ≤ 0, and each top-k
+    /// most likely first.
     fn check(
         &self,
         answer: &ScoreResponse,
@@ -420,6 +480,23 @@ impl Remote {
                     "result {b} does not match its request ({len} response tokens, top_k \
                      {top_k}{})",
                     if full { ", full log-probs" } else { "" }
+                )));
+            }
+            let values = scored
+                .logprobs
+                .iter()
+                .chain(scored.top_logprobs.iter().flatten())
+                .chain(scored.full_logprobs.iter().flatten());
+            if let Some(bad) = values.copied().find(|&v| !is_log_prob(v)) {
+                return Err(self.client.error(format!(
+                    "result {b} holds the log-prob {bad}: expected finite values ≤ 0"
+                )));
+            }
+            let sorted = |row: &Vec<f32>| row.windows(2).all(|w| w[0] >= w[1] - LOG_PROB_SLACK);
+            if let Some(t) = scored.top_logprobs.iter().position(|row| !sorted(row)) {
+                return Err(self.client.error(format!(
+                    "result {b}, position {t}: its top-k log-probs are not sorted, most \
+                     likely first"
                 )));
             }
         }

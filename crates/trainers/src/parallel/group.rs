@@ -9,6 +9,7 @@ use std::time::Duration;
 use burn::tensor::backend::{Backend, Device, DeviceId};
 
 use super::ParallelError;
+use super::handshake::NodeSecret;
 use super::replica::Replica;
 
 /// Where the workers of a run are.
@@ -20,9 +21,12 @@ pub struct Topology {
     pub nodes: usize,
     /// This process's index among the nodes (0 writes the run folder).
     pub node_rank: usize,
-    /// Node 0's address, `HOST:PORT`: node 0 listens there and the other nodes connect to
-    /// it; needed when `nodes > 1`.
+    /// Node 0's address, `HOST:PORT`: node 0 listens there (that address only) and the
+    /// other nodes connect to it; needed when `nodes > 1`.
     pub orchestrator: Option<String>,
+    /// The secret every node proves before node 0 trusts it (and node 0 proves to it); needed
+    /// when `nodes > 1`. Never written to the run folder.
+    pub secret: Option<NodeSecret>,
     /// How long a worker waits for the others at an exchange before it stops with
     /// [`ParallelError::Timeout`].
     pub timeout: Duration,
@@ -36,6 +40,7 @@ impl Topology {
             nodes: 1,
             node_rank: 0,
             orchestrator: None,
+            secret: None,
             timeout,
         }
     }
@@ -70,6 +75,13 @@ impl Topology {
             return bad(
                 "parallel.orchestrator",
                 "several nodes need node 0's address (HOST:PORT)",
+            );
+        }
+        if self.nodes > 1 && self.secret.is_none() {
+            return bad(
+                "parallel.secret_file",
+                "several nodes need a shared secret: the environment's OPD_NODE_SECRET or a \
+                 file named by parallel.secret_file, the same on every node",
             );
         }
         if self.timeout.is_zero() {

@@ -67,14 +67,13 @@ impl<B: Backend> Exchanger<B> {
                     burn_collective::register::<B>(self.peer, device, config)
                         .map_err(Failure::Collective)?;
                 }
-                if let Some(address) = t
-                    .orchestrator
-                    .as_ref()
-                    .filter(|_| t.nodes > 1 && self.local == 0)
-                {
+                if t.nodes > 1 && self.local == 0 {
+                    let (Some(address), Some(secret)) = (&t.orchestrator, &t.secret) else {
+                        unreachable!("Topology::check requires both for several nodes")
+                    };
                     let deadline = Instant::now() + t.timeout;
                     self.star = Some(
-                        Star::join(address, t.node_rank, t.nodes, deadline)
+                        Star::join(address, secret, (t.node_rank, t.nodes), deadline, t.timeout)
                             .map_err(Failure::Node)?,
                     );
                 }

@@ -16,12 +16,14 @@
 //! - the step's telemetry is gathered, so metrics and the collapse watch agree.
 
 mod group;
+mod handshake;
 mod link;
 mod nodes;
 mod replica;
 mod wire;
 
 pub use group::{Group, Topology, WorkerFailure, worker_device};
+pub use handshake::NodeSecret;
 pub use replica::Replica;
 
 use thiserror::Error;

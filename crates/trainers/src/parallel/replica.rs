@@ -100,10 +100,9 @@ impl<B: Backend> Replica<B> {
         high[rank] = (bytes.len() >> 20) as f32;
         lengths.extend(high);
         let summed = self.sum_host(lengths, what)?;
+        let lengths = gathered_lengths(&summed, rank, bytes.len())
+            .map_err(|problem| self.refused(what, problem))?;
         let w = self.workers;
-        let lengths: Vec<usize> = (0..w)
-            .map(|r| summed[r] as usize + ((summed[w + r] as usize) << 20))
-            .collect();
         let at = offsets(&lengths);
         let total = at[w - 1] + lengths[w - 1].div_ceil(2);
         let mut floats = vec![0.0f32; total];
@@ -113,7 +112,8 @@ impl<B: Backend> Replica<B> {
         (0..w)
             .map(|r| {
                 let end = at[r] + lengths[r].div_ceil(2);
-                let bytes = unpack(&gathered[at[r]..end], lengths[r]);
+                let bytes = unpack(&gathered[at[r]..end], lengths[r])
+                    .map_err(|problem| self.refused(what, format!("worker {r}: {problem}")))?;
                 rmp_serde::from_slice(&bytes).map_err(|e| self.refused(what, e.to_string()))
             })
             .collect()
@@ -151,5 +151,71 @@ impl<B: Backend> Replica<B> {
             what,
             problem,
         }
+    }
+}
+
+/// Most bytes one gather may hold, all workers together.
+const MAX_GATHER_BYTES: usize = 1 << 30;
+
+/// Every worker's byte count from the summed halves (`[low; W] ++ [high; W]`), checked before
+/// anything is allocated from them: whole numbers in range, this worker's own count where it
+/// put it, at most [`MAX_GATHER_BYTES`] in all.
+fn gathered_lengths(summed: &[f32], rank: usize, own: usize) -> Result<Vec<usize>, String> {
+    let w = summed.len() / 2;
+    let whole = |v: f32, below: f32| v.is_finite() && v >= 0.0 && v < below && v.fract() == 0.0;
+    let mut lengths = Vec::with_capacity(w);
+    for r in 0..w {
+        let (low, high) = (summed[r], summed[w + r]);
+        if !whole(low, (1 << 20) as f32) || !whole(high, (1 << 20) as f32) {
+            return Err(format!(
+                "worker {r} announced a size of ({low}, {high}) halves"
+            ));
+        }
+        lengths.push(low as usize + ((high as usize) << 20));
+    }
+    if lengths[rank] != own {
+        return Err(format!(
+            "this worker's size came back as {} bytes, not {own}",
+            lengths[rank]
+        ));
+    }
+    let total: usize = lengths.iter().sum();
+    if total > MAX_GATHER_BYTES {
+        return Err(format!(
+            "the workers announced {total} bytes in all, more than {MAX_GATHER_BYTES}"
+        ));
+    }
+    Ok(lengths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gathered_lengths;
+
+    #[test]
+    fn sizes_a_peer_announces_are_checked_before_anything_is_allocated() {
+        assert_eq!(
+            gathered_lengths(&[5.0, 7.0, 0.0, 1.0], 0, 5),
+            Ok(vec![5, 7 + (1 << 20)])
+        );
+        for bad in [
+            [5.0, 3e9, 0.0, 0.0],
+            [5.0, 0.5, 0.0, 0.0],
+            [5.0, -1.0, 0.0, 0.0],
+            [5.0, f32::NAN, 0.0, 0.0],
+        ] {
+            assert!(gathered_lengths(&bad, 0, 5).is_err(), "{bad:?}");
+        }
+        assert!(
+            gathered_lengths(&[6.0, 1.0, 0.0, 0.0], 0, 5)
+                .unwrap_err()
+                .contains("came back")
+        );
+        let huge = [5.0, 0.0, 0.0, 2000.0];
+        assert!(
+            gathered_lengths(&huge, 0, 5)
+                .unwrap_err()
+                .contains("more than")
+        );
     }
 }

@@ -10,14 +10,20 @@ pub(crate) fn pack(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// The first `len` bytes of floats [`pack`] wrote.
-pub(crate) fn unpack(floats: &[f32], len: usize) -> Vec<u8> {
-    let mut bytes: Vec<u8> = floats
-        .iter()
-        .flat_map(|&f| (f as u16).to_le_bytes())
-        .collect();
+/// The first `len` bytes of floats [`pack`] wrote; `Err` when a float is not a whole number
+/// in `0..=65535` (a peer that did not follow the protocol).
+pub(crate) fn unpack(floats: &[f32], len: usize) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::with_capacity(2 * floats.len());
+    for (i, &f) in floats.iter().enumerate() {
+        if !(f.is_finite() && (0.0..=65535.0).contains(&f) && f.fract() == 0.0) {
+            return Err(format!(
+                "value {i} of its bytes is {f}, not a pair of bytes"
+            ));
+        }
+        bytes.extend((f as u16).to_le_bytes());
+    }
     bytes.truncate(len);
-    bytes
+    Ok(bytes)
 }
 
 /// Where each worker's slot starts in the gathered floats, from every worker's byte count.
@@ -55,7 +61,9 @@ mod tests {
             .zip(slot(1, &b))
             .map(|(x, y)| x + y)
             .collect();
-        assert_eq!(unpack(&sum[at[0]..at[1]], a.len()), a);
-        assert_eq!(unpack(&sum[at[1]..], b.len()), b);
+        assert_eq!(unpack(&sum[at[0]..at[1]], a.len()).unwrap(), a);
+        assert_eq!(unpack(&sum[at[1]..], b.len()).unwrap(), b);
+        assert!(unpack(&[65536.0], 2).is_err());
+        assert!(unpack(&[1.5], 2).is_err());
     }
 }
