@@ -110,6 +110,7 @@ fn with_teacher(mut config: RunConfig, path: &Path) -> RunConfig {
         token: None,
         timeout_seconds: None,
         wait_seconds: None,
+        max_answer_mib: None,
     });
     config
 }

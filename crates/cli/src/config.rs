@@ -221,6 +221,9 @@ pub struct TeacherSource {
     /// How long a run waits for an unreachable or busy server before it stops. Default 300.
     #[serde(default)]
     pub wait_seconds: Option<f64>,
+    /// The largest answer the client reads, in MiB. Default 256.
+    #[serde(default)]
+    pub max_answer_mib: Option<u64>,
 }
 
 /// The protocol of a served teacher.
@@ -589,18 +592,22 @@ fn check_teacher(teacher: &TeacherSource) -> std::result::Result<(), String> {
                 ));
             }
             seconds("timeout_seconds", teacher.timeout_seconds)?;
+            if teacher.max_answer_mib == Some(0) {
+                return Err("`teacher.max_answer_mib` = 0: expected at least 1".into());
+            }
             seconds("wait_seconds", teacher.wait_seconds)
         }
         (None, Some(model)) => {
             if teacher.token.is_some()
                 || teacher.timeout_seconds.is_some()
                 || teacher.wait_seconds.is_some()
+                || teacher.max_answer_mib.is_some()
                 || teacher.served_model.is_some()
                 || teacher.protocol != ServedProtocol::Opd
             {
                 return Err(
-                    "`teacher.token`, `timeout_seconds`, `wait_seconds`, `protocol` and \
-                     `served_model` are for a served teacher (`url`)"
+                    "`teacher.token`, `timeout_seconds`, `wait_seconds`, `max_answer_mib`, \
+                     `protocol` and `served_model` are for a served teacher (`url`)"
                         .into(),
                 );
             }

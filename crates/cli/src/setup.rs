@@ -213,6 +213,9 @@ pub fn load_teacher<B: AutodiffBackend + DivergenceBackend>(
     if let Some(seconds) = source.wait_seconds {
         options.wait = Duration::from_secs_f64(seconds);
     }
+    if let Some(mib) = source.max_answer_mib {
+        options.max_answer_bytes = mib.saturating_mul(1 << 20);
+    }
     let remote = Remote::connect(options, tokenizer, student.vocab_size()).map_err(error)?;
     tracing::info!(
         "teacher: {} served at {} (vocabulary checked)",

@@ -628,6 +628,29 @@ fn the_vllm_endpoints_serve_the_same_scores_to_a_vllm_client() {
         );
         assert!(max_diff(&log_probs(x), &log_probs(y)) < 1e-6, "{support:?}");
     }
+    // Every entry has an integer rank, as vLLM's (TRL sorts a position's entries by it): the
+    // top entries 1..=k, the prompt's own token its rank over the whole vocabulary.
+    let raw: serde_json::Value = ureq::post(&format!("{}/v1/completions", server.url()))
+        .send_string(r#"{"prompt": [1, 2, 11, 3, 6, 7], "max_tokens": 1, "prompt_logprobs": 1}"#)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let positions = raw["choices"][0]["prompt_logprobs"].as_array().unwrap();
+    assert!(positions[0].is_null());
+    let mut outside = 0;
+    for position in &positions[1..] {
+        let entries = position.as_object().unwrap();
+        let ranks: Vec<u64> = entries
+            .values()
+            .map(|e| e["rank"].as_u64().unwrap())
+            .collect();
+        assert!(ranks.contains(&1), "{position}");
+        outside += usize::from(ranks.iter().any(|&r| r > 1));
+    }
+    assert!(
+        outside > 0,
+        "a prompt token outside the top 1 has its true rank"
+    );
     // vLLM scores prompts at temperature 1: another is refused, not silently wrong.
     let hot = Request::new(TeacherSupport::TopK(4), 0.5).unwrap();
     match vllm.outputs(&student, &b, &hot) {
@@ -882,4 +905,32 @@ fn limits_refuse_hostile_requests_and_no_client_fails_another() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // What an operator watches: the refusals and the scores, by route and status.
+    let metrics = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let value = |line: &str| -> f64 {
+        let found = metrics.lines().find(|l| l.starts_with(line));
+        found
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        value(r#"opd_requests_total{route="/v1/score",status="400"} "#),
+        4.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"opd_requests_total{route="/v1/score",status="200"} "#),
+        8.0,
+        "{metrics}"
+    );
+    assert_eq!(value("opd_scored_sequences_total "), 8.0, "{metrics}");
+    assert_eq!(value("opd_scored_tokens_total "), 8.0 * 11.0, "{metrics}");
+    assert!(
+        value(r#"opd_request_duration_seconds_bucket{le="+Inf"} "#) >= 14.0,
+        "{metrics}"
+    );
 }

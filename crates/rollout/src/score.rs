@@ -42,6 +42,10 @@ pub struct TopK<B: Backend> {
     pub ids: Tensor<B, 3, Int>,
     /// Their log-probabilities `[B, R, k]` (temperature 1); −∞ at padding positions.
     pub log_probs: Tensor<B, 3>,
+    /// The rank of each response token, `[B, R]`: `1 + |{v : log π(v) > log π(y_t)}|`, counted
+    /// over the whole vocabulary (1 for the most likely; ties share the better rank); 0 at
+    /// padding positions.
+    pub ranks: Tensor<B, 2, Int>,
 }
 
 /// Scores of a batch's response tokens, in its `[B, R]` layout (see
@@ -61,6 +65,8 @@ pub struct TokenScores {
     pub logprobs: Vec<f32>,
     /// With `top_k > 0`: per position, the `k` most likely `(id, log π)`, most likely first.
     pub top_k: Vec<Vec<(u32, f32)>>,
+    /// With `top_k > 0`: each response token's rank ([`TopK::ranks`]).
+    pub ranks: Vec<u32>,
 }
 
 impl<B: Backend> Scores<B> {
@@ -77,7 +83,14 @@ impl<B: Backend> Scores<B> {
                 .convert::<i64>()
                 .into_vec()
                 .unwrap();
-            (k, ids, host(top.log_probs.clone()))
+            let ranks: Vec<i64> = top
+                .ranks
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .into_vec()
+                .unwrap();
+            (k, ids, host(top.log_probs.clone()), ranks)
         });
         batch
             .responses()
@@ -85,20 +98,24 @@ impl<B: Backend> Scores<B> {
             .enumerate()
             .map(|(b, response)| {
                 let positions = b * width..b * width + response.len();
-                let top_k = match &top {
-                    Some((k, ids, lps)) => positions
-                        .clone()
-                        .map(|p| {
-                            (p * k..(p + 1) * k)
-                                .map(|j| (ids[j] as u32, lps[j]))
-                                .collect()
-                        })
-                        .collect(),
-                    None => Vec::new(),
+                let (top_k, ranks) = match &top {
+                    Some((k, ids, lps, ranks)) => (
+                        positions
+                            .clone()
+                            .map(|p| {
+                                (p * k..(p + 1) * k)
+                                    .map(|j| (ids[j] as u32, lps[j]))
+                                    .collect()
+                            })
+                            .collect(),
+                        positions.clone().map(|p| ranks[p] as u32).collect(),
+                    ),
+                    None => (Vec::new(), Vec::new()),
                 };
                 TokenScores {
                     logprobs: logprobs[positions].to_vec(),
                     top_k,
+                    ranks,
                 }
             })
             .collect()
@@ -146,6 +163,7 @@ pub fn score_by<B: Backend>(
     let micro = options.micro_batch.max(1);
     let mut logprobs = vec![0.0f32; rows * width];
     let (mut k, mut top_ids, mut top_lps, mut device) = (0, Vec::new(), Vec::new(), None);
+    let mut ranks = vec![0i64; rows * width];
     for start in (0..rows).step_by(micro) {
         let end = (start + micro).min(rows);
         if batch.responses()[start..end].iter().all(Vec::is_empty) {
@@ -187,11 +205,16 @@ pub fn score_by<B: Backend>(
                     .into_iter()
                     .map(|id| (id, (row[id] as f64 - lse) as f32))
                     .collect();
-                (b * width + t, (row[token] as f64 - lse) as f32, top)
+                let rank = match k {
+                    0 => 0,
+                    _ => 1 + row.iter().filter(|&&z| z > row[token]).count(),
+                };
+                (b * width + t, (row[token] as f64 - lse) as f32, top, rank)
             })
             .collect();
-        for (p, logprob, top) in scored {
+        for (p, logprob, top, rank) in scored {
             logprobs[p] = logprob;
+            ranks[p] = rank as i64;
             for (j, (id, lp)) in top.into_iter().enumerate() {
                 top_ids[p * k + j] = id as i64;
                 top_lps[p * k + j] = lp;
@@ -202,6 +225,7 @@ pub fn score_by<B: Backend>(
     let top_k = (k > 0).then(|| TopK {
         ids: Tensor::from_data(TensorData::new(top_ids, [rows, width, k]), &device),
         log_probs: Tensor::from_data(TensorData::new(top_lps, [rows, width, k]), &device),
+        ranks: Tensor::from_data(TensorData::new(ranks, [rows, width]), &device),
     });
     Ok(Scores {
         logprobs: Tensor::from_data(TensorData::new(logprobs, [rows, width]), &device),
@@ -209,8 +233,9 @@ pub fn score_by<B: Backend>(
     })
 }
 
-/// One position's scores: its flat index `b·R + t`, `log π(y_t)`, and its top-k `(id, log π)`.
-type Scored = (usize, f32, Vec<(usize, f32)>);
+/// One position's scores: its flat index `b·R + t`, `log π(y_t)`, its top-k `(id, log π)`,
+/// and (with a top-k) the token's rank.
+type Scored = (usize, f32, Vec<(usize, f32)>, usize);
 
 /// Indices of the `k` largest entries of `row`, largest first.
 fn top_indices(row: &[f32], k: usize) -> Vec<usize> {

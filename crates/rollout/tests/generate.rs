@@ -460,3 +460,42 @@ fn smollm2_samples_are_well_formed_and_reproducible() {
         batch.stats.decode.as_secs_f64()
     );
 }
+
+/// Each response token's rank counts, over the whole vocabulary, the tokens more likely than
+/// it: checked against the logits of a full forward.
+#[test]
+fn ranks_count_the_more_likely_tokens_of_the_whole_vocabulary() {
+    let (model, tok) = tiny();
+    let params = SamplingParams {
+        temperature: 1.5,
+        max_new_tokens: 12,
+        n: 2,
+        seed: 3,
+        ..SamplingParams::default()
+    };
+    let sequences = generate(&model, &tok, &prompts(), &params)
+        .unwrap()
+        .sequences()
+        .unwrap();
+    let options = ScoreOptions {
+        top_k: 2,
+        ..ScoreOptions::default()
+    };
+    let rows = score(&model, &sequences, options)
+        .unwrap()
+        .to_rows(&sequences);
+    let logits = model.response_logits(&sequences).unwrap();
+    let [_, width, vocab] = logits.dims();
+    let logits: Vec<f32> = logits.into_data().to_vec().unwrap();
+    let mut outside = 0;
+    for (b, (row, response)) in rows.iter().zip(sequences.responses()).enumerate() {
+        assert_eq!(row.ranks.len(), response.len());
+        for (t, &token) in response.iter().enumerate() {
+            let z = &logits[(b * width + t) * vocab..(b * width + t + 1) * vocab];
+            let expected = 1 + z.iter().filter(|&&v| v > z[token as usize]).count() as u32;
+            assert_eq!(row.ranks[t], expected, "row {b}, position {t}");
+            outside += usize::from(expected > 2);
+        }
+    }
+    assert!(outside > 0, "some sampled token lies outside the top 2");
+}

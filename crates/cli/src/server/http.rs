@@ -3,6 +3,7 @@
 //! connection idle between requests, and a graceful stop.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,6 +20,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let options = state.options.clone();
+    let metrics = Arc::clone(&state.metrics);
     let service = TowerToHyperService::new(router(state));
     let open = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -52,8 +54,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
         let connection = graceful.watch(connection);
+        let metrics = Arc::clone(&metrics);
+        metrics.connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = connection.await;
+            metrics.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }

@@ -21,6 +21,7 @@
 //! memory it freed back to the system.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -41,6 +42,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 mod http;
+mod metrics;
 mod vllm;
 
 pub use http::serve;
@@ -178,6 +180,8 @@ pub struct ServerState {
     tokenizer: ChatTokenizer,
     /// Turns for reading a request body.
     bodies: Semaphore,
+    /// What `GET /metrics` reports.
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl ServerState {
@@ -209,12 +213,15 @@ impl ServerState {
             micro_batch: options.micro_batch.max(1),
             slots: options.max_tokens.min(info.max_context),
         };
+        let counters = Arc::new(metrics::Metrics::default());
+        let scored = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("opd-serve-scorer".into())
-            .spawn(move || score_jobs(model, jobs, sizes))
+            .spawn(move || score_jobs(model, jobs, sizes, &scored))
             .expect("a thread starts");
         Arc::new(Self {
             info,
+            metrics: counters,
             bodies: Semaphore::new(options.concurrent_bodies.max(1)),
             options,
             queue,
@@ -245,7 +252,12 @@ struct BatchSizes {
 /// the queued requests that ask for the same scores and whose padded batch fits, up to
 /// `sizes.rows` sequences, and scores them together; when nothing waits, hands freed memory
 /// back to the system.
-fn score_jobs<B: Backend>(model: Llama<B>, mut jobs: mpsc::Receiver<Job>, sizes: BatchSizes) {
+fn score_jobs<B: Backend>(
+    model: Llama<B>,
+    mut jobs: mpsc::Receiver<Job>,
+    sizes: BatchSizes,
+    metrics: &metrics::Metrics,
+) {
     let mut waiting: Vec<Job> = Vec::new();
     loop {
         if waiting.is_empty() {
@@ -291,6 +303,14 @@ fn score_jobs<B: Backend>(model: Llama<B>, mut jobs: mpsc::Receiver<Job>, sizes:
                 .collect();
         }
         for (job, answer) in taken.into_iter().zip(answers.drain(..)) {
+            if answer.is_ok() {
+                let sequences = &job.request.sequences;
+                let tokens: usize = sequences.iter().map(|s| s.response.len()).sum();
+                metrics
+                    .sequences
+                    .fetch_add(sequences.len() as u64, Ordering::Relaxed);
+                metrics.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+            }
             let _ = job.reply.send(answer);
         }
     }
@@ -343,6 +363,7 @@ fn score_together<B: Backend>(
                             .iter()
                             .map(|p| p.iter().map(|(_, lp)| *lp).collect())
                             .collect(),
+                        ranks: row.ranks,
                         full_logprobs: Vec::new(),
                     })
                     .collect::<Vec<_>>())
@@ -362,16 +383,18 @@ fn score_together<B: Backend>(
 }
 
 /// A row's scores from its full log-probs `[R][V]`: each response token's own, and the
-/// `top_k` most likely per position, most likely first.
+/// `top_k` most likely per position, most likely first, with each token's rank.
 fn from_full(full: Vec<Vec<f32>>, response: &[u32], top_k: usize) -> Scored {
     let logprobs = full
         .iter()
         .zip(response)
         .map(|(position, &token)| position[token as usize])
         .collect();
-    let (mut top_ids, mut top_logprobs) = (Vec::new(), Vec::new());
+    let (mut top_ids, mut top_logprobs, mut ranks) = (Vec::new(), Vec::new(), Vec::new());
     if top_k > 0 {
-        for position in &full {
+        for (position, &token) in full.iter().zip(response) {
+            let own = position[token as usize];
+            ranks.push(1 + position.iter().filter(|&&lp| lp > own).count() as u32);
             let mut ids: Vec<u32> = (0..position.len() as u32).collect();
             ids.sort_by(|&a, &b| position[b as usize].total_cmp(&position[a as usize]));
             ids.truncate(top_k);
@@ -383,6 +406,7 @@ fn from_full(full: Vec<Vec<f32>>, response: &[u32], top_k: usize) -> Scored {
         logprobs,
         top_ids,
         top_logprobs,
+        ranks,
         full_logprobs: full,
     }
 }
@@ -554,6 +578,22 @@ async fn model_info(State(state): State<Arc<ServerState>>, headers: HeaderMap) -
     }
 }
 
+/// `GET /metrics` in Prometheus' text format (no token needed: counts only).
+async fn metrics_text(State(state): State<Arc<ServerState>>) -> Response {
+    let capacity = state.queue.max_capacity();
+    let text = state
+        .metrics
+        .render(capacity - state.queue.capacity(), capacity);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// `GET /health`: 200 while the scorer runs, 503 once it has stopped (no token needed).
 async fn health(State(state): State<Arc<ServerState>>) -> StatusCode {
     match state.is_ready() {
@@ -675,11 +715,13 @@ async fn parse<T: serde::de::DeserializeOwned + Send + 'static>(
         })
 }
 
-/// The routes: `GET /health`, `GET /v1/model`, `POST /v1/score`, and vLLM's; anything else
-/// 404 with a JSON body.
+/// The routes: `GET /health`, `GET /metrics`, `GET /v1/model`, `POST /v1/score`, and vLLM's;
+/// anything else 404 with a JSON body.
 pub fn router(state: Arc<ServerState>) -> Router {
+    let counters = Arc::clone(&state.metrics);
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/v1/model", get(model_info))
         .route("/v1/score", post(score_handler))
         .route("/v1/models", get(vllm::models))
@@ -688,11 +730,15 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such route: GET /health, GET /v1/model, POST /v1/score, GET /v1/models, \
-                 POST /v1/completions, POST /detokenize",
+                "no such route: GET /health, GET /metrics, GET /v1/model, POST /v1/score, \
+                 GET /v1/models, POST /v1/completions, POST /detokenize",
                 None,
             )
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            counters,
+            metrics::track,
+        ))
         .with_state(state)
 }

@@ -70,7 +70,7 @@ pub(super) async fn detokenize(
 
 /// `POST /v1/completions` for prompt log-probs, as vLLM answers it (see
 /// [`opd_teachers::remote::vllm`]): nothing is generated (`max_tokens` 0 or 1, the text empty);
-/// the rank of a prompt token outside the top `prompt_logprobs` is not computed (`null`).
+/// every entry carries an integer rank, the prompt token's its true rank over the vocabulary.
 pub(super) async fn completions(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
@@ -103,9 +103,10 @@ pub(super) async fn completions(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let k = request.prompt_logprobs;
+    // A top-k of at least 1 so that the scorer counts every token's rank.
     let score = ScoreRequest {
         sequences,
-        top_k: k,
+        top_k: k.max(1),
         temperature: 1.0,
         full: false,
     };
@@ -123,14 +124,12 @@ pub(super) async fn completions(
             let mut positions = vec![None];
             for (t, &token) in prompt[1..].iter().enumerate() {
                 let mut entries = std::collections::BTreeMap::new();
-                let mut own_rank = None;
                 if k > 0 {
                     for (r, (&id, &logprob)) in scores.top_ids[t]
                         .iter()
                         .zip(&scores.top_logprobs[t])
                         .enumerate()
                     {
-                        own_rank = own_rank.or((id == token).then_some(r + 1));
                         entries.insert(
                             id.to_string(),
                             vllm::PromptLogprob {
@@ -145,7 +144,7 @@ pub(super) async fn completions(
                     token.to_string(),
                     vllm::PromptLogprob {
                         logprob: scores.logprobs[t],
-                        rank: own_rank,
+                        rank: scores.ranks.get(t).map(|&r| r as usize),
                         decoded_token: text(token),
                     },
                 );

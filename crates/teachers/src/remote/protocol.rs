@@ -77,6 +77,10 @@ pub struct Scored {
     /// Their log-probs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_logprobs: Vec<Vec<f32>>,
+    /// With `top_k > 0`: each response token's rank over the whole vocabulary, `1 + |{v :
+    /// log p(v) > log p(ŷ_t)}|` (what vLLM reports as an entry's `rank`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<u32>,
     /// Every log-prob per position, `[R][V]` (with `full`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub full_logprobs: Vec<Vec<f32>>,

@@ -171,6 +171,7 @@ pub fn scored(choice: &Choice, sequence: &Sequence, top_k: usize) -> Option<Scor
         logprobs: Vec::with_capacity(sequence.response.len()),
         top_ids: Vec::new(),
         top_logprobs: Vec::new(),
+        ranks: Vec::new(),
         full_logprobs: Vec::new(),
     };
     for (t, &token) in sequence.response.iter().enumerate() {
@@ -186,6 +187,8 @@ pub fn scored(choice: &Choice, sequence: &Sequence, top_k: usize) -> Option<Scor
             if ranked.len() < top_k {
                 return None;
             }
+            // The sampled token tied with the k-th shares its rank: keep the server's top k.
+            ranked.truncate(top_k);
             out.top_ids
                 .push(ranked.iter().map(|(_, id, _)| *id).collect());
             out.top_logprobs
