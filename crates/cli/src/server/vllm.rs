@@ -111,7 +111,10 @@ pub(super) async fn completions(
         full: false,
     };
     check(&score, &state).map_err(|e| ApiError {
-        field: e.field.map(|f| f.replace("sequences", "prompt")),
+        field: e.field.map(|f| match f.as_str() {
+            "top_k" => "prompt_logprobs".into(),
+            _ => f.replace("sequences", "prompt"),
+        }),
         ..e
     })?;
     let answer = scored(&state, score).await?;
