@@ -80,6 +80,9 @@ enum Command {
 
 fn main() -> ExitCode {
     opd_policy::allocator::tune();
+    if std::env::args().nth(1).as_deref() == Some("serve") {
+        opd_policy::allocator::tune_for_service();
+    }
     use tracing_subscriber::prelude::*;
     // burn's collective layer and transport say each connection at `info`.
     let quiet = tracing_subscriber::filter::Targets::new()

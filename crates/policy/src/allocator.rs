@@ -24,6 +24,18 @@ pub fn tune() {
     }
 }
 
+/// For a long-running service ([`tune`] first): one heap for every thread (`M_ARENA_MAX =
+/// 1`), so that [`release`] can hand back everything freed. Without it, each thread that
+/// parsed a large request keeps an arena whose top `malloc_trim` does not shrink (glibc trims
+/// only the main arena's top, and [`tune`]'s threshold stops `free` from doing it).
+pub fn tune_for_service() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Hands the memory `free` kept (all of it, [`tune`] or not) back to the system: for a
 /// long-running process between bursts, such as `opd serve` when its queue is empty.
 pub fn release() {

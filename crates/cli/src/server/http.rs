@@ -21,6 +21,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let options = state.options.clone();
     let metrics = Arc::clone(&state.metrics);
+    let trimmer = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                let state = Arc::clone(&state);
+                let _ = tokio::task::spawn_blocking(move || state.release_memory()).await;
+            }
+        })
+    };
     let service = TowerToHyperService::new(router(state));
     let open = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -63,6 +74,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    trimmer.abort();
     graceful.shutdown().await;
     Ok(())
 }

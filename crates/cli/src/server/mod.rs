@@ -50,6 +50,10 @@ pub use http::serve;
 /// The lowest temperature a request may ask for: below it `z / τ` leaves f32's range.
 pub const MIN_TEMPERATURE: f64 = 1e-2;
 
+/// A body above this many bytes has the memory its parse took handed back to the system soon
+/// after (see [`ServerState::release_memory`]).
+const LARGE_BODY: usize = 1 << 20;
+
 /// Most values of full log-probs one request may ask for (`response tokens × vocabulary`).
 pub const MAX_FULL_VALUES: usize = 1 << 22;
 
@@ -182,6 +186,9 @@ pub struct ServerState {
     bodies: Semaphore,
     /// What `GET /metrics` reports.
     metrics: Arc<metrics::Metrics>,
+    /// Set when a large body was read: the memory it took goes back to the system over the
+    /// next few ticks of [`serve`] (its handling may outlast the first).
+    trim: std::sync::atomic::AtomicU8,
 }
 
 impl ServerState {
@@ -222,6 +229,7 @@ impl ServerState {
         Arc::new(Self {
             info,
             metrics: counters,
+            trim: std::sync::atomic::AtomicU8::new(0),
             bodies: Semaphore::new(options.concurrent_bodies.max(1)),
             options,
             queue,
@@ -232,6 +240,18 @@ impl ServerState {
     /// The served model's identity.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Hands the memory freed since a large body was read back to the system (called every
+    /// few seconds by [`serve`]; the scorer does the same whenever its queue empties).
+    pub fn release_memory(&self) {
+        let ticks = self.trim.load(Ordering::Relaxed);
+        if ticks > 0 {
+            let _ =
+                self.trim
+                    .compare_exchange(ticks, ticks - 1, Ordering::Relaxed, Ordering::Relaxed);
+            opd_policy::allocator::release();
+        }
     }
 
     /// Whether the scoring thread is alive (`GET /health`).
@@ -458,7 +478,7 @@ fn check(request: &ScoreRequest, state: &ServerState) -> Result<(), ApiError> {
         return Err(ApiError::field(
             "temperature",
             format!(
-                "{}: expected a finite number ≥ {MIN_TEMPERATURE}",
+                "{:e}: expected a finite number ≥ {MIN_TEMPERATURE}",
                 request.temperature
             ),
         ));
@@ -703,6 +723,9 @@ async fn parse<T: serde::de::DeserializeOwned + Send + 'static>(
             ));
         }
     };
+    if bytes.len() > LARGE_BODY {
+        state.trim.store(3, Ordering::Relaxed);
+    }
     tokio::task::spawn_blocking(move || serde_json::from_slice::<T>(&bytes))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
