@@ -2,9 +2,11 @@
 //!
 //! The library behind the `opd` command: run files ([`config::RunConfig`], TOML), what they
 //! name built ([`setup`]), a run driven to the end with metrics, evaluations, checkpoints and
-//! curves ([`run::train`]), learning-curve plots ([`plot`]), and a scoring server for remote
+//! curves ([`run::train`]), learning-curve plots ([`plot`], and [`bands`] for arms over seeds),
+//! and a scoring server for remote
 //! teachers ([`server`]). The examples use it too.
 
+pub mod bands;
 pub mod config;
 pub mod error;
 pub mod folder;
