@@ -22,17 +22,16 @@
 //!    `runs/quickstart/compare.png` (and `.svg`: means with ± sd bands) show the ranking,
 //!    whatever it is.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use opd_cli::RunConfig;
-use opd_cli::bands::{Arm, mean_sd, summary, write_bands};
-use opd_cli::run::{METRICS, RunReport, read_metrics, train};
+use opd_cli::bands::{Arm, accuracy_curve, mean_sd, summary, write_bands};
+use opd_cli::run::{RunReport, train};
+use opd_cli::samples::teacher_samples;
 use opd_cli::setup::tasks;
-use opd_rollout::{SamplingParams, generate};
 use opd_tasks::data::write_jsonl;
-use opd_tasks::{Task, prompt_ids};
 
 type Backend = Autodiff<Flex>;
 
@@ -91,54 +90,6 @@ fn trained(config: &RunConfig) -> RunReport {
         clock.elapsed().as_secs_f64()
     );
     report
-}
-
-/// The teacher samples answers (temperature 1) to the training questions, pass after pass,
-/// until its answers hold `budget` tokens; they become SFT references.
-fn teacher_samples(teacher: &Path, train_tasks: &[Task], budget: u64, out: &Path) -> PathBuf {
-    let (model, tokenizer) =
-        opd_policy::load::<Flex>(teacher, &Default::default()).expect("the teacher loads");
-    let prompts: Vec<Vec<u32>> = train_tasks
-        .iter()
-        .map(|t| prompt_ids(&tokenizer, &t.prompt).expect("a prompt"))
-        .collect();
-    let (mut samples, mut tokens) = (Vec::new(), 0u64);
-    for pass in 0.. {
-        let params = SamplingParams {
-            max_new_tokens: 4,
-            seed: 1000 + pass,
-            ..SamplingParams::default()
-        };
-        let batch = generate(&model, &tokenizer, &prompts, &params).expect("teacher samples");
-        for sample in batch.samples {
-            if tokens >= budget {
-                let path = out.join("teacher-samples.jsonl");
-                write_jsonl(&path, &samples).expect("samples written");
-                return path;
-            }
-            tokens += sample.response_ids.len() as u64;
-            let task = &train_tasks[sample.prompt_index];
-            samples.push(Task {
-                prompt: task.prompt.clone(),
-                reference: Some(sample.text),
-                answer: task.answer.clone(),
-                tests: None,
-                teacher: None,
-            });
-        }
-    }
-    unreachable!("the loop returns once the budget is spent")
-}
-
-/// `(generated tokens, accuracy)` of each evaluation in a run folder (for SFT on teacher
-/// samples the tokens are the teacher's, of the samples trained on so far).
-fn accuracy_curve(dir: &Path) -> Vec<(u64, f64)> {
-    read_metrics(&dir.join(METRICS))
-        .expect("metrics")
-        .iter()
-        .filter_map(|r| r.eval())
-        .map(|e| (e.generated_tokens_total, e.accuracy))
-        .collect()
 }
 
 fn main() {
@@ -205,7 +156,14 @@ fn main() {
     let (train_tasks, test_tasks) = tasks(&arithmetic.data).expect("arithmetic tasks");
     let test_file = root.join("test.jsonl");
     write_jsonl(&test_file, &test_tasks).expect("test written");
-    let samples = teacher_samples(&teacher_final, &train_tasks, BUDGET, root);
+    let samples = teacher_samples::<Flex>(
+        &teacher_final,
+        &train_tasks,
+        (BUDGET, 4),
+        root,
+        &Default::default(),
+    )
+    .expect("teacher samples");
     let sft: Vec<RunReport> = SEEDS
         .iter()
         .map(|&seed| {
@@ -251,7 +209,10 @@ fn main() {
         .iter()
         .map(|(name, seeds)| Arm {
             name,
-            seeds: seeds.iter().map(|run| accuracy_curve(&run.dir)).collect(),
+            seeds: seeds
+                .iter()
+                .map(|run| accuracy_curve(&run.dir).expect("metrics"))
+                .collect(),
         })
         .collect();
     print_table(&arms, TARGET * teacher_accuracy);

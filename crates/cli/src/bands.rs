@@ -7,7 +7,18 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::{CliError, Result};
+use crate::folder::{METRICS, read_metrics};
 use crate::plot::register_system_font;
+
+/// `(generated tokens, accuracy)` of each evaluation in the run folder `dir`, in order (for
+/// SFT on teacher samples the tokens are the teacher's, of the samples trained on so far).
+pub fn accuracy_curve(dir: &Path) -> Result<Vec<(u64, f64)>> {
+    Ok(read_metrics(&dir.join(METRICS))?
+        .iter()
+        .filter_map(|r| r.eval())
+        .map(|e| (e.generated_tokens_total, e.accuracy))
+        .collect())
+}
 
 /// One arm: its name and each seed's `(generated tokens, accuracy)` evaluations, in order.
 pub struct Arm<'a> {

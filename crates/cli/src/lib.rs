@@ -14,6 +14,7 @@ pub mod parallel;
 pub mod plot;
 pub mod record;
 pub mod run;
+pub mod samples;
 pub mod server;
 pub mod setup;
 
