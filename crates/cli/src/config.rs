@@ -588,7 +588,7 @@ fn check_teacher(teacher: &TeacherSource) -> std::result::Result<(), String> {
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
-                    "`teacher.url` = {url:?}: expected http://HOST:PORT"
+                    "`teacher.url` = {url:?}: expected http://HOST:PORT or https://HOST:PORT"
                 ));
             }
             seconds("timeout_seconds", teacher.timeout_seconds)?;
@@ -661,6 +661,32 @@ dir = "runs/x"
 steps = 10
 objective = { method = "grpo", group_size = 4 }
 "#;
+
+    /// What the run folder keeps of a run file (`config.toml`) holds no secret: not the
+    /// teacher's token, not the nodes' secret (only the path of its file).
+    #[test]
+    fn secrets_are_not_written_to_the_run_folder() {
+        let opd = RUN.replace(
+            "objective = { method = \"grpo\", group_size = 4 }",
+            "objective = { method = \"opd\" }",
+        );
+        let text = format!(
+            "{opd}\n[teacher]\nurl = \"https://teacher:8000\"\ntoken = \"s3cret-token\"\n\n\
+             [parallel]\nnodes = 2\norchestrator = \"10.0.0.1:29500\"\n\
+             secret_file = \"/etc/opd/run-secret\"\n"
+        );
+        let config = RunConfig::parse(&text, Path::new("run.toml")).unwrap();
+        assert_eq!(
+            config.teacher.as_ref().unwrap().token.as_deref(),
+            Some("s3cret-token")
+        );
+        let saved = toml::to_string_pretty(&config).unwrap();
+        assert!(!saved.contains("s3cret-token"), "{saved}");
+        assert!(saved.contains("/etc/opd/run-secret"), "{saved}");
+        // The saved file resumes the same run.
+        let again = RunConfig::parse(&saved, Path::new("config.toml")).unwrap();
+        assert_eq!(config.resume_difference(&again), None);
+    }
 
     #[test]
     fn several_teachers_need_distinct_names_and_a_method_that_reads_them() {
