@@ -4,13 +4,14 @@
 //!
 //! Runs experiment `NAME` ([`experiments::NAMES`]) for `SEEDS` seeds (default 3) at `BUDGET`
 //! generated tokens per run (default 2 000), into `runs/results/` (a run already finished
-//! there with the same config is read, not rerun: arms that experiments share are trained
-//! once), and writes into `docs/results/NAME/`: `table.md` (per arm: held-out accuracy, mean ±
+//! there with the same identity, `identity.json`: run file, training code and the bytes of
+//! the model, teacher and data files, is read, not rerun, so arms that experiments share are
+//! trained once; a folder of another identity stops the harness, never deleted), and writes into `docs/results/NAME/`: `table.md` (per arm: held-out accuracy, mean ±
 //! standard deviation over seeds and each seed's; tokens; training seconds; tokens to the
 //! experiment's target; the old tasks after training for `forgetting`; the diagnostics'
 //! first and last steps and the collapse watch's warnings), `curves.png`/`.svg` (mean held-out
 //! accuracy against generated tokens and against training seconds), and each run's exact
-//! `config.toml` and `metrics.jsonl` (with `runs/all.png`, every run's panels). Every number
+//! `config.toml`, `metrics.jsonl` and `identity.json` (with `runs/all.png`, every run's panels). Every number
 //! of `docs/results.md` comes from these files.
 //!
 //! A seed `s` sets the trainer's seed (task order, sampling) and the LoRA adapters' seed; the
@@ -18,6 +19,7 @@
 
 mod experiments;
 mod facts;
+mod identity;
 mod report;
 mod runs;
 
@@ -97,6 +99,7 @@ fn main() {
             for file in ["config.toml", METRICS] {
                 std::fs::copy(dir.join(file), kept.join(file)).expect("copied");
             }
+            std::fs::copy(identity::file_of(&dir), kept.join(identity::IDENTITY)).expect("copied");
             arm_runs.push(run);
         }
         results.push((arm.label, arm_runs));

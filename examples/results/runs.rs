@@ -14,6 +14,8 @@ use opd_rollout::SamplingParams;
 use opd_tasks::Task;
 use opd_trainers::StepMetrics;
 
+use crate::identity::{self, Identity};
+
 type Backend = Autodiff<Flex>;
 
 /// Where every run of every experiment lives: `runs/results/{arm}-{budget}-s{seed}`, so an
@@ -95,8 +97,11 @@ pub fn run_file(path: &str) -> RunConfig {
     RunConfig::from_file(path).expect("a valid run file")
 }
 
-/// Trains `config` unless its folder holds a finished run of the same config; returns what
-/// the run left.
+/// Trains `config` unless its folder holds a finished run of the same [`Identity`] (run file,
+/// training code, and the bytes of the files it reads); resumes one of the same identity that
+/// did not finish from its checkpoint, or, without one, keeps it beside as
+/// `DIR.interrupted-N` and trains again; returns what the run left. A folder holding a run of another identity is
+/// never deleted: the harness stops, naming the folder and what differs.
 pub fn finished(label: &str, config: &RunConfig) -> Finished {
     // The checks `opd train` makes of a run file: a saved config that does not pass them would
     // never compare equal, and the run would be trained again each time.
@@ -104,22 +109,60 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
         .check()
         .unwrap_or_else(|problem| panic!("{label}: {problem}"));
     let dir = &config.output.dir;
-    let saved = RunConfig::from_file(dir.join("config.toml")).ok();
-    let same = saved.as_ref() == Some(config);
-    if !(same && dir.join("final").is_dir()) {
-        if saved.is_some() && !same {
-            println!("  {} holds another config: trained again", dir.display());
+    let identity = Identity::of(config);
+    let saved = Identity::saved(dir);
+    let done = dir.join("final").is_dir();
+    match saved {
+        Some(saved) if saved == identity && done => {}
+        Some(saved) if saved != identity => {
+            eprintln!(
+                "{} holds a run of another identity ({} differ): move it away or remove it, \
+                 then run the experiment again",
+                dir.display(),
+                identity.difference(&saved)
+            );
+            std::process::exit(1);
         }
-        let _ = std::fs::remove_dir_all(dir);
-        let clock = Instant::now();
-        let report = train::<Backend>(config, false, &Default::default()).expect("the run trains");
-        println!(
-            "  {label:<32} {:>4} steps {:>6} tokens  accuracy {:.2}  ({:.0} s)",
-            report.steps,
-            report.generated_tokens,
-            report.evaluation.map_or(f64::NAN, |e| e.accuracy),
-            clock.elapsed().as_secs_f64()
-        );
+        None if dir.exists() => {
+            eprintln!(
+                "{} exists without {} (a run of an earlier harness, or not a run): move it \
+                 away or remove it, then run the experiment again",
+                dir.display(),
+                identity::file_of(dir).display()
+            );
+            std::process::exit(1);
+        }
+        _ => {
+            // A fresh folder, or a run of this identity that stopped before its end.
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).expect("the runs' folder");
+            }
+            identity.save(dir);
+            let resume = opd_trainers::checkpoint::latest_checkpoint(dir).is_some();
+            if dir.exists() && !resume {
+                // Stopped before its first checkpoint: kept beside, and started again.
+                let aside = (1..)
+                    .map(|n| dir.with_file_name(format!("{}.interrupted-{n}", dir_name(dir))))
+                    .find(|p| !p.exists())
+                    .expect("a free name");
+                std::fs::rename(dir, &aside).expect("the interrupted run moved aside");
+                println!(
+                    "  {} stopped before a checkpoint: kept as {}",
+                    dir.display(),
+                    aside.display()
+                );
+            }
+            let clock = Instant::now();
+            let report =
+                train::<Backend>(config, resume, &Default::default()).expect("the run trains");
+            println!(
+                "  {label:<32} {:>4} steps {:>6} tokens  accuracy {:.2}  ({:.0} s)",
+                report.steps,
+                report.generated_tokens,
+                report.evaluation.map_or(f64::NAN, |e| e.accuracy),
+                clock.elapsed().as_secs_f64()
+            );
+        }
     }
     let records = read_metrics(&dir.join(METRICS)).expect("the run's metrics");
     let mut run = Finished {
@@ -129,6 +172,11 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
     };
     run.seconds = run.seconds_at(usize::MAX);
     run
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map_or("run".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Greedy accuracy of the model at `model` on `tasks` (answers of at most 64 tokens, as the
