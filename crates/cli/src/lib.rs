@@ -20,3 +20,8 @@ pub mod setup;
 
 pub use config::RunConfig;
 pub use error::{CliError, Result};
+
+/// The README's Rust examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExamples;
