@@ -10,7 +10,8 @@
 //! standard deviation over seeds and each seed's; tokens; training seconds; tokens to the
 //! experiment's target; the old tasks after training for `forgetting`; the diagnostics'
 //! first and last steps and the collapse watch's warnings), `curves.png`/`.svg` (mean held-out
-//! accuracy against generated tokens and against training seconds), and each run's exact
+//! accuracy against generated tokens and against training seconds), `bands.png`/`.svg` (the
+//! mean over seeds with a ± sd band, base and teacher lines), and each run's exact
 //! `config.toml`, `metrics.jsonl` and `identity.json` (with `runs/all.png`, every run's panels). Every number
 //! of `docs/results.md` comes from these files.
 //!
@@ -25,6 +26,7 @@ mod runs;
 
 use std::path::Path;
 
+use opd_cli::bands::{Arm, write_bands};
 use opd_cli::folder::METRICS;
 use opd_cli::plot::{Curves, write_curves};
 use opd_cli::record::Record;
@@ -130,6 +132,12 @@ fn main() {
     std::fs::write(out.join("table.md"), &table).expect("table.md");
     println!("\n{table}");
     plot(&out.join("curves"), &results).expect("the curves");
+    bands(
+        &out.join("bands"),
+        &results,
+        budget,
+        experiment.target.as_ref(),
+    );
     let labelled: Vec<(String, &[Record])> = results
         .iter()
         .flat_map(|(label, runs)| {
@@ -144,6 +152,44 @@ fn main() {
         .collect();
     write_curves(&curves, &out.join("runs/all")).expect("the runs' curves");
     println!("wrote {}", out.display());
+}
+
+/// `bands.png`/`.svg`: each arm's mean held-out accuracy over seeds with a ± sd band, every
+/// evaluation to each run's end, the base model's accuracy and the teacher's as lines.
+fn bands(stem: &Path, results: &[(&str, Vec<Finished>)], budget: u64, target: Option<&Target>) {
+    let arms: Vec<Arm> = results
+        .iter()
+        .map(|(label, runs)| Arm {
+            name: label,
+            seeds: runs
+                .iter()
+                .map(|r| {
+                    r.evals()
+                        .map(|e| (e.generated_tokens_total, e.accuracy))
+                        .collect()
+                })
+                .collect(),
+        })
+        .collect();
+    // Past every run's end: a run stops at the first step over the budget.
+    let end = results
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(Finished::tokens))
+        .max()
+        .unwrap_or(budget);
+    let marks: Vec<u64> = (0..16).map(|i| i * end / 16).chain([end]).collect();
+    let starts: Vec<f64> = results
+        .iter()
+        .flat_map(|(_, runs)| {
+            runs.iter()
+                .filter_map(|r| r.evals().next().map(|e| e.accuracy))
+        })
+        .collect();
+    let mut references = vec![("base", mean_and_spread(&starts).0)];
+    if let Some(Target::Teacher(accuracy)) = target {
+        references.push(("teacher", *accuracy));
+    }
+    write_bands(&arms, &marks, &references, stem).expect("the bands");
 }
 
 /// `"OPD reverse KL (full)"` → `"opd-reverse-kl-full"`.

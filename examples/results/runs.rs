@@ -116,8 +116,8 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
         Some(saved) if saved == identity && done => {}
         Some(saved) if saved != identity => {
             eprintln!(
-                "{} holds a run of another identity ({} differ): move it away or remove it, \
-                 then run the experiment again",
+                "{} holds a run of another identity (it differs in: {}): move it away or \
+                 remove it, then run the experiment again",
                 dir.display(),
                 identity.difference(&saved)
             );
