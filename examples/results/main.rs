@@ -26,14 +26,14 @@ mod runs;
 
 use std::path::Path;
 
-use opd_cli::bands::{Arm, write_bands};
+use opd_cli::bands::{Arm, mean_sd, write_bands};
 use opd_cli::folder::METRICS;
 use opd_cli::plot::{Curves, write_curves};
 use opd_cli::record::Record;
 
 use experiments::{NAMES, Target, experiment};
 use report::{Goal, plot, table};
-use runs::{Finished, RUNS, accuracy_on, finished, mean_and_spread, with_budget};
+use runs::{Finished, RUNS, accuracy_on, finished, with_budget};
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -120,7 +120,7 @@ fn main() {
                 .filter(|(label, _)| label == arm)
                 .flat_map(|(_, runs)| runs.iter().map(Finished::final_accuracy))
                 .collect();
-            let accuracy = mean_and_spread(&finals).0;
+            let accuracy = mean_sd(&finals).0;
             Goal {
                 accuracy,
                 text: format!("Target: {arm}'s mean final accuracy, {accuracy:.2}."),
@@ -185,7 +185,7 @@ fn bands(stem: &Path, results: &[(&str, Vec<Finished>)], budget: u64, target: Op
                 .filter_map(|r| r.evals().next().map(|e| e.accuracy))
         })
         .collect();
-    let mut references = vec![("base", mean_and_spread(&starts).0)];
+    let mut references = vec![("base", mean_sd(&starts).0)];
     if let Some(Target::Teacher(accuracy)) = target {
         references.push(("teacher", *accuracy));
     }

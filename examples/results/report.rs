@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
+use opd_cli::bands::mean_sd;
 use plotters::prelude::*;
 
-use crate::runs::{Finished, mean_and_spread};
+use crate::runs::Finished;
 
 /// An arm's label and its runs (one per seed).
 pub type Results<'a> = [(&'a str, Vec<Finished>)];
@@ -37,7 +38,7 @@ fn first_and_last(
         firsts.push(values[..n].iter().sum::<f64>() / n as f64);
         lasts.push(values[values.len() - n..].iter().sum::<f64>() / n as f64);
     }
-    (!firsts.is_empty()).then(|| (mean_and_spread(&firsts).0, mean_and_spread(&lasts).0))
+    (!firsts.is_empty()).then(|| (mean_sd(&firsts).0, mean_sd(&lasts).0))
 }
 
 fn arrow(pair: Option<(f64, f64)>, digits: usize) -> String {
@@ -65,7 +66,7 @@ pub fn table(command: &str, goal: Option<&Goal>, old: &[(&str, f64)], results: &
         .collect();
     text += &format!(
         "Before training (the base model: LoRA starts at zero): {:.2}",
-        mean_and_spread(&before).0
+        mean_sd(&before).0
     );
     for (name, before) in old {
         text += &format!("; on the old task {name} {before:.2}");
@@ -86,7 +87,7 @@ pub fn table(command: &str, goal: Option<&Goal>, old: &[(&str, f64)], results: &
     text += &format!("|{}\n", "---|".repeat(columns));
     for (label, runs) in results {
         let accuracy: Vec<f64> = runs.iter().map(Finished::final_accuracy).collect();
-        let (mean, sd) = mean_and_spread(&accuracy);
+        let (mean, sd) = mean_sd(&accuracy);
         let per_seed: Vec<String> = accuracy.iter().map(|a| format!("{a:.2}")).collect();
         let tokens = runs.iter().map(|r| r.tokens() as f64).sum::<f64>() / runs.len() as f64;
         let seconds = runs.iter().map(|r| r.seconds).sum::<f64>() / runs.len() as f64;
@@ -106,7 +107,7 @@ pub fn table(command: &str, goal: Option<&Goal>, old: &[(&str, f64)], results: &
         }
         for i in 0..old.len() {
             let after: Vec<f64> = runs.iter().map(|r| r.old_tasks[i]).collect();
-            let (m, s) = mean_and_spread(&after);
+            let (m, s) = mean_sd(&after);
             let each: Vec<String> = after.iter().map(|a| format!("{a:.2}")).collect();
             text += &format!(" {m:.3} ± {s:.3} | {} |", each.join(", "));
         }

@@ -202,11 +202,3 @@ pub fn accuracy_on(model: &Path, tasks: &[Task], cache: &Path) -> f64 {
     std::fs::write(cache, format!("{}\n", e.accuracy)).expect("the cached accuracy");
     e.accuracy
 }
-
-/// Mean and sample standard deviation.
-pub fn mean_and_spread(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, var.sqrt())
-}

@@ -135,20 +135,11 @@ impl RustTests {
             )
         })?;
         // One grade end to end: the compiler, a static test binary, the jail.
-        let probe = Task {
-            tests: Some("#[test]\nfn probe() { assert_eq!(super::probe(), 1); }".into()),
-            ..Task::default()
-        };
+        let tests = "#[test]\nfn probe() { assert_eq!(super::probe(), 1); }";
         let outcome = tempfile::Builder::new()
             .prefix("opd-rust-")
             .tempdir()
-            .and_then(|dir| {
-                self.grade(
-                    dir.path(),
-                    "fn probe() -> i32 { 1 }",
-                    probe.tests.as_deref().unwrap_or_default(),
-                )
-            });
+            .and_then(|dir| self.grade(dir.path(), "fn probe() -> i32 { 1 }", tests));
         match outcome {
             Ok(outcome) if outcome.correct => Ok(()),
             Ok(outcome) => Err(problem(

@@ -62,7 +62,7 @@ impl Star {
             Ok(Star::Hub { spokes })
         } else {
             // Retry while node 0 is not listening yet; a refused handshake is final.
-            let hub = loop {
+            let mut hub = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match TcpStream::connect_timeout(&target, left.max(Duration::from_millis(1))) {
                     Ok(hub) => break hub,
@@ -72,7 +72,6 @@ impl Star {
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             };
-            let mut hub = hub;
             set_timeouts(&hub, Duration::from_secs(HELLO_SECONDS)).map_err(|e| lost(0, e))?;
             handshake::connect(&mut hub, secret, node, nodes).map_err(|e| lost(0, e))?;
             set_timeouts(&hub, timeout).map_err(|e| lost(0, e))?;
