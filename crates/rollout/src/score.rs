@@ -23,6 +23,9 @@ pub struct ScoreOptions {
     pub top_k: usize,
     /// Temperature `τ` of the scored distribution, `log softmax(z / τ)`; 1 is the policy itself.
     pub temperature: f64,
+    /// Also count each response token's rank over the whole vocabulary ([`Scores::ranks`]):
+    /// one more pass over each position's logits, so off unless asked (a server reports it).
+    pub ranks: bool,
 }
 
 impl Default for ScoreOptions {
@@ -31,6 +34,7 @@ impl Default for ScoreOptions {
             micro_batch: 4,
             top_k: 0,
             temperature: 1.0,
+            ranks: false,
         }
     }
 }
@@ -42,10 +46,6 @@ pub struct TopK<B: Backend> {
     pub ids: Tensor<B, 3, Int>,
     /// Their log-probabilities `[B, R, k]` (temperature 1); −∞ at padding positions.
     pub log_probs: Tensor<B, 3>,
-    /// The rank of each response token, `[B, R]`: `1 + |{v : log π(v) > log π(y_t)}|`, counted
-    /// over the whole vocabulary (1 for the most likely; ties share the better rank); 0 at
-    /// padding positions.
-    pub ranks: Tensor<B, 2, Int>,
 }
 
 /// Scores of a batch's response tokens, in its `[B, R]` layout (see
@@ -56,6 +56,10 @@ pub struct Scores<B: Backend> {
     pub logprobs: Tensor<B, 2>,
     /// With `top_k > 0`, the top-k of every position.
     pub top_k: Option<TopK<B>>,
+    /// With [`ScoreOptions::ranks`], the rank of each response token, `[B, R]`: `1 + |{v :
+    /// log π(v) > log π(y_t)}|` over the whole vocabulary (1 for the most likely; ties share
+    /// the better rank); 0 at padding positions.
+    pub ranks: Option<Tensor<B, 2, Int>>,
 }
 
 /// The scores of one response, on the host.
@@ -65,7 +69,7 @@ pub struct TokenScores {
     pub logprobs: Vec<f32>,
     /// With `top_k > 0`: per position, the `k` most likely `(id, log π)`, most likely first.
     pub top_k: Vec<Vec<(u32, f32)>>,
-    /// With `top_k > 0`: each response token's rank ([`TopK::ranks`]).
+    /// With [`ScoreOptions::ranks`]: each response token's rank ([`Scores::ranks`]).
     pub ranks: Vec<u32>,
 }
 
@@ -76,42 +80,29 @@ impl<B: Backend> Scores<B> {
         let logprobs: Vec<f32> = host(self.logprobs.clone());
         let top = self.top_k.as_ref().map(|top| {
             let k = top.ids.dims()[2];
-            let ids: Vec<i64> = top
-                .ids
-                .clone()
-                .into_data()
-                .convert::<i64>()
-                .into_vec()
-                .unwrap();
-            let ranks: Vec<i64> = top
-                .ranks
-                .clone()
-                .into_data()
-                .convert::<i64>()
-                .into_vec()
-                .unwrap();
-            (k, ids, host(top.log_probs.clone()), ranks)
+            (k, host_ints(top.ids.clone()), host(top.log_probs.clone()))
         });
+        let ranks = self.ranks.clone().map(host_ints);
         batch
             .responses()
             .iter()
             .enumerate()
             .map(|(b, response)| {
                 let positions = b * width..b * width + response.len();
-                let (top_k, ranks) = match &top {
-                    Some((k, ids, lps, ranks)) => (
-                        positions
-                            .clone()
-                            .map(|p| {
-                                (p * k..(p + 1) * k)
-                                    .map(|j| (ids[j] as u32, lps[j]))
-                                    .collect()
-                            })
-                            .collect(),
-                        positions.clone().map(|p| ranks[p] as u32).collect(),
-                    ),
-                    None => (Vec::new(), Vec::new()),
+                let top_k = match &top {
+                    Some((k, ids, lps)) => positions
+                        .clone()
+                        .map(|p| {
+                            (p * k..(p + 1) * k)
+                                .map(|j| (ids[j] as u32, lps[j]))
+                                .collect()
+                        })
+                        .collect(),
+                    None => Vec::new(),
                 };
+                let ranks = ranks.as_ref().map_or(Vec::new(), |r| {
+                    positions.clone().map(|p| r[p] as u32).collect()
+                });
                 TokenScores {
                     logprobs: logprobs[positions].to_vec(),
                     top_k,
@@ -120,6 +111,10 @@ impl<B: Backend> Scores<B> {
             })
             .collect()
     }
+}
+
+fn host_ints<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().into_vec().unwrap()
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -205,9 +200,9 @@ pub fn score_by<B: Backend>(
                     .into_iter()
                     .map(|id| (id, (row[id] as f64 - lse) as f32))
                     .collect();
-                let rank = match k {
-                    0 => 0,
-                    _ => 1 + row.iter().filter(|&&z| z > row[token]).count(),
+                let rank = match options.ranks {
+                    false => 0,
+                    true => 1 + row.iter().filter(|&&z| z > row[token]).count(),
                 };
                 (b * width + t, (row[token] as f64 - lse) as f32, top, rank)
             })
@@ -225,16 +220,18 @@ pub fn score_by<B: Backend>(
     let top_k = (k > 0).then(|| TopK {
         ids: Tensor::from_data(TensorData::new(top_ids, [rows, width, k]), &device),
         log_probs: Tensor::from_data(TensorData::new(top_lps, [rows, width, k]), &device),
-        ranks: Tensor::from_data(TensorData::new(ranks, [rows, width]), &device),
     });
     Ok(Scores {
         logprobs: Tensor::from_data(TensorData::new(logprobs, [rows, width]), &device),
         top_k,
+        ranks: options
+            .ranks
+            .then(|| Tensor::from_data(TensorData::new(ranks, [rows, width]), &device)),
     })
 }
 
 /// One position's scores: its flat index `b·R + t`, `log π(y_t)`, its top-k `(id, log π)`,
-/// and (with a top-k) the token's rank.
+/// and (when asked) the token's rank.
 type Scored = (usize, f32, Vec<(usize, f32)>, usize);
 
 /// Indices of the `k` largest entries of `row`, largest first.

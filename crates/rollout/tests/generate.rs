@@ -479,6 +479,7 @@ fn ranks_count_the_more_likely_tokens_of_the_whole_vocabulary() {
         .unwrap();
     let options = ScoreOptions {
         top_k: 2,
+        ranks: true,
         ..ScoreOptions::default()
     };
     let rows = score(&model, &sequences, options)

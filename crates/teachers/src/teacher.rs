@@ -139,6 +139,7 @@ pub(crate) fn respond<B: AutodiffBackend>(
         micro_batch: request.micro_batch,
         top_k,
         temperature,
+        ranks: false,
     };
     let scores = score_by(batch, options, |rows| Ok(scores(rows)?.logits()))?;
     Ok(match scores.top_k {

@@ -365,6 +365,7 @@ fn score_together<B: Backend>(
                     micro_batch,
                     top_k: first.top_k,
                     temperature: first.temperature,
+                    ranks: first.top_k > 0,
                 };
                 let rows = score(model, &batch, options)
                     .map_err(|e| internal(e.to_string()))?
