@@ -7,12 +7,14 @@
 //! there with the same identity, `identity.json`: run file, training code and the bytes of
 //! the model, teacher and data files, is read, not rerun, so arms that experiments share are
 //! trained once; a folder of another identity stops the harness, never deleted), and writes into `docs/results/NAME/`: `table.md` (per arm: held-out accuracy, mean ±
-//! standard deviation over seeds and each seed's; tokens; training seconds; tokens to the
+//! standard deviation over seeds and each seed's; each arm against the first, paired over seeds and over questions; tokens; training seconds; tokens to the
 //! experiment's target; the old tasks after training for `forgetting`; the diagnostics'
 //! first and last steps and the collapse watch's warnings), `curves.png`/`.svg` (mean held-out
 //! accuracy against generated tokens and against training seconds), `bands.png`/`.svg` (the
 //! mean over seeds with a ± sd band, base and teacher lines), and each run's exact
-//! `config.toml`, `metrics.jsonl` and `identity.json` (with `runs/all.png`, every run's panels). Every number
+//! `config.toml`, `metrics.jsonl`, `outcomes.json` (the final model's answer to each held-out
+//! question, right or wrong: the paired statistics' input) and `identity.json` (with
+//! `runs/all.png`, every run's panels). Every number
 //! of `docs/results.md` comes from these files.
 //!
 //! A seed `s` sets the trainer's seed (task order, sampling) and the LoRA adapters' seed; the
@@ -32,8 +34,8 @@ use opd_cli::plot::{Curves, write_curves};
 use opd_cli::record::Record;
 
 use experiments::{NAMES, Target, experiment};
-use report::{Goal, plot, table};
-use runs::{Finished, RUNS, accuracy_on, finished, with_budget};
+use report::{Goal, paired, plot, table};
+use runs::{Finished, OUTCOMES, RUNS, accuracy_on, finished, with_budget};
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -98,7 +100,7 @@ fn main() {
             }
             let kept = out.join("runs").join(&slug);
             std::fs::create_dir_all(&kept).expect("a results folder");
-            for file in ["config.toml", METRICS] {
+            for file in ["config.toml", METRICS, OUTCOMES] {
                 std::fs::copy(dir.join(file), kept.join(file)).expect("copied");
             }
             std::fs::copy(identity::file_of(&dir), kept.join(identity::IDENTITY)).expect("copied");
@@ -128,7 +130,7 @@ fn main() {
         }
     });
     let command = format!("cargo run --release --example results -- {name} {seeds} {budget}");
-    let table = table(&command, goal.as_ref(), &old, &results);
+    let table = table(&command, goal.as_ref(), &old, &results) + &paired(&results);
     std::fs::write(out.join("table.md"), &table).expect("table.md");
     println!("\n{table}");
     plot(&out.join("curves"), &results).expect("the curves");

@@ -246,3 +246,82 @@ where
     root.present()?;
     Ok(())
 }
+
+/// Each arm against the first (A), paired twice. Over seeds: Welch's t on the final held-out
+/// accuracies, `t = (m_A − m_B) / √(s_A²/n_A + s_B²/n_B)` with the Welch–Satterthwaite degrees of
+/// freedom (the spread a new seed brings). Over (seed, question) pairs: the exact McNemar test
+/// on the saved final models' greedy answers, `p = min(1, 2·P[Bin(n₁₀ + n₀₁, ½) ≤ min(n₁₀, n₀₁)])`
+/// with `n₁₀` the pairs A answers right and B wrong (arms of one seed share the task order and
+/// the LoRA initialisation, and every run answers the same questions; it holds the trained
+/// models fixed, so it says whether these models differ, not whether another seed would).
+pub fn paired(results: &Results) -> String {
+    let Some(((first, base), rest)) = results.split_first().map(|(f, r)| ((f.0, &f.1), r)) else {
+        return String::new();
+    };
+    let mut text = format!(
+        "\nEach arm against {first}: the difference of mean final accuracy ({first} − arm), \
+         Welch's t over seeds, and the exact McNemar test over (seed, question) pairs of the \
+         saved final models' answers (held-out accuracy of those answers in brackets).\n\n\
+         | arm | {first} − arm | Welch t (df) | p, seeds | {first} right & arm wrong / \
+         wrong & right | p, McNemar |\n|---|---|---|---|---|---|\n"
+    );
+    let finals = |runs: &[Finished]| {
+        runs.iter()
+            .map(Finished::final_accuracy)
+            .collect::<Vec<_>>()
+    };
+    let answered = |runs: &[Finished]| {
+        let all: Vec<bool> = runs
+            .iter()
+            .flat_map(|r| r.outcomes.iter().copied())
+            .collect();
+        all.iter().filter(|&&o| o).count() as f64 / all.len().max(1) as f64
+    };
+    let a = finals(base);
+    for (label, runs) in rest {
+        let b = finals(runs);
+        let (t, df, p) = welch(&a, &b);
+        let (mut right_wrong, mut wrong_right) = (0u64, 0u64);
+        for (x, y) in base.iter().zip(runs) {
+            for (&p, &q) in x.outcomes.iter().zip(&y.outcomes) {
+                right_wrong += u64::from(p && !q);
+                wrong_right += u64::from(!p && q);
+            }
+        }
+        text += &format!(
+            "| {label} | {:+.3} ({:.2} vs {:.2}) | {t:.2} ({df:.1}) | {p:.3} | {right_wrong} / {wrong_right} | {:.3} |\n",
+            mean_sd(&a).0 - mean_sd(&b).0,
+            answered(base),
+            answered(runs),
+            mcnemar(right_wrong, wrong_right),
+        );
+    }
+    text
+}
+
+/// Welch's t, its degrees of freedom and the two-sided p; p is 1 when both samples are constant
+/// and equal, 0 when constant and different.
+fn welch(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let ((ma, sa), (mb, sb)) = (mean_sd(a), mean_sd(b));
+    let (va, vb) = (sa * sa / a.len() as f64, sb * sb / b.len() as f64);
+    let se = (va + vb).sqrt();
+    if se == 0.0 {
+        return (f64::NAN, f64::NAN, if ma == mb { 1.0 } else { 0.0 });
+    }
+    let t = (ma - mb) / se;
+    let df =
+        (va + vb).powi(2) / (va * va / (a.len() as f64 - 1.0) + vb * vb / (b.len() as f64 - 1.0));
+    let p = StudentsT::new(0.0, 1.0, df).map_or(f64::NAN, |d| 2.0 * (1.0 - d.cdf(t.abs())));
+    (t, df, p)
+}
+
+/// The exact two-sided McNemar p of `n10` and `n01` discordant pairs.
+fn mcnemar(n10: u64, n01: u64) -> f64 {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    let n = n10 + n01;
+    if n == 0 {
+        return 1.0;
+    }
+    Binomial::new(0.5, n).map_or(f64::NAN, |d| (2.0 * d.cdf(n10.min(n01))).min(1.0))
+}

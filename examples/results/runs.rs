@@ -9,9 +9,11 @@ use opd_cli::config::{Budget, EnvironmentConfig};
 use opd_cli::folder::{METRICS, read_metrics};
 use opd_cli::record::{EvalRecord, Record};
 use opd_cli::run::train;
-use opd_cli::setup::environment;
+use opd_cli::setup::{environment, splits};
 use opd_rollout::SamplingParams;
+use opd_rollout::generate;
 use opd_tasks::Task;
+use opd_tasks::prompt_ids;
 use opd_trainers::StepMetrics;
 
 use crate::identity::{self, Identity};
@@ -29,6 +31,9 @@ pub struct Finished {
     pub seconds: f64,
     /// Accuracy on each of the experiment's old tasks after training (forgetting).
     pub old_tasks: Vec<f64>,
+    /// Whether the saved final model answers each held-out question right (greedy), in the
+    /// questions' order: what the paired statistics compare.
+    pub outcomes: Vec<bool>,
 }
 
 impl Finished {
@@ -169,6 +174,7 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
         records,
         seconds: 0.0,
         old_tasks: Vec::new(),
+        outcomes: held_out_outcomes(config),
     };
     run.seconds = run.seconds_at(usize::MAX);
     run
@@ -177,6 +183,44 @@ pub fn finished(label: &str, config: &RunConfig) -> Finished {
 fn dir_name(dir: &Path) -> String {
     dir.file_name()
         .map_or("run".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The file of a run's held-out outcomes: a JSON list of 0 and 1, one per question.
+pub const OUTCOMES: &str = "outcomes.json";
+
+/// Whether the final model of the run `config` answers each of its held-out questions right
+/// (greedy, at most the run's `max_new_tokens`, the questions its evaluations use); cached in
+/// the run's [`OUTCOMES`].
+fn held_out_outcomes(config: &RunConfig) -> Vec<bool> {
+    let cache = config.output.dir.join(OUTCOMES);
+    if let Some(saved) = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<u8>>(&t).ok())
+    {
+        return saved.into_iter().map(|o| o == 1).collect();
+    }
+    let (_, test) = splits(&config.data).expect("the run's held-out questions");
+    let n = config.output.eval_tasks.min(test.tasks.len());
+    let tasks = &test.tasks[..n];
+    let env = environment(config.environment).expect("the run's environment");
+    let final_model = config.output.dir.join("final");
+    let (policy, tokenizer) =
+        opd_policy::load::<Flex>(&final_model, &Default::default()).expect("the final model");
+    let prompts: Vec<Vec<u32>> = tasks
+        .iter()
+        .map(|t| prompt_ids(&tokenizer, &t.prompt).expect("a prompt"))
+        .collect();
+    let params = SamplingParams::greedy(config.train.sampling.max_new_tokens);
+    let batch = generate(&policy, &tokenizer, &prompts, &params).expect("the held-out answers");
+    let mut outcomes = vec![false; n];
+    for sample in &batch.samples {
+        outcomes[sample.prompt_index] = env
+            .evaluate(&tasks[sample.prompt_index], &sample.text)
+            .correct;
+    }
+    let bits: Vec<u8> = outcomes.iter().map(|&o| u8::from(o)).collect();
+    std::fs::write(&cache, serde_json::to_string(&bits).expect("json")).expect("outcomes.json");
+    outcomes
 }
 
 /// Greedy accuracy of the model at `model` on `tasks` (answers of at most 64 tokens, as the
