@@ -670,6 +670,130 @@ fn the_vllm_endpoints_serve_the_same_scores_to_a_vllm_client() {
     }
 }
 
+/// The keys of `value` at every level, as paths (`choices[].prompt_logprobs`); a position's
+/// entries (token ids) count as one key, `*`.
+fn key_paths(value: &serde_json::Value, at: &str, into: &mut std::collections::BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let ids = map.keys().all(|k| k.parse::<u32>().is_ok()) && !map.is_empty();
+            for (key, inner) in map {
+                let path = format!("{at}.{}", if ids { "*" } else { key });
+                into.insert(path.clone());
+                key_paths(inner, &path, into);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                key_paths(item, &format!("{at}[]"), into);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_completions_answer_has_every_field_of_vllms_and_refuses_what_asks_for_generation() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let server = Running::start(teacher, ServeOptions::new(32));
+    let post = |body: &str| match ureq::post(&format!("{}/v1/completions", server.url()))
+        .send_string(body)
+    {
+        Ok(r) => (200, r.into_json::<serde_json::Value>().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    };
+    // What TRL's VLLMClient.get_sequence_logprobs sends.
+    let (code, ours) = post(
+        r#"{"model": "tiny", "prompt": [[1, 2, 11, 3], [4, 5]], "max_tokens": 1,
+            "temperature": 1.0, "prompt_logprobs": 2}"#,
+    );
+    assert_eq!(code, 200, "{ours}");
+    let vllm: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../teachers/tests/fixtures/vllm_completion_prompt_logprobs.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let (mut theirs, mut mine) = Default::default();
+    key_paths(&vllm, "", &mut theirs);
+    key_paths(&ours, "", &mut mine);
+    // vLLM's engine-side transfer field has no meaning here.
+    theirs.remove(".kv_transfer_params");
+    let missing: Vec<_> = theirs.difference(&mine).collect();
+    let extra: Vec<_> = mine.difference(&theirs).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    assert_eq!(ours["usage"]["prompt_tokens"], 6);
+    assert_eq!(ours["choices"][1]["index"], 1);
+    // What would need generated tokens, or is not vLLM's, is a 400 naming the field, in
+    // vLLM's error shape.
+    for (body, field) in [
+        (
+            r#"{"prompt": [1, 2, 3], "prompt_logprobs": 2}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"prompt": [1, 2, 3], "max_tokens": 5, "prompt_logprobs": 2}"#,
+            "max_tokens",
+        ),
+        (
+            r#"{"prompt": [1, 2, 3], "max_tokens": 1}"#,
+            "prompt_logprobs",
+        ),
+        (
+            r#"{"prompt": [1, 2, 3], "max_tokens": 1, "prompt_logprobs": -2}"#,
+            "prompt_logprobs",
+        ),
+        (
+            r#"{"prompt": [1, 2, 3], "max_tokens": 1, "prompt_logprobs": 1, "logprobs": 1}"#,
+            "logprobs",
+        ),
+        (
+            r#"{"prompt": [1, 2, 3], "max_tokens": 1, "prompt_logprobs": 1, "n": 2}"#,
+            "n",
+        ),
+        (
+            r#"{"prompt": [1, 2, 3], "max_tokens": 1, "prompt_logprobs": 1, "stream": true}"#,
+            "stream",
+        ),
+    ] {
+        let (code, answer) = post(body);
+        assert_eq!(code, 400, "{body}: {answer}");
+        let error = &answer["error"];
+        assert_eq!(error["param"], field, "{body}: {answer}");
+        assert_eq!(error["type"], "BadRequestError");
+        assert_eq!(error["code"], 400);
+    }
+    // -1 is the whole vocabulary (a few tokens here, within the default --max-logprobs of 20).
+    let info: serde_json::Value = ureq::get(&format!("{}/v1/model", server.url()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let (code, whole) = post(r#"{"prompt": [1, 2, 3], "max_tokens": 0, "prompt_logprobs": -1}"#);
+    assert_eq!(code, 200, "{whole}");
+    let position = whole["choices"][0]["prompt_logprobs"][1]
+        .as_object()
+        .unwrap();
+    assert_eq!(position.len() as u64, info["vocab_size"].as_u64().unwrap());
+    let mass: f64 = position
+        .values()
+        .map(|e| e["logprob"].as_f64().unwrap().exp())
+        .sum();
+    assert!((mass - 1.0).abs() < 1e-4, "{mass}");
+    let models: serde_json::Value = ureq::get(&format!("{}/v1/models", server.url()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(models["data"][0]["owned_by"], "opd");
+    assert!(models["data"][0]["created"].as_u64().unwrap() > 1_700_000_000);
+}
+
 #[test]
 fn many_clients_on_a_queue_of_one_all_get_their_scores() {
     let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());

@@ -1,9 +1,11 @@
-//! The vLLM side of the remote teacher: a completions answer with `prompt_logprobs`, in the
-//! format of vLLM 0.6 to 0.11 (`CompletionResponseChoice.prompt_logprobs`:
-//! `list[dict[int, Logprob] | None]`, token ids as JSON keys, each `{logprob, rank,
-//! decoded_token}`, `null` for the first prompt token, the prompt's own token beside the top
-//! `k`, extra fields such as `stop_reason` and `usage` present). vLLM cannot run here: the file
-//! was written from vLLM's protocol definitions, with the values of a made-up prompt.
+//! The vLLM side of the remote teacher: a completions answer with `prompt_logprobs`. The
+//! fixture holds every field vLLM's server sends (`CompletionResponse`,
+//! `CompletionResponseChoice`, `UsageInfo`, `Logprob` in `vllm/entrypoints/openai/`, serialised
+//! with its nulls, as `model_dump` does): token ids as JSON keys, each `{logprob, rank,
+//! decoded_token}`, `null` for the first prompt token, the prompt's own token beside the top `k`
+//! with its true rank, the one generated token of `max_tokens = 1` in `text` and `usage`. vLLM
+//! cannot run here: the values are those of a made-up prompt. `opd serve`'s own answer is checked
+//! against the same fields in the CLI's tests.
 
 use opd_teachers::remote::protocol::Sequence;
 use opd_teachers::remote::vllm::{self, CompletionResponse, Prompt};
@@ -83,7 +85,10 @@ fn the_request_concatenates_context_and_response() {
         5,
     );
     assert_eq!(request.prompt, Prompt::Many(vec![vec![1, 2, 3]]));
-    assert_eq!((request.max_tokens, request.prompt_logprobs), (1, 5));
+    assert_eq!(
+        (request.max_tokens, request.prompt_logprobs),
+        (Some(1), Some(5))
+    );
     let json = serde_json::to_value(&request).unwrap();
     assert_eq!(json["echo"], true);
     assert_eq!(json["prompt"][0][2], 3);

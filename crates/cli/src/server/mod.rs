@@ -143,7 +143,10 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 message: self.message,
+                param: self.field.clone(),
                 field: self.field,
+                kind: error_kind(self.status).into(),
+                code: self.status.as_u16(),
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -153,6 +156,17 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// The error's kind as vLLM's `ErrorInfo.type` names it.
+fn error_kind(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "BadRequestError",
+        StatusCode::UNAUTHORIZED => "AuthenticationError",
+        StatusCode::NOT_FOUND => "NotFoundError",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailableError",
+        _ => "InternalServerError",
     }
 }
 

@@ -24,6 +24,10 @@ pub(super) async fn models(State(state): State<Arc<ServerState>>, headers: Heade
         data: vec![vllm::ModelCard {
             id: state.info.name.clone(),
             object: "model".into(),
+            created: unix_seconds(),
+            owned_by: "opd".into(),
+            root: Some(state.info.name.clone()),
+            parent: None,
             max_model_len: Some(state.info.max_context),
         }],
     })
@@ -68,9 +72,79 @@ pub(super) async fn detokenize(
     json(vllm::DetokenizeResponse { prompt }).await
 }
 
+/// Seconds since the Unix epoch.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The log-prob vLLM sends for `logprob`: `-9999.0` in place of `-inf`.
+fn sent(logprob: f32) -> f32 {
+    if logprob == f32::NEG_INFINITY {
+        -9999.0
+    } else {
+        logprob
+    }
+}
+
+/// The `k` of a completions request's `prompt_logprobs` (`-1`: the whole vocabulary), or the
+/// 400 that says why `opd serve` does not answer it: it scores prompts and generates nothing,
+/// so it refuses what would ask for generated tokens (`max_tokens` above 1, vLLM's default 16
+/// when absent; `logprobs`; `n` other than 1; `stream`).
+fn prompt_top_k(request: &vllm::CompletionRequest, vocab_size: usize) -> Result<usize, ApiError> {
+    let max_tokens = request.max_tokens.unwrap_or(16);
+    if max_tokens > 1 {
+        let absent = if request.max_tokens.is_none() {
+            " (vLLM's default when absent)"
+        } else {
+            ""
+        };
+        return Err(ApiError::field(
+            "max_tokens",
+            format!(
+                "{max_tokens}{absent}: opd serve scores prompts and generates nothing: send 0 or 1"
+            ),
+        ));
+    }
+    if request.logprobs.is_some() {
+        return Err(ApiError::field(
+            "logprobs",
+            "log-probs of generated tokens: opd serve generates nothing; ask for prompt_logprobs",
+        ));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::field(
+            "n",
+            "several choices per prompt: opd serve scores each prompt once (n = 1)",
+        ));
+    }
+    if request.stream == Some(true) {
+        return Err(ApiError::field(
+            "stream",
+            "prompt log-probs are not available when streaming (as in vLLM)",
+        ));
+    }
+    match request.prompt_logprobs {
+        None => Err(ApiError::field(
+            "prompt_logprobs",
+            "missing: opd serve answers prompt log-probs only (0 for the prompt's own tokens, \
+             k for the k most likely besides, -1 for the whole vocabulary)",
+        )),
+        Some(-1) => Ok(vocab_size),
+        Some(k) if k < 0 => Err(ApiError::field(
+            "prompt_logprobs",
+            format!("{k}: must be a positive value or -1 (as in vLLM)"),
+        )),
+        Some(k) => Ok(usize::try_from(k).unwrap_or(usize::MAX)),
+    }
+}
+
 /// `POST /v1/completions` for prompt log-probs, as vLLM answers it (see
-/// [`opd_teachers::remote::vllm`]): nothing is generated (`max_tokens` 0 or 1, the text empty);
-/// every entry carries an integer rank, the prompt token's its true rank over the vocabulary.
+/// [`opd_teachers::remote::vllm`]): every field of vLLM's answer, every entry with an integer
+/// rank (the prompt token's its true rank over the vocabulary). Nothing is generated: with
+/// `max_tokens` 1 vLLM would also sample one token, `opd serve` answers its text empty
+/// (`completion_tokens` 0); what asks for generated tokens is refused ([`prompt_top_k`]).
 pub(super) async fn completions(
     State(state): State<Arc<ServerState>>,
     headers: HeaderMap,
@@ -78,15 +152,7 @@ pub(super) async fn completions(
 ) -> Result<Response, ApiError> {
     authorize(&headers, &state)?;
     let request: vllm::CompletionRequest = parse(&state, body).await?;
-    if request.max_tokens > 1 {
-        return Err(ApiError::field(
-            "max_tokens",
-            format!(
-                "{}: opd serve scores prompts only (0 or 1)",
-                request.max_tokens
-            ),
-        ));
-    }
+    let k = prompt_top_k(&request, state.info.vocab_size)?;
     let prompts = request.prompt.into_prompts();
     let sequences = prompts
         .iter()
@@ -102,7 +168,6 @@ pub(super) async fn completions(
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let k = request.prompt_logprobs;
     // A top-k of at least 1 so that the scorer counts every token's rank.
     let score = ScoreRequest {
         sequences,
@@ -119,6 +184,7 @@ pub(super) async fn completions(
     })?;
     let answer = scored(&state, score).await?;
     let text = |id: u32| state.tokenizer.decode(&[id], false).ok();
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let choices = prompts
         .iter()
         .zip(answer.results)
@@ -136,7 +202,7 @@ pub(super) async fn completions(
                         entries.insert(
                             id.to_string(),
                             vllm::PromptLogprob {
-                                logprob,
+                                logprob: sent(logprob),
                                 rank: Some(r + 1),
                                 decoded_token: text(id),
                             },
@@ -146,7 +212,7 @@ pub(super) async fn completions(
                 entries.insert(
                     token.to_string(),
                     vllm::PromptLogprob {
-                        logprob: scores.logprobs[t],
+                        logprob: sent(scores.logprobs[t]),
                         rank: scores.ranks.get(t).map(|&r| r as usize),
                         decoded_token: text(token),
                     },
@@ -156,16 +222,32 @@ pub(super) async fn completions(
             vllm::Choice {
                 index,
                 text: String::new(),
-                prompt_logprobs: positions,
+                logprobs: None,
                 finish_reason: Some("length".into()),
+                stop_reason: None,
+                token_ids: None,
+                prompt_logprobs: positions,
+                prompt_token_ids: None,
             }
         })
         .collect();
+    static ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let created = unix_seconds();
+    let n = ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     json(vllm::CompletionResponse {
-        id: "cmpl-opd".into(),
+        id: format!("cmpl-opd-{created:x}-{n}"),
         object: "text_completion".into(),
+        created,
         model: state.info.name.clone(),
         choices,
+        service_tier: None,
+        system_fingerprint: None,
+        usage: Some(vllm::Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+            completion_tokens: Some(0),
+            prompt_tokens_details: None,
+        }),
     })
     .await
 }

@@ -100,7 +100,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// The error itself.
+/// The error itself, with the fields of vLLM's and OpenAI's `ErrorInfo` besides opd's own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// In words.
@@ -108,6 +108,15 @@ pub struct ErrorDetail {
     /// The request field at fault (`sequences[2].context`), when one is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The kind, as vLLM names it: `BadRequestError`, `NotFoundError`, `ServiceUnavailableError`…
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The field at fault again, under vLLM's and OpenAI's name.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// The HTTP status.
+    #[serde(default)]
+    pub code: u16,
 }
 
 /// The identity of a token table: CRC-32 of every id's token string, in id order, each
