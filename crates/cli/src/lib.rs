@@ -10,6 +10,7 @@ pub mod bands;
 pub mod config;
 pub mod error;
 pub mod folder;
+mod lead;
 pub mod parallel;
 pub mod plot;
 pub mod record;

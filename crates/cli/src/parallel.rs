@@ -12,7 +12,7 @@ use opd_trainers::{Flow, Trainer};
 
 use crate::config::RunConfig;
 use crate::error::{CliError, Result};
-use crate::run::{Built, RunReport, build, lead};
+use crate::lead::{Built, RunReport, build, lead};
 
 /// Trains `config` with this process's workers of its `[parallel]` topology; returns worker
 /// 0's report (on node 0: the run's).

@@ -20,8 +20,9 @@ use crate::buckets::{TeacherLogits, float};
 use crate::chunks::Rows;
 use crate::generic;
 use crate::head::{self, BlockObserver};
+use crate::host_values;
 use crate::kind::DivergenceOptions;
-use crate::summary::{RowSummary, host};
+use crate::summary::RowSummary;
 
 /// A backend that can evaluate divergences over logits row by row.
 ///
@@ -287,8 +288,8 @@ impl<B: DivergenceBackend> Backward<B, 2> for HeadBackward {
                 weights,
                 recompute,
             } => match head::proportion(
-                &host(float::<B, 1>(grad_out.clone())),
-                &host(float::<B, 1>(weights)),
+                &host_values(float::<B, 1>(grad_out.clone())),
+                &host_values(float::<B, 1>(weights)),
             ) {
                 Some(s) => {
                     let scaled = |t| B::float_mul_scalar(t, s.into());
@@ -551,10 +552,9 @@ mod tests {
         ));
         let grads = (values * Tensor::from_floats(g, &device)).sum().backward();
         let recomputed = RECOMPUTED.with(|n| n.get()) > before;
-        let host = |t: Tensor<Flex, 2>| t.into_data().to_vec::<f32>().unwrap();
         (
-            host(h.grad(&grads).unwrap()),
-            host(w.grad(&grads).unwrap()),
+            host_values(h.grad(&grads).unwrap()),
+            host_values(w.grad(&grads).unwrap()),
             recomputed,
         )
     }

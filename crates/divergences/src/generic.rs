@@ -7,8 +7,9 @@ use burn::tensor::{
 
 use crate::buckets::{self, Buckets, TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};
+use crate::host_values;
 use crate::kind::DivergenceOptions;
-use crate::summary::{RowSummary, host};
+use crate::summary::RowSummary;
 
 /// Per-row divergence values, `[rows.count(N)]`.
 pub fn divergence_rows<B: Backend>(
@@ -152,13 +153,13 @@ pub fn summarize_rows<B: Backend>(
     let log_p = log_softmax(logits.div_scalar(temperature), 1);
     // `p log p` with `log p` floored, so a masked logit (`p = 0`, `log p = −∞`) adds 0, not NaN.
     let floored = log_p.clone().clamp_min(f32::MIN);
-    let entropy = host((log_p.clone().exp() * floored).sum_dim(1).neg());
+    let entropy = host_values((log_p.clone().exp() * floored).sum_dim(1).neg());
     let (ids, log_probs) = match k {
         0 => (Vec::new(), Vec::new()),
         _ => {
             let (values, ids) = log_p.topk_with_indices(k, 1);
             let ids = ids.into_data().convert::<i64>().into_vec().expect("ids");
-            (ids, host(values))
+            (ids, host_values(values))
         }
     };
     RowSummary {

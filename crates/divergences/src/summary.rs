@@ -8,7 +8,6 @@
 //! [`crate::generic::summarize_rows`], burn's `log_softmax` and `topk` (which sorts each row).
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 
 use crate::backend::DivergenceBackend;
 
@@ -39,11 +38,4 @@ pub fn summarize<B: DivergenceBackend>(
     assert!(temperature > 0.0, "temperature {temperature} ≤ 0");
     let k = k.min(logits.dims()[1]);
     B::summarize_rows(logits.into_primitive().tensor(), temperature, k)
-}
-
-pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("float tensor")
 }

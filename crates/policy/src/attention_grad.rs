@@ -271,6 +271,7 @@ mod tests {
     use burn::backend::Autodiff;
 
     use super::*;
+    // Test only, an arrow back up: the fused node checked against the generic attention.
     use crate::attention::generic_attention;
 
     type Ad = Autodiff<Flex>;

@@ -58,6 +58,8 @@ pub mod policy;
 mod rope;
 #[cfg(feature = "flex")]
 mod rope_grad;
+#[cfg(feature = "flex")]
+mod rope_rotate;
 mod row_matmul;
 mod safetensors;
 pub mod sequence;

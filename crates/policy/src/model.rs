@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::kv_cache::{KvCache, SlotLayout};
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::rope::RopeTables;
-use crate::weights::{RandomSource, Weights};
+use crate::weights::{RandomSource, WeightSource, Weights};
 
 /// Attention with grouped key/value heads and rotary positions.
 #[derive(Module, Debug)]
@@ -325,6 +325,17 @@ impl<B: Backend> Llama<B> {
             }
         }
         self
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model of `config` from `source`, checking every tensor's shape.
+    pub(crate) fn from_source(
+        config: &LlamaConfig,
+        source: &dyn WeightSource,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::load(&Weights::new(source, config, device))
     }
 }
 

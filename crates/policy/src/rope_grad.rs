@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::flex_tensor::{flex_values, from_autodiff_flex, to_autodiff_flex};
-use crate::rope::{Direction, rotate};
+use crate::rope_rotate::{Direction, rotate};
 
 /// What the backward needs: the input's shape `[B, T, n, hd]` and the tables.
 #[derive(Debug, Clone)]
@@ -84,6 +84,7 @@ mod tests {
 
     use burn::backend::Autodiff;
 
+    // Test only, an arrow back up: the node checked against the tables it serves.
     use crate::rope::RopeTables;
 
     use super::*;

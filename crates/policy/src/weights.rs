@@ -12,7 +12,6 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use crate::config::LlamaConfig;
 use crate::error::{PolicyError, Result};
-use crate::model::Llama;
 
 /// A store of tensors addressed by their Hugging Face names (`model.layers.0.mlp.up_proj.weight`).
 pub(crate) trait WeightSource {
@@ -191,16 +190,5 @@ impl WeightSource for RandomSource {
     /// A random source holds what the model asks for and nothing else.
     fn contains(&self, _name: &str) -> Result<bool> {
         Ok(false)
-    }
-}
-
-impl<B: Backend> Llama<B> {
-    /// Builds the model of `config` from `source`, checking every tensor's shape.
-    pub(crate) fn from_source(
-        config: &LlamaConfig,
-        source: &dyn WeightSource,
-        device: &B::Device,
-    ) -> Result<Self> {
-        Self::load(&Weights::new(source, config, device))
     }
 }

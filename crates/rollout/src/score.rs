@@ -8,6 +8,7 @@
 //! `valid()` copy), where the fast CPU kernels run.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use opd_divergences::host_values;
 use opd_policy::{Policy, SequenceBatch};
 use rayon::prelude::*;
 
@@ -77,10 +78,14 @@ impl<B: Backend> Scores<B> {
     /// The scores of each row of `batch` on the host, cut to its response's length.
     pub fn to_rows(&self, batch: &SequenceBatch) -> Vec<TokenScores> {
         let width = batch.response_width();
-        let logprobs: Vec<f32> = host(self.logprobs.clone());
+        let logprobs: Vec<f32> = host_values(self.logprobs.clone());
         let top = self.top_k.as_ref().map(|top| {
             let k = top.ids.dims()[2];
-            (k, host_ints(top.ids.clone()), host(top.log_probs.clone()))
+            (
+                k,
+                host_ints(top.ids.clone()),
+                host_values(top.log_probs.clone()),
+            )
         });
         let ranks = self.ranks.clone().map(host_ints);
         batch
@@ -115,13 +120,6 @@ impl<B: Backend> Scores<B> {
 
 fn host_ints<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
     t.into_data().convert::<i64>().into_vec().unwrap()
-}
-
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32 values")
 }
 
 /// Scores every response token of `batch` under `policy` (the sampling policy, π_old, a
@@ -173,7 +171,7 @@ pub fn score_by<B: Backend>(
             top_lps = vec![f32::NEG_INFINITY; rows * width * k];
             device = Some(out.device());
         }
-        let values = host(out);
+        let values = host_values(out);
         // Every response position of the micro-batch, scored in parallel.
         let positions: Vec<(usize, usize, usize)> = (start..end)
             .enumerate()

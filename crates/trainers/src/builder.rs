@@ -9,7 +9,7 @@ use opd_teachers::{PrivilegedTemplate, Teacher};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::method::{self, Parts};
+use crate::method::Parts;
 use crate::parallel::Replica;
 use crate::trainer::Trainer;
 
@@ -118,7 +118,7 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
             template: self.template,
             tasks: &self.tasks,
         };
-        let method = method::build(&config.objective, parts)?;
+        let method = config.objective.method(parts)?;
         for (index, task) in self.tasks.iter().enumerate() {
             if let Some(problem) = method.check_task(task) {
                 return Err(TrainError::Task { index, problem });
@@ -133,5 +133,19 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
             self.tasks,
             self.replica,
         ))
+    }
+}
+
+impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
+    /// A builder of a trainer of `student` (its trainable parameters: all, or only LoRA
+    /// adapters) on `tasks`, graded by `environment`.
+    pub fn builder(
+        config: TrainConfig,
+        student: Llama<B>,
+        tokenizer: ChatTokenizer,
+        tasks: Vec<Task>,
+        environment: impl Environment + 'static,
+    ) -> TrainerBuilder<B> {
+        TrainerBuilder::new(config, student, tokenizer, tasks, Box::new(environment))
     }
 }

@@ -1,6 +1,5 @@
 //! The checks config values share, each an error naming the field.
 
-use crate::config::{SamplingConfig, TeacherWeights};
 use crate::error::{Result, TrainError};
 
 /// A [`TrainError::Config`] for `field`.
@@ -63,35 +62,4 @@ pub(crate) fn top_k(field: &'static str, value: Option<usize>) -> Result<()> {
         Some(0) => Err(config_error(field, 0, "at least 1, or absent")),
         _ => Ok(()),
     }
-}
-
-/// A self-teacher's weights: an EMA rate in `(0, 1]`, a trust-region `α` in `[0, 1]`.
-pub(crate) fn teacher_weights(field: &'static str, weights: TeacherWeights) -> Result<()> {
-    match weights {
-        TeacherWeights::Ema(eta) if !(eta > 0.0 && eta <= 1.0) => {
-            Err(config_error(field, eta, "an EMA rate η in (0, 1]"))
-        }
-        TeacherWeights::TrustRegion(alpha) => unit(field, alpha),
-        _ => Ok(()),
-    }
-}
-
-/// Sampling from the policy itself, which sampled-token estimators need.
-pub(crate) fn unbiased_sampling(sampling: &SamplingConfig) -> Result<()> {
-    if sampling.is_unbiased() {
-        return Ok(());
-    }
-    let (field, value) = if sampling.top_p != 1.0 {
-        ("sampling.top_p", sampling.top_p.to_string())
-    } else if let Some(k) = sampling.top_k {
-        ("sampling.top_k", k.to_string())
-    } else {
-        ("sampling.temperature", sampling.temperature.to_string())
-    };
-    Err(config_error(
-        field,
-        value,
-        "samples from the policy itself (temperature 1, top_p 1, no top_k): a sampled-token \
-         estimator is biased otherwise",
-    ))
 }

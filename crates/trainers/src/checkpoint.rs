@@ -25,12 +25,12 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
-use opd_tasks::Task;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
+pub use crate::fingerprint::tasks_fingerprint;
 use crate::named::{self, Named};
 use crate::state::{RunProgress, SavedState, TokensSpent};
 use crate::trainer::Trainer;
@@ -72,21 +72,6 @@ impl FileSum {
             crc32: crc32fast::hash(bytes),
         }
     }
-}
-
-/// A fingerprint of `tasks`: their count and the CRC-32 of their JSON lines. A resumed run
-/// must draw from the same tasks, in the same order, as the saved one.
-pub fn tasks_fingerprint(tasks: &[Task]) -> String {
-    let mut hasher = crc32fast::Hasher::new();
-    for task in tasks {
-        hasher.update(
-            serde_json::to_string(task)
-                .expect("a task serializes")
-                .as_bytes(),
-        );
-        hasher.update(b"\n");
-    }
-    format!("{} tasks, crc32 {:08x}", tasks.len(), hasher.finalize())
 }
 
 /// The folder of the checkpoint taken after `steps_done` steps in `run`.
@@ -339,7 +324,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             .map_err(|e| problem(&trainable, e))?;
         let optimizer_path = dir.join(OPTIMIZER);
         let bytes = std::fs::read(&optimizer_path).map_err(|e| problem(&optimizer_path, e))?;
-        let device = crate::trainer::device_of(now.student);
+        let device = crate::device::device_of(now.student);
         let optimizer = BinBytesRecorder::<FullPrecisionSettings>::default()
             .load(bytes, &device)
             .map_err(|e| problem(&optimizer_path, e))?;

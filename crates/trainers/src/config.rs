@@ -11,6 +11,8 @@ pub use crate::method::{
     GrpoConfig, OpdConfig, OpdForm, OpsdConfig, SampledTokenBaseline, SdftConfig, SdpoConfig,
     SftConfig, TrustRegionEstimator,
 };
+pub use crate::objective::Objective;
+pub use crate::settings::{DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
 
 /// One training run: the loop's settings and the objective.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,42 +109,6 @@ impl Default for OptimizerConfig {
     }
 }
 
-/// The student's sampling settings during training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SamplingConfig {
-    /// Softmax temperature. Default 1 (samples from the policy itself).
-    pub temperature: f64,
-    /// Nucleus mass. Default 1 (off).
-    pub top_p: f64,
-    /// Keep only the `k` most likely tokens. Default off.
-    pub top_k: Option<usize>,
-    /// Longest answer. Default 256.
-    pub max_new_tokens: usize,
-    /// Strings that end an answer (the answer keeps the tokens before them).
-    pub stop_strings: Vec<String>,
-}
-
-impl Default for SamplingConfig {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: None,
-            max_new_tokens: 256,
-            stop_strings: Vec::new(),
-        }
-    }
-}
-
-impl SamplingConfig {
-    /// Whether answers come from `p_S` itself (τ = 1, no truncation): the condition under
-    /// which sampled-token estimators and importance ratios against τ = 1 log-probs are exact.
-    pub fn is_unbiased(&self) -> bool {
-        self.temperature == 1.0 && self.top_p == 1.0 && self.top_k.is_none()
-    }
-}
-
 /// How the losses reach the student's logits `z = h·Wᵀ` (final hidden states `h`, head `W`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,108 +160,6 @@ impl Default for CollapseWatch {
             stop: false,
         }
     }
-}
-
-/// The training objective, tagged by `method` in a config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
-pub enum Objective {
-    /// Supervised fine-tuning on the tasks' reference answers.
-    Sft(SftConfig),
-    /// Group-relative policy optimization on the environment's rewards.
-    Grpo(GrpoConfig),
-    /// On-policy distillation from a teacher model.
-    Opd(OpdConfig),
-    /// On-policy self-distillation with the reference solution in the teacher's context.
-    Opsd(OpsdConfig),
-    /// Self-distillation fine-tuning with a demonstration in the teacher's context.
-    Sdft(SdftConfig),
-    /// Self-distillation policy optimization with the environment's feedback.
-    Sdpo(SdpoConfig),
-}
-
-impl Objective {
-    /// The method's settings behind one interface (the config side's one match).
-    pub fn settings(&self) -> &dyn MethodSettings {
-        match self {
-            Self::Sft(c) => c,
-            Self::Grpo(c) => c,
-            Self::Opd(c) => c,
-            Self::Opsd(c) => c,
-            Self::Sdft(c) => c,
-            Self::Sdpo(c) => c,
-        }
-    }
-
-    /// The method's name as written in configs and metrics.
-    pub fn name(&self) -> &'static str {
-        self.settings().name()
-    }
-
-    /// Answers sampled per prompt.
-    pub fn group_size(&self) -> usize {
-        self.settings().group_size()
-    }
-}
-
-/// What a method's config says about the method, each implemented in the method's file.
-pub trait MethodSettings {
-    /// The name as written in configs (`method = "…"`) and metrics.
-    fn name(&self) -> &'static str;
-
-    /// Answers sampled per prompt `G`. Default 1.
-    fn group_size(&self) -> usize {
-        1
-    }
-
-    /// Whether the student samples its answers (false for SFT, trained on references: the
-    /// token budget then counts the references' tokens).
-    fn samples(&self) -> bool {
-        true
-    }
-
-    /// Whether the loss reads the environment's rewards (the tasks must then be gradable).
-    fn uses_rewards(&self) -> bool {
-        false
-    }
-
-    /// Whether the method needs a teacher model besides the student (OPD).
-    fn needs_teacher_model(&self) -> bool {
-        false
-    }
-
-    /// Whether a teacher model, when given, reads the privileged context in place of the
-    /// self-teacher (OPSD, SDFT, SDPO: `[teacher]` in a run file). Default false.
-    fn reads_privileged_context(&self) -> bool {
-        false
-    }
-
-    /// Checks the settings, and the sampling they need; errors name the field.
-    fn validate(&self, sampling: &SamplingConfig) -> Result<()>;
-}
-
-/// Whose weights a self-teacher uses.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TeacherWeights {
-    /// The student at step 0 (with LoRA: adapters off).
-    FrozenInitial,
-    /// The student now, stop-gradient.
-    Current,
-    /// `θ_T ← (1 − η) θ_T + η θ` after every step, with this `η`.
-    Ema(f64),
-    /// Logits `z_0 + α (z_θ − z_0)` with this `α`.
-    TrustRegion(f64),
-}
-
-/// The distillation loss at each token of a self-distillation objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DistillForm {
-    /// A divergence over the full vocabulary (or a top-k support).
-    Full,
-    /// The sampled-token form `ℓ_t = −sg(log p_T(ŷ_t) − log p_θ(ŷ_t)) · log p_θ(ŷ_t)`.
-    SampledToken,
 }
 
 /// The most answers per prompt GRPO and SDPO accept (group sizes in the sources are 4–64).

@@ -4,17 +4,9 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use opd_divergences::RowSummary;
+use opd_divergences::{RowSummary, host_values};
 
 use crate::config::CollapseWatch;
-
-/// Host values of a `[B, R, ·]` tensor.
-pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("float tensor")
-}
 
 /// The `k` most likely tokens and their log-probs at each position, on the host.
 #[derive(Debug, Clone)]
@@ -33,7 +25,7 @@ impl TopSets {
         let k = ids.dims()[2];
         Self {
             ids: ids.into_data().convert::<i64>().into_vec().expect("ids"),
-            log_probs: host(log_probs),
+            log_probs: host_values(log_probs),
             k,
         }
     }

@@ -1,11 +1,14 @@
-//! Fingerprints of a trainer's state, for the workers of a data-parallel run to compare: equal
-//! on replicas that hold the same weights and optimizer state.
+//! Fingerprints: of a trainer's state, for the workers of a data-parallel run to compare (equal
+//! on replicas that hold the same weights and optimizer state), and of a run's tasks, for a
+//! resumed run to check it draws from the same ones.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::Optimizer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use opd_policy::Llama;
+
+use opd_tasks::Task;
 
 use crate::state::{OptimizerRecord, StudentOptimizer};
 
@@ -61,4 +64,19 @@ pub(crate) fn optimizer<B: AutodiffBackend>(
     };
     model.visit(&mut hash);
     (u64::from(hash.hasher.finalize()) << 32) | (hash.held & 0xffff_ffff)
+}
+
+/// A fingerprint of `tasks`: their count and the CRC-32 of their JSON lines. A resumed run
+/// must draw from the same tasks, in the same order, as the saved one.
+pub fn tasks_fingerprint(tasks: &[Task]) -> String {
+    let mut hasher = crc32fast::Hasher::new();
+    for task in tasks {
+        hasher.update(
+            serde_json::to_string(task)
+                .expect("a task serializes")
+                .as_bytes(),
+        );
+        hasher.update(b"\n");
+    }
+    format!("{} tasks, crc32 {:08x}", tasks.len(), hasher.finalize())
 }

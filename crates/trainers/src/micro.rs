@@ -7,11 +7,11 @@ use opd_divergences::DivergenceBackend;
 use opd_policy::{Llama, SequenceBatch};
 use opd_tasks::Task;
 
-use crate::diagnostics::host;
+use crate::config::OutputHead;
 use crate::error::Result;
 use crate::method::{LinearIn, Method, MicroBatch, Prepared, Sizes};
 use crate::rows::Rows;
-use crate::update::fuse_head;
+use opd_divergences::host_values;
 use opd_divergences::{Counts, Reduction};
 
 /// One micro-batch, fixed before the step's first update.
@@ -64,7 +64,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
         .filter(|&r| !rows.responses[r].is_empty())
         .collect();
     let n = mini_batches.min(kept.len());
-    let device = crate::trainer::device_of(student);
+    let device = crate::device::device_of(student);
     let linear_in = method.linear_in();
     let mut minis = Vec::with_capacity(n);
     for u in 0..n {
@@ -107,7 +107,7 @@ pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
                 fused_head,
             };
             let prepared = method.targets(student, &micro)?;
-            let counted: Vec<bool> = host(prepared.loss_mask.clone().int().float())
+            let counted: Vec<bool> = host_values(prepared.loss_mask.clone().int().float())
                 .iter()
                 .map(|&m| m > 0.5)
                 .collect();
@@ -159,4 +159,31 @@ fn token_weights(
             (true, _) => 1.0,
         })
         .collect()
+}
+
+/// Logits a micro-batch may form whole when the head trains: 1 GB of f32.
+const FORMED_LOGITS_LIMIT: usize = 1 << 28;
+
+/// Whether the losses of a micro-batch of `positions` response positions take the logits from
+/// the output head fused with them (the log-probs through `sequence_log_probs_from_hidden`,
+/// the divergences through `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or
+/// gradient) rather than from formed logits. Under [`OutputHead::Auto`] the head fuses when
+/// it costs no more products than the formed logits: a frozen head (LoRA; the forward also
+/// forms `∂value/∂h`), or a loss `linear` in what the head forms (the forward forms the
+/// gradients, see `crate::method::LinearIn`). Otherwise a head that trains (a tied embedding
+/// under full fine-tuning) forms its blocks' logits again in the backward, and a divergence's
+/// teacher blocks too, so it fuses only when the logits would pass [`FORMED_LOGITS_LIMIT`],
+/// where they and their gradient become the step's peak.
+pub(crate) fn fuse_head<B: AutodiffBackend>(
+    head: &Tensor<B, 2>,
+    positions: usize,
+    output_head: OutputHead,
+    linear: bool,
+) -> bool {
+    let logits = positions * head.dims()[0];
+    match output_head {
+        OutputHead::Fused => true,
+        OutputHead::Formed => false,
+        OutputHead::Auto => !head.is_require_grad() || linear || logits > FORMED_LOGITS_LIMIT,
+    }
 }

@@ -4,8 +4,8 @@
 use opd_policy::{ChatTokenizer, Llama};
 use opd_rollout::{FinishReason, SamplingParams, generate};
 
-use crate::config::SamplingConfig;
 use crate::error::{Result, TrainError};
+use crate::settings::SamplingConfig;
 use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 
 /// A step's rows in prompt-major order (answer `j` of prompt `i` at `i · G + j`).

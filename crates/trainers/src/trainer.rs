@@ -10,7 +10,6 @@ use opd_divergences::DivergenceBackend;
 use opd_policy::{ChatTokenizer, FusedAdamW, Llama};
 use opd_tasks::{Environment, Task};
 
-use crate::builder::TrainerBuilder;
 use crate::config::{OnNonFinite, TrainConfig};
 use crate::diagnostics::CollapseState;
 use crate::error::{Result, TrainError};
@@ -68,29 +67,9 @@ pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
     exchange_seconds: f64,
 }
 
-/// The device a model's parameters live on.
-pub(crate) fn device_of<B: AutodiffBackend>(model: &Llama<B>) -> B::Device {
-    burn::module::Module::devices(model)
-        .into_iter()
-        .next()
-        .unwrap_or_default()
-}
-
 impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
-    /// A builder of a trainer of `student` (its trainable parameters: all, or only LoRA
-    /// adapters) on `tasks`, graded by `environment`.
-    pub fn builder(
-        config: TrainConfig,
-        student: Llama<B>,
-        tokenizer: ChatTokenizer,
-        tasks: Vec<Task>,
-        environment: impl Environment + 'static,
-    ) -> TrainerBuilder<B> {
-        TrainerBuilder::new(config, student, tokenizer, tasks, Box::new(environment))
-    }
-
     /// A trainer of a built `method`: AdamW of the config and the seeded task order
-    /// ([`TrainerBuilder::build`] has checked everything).
+    /// ([`crate::TrainerBuilder::build`] has checked everything).
     pub(crate) fn assemble(
         config: TrainConfig,
         student: Llama<B>,
@@ -250,7 +229,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
             let run = format!(
                 "{}\n{}",
                 serde_json::to_string(&self.config).unwrap_or_default(),
-                crate::checkpoint::tasks_fingerprint(&self.tasks)
+                crate::fingerprint::tasks_fingerprint(&self.tasks)
             );
             replica.agree(
                 u64::from(crc32fast::hash(run.as_bytes())),

@@ -9,13 +9,12 @@ use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
 use opd_policy::{Llama, Policy};
 
-use crate::config::OutputHead;
 use crate::diagnosis::{Diagnosis, diagnose_formed};
-use crate::diagnostics::host;
 use crate::error::Result;
 use crate::method::Forward;
 use crate::micro::Micro;
 use crate::telemetry::{RowTeachers, Telemetry};
+use opd_divergences::host_values;
 use opd_divergences::{Counts, reduce_share};
 
 /// What a mini-batch's backward passes produced.
@@ -87,33 +86,6 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
     })
 }
 
-/// Logits a micro-batch may form whole when the head trains: 1 GB of f32.
-const FORMED_LOGITS_LIMIT: usize = 1 << 28;
-
-/// Whether the losses of a micro-batch of `positions` response positions take the logits from
-/// the output head fused with them (the log-probs through `sequence_log_probs_from_hidden`,
-/// the divergences through `DistillationLoss::forward_from_hidden`: no `[m, R, V]` logits or
-/// gradient) rather than from formed logits. Under [`OutputHead::Auto`] the head fuses when
-/// it costs no more products than the formed logits: a frozen head (LoRA; the forward also
-/// forms `∂value/∂h`), or a loss `linear` in what the head forms (the forward forms the
-/// gradients, see `crate::method::LinearIn`). Otherwise a head that trains (a tied embedding
-/// under full fine-tuning) forms its blocks' logits again in the backward, and a divergence's
-/// teacher blocks too, so it fuses only when the logits would pass [`FORMED_LOGITS_LIMIT`],
-/// where they and their gradient become the step's peak.
-pub(crate) fn fuse_head<B: AutodiffBackend>(
-    head: &Tensor<B, 2>,
-    positions: usize,
-    output_head: OutputHead,
-    linear: bool,
-) -> bool {
-    let logits = positions * head.dims()[0];
-    match output_head {
-        OutputHead::Fused => true,
-        OutputHead::Formed => false,
-        OutputHead::Auto => !head.is_require_grad() || linear || logits > FORMED_LOGITS_LIMIT,
-    }
-}
-
 /// One micro-batch's share of the mini-batch loss (with graph) and its value.
 fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
     student: &Llama<B>,
@@ -175,14 +147,17 @@ fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
         })
         .collect();
     // One read for every part's value.
-    let values = host(Tensor::cat(parts.clone(), 0).inner());
+    let values = host_values(Tensor::cat(parts.clone(), 0).inner());
     let named: Vec<(&'static str, f64)> = loss
         .parts
         .iter()
         .zip(&values)
         .map(|((name, _), &v)| (*name, v as f64))
         .collect();
-    let divergence = loss.divergence.map(|d| host(d.inner())).unwrap_or_default();
+    let divergence = loss
+        .divergence
+        .map(|d| host_values(d.inner()))
+        .unwrap_or_default();
     telemetry.add_loss(
         &named,
         &divergence,

@@ -13,9 +13,9 @@ use opd_divergences::{
 use opd_teachers::TeacherOutput;
 
 use crate::diagnosis::Diagnosis;
-use crate::diagnostics::host;
 use crate::error::Result;
 use crate::objectives::importance_ratio;
+use opd_divergences::host_values;
 
 use super::LinearIn;
 
@@ -168,7 +168,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
         let observed = self.observed_log_probs.borrow();
         let ratio = match (self.log_probs.get(), observed.as_ref()) {
             (None, Some(lp)) => {
-                let old = host(self.old.clone().inner());
+                let old = host_values(self.old.clone().inner());
                 lp.iter()
                     .zip(&old)
                     .map(|(lp, old)| (lp - old).clamp(-20.0, 20.0).exp())
@@ -176,7 +176,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
             }
             _ => {
                 drop(observed);
-                host(importance_ratio(self.log_probs()?, self.old.clone()).inner())
+                host_values(importance_ratio(self.log_probs()?, self.old.clone()).inner())
             }
         };
         Ok(self.ratio.get_or_init(|| ratio))
@@ -273,7 +273,7 @@ impl BlockLogProbs {
         let device = block.student.device();
         let ids = Tensor::from_data(TensorData::new(ids, [n]), &device);
         let values = token_log_probs(block.student.clone(), ids, 1.0, chunk)?;
-        for (&p, v) in block.positions.iter().zip(host(values.inner())) {
+        for (&p, v) in block.positions.iter().zip(host_values(values.inner())) {
             self.values[p] = v;
         }
         Ok(())

@@ -12,9 +12,10 @@ use super::{
     Clipped, Forward, Loss, Method, MicroBatch, Prepared, Rollouts, SequenceAdvantages, Targets,
 };
 use crate::check::{at_least, config_error, non_negative, positive};
-use crate::config::{MethodSettings, Reduction, SamplingConfig};
 use crate::error::Result;
 use crate::objectives::grpo;
+use crate::settings::{MethodSettings, SamplingConfig};
+use opd_divergences::Reduction;
 
 /// GRPO: `A_i = (r_i − mean_g r) / (std_g r + 1e-4)` (std left out when `scale_rewards` is
 /// false), `ℓ_t = −min(ρ_t A_i, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_i) + β · k3_t`,
@@ -103,7 +104,7 @@ pub(super) fn check_aggregation(aggregation: Reduction) -> Result<()> {
 }
 
 /// The GRPO method; `reference` is `π_ref` when `kl_beta > 0`.
-pub(super) struct Grpo<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Grpo<B: AutodiffBackend + DivergenceBackend> {
     config: GrpoConfig,
     reference: Option<FrozenInitial<B>>,
 }

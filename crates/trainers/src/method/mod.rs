@@ -15,15 +15,15 @@
 //! [`build`]. `docs/development.md` walks through an example.
 
 mod forward;
-mod grpo;
-mod opd;
-mod opd_fields;
-mod opsd;
+pub(crate) mod grpo;
+pub(crate) mod opd;
+mod opd_config;
+pub(crate) mod opsd;
 mod routing;
-mod sdft;
-mod sdpo;
+pub(crate) mod sdft;
+pub(crate) mod sdpo;
 mod self_teacher;
-mod sft;
+pub(crate) mod sft;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor};
@@ -37,15 +37,16 @@ use opd_teachers::{
 
 pub use forward::Forward;
 pub use grpo::GrpoConfig;
-pub use opd::{OpdConfig, OpdForm, TrustRegionEstimator};
+pub use opd_config::{OpdConfig, OpdForm, TrustRegionEstimator};
 pub use opsd::{OpsdConfig, SampledTokenBaseline};
 pub use sdft::SdftConfig;
 pub use sdpo::SdpoConfig;
 pub use sft::SftConfig;
 
-use crate::config::{DistillForm, Objective, Reduction};
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::rows::Rows;
+use crate::settings::DistillForm;
+use opd_divergences::Reduction;
 
 /// Where a step's rows come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,36 +293,6 @@ pub struct Parts<'a, B: AutodiffBackend> {
     pub tasks: &'a [Task],
     /// The wording of the self-teacher's privileged prompt.
     pub template: PrivilegedTemplate,
-}
-
-/// The method an objective names; the one place the objective is matched. An error when the
-/// method cannot run: OPD without a teacher, a teacher given to SFT or GRPO.
-pub fn build<B: AutodiffBackend + DivergenceBackend>(
-    objective: &Objective,
-    parts: Parts<'_, B>,
-) -> Result<Box<dyn Method<B>>> {
-    let no_teacher = |parts: &Parts<'_, B>| match parts.teachers.is_empty() {
-        false => Err(TrainError::Config {
-            field: "teacher",
-            value: "a teacher model".into(),
-            expected: "none: SFT and GRPO train without a teacher",
-        }),
-        true => Ok(()),
-    };
-    Ok(match objective {
-        Objective::Sft(_) => {
-            no_teacher(&parts)?;
-            Box::new(sft::Sft)
-        }
-        Objective::Grpo(c) => {
-            no_teacher(&parts)?;
-            Box::new(grpo::Grpo::new(c.clone(), parts.student))
-        }
-        Objective::Opd(c) => Box::new(opd::Opd::new(c.clone(), parts)?),
-        Objective::Opsd(c) => Box::new(opsd::Opsd::new(c.clone(), parts)?),
-        Objective::Sdft(c) => Box::new(sdft::Sdft::new(c.clone(), parts)?),
-        Objective::Sdpo(c) => Box::new(sdpo::Sdpo::new(c.clone(), parts)?),
-    })
 }
 
 /// The teacher support a self-distillation form needs.

@@ -9,160 +9,20 @@ use opd_divergences::sampled::Estimator;
 use opd_divergences::{Divergence, DivergenceBackend, DivergenceOptions};
 use opd_policy::Llama;
 use opd_teachers::{Current, Teacher, TeacherOutput, TeacherSupport};
-use serde::{Deserialize, Serialize};
 
-use super::grpo::check_aggregation;
-use super::opd_fields::OpdFields;
+use super::opd_config::{OpdConfig, OpdForm, TrustRegionEstimator};
 use super::routing::Routed;
 use super::{
     Forward, LinearIn, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, SequenceAdvantages,
 };
 use super::{Targets, grpo::Advantages};
-use crate::check::{non_negative, top_k, unbiased_sampling, unit};
-use crate::config::{MethodSettings, Reduction, SamplingConfig};
-use crate::diagnostics::host;
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::objectives::opd;
-
-/// On-policy distillation from a teacher model that shares the student's vocabulary.
-///
-/// In a run file the form is `form = "surrogate" | "advantage" | "divergence"` beside its own
-/// settings (`trust_region_beta`, `trust_region_estimator`; `discount`, `reward_weight`;
-/// `divergence_beta`, `teacher_top_k`); a setting of another form is an error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "OpdFields", into = "OpdFields")]
-pub struct OpdConfig {
-    /// The form of the loss and its settings. Default the surrogate.
-    pub form: OpdForm,
-    /// Loss aggregation. Default token mean.
-    pub aggregation: Reduction,
-}
-
-impl Default for OpdConfig {
-    fn default() -> Self {
-        Self {
-            form: OpdForm::surrogate(),
-            aggregation: Reduction::TokenMean,
-        }
-    }
-}
-
-/// Which form of on-policy distillation to minimize, with its own settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum OpdForm {
-    /// `ℓ_t = ρ_t (log π_θ(ŷ_t) − log π_T(ŷ_t)) + β_tr KL(π_old ‖ π_θ)_t`; the trust region's
-    /// gradient is zero while `π_θ = π_old`, so it acts from the second mini-batch.
-    Surrogate {
-        /// `β_tr`. Default 0.1.
-        trust_region_beta: f64,
-        /// How `KL(π_old ‖ π_θ)` is computed. Default k3 (the source's).
-        estimator: TrustRegionEstimator,
-    },
-    /// `A_t = Σ_{s≥t} γ^{s−t}(log p_T(ŷ_s) − log p_old(ŷ_s))` (detached), plus
-    /// `reward_weight × (r − mean_batch r)`, trained with `ℓ_t = −ρ_t A_t` (Tinker, slime).
-    Advantage {
-        /// `γ`; 0 keeps each token's own term (Tinker's default). Default 0.
-        discount: f64,
-        /// Weight of the batch-centered task reward. Default 0.
-        reward_weight: f64,
-    },
-    /// `ℓ_t = JSD_β(p_T ‖ p_θ)` over the full vocabulary, or the teacher's top-k plus a tail.
-    Divergence {
-        /// `β`: 1 reverse KL, 0 forward KL. Default 1.
-        beta: f64,
-        /// The teacher's top-k plus a tail bucket; `None` the full vocabulary. Default `None`.
-        teacher_top_k: Option<usize>,
-    },
-}
-
-impl OpdForm {
-    /// The surrogate with its defaults (`β_tr` = 0.1, k3).
-    pub fn surrogate() -> Self {
-        Self::Surrogate {
-            trust_region_beta: 0.1,
-            estimator: TrustRegionEstimator::K3,
-        }
-    }
-
-    /// The advantage form with its defaults (`γ` = 0, no task reward).
-    pub fn advantage() -> Self {
-        Self::Advantage {
-            discount: 0.0,
-            reward_weight: 0.0,
-        }
-    }
-
-    /// The divergence form with its defaults (reverse KL, full vocabulary).
-    pub fn divergence() -> Self {
-        Self::Divergence {
-            beta: 1.0,
-            teacher_top_k: None,
-        }
-    }
-}
-
-/// How the surrogate's trust region `KL(π_old ‖ π_θ)` is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrustRegionEstimator {
-    /// `−log ρ_t` at the sampled token: unbiased, can be negative.
-    K1,
-    /// `(log ρ_t)²/2`: biased, non-negative.
-    K2,
-    /// `ρ_t − 1 − log ρ_t`: unbiased and non-negative (the source's).
-    K3,
-    /// `Σ_v π_old(v) (log π_old(v) − log π_θ(v))` over the full vocabulary, from `π_old`'s
-    /// logits (one more no-graph forward of the student per micro-batch, and its `[m, R, V]`
-    /// logits kept until the update).
-    Exact,
-}
-
-impl MethodSettings for OpdConfig {
-    fn name(&self) -> &'static str {
-        "opd"
-    }
-
-    fn uses_rewards(&self) -> bool {
-        matches!(self.form, OpdForm::Advantage { reward_weight, .. } if reward_weight != 0.0)
-    }
-
-    fn needs_teacher_model(&self) -> bool {
-        true
-    }
-
-    fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
-        check_aggregation(self.aggregation)?;
-        match self.form {
-            OpdForm::Surrogate {
-                trust_region_beta, ..
-            } => non_negative("objective.trust_region_beta", trust_region_beta)?,
-            OpdForm::Advantage {
-                discount,
-                reward_weight,
-            } => {
-                unit("objective.discount", discount)?;
-                if !reward_weight.is_finite() {
-                    return Err(TrainError::Config {
-                        field: "objective.reward_weight",
-                        value: reward_weight.to_string(),
-                        expected: "a finite number",
-                    });
-                }
-            }
-            OpdForm::Divergence {
-                beta,
-                teacher_top_k,
-            } => {
-                unit("objective.divergence_beta", beta)?;
-                return top_k("objective.teacher_top_k", teacher_top_k);
-            }
-        }
-        unbiased_sampling(sampling)
-    }
-}
+use opd_divergences::Reduction;
+use opd_divergences::host_values;
 
 /// The OPD method and its teacher models.
-pub(super) struct Opd<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Opd<B: AutodiffBackend + DivergenceBackend> {
     config: OpdConfig,
     teachers: Routed<B>,
 }
@@ -346,7 +206,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
             }
             OpdForm::Advantage { discount, .. } => {
                 let teacher = tokens()?;
-                let teacher_host = host(teacher.clone().inner());
+                let teacher_host = host_values(teacher.clone().inner());
                 let width = micro.batch.response_width();
                 let (values, host) = micro.per_token(|i, row, len| {
                     let at = i * width;

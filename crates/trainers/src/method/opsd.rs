@@ -13,10 +13,12 @@ use super::distill_support;
 use super::grpo::check_aggregation;
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Forward, LinearIn, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, Targets};
-use crate::check::{positive, teacher_weights, unbiased_sampling, unit};
-use crate::config::{DistillForm, MethodSettings, Reduction, SamplingConfig, TeacherWeights};
+use crate::check::{positive, unit};
 use crate::error::{Result, TrainError};
 use crate::objectives::distill;
+use crate::settings::{DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
+use crate::settings::{teacher_weights, unbiased_sampling};
+use opd_divergences::Reduction;
 
 /// OPSD: the frozen initial model reads the problem and its reference solution;
 /// `ℓ_t = JSD_β(p_T ‖ p_θ)` at every token of one rollout per problem.
@@ -101,7 +103,7 @@ impl MethodSettings for OpsdConfig {
 }
 
 /// The OPSD method.
-pub(super) struct Opsd<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Opsd<B: AutodiffBackend + DivergenceBackend> {
     config: OpsdConfig,
     teacher: SelfTeacher<B>,
 }

@@ -11,8 +11,8 @@ use opd_tasks::Task;
 use opd_teachers::{Request, Teacher, TeacherOutput};
 
 use super::MicroBatch;
-use crate::diagnostics::host;
 use crate::error::{Result, TrainError};
+use opd_divergences::host_values;
 
 /// OPD's teachers and the teacher of each task.
 pub(super) struct Routed<B: AutodiffBackend + DivergenceBackend> {
@@ -133,7 +133,7 @@ fn merge<B: AutodiffBackend + DivergenceBackend>(
                 if let TeacherOutput::SampledToken { log_probs, .. } = output {
                     scatter(
                         &mut flat,
-                        &host(log_probs.clone().inner()),
+                        &host_values(log_probs.clone().inner()),
                         part_rows,
                         *w,
                         1,
@@ -172,7 +172,7 @@ fn merge<B: AutodiffBackend + DivergenceBackend>(
                     self::scatter(&mut ids, &part_ids, part_rows, *w, width, k);
                     scatter(
                         &mut log_probs,
-                        &host(part_lps.clone().inner()),
+                        &host_values(part_lps.clone().inner()),
                         part_rows,
                         *w,
                         k,
@@ -203,7 +203,13 @@ fn merge<B: AutodiffBackend + DivergenceBackend>(
                 if let TeacherOutput::Distribution { target, .. } = output
                     && let Some(logits) = target.logits()
                 {
-                    scatter(&mut flat, &host(logits.inner()), part_rows, *w, vocab);
+                    scatter(
+                        &mut flat,
+                        &host_values(logits.inner()),
+                        part_rows,
+                        *w,
+                        vocab,
+                    );
                 }
             }
             TeacherOutput::Distribution {

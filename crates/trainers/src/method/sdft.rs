@@ -13,9 +13,11 @@ use super::grpo::check_aggregation;
 use super::opsd::{SampledTokenBaseline, SelfDistillTargets, needs_reference};
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{LinearIn, Method, MicroBatch, Parts, Prepared, Rollouts};
-use crate::check::{positive, teacher_weights, unbiased_sampling};
-use crate::config::{DistillForm, MethodSettings, Reduction, SamplingConfig, TeacherWeights};
+use crate::check::positive;
 use crate::error::Result;
+use crate::settings::{DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
+use crate::settings::{teacher_weights, unbiased_sampling};
+use opd_divergences::Reduction;
 
 /// SDFT: a demonstration in the teacher's context, `ℓ_t = KL(p_θ ‖ p_T)` (reverse KL) at
 /// every token of the student's answer.
@@ -64,7 +66,7 @@ impl MethodSettings for SdftConfig {
 }
 
 /// The SDFT method.
-pub(super) struct Sdft<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Sdft<B: AutodiffBackend + DivergenceBackend> {
     config: SdftConfig,
     teacher: SelfTeacher<B>,
 }

@@ -12,10 +12,12 @@ use super::grpo::{Advantages, check_aggregation, check_clip, group_relative};
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts};
 use super::{SequenceAdvantages, Targets};
-use crate::check::{at_least, positive, teacher_weights, top_k, unit};
-use crate::config::{MethodSettings, Reduction, SamplingConfig, TeacherWeights};
+use crate::check::{at_least, positive, top_k, unit};
 use crate::error::Result;
 use crate::objectives::distill;
+use crate::settings::teacher_weights;
+use crate::settings::{MethodSettings, SamplingConfig, TeacherWeights};
+use opd_divergences::Reduction;
 
 /// SDPO: the teacher reads the environment's feedback and the first successful sibling;
 /// `ℓ_t = min(sg ρ_t, is_clip) · JSD_α(p_T ‖ p_θ)` on the student's top-k plus a tail.
@@ -104,7 +106,7 @@ impl MethodSettings for SdpoConfig {
 }
 
 /// The SDPO method.
-pub(super) struct Sdpo<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Sdpo<B: AutodiffBackend + DivergenceBackend> {
     config: SdpoConfig,
     teacher: SelfTeacher<B>,
 }

@@ -10,8 +10,8 @@ use opd_teachers::{
 };
 
 use super::{MicroBatch, Parts, Prepared, Targets};
-use crate::config::TeacherWeights;
 use crate::error::Result;
+use crate::settings::TeacherWeights;
 
 /// A prompt-conditioned teacher built from the student.
 pub(super) struct SelfTeacher<B: AutodiffBackend + DivergenceBackend> {

@@ -7,9 +7,10 @@ use opd_tasks::Task;
 use serde::{Deserialize, Serialize};
 
 use super::{Forward, LinearIn, Loss, Method, MicroBatch, Prepared, Rollouts, Targets};
-use crate::config::{MethodSettings, Reduction, SamplingConfig};
 use crate::error::Result;
 use crate::objectives::sft;
+use crate::settings::{MethodSettings, SamplingConfig};
+use opd_divergences::Reduction;
 
 /// SFT: `L = −(1/N) Σ_{b,t} log p_θ(y*_t | x, y*_<t)` over the reference answer tokens only.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ impl MethodSettings for SftConfig {
 }
 
 /// The SFT method: rows are the references, the loss their NLL.
-pub(super) struct Sft;
+pub(crate) struct Sft;
 
 /// SFT fixes nothing before the update.
 struct Nll;

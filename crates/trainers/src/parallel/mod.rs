@@ -21,10 +21,12 @@ mod link;
 mod nodes;
 mod replica;
 mod wire;
+mod workers;
 
-pub use group::{Group, Topology, WorkerFailure, worker_device};
+pub use group::{Group, Topology};
 pub use handshake::NodeSecret;
 pub use replica::Replica;
+pub use workers::{WorkerFailure, worker_device};
 
 use thiserror::Error;
 
