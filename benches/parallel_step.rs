@@ -9,12 +9,12 @@
 //! `scripts/fetch-smollm2.sh`); with `--features cuda`, on CUDA devices `0..workers`
 //! (`scripts/gpu-bench.sh`).
 
+use opd_divergences::TrainingBackend;
 use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 use opd_policy::{Llama, LoraConfig, LoraTarget};
 use opd_tasks::{MathAnswer, Task};
 use opd_trainers::parallel::{Group, Topology, worker_device};
@@ -104,7 +104,7 @@ fn trainable_values<B: AutodiffBackend>(model: &Llama<B>) -> usize {
 }
 
 /// Each measured step's metrics (worker 0's) and wall seconds, the first step left out.
-fn run<B: AutodiffBackend + DivergenceBackend>(
+fn run<B: TrainingBackend>(
     workers: usize,
     lora: bool,
     steps: usize,

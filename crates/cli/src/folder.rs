@@ -11,12 +11,11 @@
 //! - [`save_final`] writes the trained model as `final/` through `final.tmp/`, so `final/` is
 //!   always one whole model.
 
+use opd_divergences::TrainingBackend;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 use opd_policy::SaveDtype;
 use opd_trainers::Trainer;
 use opd_trainers::checkpoint::sync_dir;
@@ -229,7 +228,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
 
 /// Writes the student as `final/`: into `final.tmp/`, fsynced, then renamed over any older
 /// `final/`, so that `final/` is always one whole model.
-pub fn save_final<B: AutodiffBackend + DivergenceBackend>(
+pub fn save_final<B: TrainingBackend>(
     trainer: &Trainer<B>,
     tokenizer: &opd_policy::ChatTokenizer,
     dir: &Path,

@@ -2,15 +2,14 @@
 //! loop of steps with metrics, evaluations, checkpoints, curves and the final model (one
 //! worker alone, or the first of a data-parallel run, [`crate::parallel`]).
 
+use opd_divergences::TrainingBackend;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use opd_divergences::DivergenceBackend;
 use opd_policy::Policy;
 use opd_rollout::SamplingParams;
 use opd_tasks::{Environment, Evaluation, Task, evaluate};
@@ -49,7 +48,7 @@ pub struct RunReport {
 }
 
 /// The greedy held-out evaluation of `trainer`'s student on the first `limit` test tasks.
-fn held_out<B: AutodiffBackend + DivergenceBackend>(
+fn held_out<B: TrainingBackend>(
     trainer: &Trainer<B>,
     tokenizer: &opd_policy::ChatTokenizer,
     env: &dyn Environment,
@@ -197,7 +196,7 @@ fn cut_back(path: &Path, done: usize) -> Result<Vec<Record>> {
 
 /// A trainer built from `config` on `device` (one worker of a data-parallel run with a
 /// `replica`), with what its evaluations need.
-pub(crate) struct Built<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Built<B: TrainingBackend> {
     /// The trainer.
     pub trainer: Trainer<B>,
     /// The student's tokenizer.
@@ -210,7 +209,7 @@ pub(crate) struct Built<B: AutodiffBackend + DivergenceBackend> {
 
 /// Loads and checks everything `config` names (model, tasks, teachers) and builds its
 /// trainer.
-pub(crate) fn build<B: AutodiffBackend + DivergenceBackend>(
+pub(crate) fn build<B: TrainingBackend>(
     config: &RunConfig,
     device: &B::Device,
     replica: Option<Replica<B::InnerBackend>>,
@@ -268,7 +267,7 @@ pub(crate) fn build<B: AutodiffBackend + DivergenceBackend>(
 
 /// The run as its writer drives it: alone, or as worker 0 of a data-parallel run
 /// (`replica`), whose other workers follow its steps ([`crate::parallel`]).
-pub(crate) fn lead<B: AutodiffBackend + DivergenceBackend>(
+pub(crate) fn lead<B: TrainingBackend>(
     config: &RunConfig,
     resume: bool,
     device: &B::Device,

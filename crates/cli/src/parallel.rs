@@ -2,10 +2,9 @@
 //! thread and device each; worker 0 of node 0 drives the run and writes its folder, the others
 //! follow its steps. Across nodes, node 0 is the hub the others connect to.
 
+use opd_divergences::TrainingBackend;
 use std::sync::atomic::AtomicUsize;
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 use opd_trainers::checkpoint::latest_checkpoint;
 use opd_trainers::parallel::{Group, Replica, WorkerFailure, worker_device};
 use opd_trainers::{Flow, Trainer};
@@ -16,7 +15,7 @@ use crate::lead::{Built, RunReport, build, lead};
 
 /// Trains `config` with this process's workers of its `[parallel]` topology; returns worker
 /// 0's report (on node 0: the run's).
-pub(crate) fn train<B: AutodiffBackend + DivergenceBackend>(
+pub(crate) fn train<B: TrainingBackend>(
     config: &RunConfig,
     resume: bool,
     device: &B::Device,
@@ -61,7 +60,7 @@ pub(crate) fn train<B: AutodiffBackend + DivergenceBackend>(
 
 /// A worker other than the run's writer: the same trainer, the same checkpoint resumed (read
 /// from the run folder, which every node must see), the writer's steps taken with it.
-fn follow<B: AutodiffBackend + DivergenceBackend>(
+fn follow<B: TrainingBackend>(
     config: &RunConfig,
     resume: bool,
     device: &B::Device,

@@ -6,10 +6,8 @@
 //! `step-NNNNNN/` checkpoints (the newest `keep_checkpoints`) and, at the end, `final/`: the
 //! student as a Hugging Face folder (adapters merged).
 
+use opd_divergences::TrainingBackend;
 use std::sync::atomic::AtomicUsize;
-
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 
 use crate::config::RunConfig;
 use crate::error::Result;
@@ -20,7 +18,7 @@ pub use crate::lead::{CONFIG, RunReport};
 
 /// Runs `config` into its output folder on `device`: from scratch, or with `resume` from the
 /// newest checkpoint there (see [`train_until`]).
-pub fn train<B: AutodiffBackend + DivergenceBackend>(
+pub fn train<B: TrainingBackend>(
     config: &RunConfig,
     resume: bool,
     device: &B::Device,
@@ -37,7 +35,7 @@ pub fn train<B: AutodiffBackend + DivergenceBackend>(
 /// resume is checked (config, checkpoint files, not finished) and the tasks loaded and
 /// checked before any file is written, so a refused run changes nothing. `docs/run-folder.md`
 /// says what the folder guarantees.
-pub fn train_until<B: AutodiffBackend + DivergenceBackend>(
+pub fn train_until<B: TrainingBackend>(
     config: &RunConfig,
     resume: bool,
     device: &B::Device,

@@ -1,11 +1,11 @@
 //! What a run file names, built: the models (the student, its teachers), the tasks and the
 //! environment.
 
+use opd_divergences::TrainingBackend;
 use std::path::Path;
 use std::time::Duration;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use opd_divergences::DivergenceBackend;
+use burn::tensor::backend::Backend;
 use opd_policy::{ChatTokenizer, Llama, Policy};
 use opd_tasks::data::read_jsonl_lines;
 use opd_tasks::{Environment, ExactAnswer, MathAnswer, Task, prompt_ids};
@@ -180,7 +180,7 @@ pub fn environment(config: EnvironmentConfig) -> Result<Box<dyn Environment>> {
 
 /// OPD's teacher: the model `source` names, checked against the student's vocabulary, or
 /// the server it names (whose vocabulary is checked when connecting).
-pub fn load_teacher<B: AutodiffBackend + DivergenceBackend>(
+pub fn load_teacher<B: TrainingBackend>(
     source: &TeacherSource,
     student: &opd_policy::Llama<B>,
     tokenizer: &opd_policy::ChatTokenizer,

@@ -24,6 +24,13 @@ use crate::host_values;
 use crate::kind::DivergenceOptions;
 use crate::summary::RowSummary;
 
+/// A backend opd trains on, `TrainingBackend` in one name: burn's autodiff
+/// over a backend with opd's divergence kernels (`Autodiff<Flex>`, `Autodiff<Wgpu>`,
+/// `Autodiff<Cuda>`). Every backend with both is one.
+pub trait TrainingBackend: burn::tensor::backend::AutodiffBackend + DivergenceBackend {}
+
+impl<B: burn::tensor::backend::AutodiffBackend + DivergenceBackend> TrainingBackend for B {}
+
 /// A backend that can evaluate divergences over logits row by row.
 ///
 /// Every method has a portable default built from burn tensor ops: a backend opts in with an

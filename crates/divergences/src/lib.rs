@@ -57,7 +57,7 @@ mod reduce;
 pub mod sampled;
 mod summary;
 
-pub use backend::DivergenceBackend;
+pub use backend::{DivergenceBackend, TrainingBackend};
 pub use buckets::TeacherLogits;
 pub use chunks::Rows;
 pub use error::{DivergenceError, Result};

@@ -113,6 +113,29 @@ struct HfConfig {
 }
 
 impl LlamaConfig {
+    /// A tiny Llama over `vocab_size` tokens for tests, examples and toy tasks: 2 layers,
+    /// width 48 (4 query heads and 2 key/value heads of 12), SwiGLU width 96, tied embedding,
+    /// RoPE θ 10 000, 64 positions.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self {
+            architecture: Architecture::Llama,
+            vocab_size,
+            hidden_size: 48,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 12,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            qk_norm: false,
+        }
+    }
+
     /// Whether the attention's output projection has a bias: with `attention_bias`, except on
     /// Qwen2 (whose biases are on q, k and v only), as in `transformers`.
     pub fn output_bias(&self) -> bool {

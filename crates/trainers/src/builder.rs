@@ -1,8 +1,7 @@
 //! [`TrainerBuilder`]: a trainer's teachers and privileged template, and the checks that
 //! refuse a trainer that could not run.
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
+use opd_divergences::TrainingBackend;
 use opd_policy::{ChatTokenizer, Llama};
 use opd_tasks::{Environment, Task};
 use opd_teachers::{PrivilegedTemplate, Teacher};
@@ -15,7 +14,7 @@ use crate::trainer::Trainer;
 
 /// Builds a [`Trainer`]: the teacher and the privileged template are set here, and
 /// [`TrainerBuilder::build`] refuses a trainer that could not run.
-pub struct TrainerBuilder<B: AutodiffBackend + DivergenceBackend> {
+pub struct TrainerBuilder<B: TrainingBackend> {
     config: TrainConfig,
     student: Llama<B>,
     tokenizer: ChatTokenizer,
@@ -26,7 +25,7 @@ pub struct TrainerBuilder<B: AutodiffBackend + DivergenceBackend> {
     replica: Option<Replica<B::InnerBackend>>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
+impl<B: TrainingBackend> TrainerBuilder<B> {
     /// A builder with no teacher and the default template ([`Trainer::builder`]).
     pub(crate) fn new(
         config: TrainConfig,
@@ -136,7 +135,7 @@ impl<B: AutodiffBackend + DivergenceBackend> TrainerBuilder<B> {
     }
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
+impl<B: TrainingBackend> Trainer<B> {
     /// A builder of a trainer of `student` (its trainable parameters: all, or only LoRA
     /// adapters) on `tasks`, graded by `environment`.
     pub fn builder(

@@ -16,6 +16,7 @@
 //! one. [`verify`] checks every file against the manifest before anything is read, so a
 //! damaged file is an error naming it, never a panic in a decoder.
 
+use opd_divergences::TrainingBackend;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,6 @@ use std::path::{Path, PathBuf};
 use burn::module::ParamId;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::TensorData;
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -237,7 +236,7 @@ pub fn tokens_spent(dir: impl AsRef<Path>) -> Result<Option<TokensSpent>> {
     Ok(read_state(dir.as_ref())?.tokens_spent)
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
+impl<B: TrainingBackend> Trainer<B> {
     /// Saves what [`Trainer::resume`] needs into `dir` (see the [module](self) docs), written
     /// as `dir.tmp` and renamed: `dir` is complete or absent.
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {

@@ -5,7 +5,8 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use opd_divergences::{DivergenceBackend, LogitBlock, TeacherTarget, head_logits};
+use opd_divergences::TrainingBackend;
+use opd_divergences::{LogitBlock, TeacherTarget, head_logits};
 use opd_teachers::TeacherOutput;
 
 use crate::method::Forward;
@@ -45,7 +46,7 @@ impl Diagnosis {
     /// Measures a block of logits a fused head formed, at its `counted` positions (flat
     /// `[m·R]`), [`SUB_BLOCK_ELEMENTS`] logits at a time: the teacher's side from the block's
     /// own teacher logits, or from the rows of a top-k teacher.
-    pub fn block<B: AutodiffBackend + DivergenceBackend>(
+    pub fn block<B: TrainingBackend>(
         &mut self,
         block: LogitBlock<B>,
         teacher: Option<&TeacherOutput<B>>,
@@ -65,7 +66,7 @@ impl Diagnosis {
         }
     }
 
-    fn sub_block<B: AutodiffBackend + DivergenceBackend>(
+    fn sub_block<B: TrainingBackend>(
         &mut self,
         block: LogitBlock<B>,
         teacher: Option<&TeacherOutput<B>>,
@@ -139,7 +140,7 @@ fn diagnosed_rows(width: usize, vocab: usize) -> usize {
 
 /// The diagnostics of a micro-batch no loss showed its blocks of, without graph, a block of
 /// rows at a time: the logits the loss formed, or a projection of the hidden states.
-pub(crate) fn diagnose_formed<B: AutodiffBackend + DivergenceBackend>(
+pub(crate) fn diagnose_formed<B: TrainingBackend>(
     forward: &Forward<B>,
     micro: &Micro<B>,
     k: usize,

@@ -44,6 +44,7 @@ mod objective;
 pub mod objectives;
 mod order;
 pub mod parallel;
+pub mod prelude;
 mod rows;
 mod schedule;
 mod settings;

@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor, TensorData};
-use opd_divergences::DivergenceBackend;
+use opd_divergences::TrainingBackend;
 use opd_policy::{Llama, SequenceBatch};
 use opd_tasks::Task;
 
@@ -15,7 +15,7 @@ use opd_divergences::host_values;
 use opd_divergences::{Counts, Reduction};
 
 /// One micro-batch, fixed before the step's first update.
-pub(crate) struct Micro<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Micro<B: TrainingBackend> {
     pub batch: SequenceBatch,
     pub response_mask: Tensor<B, 2, Bool>,
     /// `log π_old(ŷ_t)` `[m, R]`.
@@ -46,7 +46,7 @@ pub(crate) struct Split {
 /// The rows with a response, split into `split.mini_batches` slices; of each slice, this
 /// worker's part (`[r·n/W, (r+1)·n/W)`; all of it for one worker) in micro-batches of
 /// `sizes.micro_batch` rows, each with its method's targets.
-pub(crate) fn prepare<B: AutodiffBackend + DivergenceBackend>(
+pub(crate) fn prepare<B: TrainingBackend>(
     method: &dyn Method<B>,
     student: &Llama<B>,
     rows: &Rows,

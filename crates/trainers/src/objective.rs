@@ -1,8 +1,7 @@
 //! The training objective: which method a run trains with, tagged by `method` in a run file,
 //! and the one place it is matched to build the method.
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
+use opd_divergences::TrainingBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -33,7 +32,7 @@ pub enum Objective {
 impl Objective {
     /// The method an objective names; the one place the objective is matched. An error when the
     /// method cannot run: OPD without a teacher, a teacher given to SFT or GRPO.
-    pub(crate) fn method<B: AutodiffBackend + DivergenceBackend>(
+    pub(crate) fn method<B: TrainingBackend>(
         &self,
         parts: Parts<'_, B>,
     ) -> Result<Box<dyn Method<B>>> {
@@ -83,3 +82,23 @@ impl Objective {
         self.settings().group_size()
     }
 }
+
+/// `Objective::Sft(config)`, `Objective::Opd(config)`…: a method's config is its objective.
+macro_rules! objective_from {
+    ($($config:ident => $variant:ident),* $(,)?) => {$(
+        impl From<$config> for Objective {
+            fn from(config: $config) -> Self {
+                Self::$variant(config)
+            }
+        }
+    )*};
+}
+
+objective_from!(
+    SftConfig => Sft,
+    GrpoConfig => Grpo,
+    OpdConfig => Opd,
+    OpsdConfig => Opsd,
+    SdftConfig => Sdft,
+    SdpoConfig => Sdpo,
+);

@@ -1,11 +1,12 @@
 //! What a step measures, built from what the losses returned: the accumulator the updates add
 //! to, and the [`StepMetrics`] it becomes.
 
+use opd_divergences::TrainingBackend;
 use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use opd_divergences::{DivergenceBackend, TeacherTarget, summarize};
+use burn::tensor::backend::Backend;
+use opd_divergences::{TeacherTarget, summarize};
 use opd_teachers::TeacherOutput;
 
 use crate::diagnostics::{CollapseState, Overlap, TopSets};
@@ -134,7 +135,7 @@ impl Telemetry {
 
     /// The student's entropy, the teacher's (full logits) and their top-k overlap at the
     /// counted positions of a micro-batch.
-    pub fn diagnose<B: AutodiffBackend + DivergenceBackend>(
+    pub fn diagnose<B: TrainingBackend>(
         &mut self,
         logits: Tensor<B::InnerBackend, 3>,
         teacher: Option<&TeacherOutput<B>>,

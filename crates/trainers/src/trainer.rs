@@ -2,11 +2,10 @@
 //! prompts → rollouts → advantages → targets (per micro-batch, before any update) → loss and
 //! gradients → optimizer step (the teacher follows) → metrics.
 
+use opd_divergences::TrainingBackend;
 use std::time::Instant;
 
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 use opd_policy::{ChatTokenizer, FusedAdamW, Llama};
 use opd_tasks::{Environment, Task};
 
@@ -46,7 +45,7 @@ pub enum Flow {
 
 /// Trains a student with the method an [`crate::Objective`] names, on tasks graded by an
 /// [`Environment`].
-pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
+pub struct Trainer<B: TrainingBackend> {
     config: TrainConfig,
     /// Out only while an optimizer step consumes it.
     student: Option<Llama<B>>,
@@ -67,7 +66,7 @@ pub struct Trainer<B: AutodiffBackend + DivergenceBackend> {
     exchange_seconds: f64,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Trainer<B> {
+impl<B: TrainingBackend> Trainer<B> {
     /// A trainer of a built `method`: AdamW of the config and the seeded task order
     /// ([`crate::TrainerBuilder::build`] has checked everything).
     pub(crate) fn assemble(

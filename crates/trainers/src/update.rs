@@ -1,12 +1,11 @@
 //! The loss stage: forward, loss and backward of each micro-batch of a mini-batch, the
 //! gradients accumulated.
 
+use opd_divergences::TrainingBackend;
 use std::cell::{OnceCell, RefCell};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
 use opd_policy::{Llama, Policy};
 
 use crate::diagnosis::{Diagnosis, diagnose_formed};
@@ -38,7 +37,7 @@ pub(crate) struct LossSettings {
 }
 
 /// The summed counts of `mini`'s micro-batches (the `Normalizer`'s, before any exchange).
-pub(crate) fn counts<B: AutodiffBackend + DivergenceBackend>(mini: &[Micro<B>]) -> Counts {
+pub(crate) fn counts<B: TrainingBackend>(mini: &[Micro<B>]) -> Counts {
     mini.iter().fold(
         Counts {
             tokens: 0,
@@ -55,7 +54,7 @@ pub(crate) fn counts<B: AutodiffBackend + DivergenceBackend>(mini: &[Micro<B>]) 
 /// counts of the whole mini-batch (of every worker's part in a data-parallel run), so
 /// accumulation and sharing change nothing but memory; telemetry from each loss. Empty
 /// gradients when no micro-batch counts a token.
-pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
+pub(crate) fn gradients<B: TrainingBackend>(
     student: &Llama<B>,
     mini: &[Micro<B>],
     norm: Counts,
@@ -87,7 +86,7 @@ pub(crate) fn gradients<B: AutodiffBackend + DivergenceBackend>(
 }
 
 /// One micro-batch's share of the mini-batch loss (with graph) and its value.
-fn micro_loss<B: AutodiffBackend + DivergenceBackend>(
+fn micro_loss<B: TrainingBackend>(
     student: &Llama<B>,
     micro: &Micro<B>,
     norm: Counts,

@@ -1,14 +1,15 @@
 //! The student's side of one micro-batch's loss: what a method's [`super::Targets::loss`]
 //! reads, each part formed on first use.
 
+use opd_divergences::TrainingBackend;
 use std::cell::{OnceCell, RefCell};
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use opd_divergences::sampled::{sequence_log_probs, sequence_log_probs_from_hidden_with};
 use opd_divergences::{
-    DistillationLoss, DivergenceBackend, DivergenceOptions, HeadOptions, LogitBlock, TeacherTarget,
-    head_logits, token_log_probs,
+    DistillationLoss, DivergenceOptions, HeadOptions, LogitBlock, TeacherTarget, head_logits,
+    token_log_probs,
 };
 use opd_teachers::TeacherOutput;
 
@@ -27,7 +28,7 @@ use super::LinearIn;
 /// `DistillationLoss::forward_from_hidden`, the logits formed a block of rows at a time. The
 /// log-probs are formed only when a loss reads them ([`Self::log_probs`]): a divergence's loss
 /// takes the importance ratios' log-probs from the blocks it formed.
-pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
+pub struct Forward<B: TrainingBackend> {
     /// Final hidden states at the response positions `[m, R, d]`.
     pub(crate) hidden: Tensor<B, 3>,
     /// The output head `[V, d]` (`logits = hidden · headᵀ`); `None` when the head is not a
@@ -66,7 +67,7 @@ pub struct Forward<B: AutodiffBackend + DivergenceBackend> {
     pub(crate) linear: Option<(LinearIn, Tensor<B, 2>)>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Forward<B> {
+impl<B: TrainingBackend> Forward<B> {
     /// The response logits `[m, R, V]` with graph, formed on first use.
     pub fn logits(&self) -> Tensor<B, 3> {
         self.logits
@@ -263,11 +264,7 @@ impl BlockLogProbs {
     }
 
     /// Reads the log-probs of the block's positions from its student logits.
-    fn read<B: AutodiffBackend + DivergenceBackend>(
-        &mut self,
-        block: &LogitBlock<B>,
-        chunk: usize,
-    ) -> Result<()> {
+    fn read<B: TrainingBackend>(&mut self, block: &LogitBlock<B>, chunk: usize) -> Result<()> {
         let ids: Vec<i64> = block.positions.iter().map(|&p| self.ids[p]).collect();
         let n = ids.len();
         let device = block.student.device();

@@ -2,8 +2,8 @@
 //! and constant normalizer; TRL's `GRPOTrainer` for the defaults).
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
 use opd_divergences::DivergenceBackend;
+use opd_divergences::TrainingBackend;
 use opd_policy::Llama;
 use opd_teachers::{FrozenInitial, Teacher, TeacherSupport};
 use serde::{Deserialize, Serialize};
@@ -104,12 +104,12 @@ pub(super) fn check_aggregation(aggregation: Reduction) -> Result<()> {
 }
 
 /// The GRPO method; `reference` is `π_ref` when `kl_beta > 0`.
-pub(crate) struct Grpo<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Grpo<B: TrainingBackend> {
     config: GrpoConfig,
     reference: Option<FrozenInitial<B>>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Grpo<B> {
+impl<B: TrainingBackend> Grpo<B> {
     pub fn new(config: GrpoConfig, student: &Llama<B>) -> Self {
         let reference = (config.kl_beta > 0.0).then(|| FrozenInitial::new(student));
         Self { config, reference }
@@ -117,12 +117,12 @@ impl<B: AutodiffBackend + DivergenceBackend> Grpo<B> {
 }
 
 /// Group-normalized advantages on each token, with their host copy for the clip counts.
-pub(super) struct Advantages<B: AutodiffBackend + DivergenceBackend> {
+pub(super) struct Advantages<B: TrainingBackend> {
     pub values: Tensor<B, 2>,
     pub host: Vec<f32>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Advantages<B> {
+impl<B: TrainingBackend> Advantages<B> {
     /// Each row's sequence advantage on each of its tokens.
     pub fn of_rows(micro: &MicroBatch<'_, B>) -> Self {
         let (values, host) = micro
@@ -161,14 +161,14 @@ impl<B: AutodiffBackend + DivergenceBackend> Advantages<B> {
     }
 }
 
-struct GrpoTargets<B: AutodiffBackend + DivergenceBackend> {
+struct GrpoTargets<B: TrainingBackend> {
     config: GrpoConfig,
     advantages: Advantages<B>,
     /// `log π_ref(ŷ_t)` when the KL term is on.
     reference: Option<Tensor<B, 2>>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for GrpoTargets<B> {
+impl<B: TrainingBackend> Targets<B> for GrpoTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let c = &self.config;
         let (pg, clipped) = self
@@ -186,7 +186,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for GrpoTargets<B> {
     }
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Grpo<B> {
+impl<B: TrainingBackend> Method<B> for Grpo<B> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled {
             group: self.config.group_size,

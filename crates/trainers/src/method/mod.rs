@@ -27,8 +27,8 @@ pub(crate) mod sft;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor};
+use opd_divergences::TrainingBackend;
 
-use opd_divergences::DivergenceBackend;
 use opd_policy::{ChatTokenizer, Llama, SequenceBatch};
 use opd_tasks::Task;
 use opd_teachers::{
@@ -110,7 +110,7 @@ pub struct MicroBatch<'a, B: AutodiffBackend> {
     pub fused_head: bool,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> MicroBatch<'_, B> {
+impl<B: TrainingBackend> MicroBatch<'_, B> {
     /// The task of the chunk's `i`-th row.
     pub fn task(&self, i: usize) -> &Task {
         &self.tasks[self.rows.tasks[self.chunk[i]]]
@@ -156,7 +156,7 @@ pub struct Sizes {
 }
 
 /// A micro-batch's constants, fixed before the step's first update.
-pub struct Prepared<B: AutodiffBackend + DivergenceBackend> {
+pub struct Prepared<B: TrainingBackend> {
     /// Positions the loss counts: the response mask, less rows a self-teacher had nothing to
     /// show for (SDPO without a demonstration or feedback).
     pub loss_mask: Tensor<B, 2, Bool>,
@@ -166,7 +166,7 @@ pub struct Prepared<B: AutodiffBackend + DivergenceBackend> {
     pub targets: Box<dyn Targets<B>>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Prepared<B> {
+impl<B: TrainingBackend> Prepared<B> {
     /// Targets counted on every response position.
     pub fn on_responses(micro: &MicroBatch<'_, B>, targets: impl Targets<B> + 'static) -> Self {
         Self {
@@ -178,7 +178,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Prepared<B> {
 }
 
 /// One micro-batch's loss as the method returns it.
-pub struct Loss<B: AutodiffBackend + DivergenceBackend> {
+pub struct Loss<B: TrainingBackend> {
     /// Named per-token parts `[m, R]` (`nll`, `pg`, `kl`, `opd`, `distill`), weighted; their
     /// aggregates add up to the loss.
     pub parts: Vec<(&'static str, Tensor<B, 2>)>,
@@ -190,7 +190,7 @@ pub struct Loss<B: AutodiffBackend + DivergenceBackend> {
     pub clipped: Option<Clipped>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Loss<B> {
+impl<B: TrainingBackend> Loss<B> {
     /// A loss of one part, token mean.
     pub fn single(name: &'static str, per_token: Tensor<B, 2>) -> Self {
         Self {
@@ -216,7 +216,7 @@ pub struct Clipped {
 
 /// What a method fixed for one micro-batch, and how it turns the student's forward into the
 /// loss.
-pub trait Targets<B: AutodiffBackend + DivergenceBackend> {
+pub trait Targets<B: TrainingBackend> {
     /// The loss of the micro-batch on the student's forward, with graph.
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>>;
 
@@ -234,7 +234,7 @@ pub trait Targets<B: AutodiffBackend + DivergenceBackend> {
 
 /// A training method: what it samples, what it fixes before the first update and its loss.
 /// See the [module](self) docs for the stages.
-pub trait Method<B: AutodiffBackend + DivergenceBackend> {
+pub trait Method<B: TrainingBackend> {
     /// Where the step's rows come from.
     fn rollouts(&self) -> Rollouts;
 

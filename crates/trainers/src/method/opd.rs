@@ -4,9 +4,9 @@
 //! divergence over the full vocabulary or the teacher's top-k).
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use opd_divergences::TrainingBackend;
 use opd_divergences::sampled::Estimator;
-use opd_divergences::{Divergence, DivergenceBackend, DivergenceOptions};
+use opd_divergences::{Divergence, DivergenceOptions};
 use opd_policy::Llama;
 use opd_teachers::{Current, Teacher, TeacherOutput, TeacherSupport};
 
@@ -22,12 +22,12 @@ use opd_divergences::Reduction;
 use opd_divergences::host_values;
 
 /// The OPD method and its teacher models.
-pub(crate) struct Opd<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Opd<B: TrainingBackend> {
     config: OpdConfig,
     teachers: Routed<B>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Opd<B> {
+impl<B: TrainingBackend> Opd<B> {
     /// An error without a teacher (OPD cannot run without one), or with tasks routed to a
     /// teacher the run does not have.
     pub fn new(config: OpdConfig, parts: Parts<'_, B>) -> Result<Self> {
@@ -37,12 +37,12 @@ impl<B: AutodiffBackend + DivergenceBackend> Opd<B> {
 }
 
 /// What a micro-batch's teachers fixed, and which teacher scored each row.
-struct OpdTargets<B: AutodiffBackend + DivergenceBackend> {
+struct OpdTargets<B: TrainingBackend> {
     form: FormTargets<B>,
     teacher_of_rows: Vec<usize>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for OpdTargets<B> {
+impl<B: TrainingBackend> Targets<B> for OpdTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         self.form.loss(student)
     }
@@ -57,7 +57,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for OpdTargets<B> {
 }
 
 /// What each form fixes before the update.
-enum FormTargets<B: AutodiffBackend + DivergenceBackend> {
+enum FormTargets<B: TrainingBackend> {
     Surrogate {
         teacher: Tensor<B, 2>,
         beta: f64,
@@ -77,12 +77,12 @@ enum FormTargets<B: AutodiffBackend + DivergenceBackend> {
 }
 
 /// The trust region's estimator, with `π_old`'s logits for the exact one.
-enum TrustRegion<B: AutodiffBackend + DivergenceBackend> {
+enum TrustRegion<B: TrainingBackend> {
     Sampled(Estimator),
     Exact(TeacherOutput<B>),
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
+impl<B: TrainingBackend> FormTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let old = student.old.clone();
         let (mut loss, aggregation) = match self {
@@ -146,7 +146,7 @@ impl<B: AutodiffBackend + DivergenceBackend> FormTargets<B> {
     }
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opd<B> {
+impl<B: TrainingBackend> Method<B> for Opd<B> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
     }

@@ -2,8 +2,8 @@
 //! the student that answers without it.
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::{Divergence, DivergenceBackend, DivergenceOptions};
+use opd_divergences::TrainingBackend;
+use opd_divergences::{Divergence, DivergenceOptions};
 use opd_policy::Llama;
 use opd_tasks::Task;
 use opd_teachers::{Privileged, TeacherOutput};
@@ -103,12 +103,12 @@ impl MethodSettings for OpsdConfig {
 }
 
 /// The OPSD method.
-pub(crate) struct Opsd<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Opsd<B: TrainingBackend> {
     config: OpsdConfig,
     teacher: SelfTeacher<B>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Opsd<B> {
+impl<B: TrainingBackend> Opsd<B> {
     pub fn new(config: OpsdConfig, parts: Parts<'_, B>) -> Result<Self> {
         let teacher = SelfTeacher::new(config.teacher, parts)?;
         Ok(Self { config, teacher })
@@ -116,7 +116,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Opsd<B> {
 }
 
 /// A self-teacher's output and what the loss does with it: OPSD's and SDFT's.
-pub(super) struct SelfDistillTargets<B: AutodiffBackend + DivergenceBackend> {
+pub(super) struct SelfDistillTargets<B: TrainingBackend> {
     pub teacher: TeacherOutput<B>,
     pub divergence: Divergence,
     pub form: DistillForm,
@@ -125,7 +125,7 @@ pub(super) struct SelfDistillTargets<B: AutodiffBackend + DivergenceBackend> {
     pub aggregation: Reduction,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SelfDistillTargets<B> {
+impl<B: TrainingBackend> Targets<B> for SelfDistillTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let values = match self.form {
             DistillForm::Full => {
@@ -164,7 +164,7 @@ pub(super) fn needs_reference(name: &str, task: &Task) -> Option<String> {
         .then(|| format!("{name} needs a reference solution or demonstration"))
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Opsd<B> {
+impl<B: TrainingBackend> Method<B> for Opsd<B> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
     }

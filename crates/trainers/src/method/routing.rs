@@ -1,11 +1,11 @@
 //! OPD's teachers: one, or several with each task routed to the one its `teacher` field names
 //! (the first by default), as verl's MOPD and Tinker's multi-teacher recipe do.
 
+use opd_divergences::TrainingBackend;
 use std::collections::BTreeMap;
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
-use opd_divergences::{DivergenceBackend, TeacherTarget};
+use opd_divergences::TeacherTarget;
 use opd_policy::{Llama, SequenceBatch};
 use opd_tasks::Task;
 use opd_teachers::{Request, Teacher, TeacherOutput};
@@ -15,13 +15,13 @@ use crate::error::{Result, TrainError};
 use opd_divergences::host_values;
 
 /// OPD's teachers and the teacher of each task.
-pub(super) struct Routed<B: AutodiffBackend + DivergenceBackend> {
+pub(super) struct Routed<B: TrainingBackend> {
     teachers: Vec<(String, Box<dyn Teacher<B>>)>,
     /// Index into `teachers` of each task's teacher.
     route: Vec<usize>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Routed<B> {
+impl<B: TrainingBackend> Routed<B> {
     /// An error without a teacher, with two of one name, or for a task that names a teacher
     /// the run does not have (naming the task).
     pub fn new(teachers: Vec<(String, Box<dyn Teacher<B>>)>, tasks: &[Task]) -> Result<Self> {
@@ -116,7 +116,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Routed<B> {
 /// Outputs of row subsets (their rows, their own response width, the output) put back in one
 /// `[m, width, ·]` output; padding as a teacher leaves it (zeros; top-k: id 0 and −∞). Every
 /// part answered the same request, so they share a support and a temperature.
-fn merge<B: AutodiffBackend + DivergenceBackend>(
+fn merge<B: TrainingBackend>(
     parts: Vec<(Vec<usize>, usize, TeacherOutput<B>)>,
     rows: usize,
     width: usize,

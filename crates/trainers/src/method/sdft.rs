@@ -1,8 +1,8 @@
 //! SDFT (arXiv 2601.19897): the student's weights, shown a demonstration, teach the student
 //! with the reverse KL at every token of its own answer.
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::{Divergence, DivergenceBackend};
+use opd_divergences::Divergence;
+use opd_divergences::TrainingBackend;
 use opd_policy::Llama;
 use opd_tasks::Task;
 use opd_teachers::Privileged;
@@ -66,19 +66,19 @@ impl MethodSettings for SdftConfig {
 }
 
 /// The SDFT method.
-pub(crate) struct Sdft<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Sdft<B: TrainingBackend> {
     config: SdftConfig,
     teacher: SelfTeacher<B>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Sdft<B> {
+impl<B: TrainingBackend> Sdft<B> {
     pub fn new(config: SdftConfig, parts: Parts<'_, B>) -> Result<Self> {
         let teacher = SelfTeacher::new(config.teacher, parts)?;
         Ok(Self { config, teacher })
     }
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sdft<B> {
+impl<B: TrainingBackend> Method<B> for Sdft<B> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
     }

@@ -1,8 +1,8 @@
 //! SDPO (arXiv 2601.20802): `G` answers per question; the student's weights, shown the
 //! environment's feedback and a successful sibling, teach each answer.
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::{Divergence, DivergenceBackend, DivergenceOptions, Support};
+use opd_divergences::TrainingBackend;
+use opd_divergences::{Divergence, DivergenceOptions, Support};
 use opd_policy::Llama;
 use opd_teachers::privileged::sdpo_demonstrations;
 use opd_teachers::{Privileged, TeacherOutput, TeacherSupport};
@@ -106,26 +106,26 @@ impl MethodSettings for SdpoConfig {
 }
 
 /// The SDPO method.
-pub(crate) struct Sdpo<B: AutodiffBackend + DivergenceBackend> {
+pub(crate) struct Sdpo<B: TrainingBackend> {
     config: SdpoConfig,
     teacher: SelfTeacher<B>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Sdpo<B> {
+impl<B: TrainingBackend> Sdpo<B> {
     pub fn new(config: SdpoConfig, parts: Parts<'_, B>) -> Result<Self> {
         let teacher = SelfTeacher::new(config.teacher, parts)?;
         Ok(Self { config, teacher })
     }
 }
 
-struct SdpoTargets<B: AutodiffBackend + DivergenceBackend> {
+struct SdpoTargets<B: TrainingBackend> {
     config: SdpoConfig,
     teacher: TeacherOutput<B>,
     /// The group-relative advantages of the blend's GRPO part.
     advantages: Option<Advantages<B>>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SdpoTargets<B> {
+impl<B: TrainingBackend> Targets<B> for SdpoTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let c = &self.config;
         let support = c.top_k.map_or(Support::Full, Support::StudentTopK);
@@ -157,7 +157,7 @@ impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for SdpoTargets<B> {
     }
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sdpo<B> {
+impl<B: TrainingBackend> Method<B> for Sdpo<B> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled {
             group: self.config.group_size,

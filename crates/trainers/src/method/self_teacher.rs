@@ -1,8 +1,7 @@
 //! The self-teacher of OPSD, SDFT and SDPO: the student's weights (frozen, current, EMA or
 //! trust region) reading the question with privileged information.
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
+use opd_divergences::TrainingBackend;
 use opd_policy::Llama;
 use opd_teachers::{
     Conditioned, Current, Ema, EmaRate, FrozenInitial, InnerLlama, Privileged, Teacher,
@@ -14,11 +13,11 @@ use crate::error::Result;
 use crate::settings::TeacherWeights;
 
 /// A prompt-conditioned teacher built from the student.
-pub(super) struct SelfTeacher<B: AutodiffBackend + DivergenceBackend> {
+pub(super) struct SelfTeacher<B: TrainingBackend> {
     conditioned: Conditioned<Box<dyn Teacher<B>>>,
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> SelfTeacher<B> {
+impl<B: TrainingBackend> SelfTeacher<B> {
     /// The self-teacher `weights` name, or the teacher `parts` give in its place.
     pub fn new(weights: TeacherWeights, parts: Parts<'_, B>) -> Result<Self> {
         let mut given = parts.teachers.into_iter();
@@ -88,7 +87,7 @@ impl<B: AutodiffBackend + DivergenceBackend> SelfTeacher<B> {
 }
 
 /// The teacher strategy `weights` names, built from the student at step 0.
-fn strategy<B: AutodiffBackend + DivergenceBackend>(
+fn strategy<B: TrainingBackend>(
     weights: TeacherWeights,
     student: &Llama<B>,
 ) -> Result<Box<dyn Teacher<B>>> {

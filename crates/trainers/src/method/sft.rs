@@ -1,7 +1,6 @@
 //! SFT: `ℓ_t = −log p_θ(y*_t | x, y*_<t)` on the tasks' reference answers, token mean.
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_divergences::DivergenceBackend;
+use opd_divergences::TrainingBackend;
 use opd_policy::Llama;
 use opd_tasks::Task;
 use serde::{Deserialize, Serialize};
@@ -37,13 +36,13 @@ pub(crate) struct Sft;
 /// SFT fixes nothing before the update.
 struct Nll;
 
-impl<B: AutodiffBackend + DivergenceBackend> Targets<B> for Nll {
+impl<B: TrainingBackend> Targets<B> for Nll {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         Ok(Loss::single("nll", sft::nll(student.log_probs()?)))
     }
 }
 
-impl<B: AutodiffBackend + DivergenceBackend> Method<B> for Sft {
+impl<B: TrainingBackend> Method<B> for Sft {
     fn rollouts(&self) -> Rollouts {
         Rollouts::References
     }
