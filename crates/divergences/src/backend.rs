@@ -22,7 +22,7 @@ use crate::generic;
 use crate::head::{self, BlockObserver};
 use crate::host_values;
 use crate::kind::DivergenceOptions;
-use crate::summary::RowSummary;
+use crate::row_summary::RowSummary;
 
 /// A backend opd trains on, `TrainingBackend` in one name: burn's autodiff
 /// over a backend with opd's divergence kernels (`Autodiff<Flex>`, `Autodiff<Wgpu>`,

@@ -19,10 +19,11 @@ use crate::backend::DivergenceBackend;
 use crate::buckets::TeacherLogits;
 use crate::chunks::Rows;
 use crate::fast_exp::exp;
+use crate::flex_lanes::{BLOCK, LANES, max, threads};
 use crate::flex_summary;
 use crate::generic;
 use crate::kind::{Divergence, DivergenceOptions, Support};
-use crate::summary::RowSummary;
+use crate::row_summary::RowSummary;
 
 impl DivergenceBackend for Flex {
     fn divergence_rows(
@@ -110,10 +111,6 @@ fn row_list(rows: &Rows, total: usize) -> Vec<usize> {
         Rows::All => (0..total).collect(),
         Rows::Selected(rows) => rows.to_vec(),
     }
-}
-
-pub(crate) fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Computes `f(row)` for every listed row, in parallel, in order.
@@ -513,11 +510,6 @@ fn log_sum_exp(z: &[f32], inv_tau: f32) -> f32 {
     max + (sum as f32).ln()
 }
 
-/// Independent accumulators: float reductions only vectorize when the order is ours to choose.
-pub(crate) const LANES: usize = 16;
-/// Elements summed in f32 before the partial sum moves to the f64 total.
-pub(crate) const BLOCK: usize = 1024;
-
 /// `Σ_i f(a_i, b_i)` over equal-length slices, in `LANES` f32 lanes per block of `BLOCK`
 /// elements and an f64 total: vectorized, and accurate over 152k terms.
 fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
@@ -551,18 +543,4 @@ fn max_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     acc.into_iter()
         .chain(rest)
         .fold(f32::NEG_INFINITY, f32::max)
-}
-
-/// `max_i z_i`, in `LANES` independent lanes.
-pub(crate) fn max(z: &[f32]) -> f32 {
-    let (lanes, rest) = z.as_chunks::<LANES>();
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    for x in lanes {
-        for l in 0..LANES {
-            acc[l] = acc[l].max(x[l]);
-        }
-    }
-    acc.iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }

@@ -4,8 +4,8 @@
 //! top-k divergence kernel (`flex.rs`).
 
 use crate::fast_exp::exp;
-use crate::flex::{BLOCK, LANES, max, threads};
-use crate::summary::RowSummary;
+use crate::flex_lanes::{BLOCK, LANES, max, threads};
+use crate::row_summary::RowSummary;
 
 /// The [`RowSummary`] of row-major logits `z` `[N, V]`.
 pub(crate) fn summarize(z: &[f32], vocab: usize, temperature: f64, k: usize) -> RowSummary {

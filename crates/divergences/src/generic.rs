@@ -9,7 +9,7 @@ use crate::buckets::{self, Buckets, TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};
 use crate::host_values;
 use crate::kind::DivergenceOptions;
-use crate::summary::RowSummary;
+use crate::row_summary::RowSummary;
 
 /// Per-row divergence values, `[rows.count(N)]`.
 pub fn divergence_rows<B: Backend>(

@@ -30,6 +30,8 @@
 
 use burn::tensor::{Int, Tensor, backend::Backend, ops::FloatTensor, ops::IntTensor};
 
+// An arrow back up, by design: `DivergenceBackend`'s fused-head methods default to the
+// functions of this file, which run the trait's own kernels on each block of logits.
 use crate::backend::DivergenceBackend;
 use crate::buckets::{TeacherLogits, float, primitive};
 use crate::chunks::{Chunk, Rows, chunks};

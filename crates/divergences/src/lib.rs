@@ -46,6 +46,8 @@ pub mod fast_exp;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
+mod flex_lanes;
+#[cfg(feature = "flex")]
 mod flex_summary;
 pub mod generic;
 mod head;
@@ -54,6 +56,7 @@ mod kind;
 mod loss;
 mod positions;
 mod reduce;
+mod row_summary;
 pub mod sampled;
 mod summary;
 
@@ -67,4 +70,5 @@ pub use kind::{Divergence, DivergenceOptions, Support};
 pub use loss::{DistillationLoss, LossOutput};
 pub use positions::{TeacherTarget, divergence, head_logits, token_log_probs};
 pub use reduce::{Counts, Reduction, clip_per_token, reduce, reduce_share};
-pub use summary::{RowSummary, summarize};
+pub use row_summary::RowSummary;
+pub use summary::summarize;

@@ -10,20 +10,7 @@
 use burn::tensor::Tensor;
 
 use crate::backend::DivergenceBackend;
-
-/// Entropy and top-k of `softmax(z / τ)` at every row of `[N, V]` logits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowSummary {
-    /// `H_n = −Σ_v p_n(v) log p_n(v)`, `[N]`.
-    pub entropy: Vec<f32>,
-    /// The `k` most likely token ids of each row, most likely first, `[N · k]` row-major
-    /// (ties in any order).
-    pub ids: Vec<i64>,
-    /// `log p_n(id)` for those ids, `[N · k]`.
-    pub log_probs: Vec<f32>,
-    /// Tokens kept per row: the `k` asked for, at most `V`.
-    pub k: usize,
-}
+use crate::row_summary::RowSummary;
 
 /// The [`RowSummary`] of `softmax(logits / temperature)` over rows `[N, V]`, with the top
 /// `k.min(V)` tokens of each row (`k = 0`: the entropy alone). No graph is recorded.
