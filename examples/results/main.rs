@@ -13,8 +13,8 @@
 //! accuracy against generated tokens and against training seconds), `bands.png`/`.svg` (the
 //! mean over seeds with a ± sd band, base and teacher lines), and each run's exact
 //! `config.toml`, `metrics.jsonl`, `outcomes.json` (the final model's answer to each held-out
-//! question, right or wrong: the paired statistics' input) and `identity.json` (with
-//! `runs/all.png`, every run's panels). Every number
+//! question, right or wrong: the paired statistics' input) and `identity.json`, the teacher's
+//! run among them (with `runs/all.png`, every run's panels). Every number
 //! of `docs/results.md` comes from these files.
 //!
 //! A seed `s` sets the trainer's seed (task order, sampling) and the LoRA adapters' seed; the
@@ -107,6 +107,23 @@ fn main() {
             arm_runs.push(run);
         }
         results.push((arm.label, arm_runs));
+    }
+    // The runs that made the arms' teachers (`…/NAME/final`), published beside the arms.
+    let teachers: std::collections::BTreeSet<&Path> = experiment
+        .arms
+        .iter()
+        .filter_map(|arm| arm.config.teacher.as_ref()?.path.as_deref()?.parent())
+        .filter(|dir| identity::file_of(dir).exists())
+        .collect();
+    for dir in teachers {
+        let kept = out
+            .join("runs")
+            .join(dir.file_name().expect("a run folder"));
+        std::fs::create_dir_all(&kept).expect("a results folder");
+        for file in ["config.toml", METRICS, OUTCOMES] {
+            std::fs::copy(dir.join(file), kept.join(file)).expect("copied");
+        }
+        std::fs::copy(identity::file_of(dir), kept.join(identity::IDENTITY)).expect("copied");
     }
     let goal = experiment.target.as_ref().map(|target| match target {
         Target::Teacher(accuracy) => Goal {

@@ -124,10 +124,11 @@ where
         );
     }
     let mut chart = builder.build_cartesian_2d(0.0..x1, 0.0..1.0)?;
+    let label = |x: &f64| token_label(*x, x1);
     let mut mesh = chart.configure_mesh();
     match text {
         true => mesh
-            .x_label_formatter(&|x| format!("{:.0}k", x / 1000.0))
+            .x_label_formatter(&label)
             .x_desc("generated tokens (the student's samples; for SFT, the teacher's)")
             .y_desc("held-out accuracy (greedy, exact answer)")
             .axis_desc_style(("sans-serif", 16)),
@@ -180,6 +181,16 @@ where
     }
     root.present()?;
     Ok(())
+}
+
+/// A tick label of `x` generated tokens on an axis to `end`: thousands (`12k`) from 20 000 on,
+/// the count itself below (`500`, `1500`), where thousands would round ticks together.
+fn token_label(x: f64, end: f64) -> String {
+    if end >= 20_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
 }
 
 #[cfg(test)]
