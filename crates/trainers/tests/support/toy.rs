@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, backend::Backend};
-use opd_policy::{Architecture, ChatTokenizer, Llama, LlamaConfig};
+use opd_policy::{ChatTokenizer, Llama, LlamaConfig};
 use opd_rollout::{SamplingParams, ScoreOptions, score};
 use opd_tasks::{Environment, Outcome, Task, evaluate};
 use opd_teachers::PrivilegedTemplate;
@@ -32,21 +32,8 @@ pub fn tokenizer() -> ChatTokenizer {
 
 pub fn config() -> LlamaConfig {
     LlamaConfig {
-        architecture: Architecture::Llama,
-        vocab_size: CHARS.len() + 1,
-        hidden_size: 48,
-        intermediate_size: 96,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 12,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 48,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        qk_norm: false,
+        ..LlamaConfig::tiny(CHARS.len() + 1)
     }
 }
 
