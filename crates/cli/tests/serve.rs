@@ -2,101 +2,26 @@
 //! a teacher with another vocabulary is refused, malformed requests are JSON 4xx naming the
 //! field, and a teacher that goes away fails a step before its first update.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
-use opd_cli::server::{ServeOptions, ServerState, serve};
+use opd_cli::server::{ServeOptions, ServerState};
 use opd_divergences::TeacherTarget;
-use opd_policy::{ChatTokenizer, Llama, LlamaConfig, Policy, SequenceBatch};
+use opd_policy::{ChatTokenizer, Llama, Policy, SequenceBatch};
 use opd_tasks::{ExactAnswer, Task};
 use opd_teachers::{
     External, Remote, RemoteOptions, Request, Teacher, TeacherError, TeacherOutput, TeacherSupport,
 };
 use opd_trainers::{Objective, OpdConfig, SamplingConfig, TrainConfig, TrainError, Trainer};
+use proptest::prelude::*;
 
 type A = Autodiff<Flex>;
 
-const TEMPLATE: &str = "{% for m in messages %}{{ m.content }}{% endfor %}\
-                        {% if add_generation_prompt %}={% endif %}";
-
-fn tokenizer(alphabet: &str) -> ChatTokenizer {
-    ChatTokenizer::characters(alphabet, TEMPLATE).unwrap()
-}
-
-fn config() -> LlamaConfig {
-    opd_cli::config::ScratchModel {
-        alphabet: "0123456789+".into(),
-        layers: 1,
-        hidden_size: 32,
-        intermediate_size: 64,
-        heads: 2,
-        max_positions: 32,
-        ..Default::default()
-    }
-    .llama_config()
-}
-
-/// A server of `model` on a free loopback port, and what stops it.
-struct Running {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(model: Llama<Flex>, options: ServeOptions) -> Self {
-        let state = ServerState::start(model, &tokenizer("0123456789+"), "tiny", options);
-        Self::on(state, "127.0.0.1:0".parse().unwrap())
-    }
-
-    fn on(state: Arc<ServerState>, addr: SocketAddr) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound, address) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-                bound.send(listener.local_addr().unwrap()).unwrap();
-                serve(listener, state, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        Self {
-            addr: address.recv().unwrap(),
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+#[path = "support/serving.rs"]
+mod serving;
+use serving::{Running, config, tokenizer};
 
 fn batch() -> SequenceBatch {
     SequenceBatch::new(
@@ -1057,4 +982,167 @@ fn limits_refuse_hostile_requests_and_no_client_fails_another() {
         value(r#"opd_request_duration_seconds_bucket{le="+Inf"} "#) >= 14.0,
         "{metrics}"
     );
+}
+
+/// A request body drawn at random for one of the scoring endpoints: shaped like the endpoint's
+/// request with fields in and out of range (ids outside the vocabulary, empty or long
+/// sequences, any `top_k` or `prompt_logprobs`, temperatures from 0 to 1e300, unknown
+/// fields), or bytes that are not JSON at all.
+fn hostile_body(vocab: u32) -> impl Strategy<Value = (&'static str, Vec<u8>)> {
+    let id = prop_oneof![20 => 0..vocab, 1 => vocab..u32::MAX];
+    let ids = proptest::collection::vec(id, 0..14);
+    let sequence = (ids.clone(), ids.clone()).prop_map(
+        |(context, response)| serde_json::json!({"context": context, "response": response}),
+    );
+    let temperature = prop_oneof![
+        4 => Just(serde_json::json!(1.0)),
+        1 => prop_oneof![Just(0.0), Just(-1.0), Just(1e-300), Just(1e300), 0.01f64..4.0]
+            .prop_map(|t| serde_json::json!(t)),
+        1 => Just(serde_json::json!("hot")),
+    ];
+    let count = prop_oneof![4 => 0i64..6, 1 => Just(-1i64), 1 => Just(49_152), 1 => Just(i64::MAX)];
+    let score = (
+        proptest::collection::vec(sequence, 0..5),
+        count.clone(),
+        temperature.clone(),
+        any::<bool>(),
+        proptest::option::weighted(0.1, "[a-z]{1,8}"),
+    )
+        .prop_map(|(sequences, top_k, temperature, full, extra)| {
+            let mut body = serde_json::json!({
+                "sequences": sequences, "top_k": top_k, "temperature": temperature, "full": full,
+            });
+            if let Some(extra) = extra {
+                body[extra] = serde_json::json!(1);
+            }
+            ("/v1/score", body.to_string().into_bytes())
+        });
+    let completions = (
+        proptest::collection::vec(ids.clone(), 0..4),
+        proptest::option::of(0i64..3),
+        any::<bool>(),
+        proptest::option::of(count.clone()),
+        proptest::option::weighted(0.1, count),
+        proptest::option::weighted(0.1, 0i64..3),
+        temperature,
+    )
+        .prop_map(
+            |(prompts, max_tokens, echo, prompt_logprobs, logprobs, n, temperature)| {
+                let prompt = match prompts.len() {
+                    1 => serde_json::json!(prompts[0]),
+                    _ => serde_json::json!(prompts),
+                };
+                let body = serde_json::json!({
+                    "model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "echo": echo,
+                    "prompt_logprobs": prompt_logprobs, "logprobs": logprobs, "n": n,
+                    "temperature": temperature,
+                });
+                ("/v1/completions", body.to_string().into_bytes())
+            },
+        );
+    let detokenize = proptest::collection::vec(ids, 0..3).prop_map(|all| {
+        let tokens: Vec<u32> = all.concat();
+        (
+            "/detokenize",
+            serde_json::json!({"model": "tiny", "tokens": tokens})
+                .to_string()
+                .into_bytes(),
+        )
+    });
+    let path = prop_oneof![
+        Just("/v1/score"),
+        Just("/v1/completions"),
+        Just("/detokenize")
+    ];
+    let garbage = (path, proptest::collection::vec(any::<u8>(), 0..200));
+    prop_oneof![3 => score, 3 => completions, 1 => detokenize, 1 => garbage]
+}
+
+/// Requests drawn at random (a fixed seed, 256 of them) are each answered 200 with scores of
+/// the sizes asked for, finite and ≤ 0, or a JSON 4xx: never a 5xx, a hang or a dead server.
+#[test]
+fn requests_drawn_at_random_are_answered_200_or_a_json_4xx_and_the_server_lives_on() {
+    let teacher = Llama::<Flex>::init(&config(), 3, &Default::default());
+    let mut limits = ServeOptions::new(32);
+    limits.max_body_bytes = 8192;
+    let server = Running::start(teacher, limits);
+    let url = server.url();
+    let vocab = tokenizer("0123456789+").vocab_size() as u32;
+    let config = ProptestConfig {
+        cases: 256,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(39),
+        ..Default::default()
+    };
+    let statuses = std::sync::Mutex::new(std::collections::BTreeMap::<u16, usize>::new());
+    proptest::test_runner::TestRunner::new(config)
+        .run(&hostile_body(vocab), |(path, body)| {
+            let sent = ureq::post(&format!("{url}{path}"))
+                .set("Content-Type", "application/json")
+                .timeout(Duration::from_secs(20))
+                .send_bytes(&body);
+            let (status, text) = match sent {
+                Ok(r) => (r.status(), r.into_string().unwrap()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+                Err(e) => panic!("transport: {e}"),
+            };
+            *statuses.lock().unwrap().entry(status).or_default() += 1;
+            let shown = String::from_utf8_lossy(&body);
+            prop_assert!(
+                status == 200 || (400..500).contains(&status),
+                "{} {}: {}",
+                status,
+                shown,
+                text
+            );
+            let answer: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{status} {text}: not JSON ({e})"));
+            if status == 200 && path == "/v1/score" {
+                let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let results = answer["results"].as_array().unwrap();
+                prop_assert_eq!(results.len(), asked["sequences"].as_array().unwrap().len());
+                let k = asked["top_k"].as_u64().unwrap() as usize;
+                for (r, s) in results.iter().zip(asked["sequences"].as_array().unwrap()) {
+                    let len = s["response"].as_array().unwrap().len();
+                    let values: Vec<f64> = r["logprobs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .chain(
+                            r["top_logprobs"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .flat_map(|row| row.as_array().unwrap()),
+                        )
+                        .map(|v| v.as_f64().unwrap())
+                        .collect();
+                    prop_assert_eq!(r["logprobs"].as_array().unwrap().len(), len);
+                    prop_assert!(
+                        values.iter().all(|&v| v.is_finite() && v <= 1e-5),
+                        "{}",
+                        text
+                    );
+                    if k > 0 {
+                        prop_assert!(
+                            r["top_ids"].as_array().unwrap().iter().all(|row| row
+                                .as_array()
+                                .unwrap()
+                                .len()
+                                == k)
+                        );
+                    }
+                }
+            }
+            if (400..500).contains(&status) {
+                prop_assert!(answer["error"]["message"].is_string(), "{}", text);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Both kinds of answer occur, and a good request is still scored.
+    let statuses = statuses.into_inner().unwrap();
+    assert!(statuses.get(&200).is_some_and(|&n| n >= 20), "{statuses:?}");
+    assert!(statuses.get(&400).is_some_and(|&n| n >= 20), "{statuses:?}");
+    let good = r#"{"sequences": [{"context": [1, 2], "response": [3, 0]}], "top_k": 2}"#;
+    assert_eq!(post(&url, good.as_bytes(), None).0, 200);
 }

@@ -9,6 +9,7 @@
 
 use opd_teachers::remote::protocol::Sequence;
 use opd_teachers::remote::vllm::{self, CompletionResponse, Prompt};
+use proptest::prelude::Strategy as _;
 
 fn answer() -> CompletionResponse {
     let text = std::fs::read_to_string(concat!(
@@ -92,4 +93,63 @@ fn the_request_concatenates_context_and_response() {
     let json = serde_json::to_value(&request).unwrap();
     assert_eq!(json["echo"], true);
     assert_eq!(json["prompt"][0][2], 3);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 512,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(39),
+        ..Default::default()
+    })]
+
+    /// Any `prompt_logprobs` a server sends (positions missing or `null`, ids that are not
+    /// numbers, ranks absent, repeated or out of order) gives scores of the asked-for sizes,
+    /// or none: never a panic.
+    #[test]
+    fn any_prompt_logprobs_give_scores_of_the_asked_sizes_or_none(
+        positions in proptest::collection::vec(
+            proptest::option::weighted(0.9, proptest::collection::btree_map(
+                proptest::prop_oneof![
+                    4 => (0u32..8).prop_map(|id| id.to_string()),
+                    1 => "\\PC{0,4}",
+                ],
+                (proptest::prelude::any::<f32>(), proptest::option::weighted(0.9, 1usize..6)),
+                0..6,
+            )),
+            0..7,
+        ),
+        top_k in 0usize..4,
+    ) {
+        let prompt_logprobs = positions
+            .into_iter()
+            .map(|p| {
+                p.map(|entries| {
+                    entries
+                        .into_iter()
+                        .map(|(id, (logprob, rank))| {
+                            (id, vllm::PromptLogprob { logprob, rank, decoded_token: None })
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let choice = vllm::Choice {
+            index: 0,
+            text: String::new(),
+            logprobs: None,
+            finish_reason: None,
+            stop_reason: None,
+            token_ids: None,
+            prompt_logprobs,
+            prompt_token_ids: None,
+        };
+        let sequence = Sequence { context: vec![1, 2], response: vec![3, 4, 5] };
+        if let Some(scored) = vllm::scored(&choice, &sequence, top_k) {
+            proptest::prop_assert_eq!(scored.logprobs.len(), 3);
+            let rows = if top_k == 0 { 0 } else { 3 };
+            proptest::prop_assert_eq!(scored.top_ids.len(), rows);
+            proptest::prop_assert!(scored.top_ids.iter().all(|r| r.len() == top_k));
+            proptest::prop_assert!(scored.top_logprobs.iter().all(|r| r.len() == top_k));
+        }
+    }
 }

@@ -206,4 +206,48 @@ mod tests {
         let s = secret("0123456789abcdef0123\n");
         assert_eq!(format!("{s:?}"), "NodeSecret(…)");
     }
+
+    /// A peer that sends `input` and keeps what it is sent.
+    struct Peer {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Peer {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Peer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(39),
+            ..Default::default()
+        })]
+
+        /// Bytes from a peer without the secret, of any length, are refused on either side,
+        /// and node 0 sends nothing past its challenge to such a peer.
+        #[test]
+        fn a_peer_without_the_secret_is_refused_whatever_it_sends(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            node in 0usize..4,
+        ) {
+            let key = secret("a secret of the run, 32 bytes ok");
+            let mut peer = Peer { input: std::io::Cursor::new(bytes.clone()), output: Vec::new() };
+            proptest::prop_assert!(accept(&mut peer, &key, 3).is_err());
+            proptest::prop_assert_eq!(peer.output.len(), 8 + NONCE);
+            let mut hub = Peer { input: std::io::Cursor::new(bytes), output: Vec::new() };
+            proptest::prop_assert!(connect(&mut hub, &key, node.max(1), 3).is_err());
+        }
+    }
 }

@@ -306,4 +306,47 @@ mod tests {
             "closed its connection"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(39),
+            ..Default::default()
+        })]
+
+        /// Whatever bytes a peer sends, the frame reader returns the values of a frame of
+        /// exactly the expected count, or an error: never a panic, never an allocation sized
+        /// by the peer.
+        #[test]
+        fn the_frame_reader_survives_any_bytes(
+            head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            expected in 0usize..8,
+            honest_count in proptest::prelude::any::<bool>(),
+        ) {
+            // Half the cases announce the expected count, so whole and cut frames both occur.
+            let bytes = if honest_count {
+                [&(expected as u64).to_le_bytes()[..], &tail].concat()
+            } else {
+                [head, tail].concat()
+            };
+            let result = receive(&mut &bytes[..], expected);
+            let complete = bytes.len() >= 8 + 4 * expected
+                && u64::from_le_bytes(bytes[..8].try_into().unwrap()) == expected as u64;
+            proptest::prop_assert_eq!(result.is_ok(), complete);
+            if let Ok(values) = result {
+                proptest::prop_assert_eq!(frame(&values), bytes[..8 + 4 * expected].to_vec());
+            }
+        }
+
+        /// A frame whose count is any 64-bit number is refused before its values are read.
+        #[test]
+        fn any_announced_count_but_the_expected_one_is_refused(count in proptest::prelude::any::<u64>()) {
+            proptest::prop_assume!(count != 3);
+            let mut bytes = count.to_le_bytes().to_vec();
+            bytes.extend([0u8; 12]);
+            let error = receive(&mut &bytes[..], 3).unwrap_err();
+            proptest::prop_assert!(error.contains(&format!("sent {count} values")), "{}", error);
+        }
+    }
 }

@@ -190,6 +190,8 @@ fn gathered_lengths(summed: &[f32], rank: usize, own: usize) -> Result<Vec<usize
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::gathered_lengths;
 
     #[test]
@@ -217,5 +219,47 @@ mod tests {
                 .unwrap_err()
                 .contains("more than")
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(39),
+            ..Default::default()
+        })]
+
+        /// Sizes summed from any floats are whole, in range, this worker's own where it put
+        /// them, and at most the gather's cap in all; or refused.
+        #[test]
+        fn announced_sizes_from_any_floats_are_bounded_or_refused(
+            summed in proptest::collection::vec(
+                prop_oneof![
+                    proptest::prelude::any::<f32>(),
+                    (0u32..(1 << 20)).prop_map(|v| v as f32),
+                ],
+                2..9,
+            ),
+        ) {
+            let w = summed.len() / 2;
+            let own = summed[0] as usize;
+            if let Ok(lengths) = gathered_lengths(&summed[..2 * w], 0, own) {
+                proptest::prop_assert_eq!(lengths.len(), w);
+                proptest::prop_assert_eq!(lengths[0], own);
+                proptest::prop_assert!(lengths.iter().sum::<usize>() <= super::MAX_GATHER_BYTES);
+            }
+        }
+
+        /// Any floats as a worker's gathered bytes unpack to at most the announced length, or
+        /// are refused.
+        #[test]
+        fn gathered_rows_from_any_floats_unpack_or_are_refused(
+            floats in proptest::collection::vec(proptest::prelude::any::<f32>(), 0..32),
+            len in 0usize..80,
+        ) {
+            if let Ok(bytes) = super::unpack(&floats, len) {
+                proptest::prop_assert!(bytes.len() <= len);
+                proptest::prop_assert!(floats.iter().all(|f| f.fract() == 0.0));
+            }
+        }
     }
 }
