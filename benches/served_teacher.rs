@@ -17,6 +17,7 @@ use opd_cli::server::{ServeOptions, ServerState, serve};
 use opd_policy::{Llama, Policy};
 use opd_tasks::{ExactAnswer, Task};
 use opd_teachers::{External, Remote, RemoteOptions, Request, Teacher, TeacherSupport};
+use opd_trainers::prelude::Divergence;
 use opd_trainers::{Objective, OpdConfig, OpdForm, SamplingConfig, TrainConfig, Trainer};
 
 #[path = "scoring_rows.rs"]
@@ -46,7 +47,7 @@ fn step_seconds(
         },
         objective: Objective::Opd(OpdConfig {
             form: OpdForm::Divergence {
-                beta: 1.0,
+                divergence: Divergence::ReverseKl,
                 teacher_top_k: Some(16),
             },
             ..OpdConfig::default()

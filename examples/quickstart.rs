@@ -129,13 +129,13 @@ fn main() {
     let budget = format!("[budget]\ngenerated_tokens = {BUDGET}");
     // Each method at the best of the learning rates tried on seed 0 (docs/getting-started.md):
     // reverse KL 3e-4 / 1e-3 / 3e-3, forward KL 1e-3 / 3e-3 / 1e-2, GRPO 1e-4 / 3e-4 / 1e-3.
-    let opd = |name: &str, beta: f64, learning_rate: f64, seed: u64| {
+    let opd = |name: &str, divergence: &str, learning_rate: f64, seed: u64| {
         trained(&run_config(
             &format!("{name}/seed-{seed}"),
             &start,
             ARITHMETIC,
             &format!(
-                "steps = 10000\nprompts_per_step = 64\nseed = {seed}\noptimizer = {{ learning_rate = {learning_rate}, min_lr_ratio = 1.0 }}\nobjective = {{ method = \"opd\", form = \"divergence\", divergence_beta = {beta:.1} }}"
+                "steps = 10000\nprompts_per_step = 64\nseed = {seed}\noptimizer = {{ learning_rate = {learning_rate}, min_lr_ratio = 1.0 }}\nobjective = {{ method = \"opd\", form = \"divergence\", divergence = \"{divergence}\" }}"
             ),
             &format!(
                 "[teacher]\npath = \"{}\"\n\n{budget}",
@@ -145,11 +145,11 @@ fn main() {
     };
     let opd_reverse: Vec<RunReport> = SEEDS
         .iter()
-        .map(|&s| opd("opd-reverse-kl", 1.0, 1e-3, s))
+        .map(|&s| opd("opd-reverse-kl", "reverse_kl", 1e-3, s))
         .collect();
     let opd_forward: Vec<RunReport> = SEEDS
         .iter()
-        .map(|&s| opd("opd-forward-kl", 0.0, 3e-3, s))
+        .map(|&s| opd("opd-forward-kl", "forward_kl", 3e-3, s))
         .collect();
     // The arithmetic split every run reads, as files for the run that trains on samples.
     let arithmetic = run_config("split", SCRATCH, ARITHMETIC, "", "");

@@ -8,6 +8,7 @@ use opd_cli::config::{ArithmeticData, DataConfig, ServedProtocol, TeacherSource}
 use opd_cli::setup::splits;
 use opd_tasks::Task;
 use opd_tasks::data::{Arithmetic, Operation};
+use opd_trainers::prelude::Divergence;
 use opd_trainers::{Objective, OpdConfig, OpdForm, OpsdConfig, SftConfig, TeacherWeights};
 
 use crate::runs::{RUNS, finished, run_file, with_budget};
@@ -128,7 +129,7 @@ fn opd_reverse_kl(teacher: &Path) -> Arm {
         label: "OPD reverse KL (full)",
         config: opd(
             OpdForm::Divergence {
-                beta: 1.0,
+                divergence: Divergence::ReverseKl,
                 teacher_top_k: None,
             },
             teacher,
@@ -177,7 +178,7 @@ fn opd_teacher() -> Experiment {
             label: "OPD forward KL (full)",
             config: opd(
                 OpdForm::Divergence {
-                    beta: 0.0,
+                    divergence: Divergence::ForwardKl,
                     teacher_top_k: None,
                 },
                 &teacher,

@@ -22,7 +22,20 @@ pub mod setup;
 pub use config::RunConfig;
 pub use error::{CliError, Result};
 
-/// The README's Rust examples, compiled (and run, unless marked `no_run`) as doctests.
+/// The Rust examples of the README and of `docs/`, compiled (and run, unless marked `no_run`:
+/// those read SmolLM2 from `models/`) as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeExamples;
+pub mod documentation {
+    #[doc = include_str!("../../../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../../../docs/divergences.md")]
+    pub struct Divergences;
+    #[doc = include_str!("../../../docs/environments.md")]
+    pub struct Environments;
+    #[doc = include_str!("../../../docs/policy.md")]
+    pub struct Policy;
+    #[doc = include_str!("../../../docs/rollout.md")]
+    pub struct Rollout;
+    #[doc = include_str!("../../../docs/teachers.md")]
+    pub struct Teachers;
+}

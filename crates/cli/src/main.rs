@@ -3,6 +3,7 @@
 //! ```text
 //! opd train configs/opsd.toml                 # --resume continues from the newest checkpoint
 //! opd eval --config configs/opsd.toml --samples 8 --temperature 1
+//! opd data --config configs/opsd.toml --out tasks   # its train.jsonl and test.jsonl
 //! opd compare runs/sft runs/opd runs/grpo --out compare
 //! opd generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2 + 2?" --chat
 //! opd export --model models/SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2-hf --dtype bf16
@@ -10,6 +11,7 @@
 //! ```
 
 mod compare;
+mod data;
 #[cfg(feature = "flex")]
 mod eval;
 #[cfg(feature = "flex")]
@@ -67,6 +69,8 @@ enum Command {
     /// Accuracy (avg@k) and pass@k of a model on held-out tasks.
     #[cfg(feature = "flex")]
     Eval(eval::EvalArgs),
+    /// Write a run file's training and held-out tasks as JSONL.
+    Data(data::DataArgs),
     /// Plot several runs' learning curves together and tabulate their accuracy.
     Compare(compare::CompareArgs),
     /// Sample answers to a prompt from a GGUF file or a Hugging Face folder.
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         },
         #[cfg(feature = "flex")]
         Command::Eval(args) => eval::run(args),
+        Command::Data(args) => data::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Generate(args) => generate::run(args),
         #[cfg(feature = "flex")]

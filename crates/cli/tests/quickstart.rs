@@ -101,17 +101,27 @@ fn the_quickstart_ranks_forward_kl_and_sft_over_reverse_kl_over_grpo() {
         "[teacher]\npath = \"{}\"\n\n{budget}",
         teacher_path.display()
     );
-    let opd = |beta: f64, lr: f64| {
+    let opd = |divergence: &'static str, lr: f64| {
         move |seed: u64| {
             format!(
                 "steps = 10000\nprompts_per_step = 64\nseed = {seed}\noptimizer = {{ \
                  learning_rate = {lr}, min_lr_ratio = 1.0 }}\nobjective = {{ method = \"opd\", \
-                 form = \"divergence\", divergence_beta = {beta:.1} }}"
+                 form = \"divergence\", divergence = \"{divergence}\" }}"
             )
         }
     };
-    let reverse = arm("reverse", ARITHMETIC, &opd(1.0, 1e-3), &with_teacher);
-    let forward = arm("forward", ARITHMETIC, &opd(0.0, 3e-3), &with_teacher);
+    let reverse = arm(
+        "reverse",
+        ARITHMETIC,
+        &opd("reverse_kl", 1e-3),
+        &with_teacher,
+    );
+    let forward = arm(
+        "forward",
+        ARITHMETIC,
+        &opd("forward_kl", 3e-3),
+        &with_teacher,
+    );
     let split = config(&root.join("split"), SCRATCH, ARITHMETIC, "", "");
     let (train_tasks, test_tasks) = tasks(&split.data).unwrap();
     let test_file = root.join("test.jsonl");

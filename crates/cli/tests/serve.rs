@@ -768,7 +768,7 @@ fn opd_losses(teacher: Box<dyn Teacher<A>>, steps: usize) -> Vec<f64> {
         },
         objective: Objective::Opd(OpdConfig {
             form: opd_trainers::OpdForm::Divergence {
-                beta: 1.0,
+                divergence: opd_divergences::Divergence::ReverseKl,
                 teacher_top_k: Some(4),
             },
             ..OpdConfig::default()

@@ -103,7 +103,7 @@ fn sft_then_opd_train_on_wgpu_with_the_losses_of_flex() {
         sft_flex.join("final").display()
     );
     let student = TINY_MODEL.to_string() + "\nseed = 1";
-    let opd = r#"{ method = "opd", form = "divergence", divergence_beta = 1.0 }"#;
+    let opd = r#"{ method = "opd", form = "divergence", divergence = "reverse_kl" }"#;
     let text = |dir: &Path| run_text(dir, opd, &teacher).replacen(TINY_MODEL, &student, 1);
     let opd_flex = train(f, "opd-flex", "flex", &text(&f.join("opd-flex")));
     let opd_wgpu = train(f, "opd-wgpu", "wgpu", &text(&f.join("opd-wgpu")));

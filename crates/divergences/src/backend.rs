@@ -118,7 +118,7 @@ pub trait DivergenceBackend: Backend {
         linear: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let _ = linear;
-        let scored = head::Scored {
+        let scored = head::HeadScores {
             loss: head::RowLoss::TokenLogProb { ids, temperature },
             rows: rows.clone(),
             block_rows,
@@ -146,7 +146,7 @@ pub trait DivergenceBackend: Backend {
         linear: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let _ = linear;
-        let scored = head::Scored {
+        let scored = head::HeadScores {
             loss: head::RowLoss::Divergence {
                 teacher: teacher.clone(),
                 options,
@@ -244,7 +244,7 @@ enum HeadState<B: DivergenceBackend> {
 struct Recompute<B: DivergenceBackend> {
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
-    scored: head::Scored<B>,
+    scored: head::HeadScores<B>,
     values: FloatTensor<B>,
 }
 
@@ -347,7 +347,7 @@ fn head_node<B: DivergenceBackend, C: CheckpointStrategy>(
     let total = burn::tensor::TensorMetadata::shape(&hidden.primitive)[0];
     let weight_trains = !weight.node.requirement.is_none();
     let hidden_trains = !hidden.node.requirement.is_none();
-    let scored = head::Scored {
+    let scored = head::HeadScores {
         loss,
         rows: rows.clone(),
         block_rows,

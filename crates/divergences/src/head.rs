@@ -140,7 +140,7 @@ pub(crate) enum RowLoss<B: DivergenceBackend> {
 
 /// What the fused head scores: the per-row loss, the selected rows and the rows per block.
 #[derive(Debug, Clone)]
-pub(crate) struct Scored<B: DivergenceBackend> {
+pub(crate) struct HeadScores<B: DivergenceBackend> {
     pub loss: RowLoss<B>,
     pub rows: Rows,
     pub block_rows: usize,
@@ -213,7 +213,7 @@ impl<B: DivergenceBackend> RowLoss<B> {
     }
 }
 
-impl<B: DivergenceBackend> Scored<B> {
+impl<B: DivergenceBackend> HeadScores<B> {
     /// The blocks over the selected rows of `total`.
     fn blocks(&self, total: usize) -> Vec<Chunk> {
         chunks(&self.rows, total, self.block_rows.max(1))
@@ -226,7 +226,7 @@ impl<B: DivergenceBackend> Scored<B> {
 fn over_blocks<B: DivergenceBackend>(
     hidden: &Tensor<B, 2>,
     weight: &Tensor<B, 2>,
-    scored: &Scored<B>,
+    scored: &HeadScores<B>,
     mut observe: Option<&mut BlockObserver<'_, B>>,
     mut each: impl FnMut(&Chunk, &RowLoss<B>, Tensor<B, 2>, FloatTensor<B>),
 ) -> FloatTensor<B> {
@@ -249,7 +249,7 @@ fn over_blocks<B: DivergenceBackend>(
 pub(crate) fn forward<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
-    scored: &Scored<B>,
+    scored: &HeadScores<B>,
     unit: bool,
     observe: Option<&mut BlockObserver<'_, B>>,
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
@@ -282,7 +282,7 @@ pub(crate) struct LinearGradients<B: Backend> {
 pub(crate) fn forward_linear<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
-    scored: &Scored<B>,
+    scored: &HeadScores<B>,
     weights: FloatTensor<B>,
     observe: Option<&mut BlockObserver<'_, B>>,
 ) -> LinearGradients<B> {
@@ -382,7 +382,7 @@ pub(crate) fn backward_from_unit<B: DivergenceBackend>(
 pub(crate) fn backward_recomputed<B: DivergenceBackend>(
     hidden: FloatTensor<B>,
     weight: FloatTensor<B>,
-    scored: &Scored<B>,
+    scored: &HeadScores<B>,
     values: FloatTensor<B>,
     grad_out: FloatTensor<B>,
     weight_grad: bool,

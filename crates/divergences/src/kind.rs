@@ -5,7 +5,11 @@ use crate::error::{DivergenceError, Result};
 /// A divergence between the teacher's distribution `p_T` and the student's `p_S` at one position.
 ///
 /// Convention (TRL, verl and the OPSD code): `β = 0` is forward KL, `β = 1` is reverse KL.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// In a run file (serde): `"forward_kl"`, `"reverse_kl"`, or `{ jsd = β }`; `β` is checked to
+/// lie in `[0, 1]` when read, and its endpoints read as the two KLs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Spelling", into = "Spelling")]
 pub enum Divergence {
     /// Forward KL, `KL(p_T‖p_S) = Σ_v p_T(v) (log p_T(v) − log p_S(v))`: mode covering,
     /// the divergence of SFT and supervised distillation. `∂/∂z_S = (p_S − p_T) / τ`.
@@ -47,10 +51,42 @@ impl Divergence {
         }
     }
 
-    pub(crate) fn validate(self) -> Result<Self> {
+    /// The divergence with its weight checked (`β ∈ [0, 1]`) and its endpoints resolved.
+    pub fn validate(self) -> Result<Self> {
         match self {
             Self::Jsd { beta } => Self::jsd(beta),
             other => Ok(other),
+        }
+    }
+}
+
+/// How a run file writes a [`Divergence`].
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Spelling {
+    ForwardKl,
+    ReverseKl,
+    Jsd(f64),
+}
+
+impl TryFrom<Spelling> for Divergence {
+    type Error = DivergenceError;
+
+    fn try_from(spelling: Spelling) -> Result<Self> {
+        match spelling {
+            Spelling::ForwardKl => Ok(Self::ForwardKl),
+            Spelling::ReverseKl => Ok(Self::ReverseKl),
+            Spelling::Jsd(beta) => Self::jsd(beta),
+        }
+    }
+}
+
+impl From<Divergence> for Spelling {
+    fn from(divergence: Divergence) -> Self {
+        match divergence {
+            Divergence::ForwardKl => Self::ForwardKl,
+            Divergence::ReverseKl => Self::ReverseKl,
+            Divergence::Jsd { beta } => Self::Jsd(beta),
         }
     }
 }

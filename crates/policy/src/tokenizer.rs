@@ -206,7 +206,9 @@ impl ChatTokenizer {
     }
 
     /// The tokenizer of a Hugging Face folder: `tokenizer.json`, with special tokens and chat
-    /// template from `tokenizer_config.json` and extra EOS ids from `generation_config.json`.
+    /// template from `tokenizer_config.json` (the template from `chat_template.jinja` where the
+    /// config has none, as `transformers` 4.47 and later save it) and extra EOS ids from
+    /// `generation_config.json`.
     pub fn from_hf_folder(folder: impl AsRef<Path>) -> Result<Self> {
         let folder = folder.as_ref();
         let inner = from_file(folder.join("tokenizer.json"))?;
@@ -238,6 +240,17 @@ impl ChatTokenizer {
                 .and_then(|t| t["template"].as_str())
                 .map(str::to_string),
             _ => None,
+        };
+        let template_file = folder.join("chat_template.jinja");
+        let template_source = match template_source {
+            Some(source) => Some(source),
+            None if template_file.is_file() => Some(
+                std::fs::read_to_string(&template_file).map_err(|source| PolicyError::Io {
+                    path: template_file.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
         };
         let chat_template = match template_source {
             Some(source) => Some(ChatTemplate::new(source)?),

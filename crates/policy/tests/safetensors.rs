@@ -349,3 +349,27 @@ fn attention_biases_follow_the_config() {
     assert_eq!(diff, 0.0);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `transformers` 4.47 and later save the chat template as `chat_template.jinja` beside a
+/// `tokenizer_config.json` without one: the folder's tokenizer reads it from there.
+#[test]
+fn a_chat_template_saved_as_its_own_file_is_read() {
+    let dir = scratch("template-file");
+    let tokenizer =
+        opd_policy::ChatTokenizer::characters("0123456789+", "{{ messages[0].content }}!").unwrap();
+    tokenizer.save_hf(&dir).unwrap();
+    let config_path = dir.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let source = config["chat_template"].as_str().unwrap().to_string();
+    config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    std::fs::write(dir.join("chat_template.jinja"), source).unwrap();
+    let read = opd_policy::ChatTokenizer::from_hf_folder(&dir).unwrap();
+    let message = [opd_policy::Message::user("1+1")];
+    assert_eq!(read.apply_chat_template(&message, false).unwrap(), "1+1!");
+    // Without either, applying a template is the error it was.
+    std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
+    let bare = opd_policy::ChatTokenizer::from_hf_folder(&dir).unwrap();
+    assert!(bare.apply_chat_template(&message, false).is_err());
+}

@@ -7,7 +7,7 @@ use opd_policy::{Llama, SequenceBatch};
 
 use crate::error::Result;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Scores, Teacher, respond};
+use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
 
 /// **EMA** teacher: starts as the student and after each optimizer step moves
 /// `θ_T ← (1 − η)·θ_T + η·θ` (SDPO: η = 0.05). After `k` steps,
@@ -44,7 +44,7 @@ impl<B: AutodiffBackend> Teacher<B> for Ema<B> {
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
-        respond(batch, request, |rows| Scores::of(&self.model, rows))
+        respond(batch, request, |rows| TeacherScores::of(&self.model, rows))
     }
 
     fn after_step(&mut self, student: &Llama<B>) -> Result<()> {

@@ -5,7 +5,7 @@ use opd_policy::{ChatTokenizer, Llama, Policy, SequenceBatch};
 
 use crate::error::{Result, TeacherError};
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Scores, Teacher, respond};
+use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
 
 /// **External** teacher: another model, `θ_T` fixed, scoring the student's tokens (OPD). It
 /// must share the student's vocabulary token for token, since it scores the student's ids.
@@ -55,6 +55,6 @@ impl<B: AutodiffBackend> Teacher<B> for External<B> {
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
-        respond(batch, request, |rows| Scores::of(&self.model, rows))
+        respond(batch, request, |rows| TeacherScores::of(&self.model, rows))
     }
 }

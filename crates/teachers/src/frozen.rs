@@ -6,7 +6,7 @@ use opd_policy::{Llama, SequenceBatch};
 
 use crate::error::Result;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Scores, Teacher, respond};
+use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
 
 /// **Frozen initial** teacher: `θ_T = θ_0`, the student's weights when the teacher was built
 /// (OPSD's teacher). Without adapters it keeps a snapshot, which shares storage with the
@@ -48,7 +48,7 @@ impl<B: AutodiffBackend> Teacher<B> for FrozenInitial<B> {
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         let model = self.model(student);
-        respond(batch, request, |rows| Scores::of(&model, rows))
+        respond(batch, request, |rows| TeacherScores::of(&model, rows))
     }
 }
 
@@ -66,6 +66,6 @@ impl<B: AutodiffBackend> Teacher<B> for Current {
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         let model = student.valid();
-        respond(batch, request, |rows| Scores::of(&model, rows))
+        respond(batch, request, |rows| TeacherScores::of(&model, rows))
     }
 }

@@ -72,7 +72,7 @@ impl<B: AutodiffBackend, T: Teacher<B> + ?Sized> Teacher<B> for Box<T> {
 /// A teacher model's scores of some rows at their response positions: its final hidden
 /// states `[m, R, d]` and output head `[V, d]` (logits `hidden · headᵀ`), or its logits
 /// `[m, R, V]` when the head is not a plain product.
-pub(crate) enum Scores<I: Backend> {
+pub(crate) enum TeacherScores<I: Backend> {
     /// Hidden states and the head.
     Hidden {
         hidden: Tensor<I, 3>,
@@ -82,7 +82,7 @@ pub(crate) enum Scores<I: Backend> {
     Logits(Tensor<I, 3>),
 }
 
-impl<I: Backend> Scores<I> {
+impl<I: Backend> TeacherScores<I> {
     /// `model`'s scores of `rows`.
     pub fn of(model: &Llama<I>, rows: &SequenceBatch) -> opd_policy::Result<Self> {
         let hidden = model.response_hidden(rows)?;
@@ -108,16 +108,18 @@ impl<I: Backend> Scores<I> {
 pub(crate) fn respond<B: AutodiffBackend>(
     batch: &SequenceBatch,
     request: &Request,
-    mut scores: impl FnMut(&SequenceBatch) -> opd_policy::Result<Scores<B::InnerBackend>>,
+    mut scores: impl FnMut(&SequenceBatch) -> opd_policy::Result<TeacherScores<B::InnerBackend>>,
 ) -> Result<TeacherOutput<B>> {
     let temperature = request.temperature;
     let top_k = match request.support {
         TeacherSupport::Logits => {
             let target = match scores(batch)? {
-                Scores::Hidden { hidden, head } if request.hidden_states => TeacherTarget::Hidden {
-                    hidden: Tensor::from_inner(hidden),
-                    head: Tensor::from_inner(head),
-                },
+                TeacherScores::Hidden { hidden, head } if request.hidden_states => {
+                    TeacherTarget::Hidden {
+                        hidden: Tensor::from_inner(hidden),
+                        head: Tensor::from_inner(head),
+                    }
+                }
                 other => TeacherTarget::Logits(Tensor::from_inner(other.logits())),
             };
             return Ok(TeacherOutput::Distribution {

@@ -8,7 +8,7 @@ use opd_policy::{Llama, SequenceBatch};
 use crate::error::{Result, TeacherError};
 use crate::frozen::FrozenInitial;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{Scores, Teacher, respond};
+use crate::teacher::{Teacher, TeacherScores, respond};
 
 /// **Trust-region** teacher: logits `z_T = lerp(z_ref, z_cur, α) = z_ref + α·(z_cur − z_ref)`
 /// from the frozen initial weights and the current student's (SDPO's alternative to EMA, with
@@ -49,18 +49,21 @@ impl<B: AutodiffBackend> Teacher<B> for TrustRegion<B> {
         let alpha = self.alpha;
         respond(batch, request, |rows| {
             Ok(
-                match (Scores::of(&reference, rows)?, Scores::of(&current, rows)?) {
+                match (
+                    TeacherScores::of(&reference, rows)?,
+                    TeacherScores::of(&current, rows)?,
+                ) {
                     // (1 − α)·h_ref·W_refᵀ + α·h_cur·W_curᵀ: one product over both widths.
                     (
-                        Scores::Hidden {
+                        TeacherScores::Hidden {
                             hidden: h_ref,
                             head: w_ref,
                         },
-                        Scores::Hidden {
+                        TeacherScores::Hidden {
                             hidden: h_cur,
                             head: w_cur,
                         },
-                    ) => Scores::Hidden {
+                    ) => TeacherScores::Hidden {
                         hidden: Tensor::cat(
                             vec![h_ref.mul_scalar(1.0 - alpha), h_cur.mul_scalar(alpha)],
                             2,
@@ -69,7 +72,9 @@ impl<B: AutodiffBackend> Teacher<B> for TrustRegion<B> {
                     },
                     (reference, current) => {
                         let z_ref = reference.logits();
-                        Scores::Logits(z_ref.clone() + (current.logits() - z_ref).mul_scalar(alpha))
+                        TeacherScores::Logits(
+                            z_ref.clone() + (current.logits() - z_ref).mul_scalar(alpha),
+                        )
                     }
                 },
             )

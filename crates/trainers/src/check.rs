@@ -63,3 +63,42 @@ pub(crate) fn top_k(field: &'static str, value: Option<usize>) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// A divergence whose JSD weight lies in `[0, 1]` (one built in code rather than read from a
+/// run file, where it is checked on reading).
+pub(crate) fn divergence(field: &'static str, value: opd_divergences::Divergence) -> Result<()> {
+    match value.validate() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(config_error(
+            field,
+            format!("{value:?}"),
+            "\"forward_kl\", \"reverse_kl\" or { jsd = β } with β in [0, 1]",
+        )),
+    }
+}
+
+/// PPO's clip bounds: `ε_low` in `(0, 1)`, `ε_high` above 0.
+pub(crate) fn clip(low: f64, high: f64) -> Result<()> {
+    positive("objective.epsilon_low", low)?;
+    positive("objective.epsilon_high", high)?;
+    if low >= 1.0 {
+        return Err(config_error(
+            "objective.epsilon_low",
+            low,
+            "a number in (0, 1)",
+        ));
+    }
+    Ok(())
+}
+
+/// A constant normalizer of at least one token.
+pub(crate) fn aggregation(aggregation: opd_divergences::Reduction) -> Result<()> {
+    match aggregation {
+        opd_divergences::Reduction::Constant(0) => Err(config_error(
+            "objective.aggregation",
+            "constant 0",
+            "a positive number of tokens per answer",
+        )),
+        _ => Ok(()),
+    }
+}

@@ -11,7 +11,7 @@
 //! 4. **advantages** (GRPO, OPD's advantage form) and **teacher outputs** (OPD's model, or the
 //!    student reading privileged context for OPSD / SDFT / SDPO), computed once per batch as
 //!    constants;
-//! 5. **loss**: the objective in [`objectives`] per micro-batch, gradients accumulated;
+//! 5. **loss**: the method's per-token loss from [`losses`] per micro-batch, gradients accumulated;
 //! 6. **optimizer**: global-norm clipping, AdamW with warmup + cosine, `mini_batches` steps per
 //!    rollout batch;
 //! 7. **teacher update** (EMA) after every optimizer step;
@@ -31,17 +31,15 @@ mod check;
 pub mod checkpoint;
 pub mod config;
 mod device;
-mod diagnosis;
-mod diagnostics;
 mod error;
 mod fingerprint;
 mod grads;
+pub mod losses;
+mod measure;
 mod method;
-mod metrics;
 mod micro;
 mod named;
 mod objective;
-pub mod objectives;
 mod order;
 pub mod parallel;
 pub mod prelude;
@@ -49,7 +47,6 @@ mod rows;
 mod schedule;
 mod settings;
 mod state;
-mod telemetry;
 mod trainer;
 mod update;
 
@@ -61,7 +58,7 @@ pub use config::{
     TrustRegionEstimator,
 };
 pub use error::{Result, TrainError};
-pub use metrics::{Phases, StepMetrics, TeacherMetrics};
+pub use measure::metrics::{Phases, StepMetrics, TeacherMetrics};
 pub use schedule::learning_rate;
 pub use state::{OptimizerRecord, RunProgress, SavedState, TokensSpent, TrainerState};
 pub use trainer::{Flow, MAX_SKIPPED_STEPS_IN_A_ROW, Trainer};

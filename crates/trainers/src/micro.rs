@@ -10,7 +10,7 @@ use opd_tasks::Task;
 use crate::config::OutputHead;
 use crate::error::Result;
 use crate::method::{LinearIn, Method, MicroBatch, Prepared, Sizes};
-use crate::rows::Rows;
+use crate::rows::StepRows;
 use opd_divergences::host_values;
 use opd_divergences::{Counts, Reduction};
 
@@ -34,7 +34,7 @@ pub(crate) struct Micro<B: TrainingBackend> {
 
 /// How a step's rows are split: into `mini_batches` updates, and each between `workers`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Split {
+pub(crate) struct RowSplit {
     /// Updates per step.
     pub mini_batches: usize,
     /// This worker.
@@ -49,13 +49,13 @@ pub(crate) struct Split {
 pub(crate) fn prepare<B: TrainingBackend>(
     method: &dyn Method<B>,
     student: &Llama<B>,
-    rows: &Rows,
+    rows: &StepRows,
     tasks: &[Task],
     advantages: &[f64],
-    split: Split,
+    split: RowSplit,
     sizes: Sizes,
 ) -> Result<Vec<Vec<Micro<B>>>> {
-    let Split {
+    let RowSplit {
         mini_batches,
         rank,
         workers,

@@ -10,7 +10,7 @@ use opd_tasks::{Environment, Outcome, Task, prompt_ids};
 
 /// A step's rows in prompt-major order (answer `j` of prompt `i` at `i · G + j`).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Rows {
+pub(crate) struct StepRows {
     /// Index of each row's task.
     pub tasks: Vec<usize>,
     /// The student's context (rendered chat prompt).
@@ -27,7 +27,7 @@ pub(crate) struct Rows {
     pub outcomes: Vec<Outcome>,
 }
 
-impl Rows {
+impl StepRows {
     /// Checks one worker's share as gathered from another process: `per_prompt` rows for
     /// each of `prompts` in order, each row's vectors consistent, every id inside `vocab`;
     /// `Err` says what is wrong.
@@ -75,8 +75,8 @@ impl Rows {
     }
 
     /// The rows of `parts` one after another (each worker's share of a step, in rank order).
-    pub fn concat(parts: Vec<Rows>) -> Rows {
-        let mut all = Rows::default();
+    pub fn concat(parts: Vec<StepRows>) -> StepRows {
+        let mut all = StepRows::default();
         for part in parts {
             all.tasks.extend(part.tasks);
             all.contexts.extend(part.contexts);
@@ -99,7 +99,7 @@ pub(crate) fn sampled<B: burn::tensor::backend::Backend>(
     group: usize,
     seed: u64,
     environment: &dyn Environment,
-) -> Result<Rows> {
+) -> Result<StepRows> {
     let prompts = tasks
         .iter()
         .map(|(_, task)| prompt_ids(tokenizer, &task.prompt))
@@ -118,7 +118,7 @@ pub(crate) fn sampled<B: burn::tensor::backend::Backend>(
     batch
         .samples
         .sort_by_key(|s| (s.prompt_index, s.sample_index));
-    let mut rows = Rows::default();
+    let mut rows = StepRows::default();
     for sample in batch.samples {
         let (index, task) = tasks[sample.prompt_index];
         rows.outcomes.push(environment.evaluate(task, &sample.text));
@@ -138,8 +138,8 @@ pub(crate) fn references(
     tokenizer: &ChatTokenizer,
     tasks: &[(usize, &Task)],
     environment: &dyn Environment,
-) -> Result<Rows> {
-    let mut rows = Rows::default();
+) -> Result<StepRows> {
+    let mut rows = StepRows::default();
     for &(index, task) in tasks {
         let reference = task.reference.as_deref().ok_or_else(|| TrainError::Task {
             index,

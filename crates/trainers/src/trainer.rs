@@ -10,17 +10,17 @@ use opd_policy::{ChatTokenizer, FusedAdamW, Llama};
 use opd_tasks::{Environment, Task};
 
 use crate::config::{OnNonFinite, TrainConfig};
-use crate::diagnostics::CollapseState;
 use crate::error::{Result, TrainError};
+use crate::measure::diagnostics::CollapseState;
+use crate::measure::metrics::StepMetrics;
+use crate::measure::telemetry::{Step, Telemetry, watch_collapse};
 use crate::method::{Method, Rollouts, Sizes};
-use crate::metrics::StepMetrics;
-use crate::micro::{Micro, Split, prepare};
+use crate::micro::{Micro, RowSplit, prepare};
 use crate::order::TaskOrder;
 use crate::parallel::Replica;
-use crate::rows::{self, Rows};
+use crate::rows::{self, StepRows};
 use crate::schedule::learning_rate;
 use crate::state::{RunProgress, SavedState, StudentOptimizer, TokensSpent, TrainerState};
-use crate::telemetry::{Step, Telemetry, watch_collapse};
 use crate::update::{Gradients, LossSettings, counts, gradients};
 use crate::{fingerprint, grads};
 use opd_divergences::Counts;
@@ -290,7 +290,7 @@ impl<B: TrainingBackend> Trainer<B> {
                             detail: format!("worker {r}: {detail}"),
                         })?;
                 }
-                Rows::concat(all)
+                StepRows::concat(all)
             }
             None => self.rollouts(rollouts, &picked)?,
         };
@@ -311,7 +311,7 @@ impl<B: TrainingBackend> Trainer<B> {
             &rows,
             &self.tasks,
             advantages.as_ref().map_or(&[], |a| &a.values),
-            Split {
+            RowSplit {
                 mini_batches: self.config.mini_batches,
                 rank: self.rank(),
                 workers: self.replica.as_ref().map_or(1, Replica::workers),
@@ -398,7 +398,7 @@ impl<B: TrainingBackend> Trainer<B> {
     }
 
     /// The step's rows: the student's samples or the references.
-    fn rollouts(&self, rollouts: Rollouts, picked: &[usize]) -> Result<rows::Rows> {
+    fn rollouts(&self, rollouts: Rollouts, picked: &[usize]) -> Result<rows::StepRows> {
         use burn::module::AutodiffModule;
         let tasks: Vec<(usize, &Task)> = picked.iter().map(|&i| (i, &self.tasks[i])).collect();
         match rollouts {

@@ -8,11 +8,11 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use opd_policy::{Llama, Policy};
 
-use crate::diagnosis::{Diagnosis, diagnose_formed};
 use crate::error::Result;
+use crate::measure::diagnosis::{Diagnosis, diagnose_formed};
+use crate::measure::telemetry::{RowTeachers, Telemetry};
 use crate::method::Forward;
 use crate::micro::Micro;
-use crate::telemetry::{RowTeachers, Telemetry};
 use opd_divergences::host_values;
 use opd_divergences::{Counts, reduce_share};
 

@@ -48,12 +48,21 @@ fn invalid_configs_name_their_field() {
     assert_eq!(field_of(sampled_with_top_p), "sampling.top_p");
     let bad_beta = TrainConfig {
         objective: Objective::Opsd(OpsdConfig {
-            beta: 1.5,
+            divergence: opd_divergences::Divergence::Jsd { beta: 1.5 },
             ..OpsdConfig::default()
         }),
         ..TrainConfig::default()
     };
-    assert_eq!(field_of(bad_beta), "objective.beta");
+    assert_eq!(field_of(bad_beta), "objective.divergence");
+    // The sampled-token form estimates the reverse KL alone: another divergence is refused.
+    let sampled_jsd = TrainConfig {
+        objective: Objective::Opsd(OpsdConfig {
+            form: opd_trainers::DistillForm::SampledToken,
+            ..OpsdConfig::default()
+        }),
+        ..TrainConfig::default()
+    };
+    assert_eq!(field_of(sampled_jsd), "objective.divergence");
     let err = TrainConfig {
         mini_batches: 0,
         ..TrainConfig::default()
@@ -228,14 +237,37 @@ fn the_collapse_watch_warns_or_stops() {
 #[test]
 fn each_opd_form_reads_only_its_own_settings() {
     let parse = |json: &str| serde_json::from_str::<Objective>(json);
+    let jsd = Objective::Opd(OpdConfig {
+        form: OpdForm::Divergence {
+            divergence: opd_divergences::Divergence::Jsd { beta: 0.5 },
+            teacher_top_k: None,
+        },
+        ..OpdConfig::default()
+    });
     let divergence =
-        parse(r#"{"method": "opd", "form": "divergence", "divergence_beta": 0.5}"#).unwrap();
+        parse(r#"{"method": "opd", "form": "divergence", "divergence": {"jsd": 0.5}}"#).unwrap();
+    assert_eq!(divergence, jsd);
+    // Older run files' `divergence_beta` reads as the same divergence; both at once is an error.
+    let older = r#"{"method": "opd", "form": "divergence", "divergence_beta": 0.5}"#;
+    assert_eq!(parse(older).unwrap(), jsd);
+    let both = r#"{"method": "opd", "form": "divergence", "divergence_beta": 0.5,
+                   "divergence": "reverse_kl"}"#;
+    assert!(
+        parse(both)
+            .unwrap_err()
+            .to_string()
+            .contains("divergence_beta")
+    );
+    // The JSD's weight is checked when read; its endpoints read as the two KLs.
+    let outside = r#"{"method": "opd", "form": "divergence", "divergence": {"jsd": 1.5}}"#;
+    assert!(parse(outside).unwrap_err().to_string().contains("beta"));
+    let endpoint = r#"{"method": "opd", "form": "divergence", "divergence": {"jsd": 0.0}}"#;
     assert_eq!(
-        divergence,
+        parse(endpoint).unwrap(),
         Objective::Opd(OpdConfig {
             form: OpdForm::Divergence {
-                beta: 0.5,
-                teacher_top_k: None
+                divergence: opd_divergences::Divergence::ForwardKl,
+                teacher_top_k: None,
             },
             ..OpdConfig::default()
         })
@@ -321,6 +353,7 @@ fn every_trust_region_estimator_and_baseline_trains_a_step() {
     }
     let mut opsd = OpsdConfig {
         form: opd_trainers::DistillForm::SampledToken,
+        divergence: opd_divergences::Divergence::ReverseKl,
         baseline: SampledTokenBaseline::Old,
         ..OpsdConfig::default()
     };

@@ -51,7 +51,7 @@ fn each_task_is_scored_by_its_teacher_and_measured_apart() {
     for form in [
         OpdForm::divergence(),
         OpdForm::Divergence {
-            beta: 1.0,
+            divergence: opd_divergences::Divergence::ReverseKl,
             teacher_top_k: Some(4),
         },
         OpdForm::surrogate(),

@@ -13,9 +13,9 @@ use opd_divergences::{
 };
 use opd_teachers::TeacherOutput;
 
-use crate::diagnosis::Diagnosis;
 use crate::error::Result;
-use crate::objectives::importance_ratio;
+use crate::losses::{MAX_LOG_RATIO, importance_ratio};
+use crate::measure::diagnosis::Diagnosis;
 use opd_divergences::host_values;
 
 use super::LinearIn;
@@ -172,7 +172,7 @@ impl<B: TrainingBackend> Forward<B> {
                 let old = host_values(self.old.clone().inner());
                 lp.iter()
                     .zip(&old)
-                    .map(|(lp, old)| (lp - old).clamp(-20.0, 20.0).exp())
+                    .map(|(lp, old)| (lp - old).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp())
                     .collect()
             }
             _ => {

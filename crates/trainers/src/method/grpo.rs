@@ -2,18 +2,16 @@
 //! and constant normalizer; TRL's `GRPOTrainer` for the defaults).
 
 use burn::tensor::Tensor;
-use opd_divergences::DivergenceBackend;
 use opd_divergences::TrainingBackend;
 use opd_policy::Llama;
 use opd_teachers::{FrozenInitial, Teacher, TeacherSupport};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Clipped, Forward, Loss, Method, MicroBatch, Prepared, Rollouts, SequenceAdvantages, Targets,
-};
-use crate::check::{at_least, config_error, non_negative, positive};
+use super::advantages::{Advantages, group_relative};
+use super::{Forward, Loss, Method, MicroBatch, Prepared, Rollouts, SequenceAdvantages, Targets};
+use crate::check::{self, at_least, non_negative};
 use crate::error::Result;
-use crate::objectives::grpo;
+use crate::losses::grpo;
 use crate::settings::{MethodSettings, SamplingConfig};
 use opd_divergences::Reduction;
 
@@ -71,35 +69,9 @@ impl MethodSettings for GrpoConfig {
             2,
             "at least 2: GRPO's advantage compares answers to the same prompt",
         )?;
-        check_clip(self.epsilon_low, self.epsilon_high)?;
-        check_aggregation(self.aggregation)?;
+        check::clip(self.epsilon_low, self.epsilon_high)?;
+        check::aggregation(self.aggregation)?;
         non_negative("objective.kl_beta", self.kl_beta)
-    }
-}
-
-/// PPO's clip bounds: `ε_low` in `(0, 1)`, `ε_high` above 0.
-pub(super) fn check_clip(low: f64, high: f64) -> Result<()> {
-    positive("objective.epsilon_low", low)?;
-    positive("objective.epsilon_high", high)?;
-    if low >= 1.0 {
-        return Err(config_error(
-            "objective.epsilon_low",
-            low,
-            "a number in (0, 1)",
-        ));
-    }
-    Ok(())
-}
-
-/// A constant normalizer of at least one token.
-pub(super) fn check_aggregation(aggregation: Reduction) -> Result<()> {
-    match aggregation {
-        Reduction::Constant(0) => Err(config_error(
-            "objective.aggregation",
-            "constant 0",
-            "a positive number of tokens per answer",
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -113,51 +85,6 @@ impl<B: TrainingBackend> Grpo<B> {
     pub fn new(config: GrpoConfig, student: &Llama<B>) -> Self {
         let reference = (config.kl_beta > 0.0).then(|| FrozenInitial::new(student));
         Self { config, reference }
-    }
-}
-
-/// Group-normalized advantages on each token, with their host copy for the clip counts.
-pub(super) struct Advantages<B: TrainingBackend> {
-    pub values: Tensor<B, 2>,
-    pub host: Vec<f32>,
-}
-
-impl<B: TrainingBackend> Advantages<B> {
-    /// Each row's sequence advantage on each of its tokens.
-    pub fn of_rows(micro: &MicroBatch<'_, B>) -> Self {
-        let (values, host) = micro
-            .per_token(|_, row, len| vec![micro.advantages.get(row).copied().unwrap_or(0.0); len]);
-        Self { values, host }
-    }
-
-    /// PPO's clipped surrogate `−min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A)` per token,
-    /// with the tokens where the clip binds counted.
-    pub fn clipped(
-        &self,
-        student: &Forward<B>,
-        low: f64,
-        high: f64,
-    ) -> Result<(Tensor<B, 2>, Clipped)>
-    where
-        B: DivergenceBackend,
-    {
-        let lp = student.log_probs()?;
-        let mut clipped = Clipped::default();
-        let counted = student.counted_host.iter();
-        for ((r, a), _) in student
-            .ratio_host()?
-            .iter()
-            .zip(&self.host)
-            .zip(counted)
-            .filter(|(_, m)| **m)
-        {
-            let (r, a) = (*r as f64, *a as f64);
-            clipped.low += usize::from(r < 1.0 - low && a < 0.0);
-            clipped.high += usize::from(r > 1.0 + high && a > 0.0);
-            clipped.tokens += 1;
-        }
-        let loss = grpo::clipped_surrogate(lp, student.old.clone(), self.values.clone(), low, high);
-        Ok((loss, clipped))
     }
 }
 
@@ -220,14 +147,5 @@ impl<B: TrainingBackend> Method<B> for Grpo<B> {
             reference,
         };
         Ok(Prepared::on_responses(micro, targets))
-    }
-}
-
-/// GRPO's group-normalized advantages of a step.
-pub(super) fn group_relative(rewards: &[f64], group: usize, scale: bool) -> SequenceAdvantages {
-    let a = grpo::group_advantages(rewards, group, scale);
-    SequenceAdvantages {
-        values: a.advantages,
-        zero_std: Some((a.zero_std_groups, a.groups)),
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | stage | the method's part | passes on |
 //! |---|---|---|
-//! | rollouts | [`Method::rollouts`]: the student's samples, `G` per prompt, or the references | [`Rows`] |
+//! | rollouts | [`Method::rollouts`]: the student's samples, `G` per prompt, or the references | [`StepRows`] |
 //! | advantages | [`Method::sequence_advantages`] from the rewards | [`SequenceAdvantages`] |
 //! | targets | [`Method::targets`] per micro-batch, before any update: teacher outputs, token advantages, `π_ref`, the loss mask | [`Prepared`] holding a [`Targets`] |
 //! | loss | [`Targets::loss`] on the student's [`Forward`] | [`Loss`]: named per-token parts |
@@ -14,6 +14,7 @@
 //! [`Method`] in a file of this folder, and add one arm to [`crate::Objective`] and to
 //! [`build`]. `docs/development.md` walks through an example.
 
+mod advantages;
 mod forward;
 pub(crate) mod grpo;
 pub(crate) mod opd;
@@ -24,6 +25,8 @@ pub(crate) mod sdft;
 pub(crate) mod sdpo;
 mod self_teacher;
 pub(crate) mod sft;
+#[cfg(test)]
+mod sft_kl_example;
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor};
@@ -44,7 +47,7 @@ pub use sdpo::SdpoConfig;
 pub use sft::SftConfig;
 
 use crate::error::Result;
-use crate::rows::Rows;
+use crate::rows::StepRows;
 use crate::settings::DistillForm;
 use opd_divergences::Reduction;
 
@@ -88,7 +91,7 @@ pub struct SequenceAdvantages {
 /// rows, tasks and sequence advantages around it.
 pub struct MicroBatch<'a, B: AutodiffBackend> {
     /// The rows of the step.
-    pub rows: &'a Rows,
+    pub rows: &'a StepRows,
     /// The indices of this micro-batch's rows in `rows`.
     pub chunk: &'a [usize],
     /// The trainer's tasks (`rows.tasks` index them).

@@ -15,9 +15,9 @@ use super::routing::Routed;
 use super::{
     Forward, LinearIn, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, SequenceAdvantages,
 };
-use super::{Targets, grpo::Advantages};
+use super::{Targets, advantages::Advantages};
 use crate::error::Result;
-use crate::objectives::opd;
+use crate::losses::opd;
 use opd_divergences::Reduction;
 use opd_divergences::host_values;
 
@@ -60,8 +60,8 @@ impl<B: TrainingBackend> Targets<B> for OpdTargets<B> {
 enum FormTargets<B: TrainingBackend> {
     Surrogate {
         teacher: Tensor<B, 2>,
-        beta: f64,
-        trust_region: TrustRegion<B>,
+        trust_region_beta: f64,
+        trust_region: TrustRegionTerm<B>,
         aggregation: Reduction,
     },
     Advantage {
@@ -71,13 +71,13 @@ enum FormTargets<B: TrainingBackend> {
     },
     Divergence {
         teacher: TeacherOutput<B>,
-        beta: f64,
+        divergence: Divergence,
         aggregation: Reduction,
     },
 }
 
 /// The trust region's estimator, with `π_old`'s logits for the exact one.
-enum TrustRegion<B: TrainingBackend> {
+enum TrustRegionTerm<B: TrainingBackend> {
     Sampled(Estimator),
     Exact(TeacherOutput<B>),
 }
@@ -88,20 +88,20 @@ impl<B: TrainingBackend> FormTargets<B> {
         let (mut loss, aggregation) = match self {
             Self::Surrogate {
                 teacher,
-                beta,
+                trust_region_beta: beta,
                 trust_region,
                 aggregation,
             } => {
                 let lp = student.log_probs()?;
                 let per_token = match trust_region {
-                    TrustRegion::Sampled(Estimator::K3) => {
+                    TrustRegionTerm::Sampled(Estimator::K3) => {
                         opd::surrogate(lp.clone(), old, teacher.clone(), *beta)
                     }
-                    TrustRegion::Sampled(estimator) => {
+                    TrustRegionTerm::Sampled(estimator) => {
                         opd::surrogate(lp.clone(), old.clone(), teacher.clone(), 0.0)
                             + opd::trust_region(lp.clone(), old, *estimator).mul_scalar(*beta)
                     }
-                    TrustRegion::Exact(old_logits) => {
+                    TrustRegionTerm::Exact(old_logits) => {
                         let options = DivergenceOptions::new(Divergence::ForwardKl);
                         opd::surrogate(lp.clone(), old, teacher.clone(), 0.0)
                             + student.divergence(old_logits, options)?.mul_scalar(*beta)
@@ -124,10 +124,10 @@ impl<B: TrainingBackend> FormTargets<B> {
             }
             Self::Divergence {
                 teacher,
-                beta,
+                divergence,
                 aggregation,
             } => {
-                let options = DivergenceOptions::new(Divergence::jsd(*beta)?);
+                let options = DivergenceOptions::new(*divergence);
                 let values = student.divergence(teacher, options)?;
                 let mut loss = Loss::single("distill", values.clone());
                 loss.divergence = Some(values);
@@ -188,10 +188,10 @@ impl<B: TrainingBackend> Method<B> for Opd<B> {
                 estimator,
             } => {
                 let trust_region = match estimator {
-                    TrustRegionEstimator::K1 => TrustRegion::Sampled(Estimator::K1),
-                    TrustRegionEstimator::K2 => TrustRegion::Sampled(Estimator::K2),
-                    TrustRegionEstimator::K3 => TrustRegion::Sampled(Estimator::K3),
-                    TrustRegionEstimator::Exact => TrustRegion::Exact(Current.outputs(
+                    TrustRegionEstimator::K1 => TrustRegionTerm::Sampled(Estimator::K1),
+                    TrustRegionEstimator::K2 => TrustRegionTerm::Sampled(Estimator::K2),
+                    TrustRegionEstimator::K3 => TrustRegionTerm::Sampled(Estimator::K3),
+                    TrustRegionEstimator::Exact => TrustRegionTerm::Exact(Current.outputs(
                         student,
                         micro.batch,
                         &micro.request(TeacherSupport::Logits, 1.0)?,
@@ -199,7 +199,7 @@ impl<B: TrainingBackend> Method<B> for Opd<B> {
                 };
                 FormTargets::Surrogate {
                     teacher: tokens()?,
-                    beta: trust_region_beta,
+                    trust_region_beta,
                     trust_region,
                     aggregation,
                 }
@@ -225,11 +225,11 @@ impl<B: TrainingBackend> Method<B> for Opd<B> {
                 }
             }
             OpdForm::Divergence {
-                beta,
+                divergence,
                 teacher_top_k,
             } => FormTargets::Divergence {
                 teacher: score(teacher_top_k.map_or(TeacherSupport::Logits, TeacherSupport::TopK))?,
-                beta,
+                divergence,
                 aggregation,
             },
         };

@@ -4,17 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::grpo::check_aggregation;
-use crate::check::{non_negative, top_k, unit};
+use crate::check::{self, non_negative, top_k, unit};
 use crate::error::{Result, TrainError};
 use crate::settings::{MethodSettings, SamplingConfig, unbiased_sampling};
-use opd_divergences::Reduction;
+use opd_divergences::{Divergence, Reduction};
 
 /// On-policy distillation from a teacher model that shares the student's vocabulary.
 ///
 /// In a run file the form is `form = "surrogate" | "advantage" | "divergence"` beside its own
 /// settings (`trust_region_beta`, `trust_region_estimator`; `discount`, `reward_weight`;
-/// `divergence_beta`, `teacher_top_k`); a setting of another form is an error.
+/// `divergence`, `teacher_top_k`); a setting of another form is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "OpdFields", into = "OpdFields")]
 pub struct OpdConfig {
@@ -52,10 +51,10 @@ pub enum OpdForm {
         /// Weight of the batch-centered task reward. Default 0.
         reward_weight: f64,
     },
-    /// `ℓ_t = JSD_β(p_T ‖ p_θ)` over the full vocabulary, or the teacher's top-k plus a tail.
+    /// `ℓ_t = D(p_T ‖ p_θ)` over the full vocabulary, or the teacher's top-k plus a tail.
     Divergence {
-        /// `β`: 1 reverse KL, 0 forward KL. Default 1.
-        beta: f64,
+        /// `D`. Default the reverse KL.
+        divergence: Divergence,
         /// The teacher's top-k plus a tail bucket; `None` the full vocabulary. Default `None`.
         teacher_top_k: Option<usize>,
     },
@@ -81,7 +80,7 @@ impl OpdForm {
     /// The divergence form with its defaults (reverse KL, full vocabulary).
     pub fn divergence() -> Self {
         Self::Divergence {
-            beta: 1.0,
+            divergence: Divergence::ReverseKl,
             teacher_top_k: None,
         }
     }
@@ -117,7 +116,7 @@ impl MethodSettings for OpdConfig {
     }
 
     fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
-        check_aggregation(self.aggregation)?;
+        check::aggregation(self.aggregation)?;
         match self.form {
             OpdForm::Surrogate {
                 trust_region_beta, ..
@@ -136,10 +135,10 @@ impl MethodSettings for OpdConfig {
                 }
             }
             OpdForm::Divergence {
-                beta,
+                divergence,
                 teacher_top_k,
             } => {
-                unit("objective.divergence_beta", beta)?;
+                check::divergence("objective.divergence", divergence)?;
                 return top_k("objective.teacher_top_k", teacher_top_k);
             }
         }
@@ -163,6 +162,9 @@ struct OpdFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reward_weight: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    divergence: Option<Divergence>,
+    /// Older run files' spelling of `divergence = { jsd = β }`; read, never written.
+    #[serde(default, skip_serializing)]
     divergence_beta: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     teacher_top_k: Option<usize>,
@@ -185,6 +187,15 @@ impl TryFrom<OpdFields> for OpdConfig {
     /// The form with its settings; a setting of another form, unless it is that form's
     /// default (and so has no effect), is an error naming it.
     fn try_from(f: OpdFields) -> std::result::Result<Self, String> {
+        let divergence = match (f.divergence, f.divergence_beta) {
+            (Some(_), Some(_)) => {
+                return Err("`divergence_beta` is the older spelling of `divergence`: \
+                            write `divergence` alone"
+                    .into());
+            }
+            (divergence, None) => divergence,
+            (None, Some(beta)) => Some(Divergence::jsd(beta).map_err(|e| e.to_string())?),
+        };
         let belongs = [
             (
                 "trust_region_beta",
@@ -208,8 +219,8 @@ impl TryFrom<OpdFields> for OpdConfig {
                 FormName::Advantage,
             ),
             (
-                "divergence_beta",
-                f.divergence_beta.is_some_and(|v| v != 1.0),
+                "divergence",
+                divergence.is_some_and(|d| d != Divergence::ReverseKl),
                 FormName::Divergence,
             ),
             (
@@ -238,7 +249,7 @@ impl TryFrom<OpdFields> for OpdConfig {
                 reward_weight: f.reward_weight.unwrap_or(0.0),
             },
             FormName::Divergence => OpdForm::Divergence {
-                beta: f.divergence_beta.unwrap_or(1.0),
+                divergence: divergence.unwrap_or(Divergence::ReverseKl),
                 teacher_top_k: f.teacher_top_k,
             },
         };
@@ -281,11 +292,11 @@ impl From<OpdConfig> for OpdFields {
                 f.reward_weight = Some(reward_weight);
             }
             OpdForm::Divergence {
-                beta,
+                divergence,
                 teacher_top_k,
             } => {
                 f.form = FormName::Divergence;
-                f.divergence_beta = Some(beta);
+                f.divergence = Some(divergence);
                 f.teacher_top_k = teacher_top_k;
             }
         }

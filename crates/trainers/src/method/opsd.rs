@@ -10,24 +10,24 @@ use opd_teachers::{Privileged, TeacherOutput};
 use serde::{Deserialize, Serialize};
 
 use super::distill_support;
-use super::grpo::check_aggregation;
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Forward, LinearIn, Loss, Method, MicroBatch, Parts, Prepared, Rollouts, Targets};
-use crate::check::{positive, unit};
+use crate::check::{self, positive};
 use crate::error::{Result, TrainError};
-use crate::objectives::distill;
+use crate::losses::distill;
 use crate::settings::{DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
 use crate::settings::{teacher_weights, unbiased_sampling};
 use opd_divergences::Reduction;
 
 /// OPSD: the frozen initial model reads the problem and its reference solution;
-/// `ℓ_t = JSD_β(p_T ‖ p_θ)` at every token of one rollout per problem.
+/// `ℓ_t = D(p_T ‖ p_θ)` (the paper's `JSD_0.5`) at every token of one rollout per problem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsdConfig {
-    /// The JSD's `β` (0 = forward KL, 1 = reverse KL). Default 0.5 (the paper).
-    pub beta: f64,
-    /// Full-vocabulary divergence or the sampled-token form. Default full.
+    /// The divergence `D` of the full form. Default `{ jsd = 0.5 }` (the paper).
+    pub divergence: Divergence,
+    /// Full-vocabulary divergence or the sampled-token form (a single-sample estimate of the
+    /// reverse KL: `divergence` must then be `"reverse_kl"`). Default full.
     pub form: DistillForm,
     /// `min(ℓ_t, clip)`: the later OPSD code's `jsd_token_clip` (0.05); the paper has none.
     /// Default `None`.
@@ -45,7 +45,7 @@ pub struct OpsdConfig {
 impl Default for OpsdConfig {
     fn default() -> Self {
         Self {
-            beta: 0.5,
+            divergence: Divergence::Jsd { beta: 0.5 },
             form: DistillForm::Full,
             token_clip: None,
             teacher: TeacherWeights::FrozenInitial,
@@ -80,13 +80,14 @@ impl MethodSettings for OpsdConfig {
     }
 
     fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
-        unit("objective.beta", self.beta)?;
+        check::divergence("objective.divergence", self.divergence)?;
+        sampled_token_divergence(self.form, self.divergence)?;
         if let Some(clip) = self.token_clip {
             positive("objective.token_clip", clip)?;
         }
         teacher_weights("objective.teacher", self.teacher)?;
         positive("objective.temperature", self.temperature)?;
-        check_aggregation(self.aggregation)?;
+        check::aggregation(self.aggregation)?;
         if self.baseline == SampledTokenBaseline::Old && self.temperature != 1.0 {
             return Err(TrainError::Config {
                 field: "objective.baseline",
@@ -157,6 +158,20 @@ impl<B: TrainingBackend> Targets<B> for SelfDistillTargets<B> {
     }
 }
 
+/// The sampled-token form estimates the reverse KL from the sampled token alone: another
+/// divergence with it would be ignored, so it is an error naming the field.
+pub(super) fn sampled_token_divergence(form: DistillForm, divergence: Divergence) -> Result<()> {
+    if form == DistillForm::SampledToken && divergence != Divergence::ReverseKl {
+        return Err(TrainError::Config {
+            field: "objective.divergence",
+            value: format!("{divergence:?}"),
+            expected: "\"reverse_kl\" with form = \"sampled_token\" (a single-sample estimate \
+                       of the reverse KL), or form = \"full\"",
+        });
+    }
+    Ok(())
+}
+
 /// "`name` needs a reference solution or demonstration" when `task` has none.
 pub(super) fn needs_reference(name: &str, task: &Task) -> Option<String> {
     task.reference
@@ -188,7 +203,7 @@ impl<B: TrainingBackend> Method<B> for Opsd<B> {
             .prepare(student, micro, reference, support, |teacher| {
                 Ok(SelfDistillTargets {
                     teacher,
-                    divergence: Divergence::jsd(c.beta)?,
+                    divergence: c.divergence,
                     form: c.form,
                     baseline: c.baseline,
                     token_clip: c.token_clip,

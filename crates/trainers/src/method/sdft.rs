@@ -1,5 +1,5 @@
 //! SDFT (arXiv 2601.19897): the student's weights, shown a demonstration, teach the student
-//! with the reverse KL at every token of its own answer.
+//! with the reverse KL (or another divergence) at every token of its own answer.
 
 use opd_divergences::Divergence;
 use opd_divergences::TrainingBackend;
@@ -9,24 +9,27 @@ use opd_teachers::Privileged;
 use serde::{Deserialize, Serialize};
 
 use super::distill_support;
-use super::grpo::check_aggregation;
+use super::opsd::sampled_token_divergence;
 use super::opsd::{SampledTokenBaseline, SelfDistillTargets, needs_reference};
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{LinearIn, Method, MicroBatch, Parts, Prepared, Rollouts};
-use crate::check::positive;
+use crate::check::{self, positive};
 use crate::error::Result;
 use crate::settings::{DistillForm, MethodSettings, SamplingConfig, TeacherWeights};
 use crate::settings::{teacher_weights, unbiased_sampling};
 use opd_divergences::Reduction;
 
-/// SDFT: a demonstration in the teacher's context, `ℓ_t = KL(p_θ ‖ p_T)` (reverse KL) at
-/// every token of the student's answer.
+/// SDFT: a demonstration in the teacher's context, `ℓ_t = D(p_T ‖ p_θ)` (the paper's reverse
+/// KL `KL(p_θ ‖ p_T)`) at every token of the student's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SdftConfig {
     /// The teacher's weights. Default EMA with η = 0.05.
     pub teacher: TeacherWeights,
-    /// Full-vocabulary reverse KL or the sampled-token form. Default full.
+    /// The divergence `D` of the full form. Default `"reverse_kl"` (the paper).
+    pub divergence: Divergence,
+    /// Full-vocabulary divergence or the sampled-token form (a single-sample estimate of the
+    /// reverse KL). Default full.
     pub form: DistillForm,
     /// Temperature of both distributions in the loss. Default 1.
     pub temperature: f64,
@@ -38,6 +41,7 @@ impl Default for SdftConfig {
     fn default() -> Self {
         Self {
             teacher: TeacherWeights::Ema(0.05),
+            divergence: Divergence::ReverseKl,
             form: DistillForm::Full,
             temperature: 1.0,
             aggregation: Reduction::TokenMean,
@@ -56,8 +60,10 @@ impl MethodSettings for SdftConfig {
 
     fn validate(&self, sampling: &SamplingConfig) -> Result<()> {
         teacher_weights("objective.teacher", self.teacher)?;
+        check::divergence("objective.divergence", self.divergence)?;
+        sampled_token_divergence(self.form, self.divergence)?;
         positive("objective.temperature", self.temperature)?;
-        check_aggregation(self.aggregation)?;
+        check::aggregation(self.aggregation)?;
         if self.form == DistillForm::SampledToken {
             unbiased_sampling(sampling)?;
         }
@@ -101,7 +107,7 @@ impl<B: TrainingBackend> Method<B> for Sdft<B> {
             .prepare(student, micro, demonstration, support, |teacher| {
                 Ok(SelfDistillTargets {
                     teacher,
-                    divergence: Divergence::ReverseKl,
+                    divergence: c.divergence,
                     form: c.form,
                     baseline: SampledTokenBaseline::Current,
                     token_clip: None,

@@ -8,19 +8,20 @@ use opd_teachers::privileged::sdpo_demonstrations;
 use opd_teachers::{Privileged, TeacherOutput, TeacherSupport};
 use serde::{Deserialize, Serialize};
 
-use super::grpo::{Advantages, check_aggregation, check_clip, group_relative};
+use super::advantages::{Advantages, group_relative};
 use super::self_teacher::{SelfTeacher, self_teacher_hooks};
 use super::{Forward, Loss, Method, MicroBatch, Parts, Prepared, Rollouts};
 use super::{SequenceAdvantages, Targets};
-use crate::check::{at_least, positive, top_k, unit};
+use crate::check::{self, at_least, positive, top_k, unit};
 use crate::error::Result;
-use crate::objectives::distill;
+use crate::losses::distill;
 use crate::settings::teacher_weights;
 use crate::settings::{MethodSettings, SamplingConfig, TeacherWeights};
 use opd_divergences::Reduction;
 
 /// SDPO: the teacher reads the environment's feedback and the first successful sibling;
-/// `ℓ_t = min(sg ρ_t, is_clip) · JSD_α(p_T ‖ p_θ)` on the student's top-k plus a tail.
+/// `ℓ_t = min(sg ρ_t, is_clip) · D(p_T ‖ p_θ)` (the paper's `JSD_0.5`) on the student's top-k
+/// plus a tail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SdpoConfig {
@@ -28,8 +29,8 @@ pub struct SdpoConfig {
     pub group_size: usize,
     /// The teacher's weights. Default EMA with η = 0.05 (the SDPO code).
     pub teacher: TeacherWeights,
-    /// The JSD's `α` (0 = forward KL, 1 = reverse KL). Default 0.5.
-    pub alpha: f64,
+    /// The divergence `D`. Default `{ jsd = 0.5 }` (the SDPO code's `α = 0.5`).
+    pub divergence: Divergence,
     /// Support: the student's `k` most likely tokens plus a tail; `None` is the full
     /// vocabulary. Default 100.
     pub top_k: Option<usize>,
@@ -55,7 +56,7 @@ impl Default for SdpoConfig {
         Self {
             group_size: 8,
             teacher: TeacherWeights::Ema(0.05),
-            alpha: 0.5,
+            divergence: Divergence::Jsd { beta: 0.5 },
             top_k: Some(100),
             is_clip: 2.0,
             success_reward: 1.0,
@@ -93,14 +94,14 @@ impl MethodSettings for SdpoConfig {
             "at least 2: SDPO's demonstrations are successful siblings",
         )?;
         teacher_weights("objective.teacher", self.teacher)?;
-        unit("objective.alpha", self.alpha)?;
+        check::divergence("objective.divergence", self.divergence)?;
         top_k("objective.top_k", self.top_k)?;
         positive("objective.is_clip", self.is_clip)?;
         if let Some(w) = self.blend_weight {
             unit("objective.blend_weight", w)?;
         }
-        check_clip(self.epsilon_low, self.epsilon_high)?;
-        check_aggregation(self.aggregation)?;
+        check::clip(self.epsilon_low, self.epsilon_high)?;
+        check::aggregation(self.aggregation)?;
         positive("objective.temperature", self.temperature)
     }
 }
@@ -129,7 +130,7 @@ impl<B: TrainingBackend> Targets<B> for SdpoTargets<B> {
     fn loss(&self, student: &Forward<B>) -> Result<Loss<B>> {
         let c = &self.config;
         let support = c.top_k.map_or(Support::Full, Support::StudentTopK);
-        let options = DivergenceOptions::new(Divergence::jsd(c.alpha)?).with_support(support);
+        let options = DivergenceOptions::new(c.divergence).with_support(support);
         let values = student.divergence(&self.teacher, options)?;
         let weight = distill::clipped_importance_weight(
             student.log_probs()?,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Forward, LinearIn, Loss, Method, MicroBatch, Prepared, Rollouts, Targets};
 use crate::error::Result;
-use crate::objectives::sft;
+use crate::losses::sft;
 use crate::settings::{MethodSettings, SamplingConfig};
 use opd_divergences::Reduction;
 

@@ -9,10 +9,10 @@ use burn::tensor::backend::Backend;
 use opd_divergences::{TeacherTarget, summarize};
 use opd_teachers::TeacherOutput;
 
-use crate::diagnostics::{CollapseState, Overlap, TopSets};
+use crate::measure::diagnostics::{CollapseState, Overlap, TopSets};
+use crate::measure::metrics::{Phases, Running, StepMetrics, TeacherMetrics};
 use crate::method::{Clipped, SequenceAdvantages};
-use crate::metrics::{Phases, Running, StepMetrics, TeacherMetrics};
-use crate::rows::Rows;
+use crate::rows::StepRows;
 
 /// What a step's updates accumulate for its metrics.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -291,7 +291,7 @@ pub(crate) struct Step<'a> {
     /// Step index.
     pub index: usize,
     /// The step's rows.
-    pub rows: &'a Rows,
+    pub rows: &'a StepRows,
     /// Whether the rows were sampled (their tokens count as generated).
     pub sampled: bool,
     /// The step's sequence advantages.
@@ -313,7 +313,7 @@ pub(crate) fn watch_collapse(
     watch: &crate::config::CollapseWatch,
     sampled: bool,
     entropy: f64,
-    rows: &Rows,
+    rows: &StepRows,
 ) -> Vec<String> {
     if !sampled {
         return Vec::new();

@@ -9,9 +9,9 @@ use opd_divergences::TrainingBackend;
 use opd_divergences::{LogitBlock, TeacherTarget, head_logits};
 use opd_teachers::TeacherOutput;
 
+use crate::measure::telemetry::{RowTeachers, Telemetry};
 use crate::method::Forward;
 use crate::micro::Micro;
-use crate::telemetry::{RowTeachers, Telemetry};
 
 /// Logits measured at once: 8 Mi (32 MB), so the measurement's few temporaries stay small next
 /// to the loss's block.

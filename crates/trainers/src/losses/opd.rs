@@ -17,7 +17,7 @@ pub fn surrogate<B: Backend>(
     teacher: Tensor<B, 2>,
     trust_region_beta: f64,
 ) -> Tensor<B, 2> {
-    let log_ratio = (lp.clone() - old.clone().detach()).clamp(-20.0, 20.0);
+    let log_ratio = super::log_ratio(lp.clone(), old.clone());
     let ratio = importance_ratio(lp.clone(), old);
     let reverse_kl = ratio.clone() * (lp - teacher.detach());
     let trust_region = ratio - 1.0 - log_ratio;
@@ -57,7 +57,7 @@ pub fn trust_region<B: Backend>(
     estimator: opd_divergences::sampled::Estimator,
 ) -> Tensor<B, 2> {
     use opd_divergences::sampled::Estimator;
-    let log_ratio = (lp - old.detach()).clamp(-20.0, 20.0);
+    let log_ratio = super::log_ratio(lp, old);
     match estimator {
         Estimator::K1 => log_ratio.neg(),
         Estimator::K2 => log_ratio.square().mul_scalar(0.5),

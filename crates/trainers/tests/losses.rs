@@ -4,7 +4,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bool, Tensor, TensorData};
 use opd_divergences::{Counts, Reduction, reduce_share};
-use opd_trainers::objectives::{distill, grpo, opd, sft};
+use opd_trainers::losses::{distill, grpo, opd, sft};
 
 type A = Autodiff<Flex>;
 
