@@ -275,53 +275,15 @@ pub(crate) fn lead<B: TrainingBackend>(
     replica: Option<Replica<B::InnerBackend>>,
 ) -> Result<RunReport> {
     let dir = config.output.dir.clone();
-    if resume && !dir.is_dir() {
-        return Err(CliError::Run {
-            path: dir,
-            problem: "no such run folder to resume".into(),
-        });
-    }
-    let folder = RunFolder::lock(&dir)?;
+    let (_folder, resumed) = open_folder(config, resume)?;
     let metrics_path = dir.join(METRICS);
-    let resumed = if resume {
-        Some(check_resume(&folder, config)?)
-    } else {
-        let entries = folder.entries()?;
-        if !entries.is_empty() {
-            let holds_run = metrics_path.exists() || latest_checkpoint(&dir).is_some();
-            let problem = if holds_run {
-                "holds an earlier run: pass --resume to continue it, or choose another output.dir"
-                    .to_string()
-            } else {
-                format!(
-                    "holds files that are not this run's ({}): a fresh run writes into a new or \
-                     empty folder",
-                    entries.join(", ")
-                )
-            };
-            return Err(CliError::Run { path: dir, problem });
-        }
-        None
-    };
-
     let Built {
         mut trainer,
         tokenizer,
         env,
         test_tasks,
     } = build::<B>(config, device, replica)?;
-
-    // Resume the trainer's state (refused, with nothing written, when it is not this run's);
-    // only then cut the metrics back to the checkpoint's steps.
-    remove_leftovers(&dir)?;
-    let mut records = Vec::new();
-    if let Some(resumed) = &resumed {
-        trainer.resume(&resumed.checkpoint)?;
-        let done = trainer.steps_done();
-        records = cut_back(&metrics_path, done)?;
-        warn_schedule(&resumed.saved, config, done);
-        tracing::info!("resumed {} at step {done}", resumed.checkpoint.display());
-    }
+    let mut records = restore(&mut trainer, resumed.as_ref(), config)?;
     let text = toml::to_string_pretty(config).expect("a run config serializes");
     write_atomically(&dir.join(CONFIG), text.as_bytes())?;
     let mut log = MetricsLog::append_to(&metrics_path)?;
@@ -421,16 +383,7 @@ pub(crate) fn lead<B: TrainingBackend>(
         {
             // The step failed before its first update: the trainer is as the last step left it.
             bar.finish_and_clear();
-            let checkpoint = save(&trainer)?;
-            return Err(CliError::Run {
-                path: dir,
-                problem: format!(
-                    "{e}; the run stopped after step {} with a checkpoint in {}: resume it with \
-                     --resume once the teacher answers",
-                    trainer.steps_done(),
-                    checkpoint.display()
-                ),
-            });
+            return Err(teacher_gone(&e, trainer.steps_done(), save(&trainer)?, dir));
         }
         trained?;
     }
@@ -438,21 +391,7 @@ pub(crate) fn lead<B: TrainingBackend>(
     bar.finish_and_clear();
     save_final(&trainer, &tokenizer, &dir)?;
     let updates = (trainer.steps_done() - taken_before) * config.train.mini_batches;
-    if skipped > 0 {
-        tracing::warn!(
-            "{skipped} of the {updates} updates were skipped as non-finite (see the warnings in {})",
-            metrics_path.display()
-        );
-    }
-    if skipped * 2 > updates {
-        return Err(CliError::Run {
-            path: dir,
-            problem: format!(
-                "{skipped} of the {updates} updates were skipped as non-finite: the model barely \
-                 trained (lower optimizer.learning_rate)"
-            ),
-        });
-    }
+    check_skipped(skipped, updates, &dir)?;
     Ok(RunReport {
         dir,
         steps: trainer.steps_done(),
@@ -460,6 +399,95 @@ pub(crate) fn lead<B: TrainingBackend>(
         evaluation: last_eval,
         skipped_updates: skipped,
     })
+}
+
+/// The run folder locked for this run: for `resume`, with its newest checkpoint checked
+/// ([`check_resume`]); else new or empty (an earlier run or others' files are refused).
+fn open_folder(config: &RunConfig, resume: bool) -> Result<(RunFolder, Option<Resumed>)> {
+    let dir = &config.output.dir;
+    if resume && !dir.is_dir() {
+        return Err(CliError::Run {
+            path: dir.clone(),
+            problem: "no such run folder to resume".into(),
+        });
+    }
+    let folder = RunFolder::lock(dir)?;
+    if resume {
+        let resumed = check_resume(&folder, config)?;
+        return Ok((folder, Some(resumed)));
+    }
+    let entries = folder.entries()?;
+    if !entries.is_empty() {
+        let holds_run = dir.join(METRICS).exists() || latest_checkpoint(dir).is_some();
+        let problem = if holds_run {
+            "holds an earlier run: pass --resume to continue it, or choose another output.dir"
+                .to_string()
+        } else {
+            format!(
+                "holds files that are not this run's ({}): a fresh run writes into a new or \
+                 empty folder",
+                entries.join(", ")
+            )
+        };
+        return Err(CliError::Run {
+            path: dir.clone(),
+            problem,
+        });
+    }
+    Ok((folder, None))
+}
+
+/// The trainer's state resumed from the checkpoint (refused, with nothing written, when it is
+/// not this run's), and only then the metrics cut back to its steps; the records kept.
+fn restore<B: TrainingBackend>(
+    trainer: &mut Trainer<B>,
+    resumed: Option<&Resumed>,
+    config: &RunConfig,
+) -> Result<Vec<Record>> {
+    let dir = &config.output.dir;
+    remove_leftovers(dir)?;
+    let Some(resumed) = resumed else {
+        return Ok(Vec::new());
+    };
+    trainer.resume(&resumed.checkpoint)?;
+    let done = trainer.steps_done();
+    let records = cut_back(&dir.join(METRICS), done)?;
+    warn_schedule(&resumed.saved, config, done);
+    tracing::info!("resumed {} at step {done}", resumed.checkpoint.display());
+    Ok(records)
+}
+
+/// The error of a run whose served teacher stopped answering: it names the checkpoint that
+/// `--resume` continues from.
+fn teacher_gone(error: &TeacherError, steps: usize, checkpoint: PathBuf, dir: PathBuf) -> CliError {
+    CliError::Run {
+        path: dir,
+        problem: format!(
+            "{error}; the run stopped after step {steps} with a checkpoint in {}: resume it with \
+             --resume once the teacher answers",
+            checkpoint.display()
+        ),
+    }
+}
+
+/// A warning when updates were skipped as non-finite, and an error when most were.
+fn check_skipped(skipped: usize, updates: usize, dir: &Path) -> Result<()> {
+    if skipped > 0 {
+        tracing::warn!(
+            "{skipped} of the {updates} updates were skipped as non-finite (see the warnings in {})",
+            dir.join(METRICS).display()
+        );
+    }
+    if skipped * 2 > updates {
+        return Err(CliError::Run {
+            path: dir.to_path_buf(),
+            problem: format!(
+                "{skipped} of the {updates} updates were skipped as non-finite: the model barely \
+                 trained (lower optimizer.learning_rate)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Says how the learning rate moves when `train.steps` changed on resume: warmup and cosine
