@@ -1,12 +1,16 @@
-"""The `opd-teacher` experiment's reverse-KL OPD arm (docs/results.md, claim 1) trained by TRL's
-`DistillationTrainer`, on the same machine, with the same job:
+"""An arm of the `opd-teacher` experiment (docs/results.md) trained by TRL, on the same machine,
+with the same job: the reverse-KL OPD arm by TRL's `DistillationTrainer` (`--trainer distill`)
+or the GRPO arm (1 question × 8 answers) by its `GRPOTrainer` (`--trainer grpo`):
 
 - the student SmolLM2-135M-Instruct in f32 (`opd export` of the Q4_1 GGUF opd trains), LoRA r16,
   α 32, no dropout, on q, k, v, o, gate, up and down projections;
 - the teacher the results harness trained (SFT, its `final/` folder), frozen, in f32;
 - the run file's 400 training questions (`opd data`), SmolLM2's chat template;
-- 8 questions a step, one answer each of at most 64 tokens at temperature 1, full-vocabulary
-  reverse KL (`beta = 1`), token mean; Adam(0.9, 0.999, 1e-8), no weight decay, gradient norm
+- distill: 8 questions a step, one answer each of at most 64 tokens at temperature 1,
+  full-vocabulary reverse KL (`beta = 1`), token mean; grpo: one question a step, 8 answers of
+  at most 64 tokens at temperature 1, rewarded 1 when the number after `####` (else the last
+  number) is the answer, advantages over the group scaled by its std, PPO clip 0.2 / 0.2, no KL,
+  token mean (`loss_type = "dapo"`); both: Adam(0.9, 0.999, 1e-8), no weight decay, gradient norm
   clipped at 1, learning rate 5e-4 with opd's schedule (linear warmup over 2 steps from half the
   rate, then a cosine over 100 000 steps: constant here), stopped after the step that brings the
   generated tokens to the budget (2 000), as opd's `[budget] generated_tokens`;
@@ -23,8 +27,9 @@ teacher (the teacher backbone's forward), train (the student's forward, both hea
 projection and the loss, and the backward), optimizer (clipping and Adam, what the step takes
 besides). Peak memory is the process's maximum resident set.
 
-usage: python3 benches/peer/trl_distill.py --config RUN.toml --student DIR --teacher DIR
-       --tasks DIR --out DIR [--seed 0] [--budget 2000] [--threads 2] [--opd PATH]
+usage: python3 benches/peer/trl_run.py --config RUN.toml --student DIR [--teacher DIR]
+       --tasks DIR --out DIR [--trainer distill|grpo] [--seed 0] [--budget 2000] [--threads 2]
+       [--opd PATH]
 Needs `pip install torch transformers trl peft`. Prints one JSON line; writes it to OUT/result.json.
 """
 import argparse
@@ -37,11 +42,28 @@ import subprocess
 import time
 
 
+def final_number(text):
+    """The number after the last `####`, else the last number: opd's `final_number`."""
+    numbers = lambda t: [float(n.replace(",", "")) for n in re.findall(r"-?\d[\d,]*(?:\.\d+)?", t)]
+    at = text.rfind("####")
+    found = numbers(text[at + 4:]) if at >= 0 else numbers(text)
+    if not found:
+        return None
+    return found[0] if at >= 0 else found[-1]
+
+
+def correct(completions, answer, **_):
+    """GRPO's reward: 1 when the completion's final number is the task's answer, else 0."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(final_number(t) == float(a)) for t, a in zip(texts, answer)]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True, help="the opd run file of the arm (for opd eval)")
     ap.add_argument("--student", required=True, help="Hugging Face folder of the student")
-    ap.add_argument("--teacher", required=True, help="Hugging Face folder of the teacher")
+    ap.add_argument("--teacher", help="Hugging Face folder of the teacher (distill)")
+    ap.add_argument("--trainer", choices=["distill", "grpo"], default="distill")
     ap.add_argument("--tasks", required=True, help="folder with train.jsonl (opd data)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
@@ -58,23 +80,29 @@ def main():
     from peft import LoraConfig
     from torch.optim.lr_scheduler import LambdaLR
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DistillationConfig, DistillationTrainer
+    from trl import DistillationConfig, DistillationTrainer, GRPOConfig, GRPOTrainer
 
     with open(os.path.join(args.tasks, "train.jsonl")) as f:
-        prompts = [json.loads(line)["prompt"] for line in f if line.strip()]
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+        tasks = [json.loads(line) for line in f if line.strip()]
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": t["prompt"]}], "answer": t["answer"]} for t in tasks]
+    )
     tokenizer = AutoTokenizer.from_pretrained(args.student)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
-    teacher.eval()
+    teacher = None
+    if args.trainer == "distill":
+        teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
+        teacher.eval()
 
     seconds = {"rollout": 0.0, "teacher": 0.0, "train": 0.0, "optimizer": 0.0}
     steps = []  # per optimizer step: its seconds by phase and generated tokens
 
-    class Timed(DistillationTrainer):
-        """DistillationTrainer with each phase of a step timed and its generated tokens counted."""
+    base = DistillationTrainer if args.trainer == "distill" else GRPOTrainer
+
+    class Timed(base):
+        """The trainer with each phase of a step timed and its generated tokens counted."""
 
         generated = 0
 
@@ -86,7 +114,7 @@ def main():
             return out
 
         def _get_last_hidden_state(self, model, *a, **k):
-            if model is not teacher:
+            if teacher is None or model is not teacher:
                 return super()._get_last_hidden_state(model, *a, **k)
             start = time.perf_counter()
             out = super()._get_last_hidden_state(model, *a, **k)
@@ -130,7 +158,7 @@ def main():
             if trainer.generated >= args.budget:
                 control.should_training_stop = True
 
-    config = DistillationConfig(
+    common = dict(
         output_dir=os.path.join(args.out, "trl"),
         per_device_train_batch_size=8,
         gradient_accumulation_steps=1,
@@ -138,7 +166,6 @@ def main():
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        beta=1.0,
         learning_rate=args.learning_rate,
         adam_beta1=0.9,
         adam_beta2=0.999,
@@ -156,6 +183,18 @@ def main():
         report_to="none",
         dataloader_num_workers=0,
     )
+    if args.trainer == "distill":
+        config = DistillationConfig(beta=1.0, **common)
+    else:
+        config = GRPOConfig(
+            num_generations=8,
+            beta=0.0,
+            epsilon=0.2,
+            epsilon_high=0.2,
+            scale_rewards="group",
+            loss_type="dapo",
+            **common,
+        )
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
@@ -163,15 +202,18 @@ def main():
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         task_type="CAUSAL_LM",
     )
-    trainer = Timed(
+    shared = dict(
         model=student,
-        teacher_model=teacher,
         args=config,
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[Budget()],
     )
+    if args.trainer == "distill":
+        trainer = Timed(teacher_model=teacher, **shared)
+    else:
+        trainer = Timed(reward_funcs=[correct], **shared)
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start

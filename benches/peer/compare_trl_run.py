@@ -1,5 +1,6 @@
-"""One arm of the results' `opd-teacher` experiment trained by `opd train` and by TRL's
-`DistillationTrainer` (`trl_distill.py`) on the same machine, seeds alternating between the two,
+"""One arm of the results' `opd-teacher` experiment trained by `opd train` and by TRL
+(`trl_run.py`: its `DistillationTrainer` for the OPD arm, `--trainer grpo` its `GRPOTrainer`
+for the GRPO arm) on the same machine, seeds alternating between the two,
 each side in its own process with nothing else running: seconds per step and its split, peak
 memory, updates, generated tokens, and the final model's held-out accuracy from `opd eval` (the
 same grader and greedy decoding for both). Prints a markdown table and writes every seed's
@@ -10,8 +11,8 @@ default); its relative paths (`models/…`, the teacher's `runs/results/…/fina
 `--cwd`, where the results harness ran. Each seed's opd run is that file with its seeds set and
 evaluations off (`eval_every = 0`), so neither side evaluates during training.
 
-usage: python3 benches/peer/compare_trl_distill.py --cwd DIR [--config RUN.toml] [--seeds 3]
-       [--budget 2000] [--threads 2] [--work DIR] [--opd PATH] [--report]
+usage: python3 benches/peer/compare_trl_run.py --cwd DIR [--config RUN.toml] [--seeds 3]
+       [--trainer distill|grpo] [--budget 2000] [--threads 2] [--work DIR] [--opd PATH] [--report]
 Needs `pip install torch transformers trl peft` and the `opd` binary (`cargo build --release`).
 """
 import argparse
@@ -100,12 +101,14 @@ def opd_side(opd, config_text, seed, work, cwd, env):
     }
 
 
-def trl_side(opd, config_path, text, seed, work, cwd, env, budget, threads):
+def trl_side(opd, config_path, text, seed, work, cwd, env, budget, threads, trainer):
     out = os.path.join(work, f"trl-s{seed}")
     student = os.path.join(work, "student-hf")
-    teacher = os.path.join(cwd, path_in(text, "teacher", "path"))
-    stdout, peak = timed([sys.executable, os.path.join(HERE, "trl_distill.py"),
-                          "--config", config_path, "--student", student, "--teacher", teacher,
+    teacher = []
+    if trainer == "distill":
+        teacher = ["--teacher", os.path.join(cwd, path_in(text, "teacher", "path"))]
+    stdout, peak = timed([sys.executable, os.path.join(HERE, "trl_run.py"), "--trainer", trainer,
+                          "--config", config_path, "--student", student, *teacher,
                           "--tasks", os.path.join(work, "tasks"), "--out", out,
                           "--seed", str(seed), "--budget", str(budget),
                           "--threads", str(threads), "--opd", opd], cwd, env)
@@ -191,6 +194,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cwd", required=True, help="where the run file's relative paths resolve")
     ap.add_argument("--config", default=DEFAULT_CONFIG)
+    ap.add_argument("--trainer", choices=["distill", "grpo"], default="distill",
+                    help="TRL's trainer: distill for an OPD arm, grpo for the GRPO arm")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
@@ -225,7 +230,7 @@ def main():
         rows["opd"].append(opd_side(opd, text, seed, work, cwd, env))
         print("opd", json.dumps(rows["opd"][-1]), flush=True)
         rows["TRL"].append(trl_side(opd, config_path, text, seed, work, cwd, env, args.budget,
-                                    args.threads))
+                                    args.threads, args.trainer))
         print("TRL", json.dumps({k: v for k, v in rows["TRL"][-1].items() if k != "steps"}),
               flush=True)
     with open(os.path.join(work, "compare.json"), "w") as f:
