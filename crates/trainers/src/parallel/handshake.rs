@@ -229,11 +229,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 512,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(39),
-            ..Default::default()
-        })]
+        #![proptest_config(crate::parallel::fuzz_config())]
 
         /// Bytes from a peer without the secret, of any length, are refused on either side,
         /// and node 0 sends nothing past its challenge to such a peer.

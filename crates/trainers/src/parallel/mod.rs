@@ -94,3 +94,13 @@ pub enum ParallelError {
         problem: String,
     },
 }
+
+/// The fuzz tests' settings for what a peer sends: 512 cases a property, on a fixed seed.
+#[cfg(test)]
+fn fuzz_config() -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases: 512,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(39),
+        ..Default::default()
+    }
+}

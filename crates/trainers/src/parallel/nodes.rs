@@ -308,11 +308,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 512,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(39),
-            ..Default::default()
-        })]
+        #![proptest_config(crate::parallel::fuzz_config())]
 
         /// Whatever bytes a peer sends, the frame reader returns the values of a frame of
         /// exactly the expected count, or an error: never a panic, never an allocation sized

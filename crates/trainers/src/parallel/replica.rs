@@ -222,11 +222,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 512,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(39),
-            ..Default::default()
-        })]
+        #![proptest_config(crate::parallel::fuzz_config())]
 
         /// Sizes summed from any floats are whole, in range, this worker's own where it put
         /// them, and at most the gather's cap in all; or refused.
