@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use opd_cli::RunConfig;
-use opd_cli::config::{ArithmeticData, DataConfig, ServedProtocol, TeacherSource};
+use opd_cli::config::{ArithmeticData, DataConfig, TeacherFrom, TeacherSource, Weights};
 use opd_cli::setup::splits;
 use opd_tasks::Task;
 use opd_tasks::data::{Arithmetic, Operation};
@@ -102,15 +102,7 @@ fn sft_teacher() -> (std::path::PathBuf, f64) {
 fn with_teacher(mut config: RunConfig, path: &Path) -> RunConfig {
     config.teacher = Some(TeacherSource {
         name: None,
-        path: Some(path.to_path_buf()),
-        scratch: None,
-        url: None,
-        protocol: ServedProtocol::Opd,
-        served_model: None,
-        token: None,
-        timeout_seconds: None,
-        wait_seconds: None,
-        max_answer_mib: None,
+        from: TeacherFrom::Weights(Weights::File(path.to_path_buf())),
     });
     config
 }
@@ -243,21 +235,17 @@ fn opsd_grpo() -> Experiment {
 /// none in its training data), and general-knowledge facts with a number for an answer
 /// ([`crate::facts`]; unrelated to it).
 fn old_tasks() -> Vec<OldTask> {
-    let multiplication = DataConfig {
-        train: None,
-        test: None,
-        arithmetic: Some(ArithmeticData {
-            generator: Arithmetic {
-                max_operand: 12,
-                operations: vec![Operation::Multiply],
-                seed: 7,
-                template: "What is {question}?".into(),
-                reference: "{question} = {answer}".into(),
-            },
-            train_tasks: 1,
-            test_tasks: 100,
-        }),
-    };
+    let multiplication = DataConfig::Arithmetic(ArithmeticData {
+        generator: Arithmetic {
+            max_operand: 12,
+            operations: vec![Operation::Multiply],
+            seed: 7,
+            template: "What is {question}?".into(),
+            reference: "{question} = {answer}".into(),
+        },
+        train_tasks: 1,
+        test_tasks: 100,
+    });
     let (_, multiplication) = splits(&multiplication).expect("the multiplication questions");
     vec![
         OldTask {

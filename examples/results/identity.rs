@@ -36,16 +36,11 @@ impl Identity {
                 files.insert(file.display().to_string(), sha256_file(&file));
             }
         };
-        config.model.path.iter().for_each(|p| read(p));
+        config.model.weights.file().into_iter().for_each(&mut read);
         for teacher in config.teacher.iter().chain(&config.teachers) {
-            teacher.path.iter().for_each(|p| read(p));
+            teacher.file().into_iter().for_each(&mut read);
         }
-        config
-            .data
-            .train
-            .iter()
-            .chain(&config.data.test)
-            .for_each(|p| read(p));
+        config.data.files().into_iter().for_each(&mut read);
         Self {
             config: toml::to_string_pretty(config).expect("a run config serializes"),
             code: code_version().to_string(),

@@ -112,7 +112,7 @@ fn main() {
     let teachers: std::collections::BTreeSet<&Path> = experiment
         .arms
         .iter()
-        .filter_map(|arm| arm.config.teacher.as_ref()?.path.as_deref()?.parent())
+        .filter_map(|arm| arm.config.teacher.as_ref()?.file()?.parent())
         .filter(|dir| identity::file_of(dir).exists())
         .collect();
     for dir in teachers {

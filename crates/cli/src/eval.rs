@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use opd_cli::RunConfig;
-use opd_cli::config::{DataConfig, EnvironmentConfig};
+use opd_cli::config::EnvironmentConfig;
 use opd_cli::setup::{Split, TaskChecks, check_tasks, environment, splits};
 use opd_policy::Policy;
 use opd_rollout::SamplingParams;
@@ -49,14 +49,7 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
         (Some(config_path), data) => {
             let config = RunConfig::from_file(config_path)?;
             let test = match data {
-                Some(path) => {
-                    splits(&DataConfig {
-                        train: None,
-                        test: Some(path.clone()),
-                        arithmetic: None,
-                    })?
-                    .1
-                }
+                Some(path) => Split::from_jsonl(path)?,
                 None => splits(&config.data)?.1,
             };
             let model = args
@@ -66,12 +59,7 @@ pub fn run(args: EvalArgs) -> Result<(), Box<dyn Error>> {
             (model, test, environment(config.environment)?)
         }
         (None, Some(data)) => {
-            let test = splits(&DataConfig {
-                train: None,
-                test: Some(data.clone()),
-                arithmetic: None,
-            })?
-            .1;
+            let test = Split::from_jsonl(data)?;
             let kind = match test.tasks.iter().any(|t| t.tests.is_some()) {
                 true => EnvironmentConfig::RustTests(RustTests::default()),
                 false => EnvironmentConfig::Math,

@@ -20,7 +20,7 @@ use opd_trainers::checkpoint::{
 use opd_trainers::parallel::Replica;
 use opd_trainers::{Flow, StepMetrics, TokensSpent, TrainError, Trainer, learning_rate};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, Weights};
 use crate::error::{CliError, Result};
 use crate::folder::{
     METRICS, MetricsLines, MetricsLog, RunFolder, remove_leftovers, save_final, write_atomically,
@@ -221,7 +221,10 @@ pub(crate) fn build<B: TrainingBackend>(
     let checks = |graded: bool| TaskChecks {
         tokenizer: &tokenizer,
         context: student.max_context(),
-        alphabet: config.model.scratch.as_ref().map(|s| s.alphabet.as_str()),
+        alphabet: match &config.model.weights {
+            Weights::Scratch(scratch) => Some(scratch.alphabet.as_str()),
+            Weights::File(_) => None,
+        },
         graded_by: graded.then_some(&*env),
     };
     check_tasks(&train_split, &checks(rewarded))?;

@@ -3,17 +3,16 @@
 
 use opd_divergences::TrainingBackend;
 use std::path::Path;
-use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use opd_policy::{ChatTokenizer, Llama, Policy};
 use opd_tasks::data::read_jsonl_lines;
 use opd_tasks::{Environment, ExactAnswer, MathAnswer, Task, prompt_ids};
-use opd_teachers::remote::Protocol;
-use opd_teachers::{External, Remote, RemoteOptions, Teacher};
+use opd_teachers::{External, Remote, Teacher};
 
 use crate::config::{
-    DataConfig, EnvironmentConfig, ModelSource, SCRATCH_TEMPLATE, ServedProtocol, TeacherSource,
+    DataConfig, EnvironmentConfig, ModelSource, SCRATCH_TEMPLATE, TeacherFrom, TeacherSource,
+    Weights,
 };
 use crate::error::{CliError, Result};
 
@@ -23,19 +22,27 @@ pub fn load_model<B: Backend>(
     source: &ModelSource,
     device: &B::Device,
 ) -> Result<(Llama<B>, ChatTokenizer)> {
-    let (model, tokenizer) = match (&source.path, &source.scratch) {
-        (Some(path), _) => opd_policy::load::<B>(path, device)?,
-        (None, Some(scratch)) => (
-            Llama::init(&scratch.llama_config(), scratch.seed, device),
-            ChatTokenizer::characters(&scratch.alphabet, SCRATCH_TEMPLATE)?,
-        ),
-        (None, None) => unreachable!("RunConfig::check requires a path or a scratch model"),
-    };
+    let (model, tokenizer) = load_weights(&source.weights, device)?;
     let model = match &source.lora {
         Some(lora) => model.with_lora(lora),
         None => model,
     };
     Ok((model, tokenizer))
+}
+
+/// The model and tokenizer of `weights`: read from a file or folder, or initialized from a
+/// seed on a character vocabulary.
+fn load_weights<B: Backend>(
+    weights: &Weights,
+    device: &B::Device,
+) -> Result<(Llama<B>, ChatTokenizer)> {
+    Ok(match weights {
+        Weights::File(path) => opd_policy::load::<B>(path, device)?,
+        Weights::Scratch(scratch) => (
+            Llama::init(&scratch.llama_config(), scratch.seed, device),
+            ChatTokenizer::characters(&scratch.alphabet, SCRATCH_TEMPLATE)?,
+        ),
+    })
 }
 
 /// Tasks and where each came from (`file:line`, or the generator and index), for errors
@@ -49,7 +56,8 @@ pub struct Split {
 }
 
 impl Split {
-    fn from_jsonl(path: &Path) -> Result<Self> {
+    /// The tasks of a JSONL file, each with its `file:line`.
+    pub fn from_jsonl(path: &Path) -> Result<Self> {
         let (origins, tasks) = read_jsonl_lines(path)?
             .into_iter()
             .map(|(line, task)| (format!("{}:{line}", path.display()), task))
@@ -73,24 +81,24 @@ pub fn tasks(data: &DataConfig) -> Result<(Vec<Task>, Vec<Task>)> {
 
 /// The training and held-out tasks, with where each came from.
 pub fn splits(data: &DataConfig) -> Result<(Split, Split)> {
-    if let Some(arithmetic) = &data.arithmetic {
-        let (train, test) = arithmetic
-            .generator
-            .split(arithmetic.train_tasks, arithmetic.test_tasks)?;
-        return Ok((
-            Split::generated(train, "arithmetic training"),
-            Split::generated(test, "arithmetic held-out"),
-        ));
-    }
-    let train = match &data.train {
-        Some(path) => Split::from_jsonl(path)?,
-        None => Split::default(),
-    };
-    let test = match &data.test {
-        Some(path) => Split::from_jsonl(path)?,
-        None => Split::default(),
-    };
-    Ok((train, test))
+    Ok(match data {
+        DataConfig::Arithmetic(arithmetic) => {
+            let (train, test) = arithmetic
+                .generator
+                .split(arithmetic.train_tasks, arithmetic.test_tasks)?;
+            (
+                Split::generated(train, "arithmetic training"),
+                Split::generated(test, "arithmetic held-out"),
+            )
+        }
+        DataConfig::Files { train, test } => (
+            Split::from_jsonl(train)?,
+            match test {
+                Some(path) => Split::from_jsonl(path)?,
+                None => Split::default(),
+            },
+        ),
+    })
 }
 
 /// What [`check_tasks`] checks a split against.
@@ -179,7 +187,8 @@ pub fn environment(config: EnvironmentConfig) -> Result<Box<dyn Environment>> {
 }
 
 /// OPD's teacher: the model `source` names, checked against the student's vocabulary, or
-/// the server it names (whose vocabulary is checked when connecting).
+/// the server it names (whose vocabulary is checked when connecting; its token, when the run
+/// file gives none, is the environment's `OPD_TEACHER_TOKEN`).
 pub fn load_teacher<B: TrainingBackend>(
     source: &TeacherSource,
     student: &opd_policy::Llama<B>,
@@ -187,40 +196,27 @@ pub fn load_teacher<B: TrainingBackend>(
     device: &B::Device,
 ) -> Result<Box<dyn Teacher<B>>> {
     let error = opd_trainers::TrainError::from;
-    if let Some(model) = source.model() {
-        let (teacher, teacher_tokenizer) = load_model::<B::InnerBackend>(&model, device)?;
-        let external = External::new(teacher, &teacher_tokenizer, student, tokenizer);
-        return Ok(Box::new(external.map_err(error)?));
+    match &source.from {
+        TeacherFrom::Weights(weights) => {
+            let (teacher, teacher_tokenizer) = load_weights::<B::InnerBackend>(weights, device)?;
+            let external = External::new(teacher, &teacher_tokenizer, student, tokenizer);
+            Ok(Box::new(external.map_err(error)?))
+        }
+        TeacherFrom::Server(options) => {
+            let mut options = options.clone();
+            if options.token.is_none() {
+                options.token = std::env::var("OPD_TEACHER_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty());
+            }
+            let url = options.url.clone();
+            let remote =
+                Remote::connect(options, tokenizer, student.vocab_size()).map_err(error)?;
+            tracing::info!(
+                "teacher: {} served at {url} (vocabulary checked)",
+                remote.info().name
+            );
+            Ok(Box::new(remote))
+        }
     }
-    let url = source
-        .url
-        .clone()
-        .expect("a teacher without a model has a url");
-    let mut options = RemoteOptions::new(url);
-    if source.protocol == ServedProtocol::Vllm {
-        options.protocol = Protocol::Vllm {
-            model: source.served_model.clone().unwrap_or_default(),
-        };
-    }
-    options.token = source
-        .token
-        .clone()
-        .or_else(|| std::env::var("OPD_TEACHER_TOKEN").ok())
-        .filter(|t| !t.is_empty());
-    if let Some(seconds) = source.timeout_seconds {
-        options.timeout = Duration::from_secs_f64(seconds);
-    }
-    if let Some(seconds) = source.wait_seconds {
-        options.wait = Duration::from_secs_f64(seconds);
-    }
-    if let Some(mib) = source.max_answer_mib {
-        options.max_answer_bytes = mib.saturating_mul(1 << 20);
-    }
-    let remote = Remote::connect(options, tokenizer, student.vocab_size()).map_err(error)?;
-    tracing::info!(
-        "teacher: {} served at {} (vocabulary checked)",
-        remote.info().name,
-        source.url.as_deref().unwrap_or_default()
-    );
-    Ok(Box::new(remote))
 }

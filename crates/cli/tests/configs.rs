@@ -23,10 +23,7 @@ fn every_shipped_run_file_is_valid_and_every_method_has_one() {
                 path.display()
             );
             // Data files are named from the repository's root, where `opd train` runs.
-            for data in [&config.data.train, &config.data.test]
-                .into_iter()
-                .flatten()
-            {
+            for data in config.data.files() {
                 let tasks = read_jsonl(folder.join("..").join(data));
                 assert!(tasks.is_ok_and(|t| !t.is_empty()), "{}", data.display());
             }
