@@ -90,7 +90,7 @@ fn main() {
     let (student, tokenizer) =
         opd_policy::load::<A>(MODEL, &device).expect("scripts/fetch-smollm2.sh");
     let (teacher, _) = opd_policy::load::<Flex>(MODEL, &device).unwrap();
-    let local = External::<A>::new(teacher.clone(), &tokenizer, &student, &tokenizer).unwrap();
+    let local = External::new(teacher.clone(), &tokenizer, &student, &tokenizer).unwrap();
     let mut options = ServeOptions::new(teacher.max_context());
     options.batch_rows = 32;
     let state = ServerState::start(teacher, &tokenizer, "smollm2", options);

@@ -42,6 +42,12 @@ fn the_map_names_every_file_and_only_files_that_exist() {
     }
     let missing: Vec<_> = on_disk.difference(&named).collect();
     let gone: Vec<_> = named.difference(&on_disk).collect();
-    assert!(missing.is_empty(), "files the map does not name: {missing:?}");
-    assert!(gone.is_empty(), "files the map names that do not exist: {gone:?}");
+    assert!(
+        missing.is_empty(),
+        "files the map does not name: {missing:?}"
+    );
+    assert!(
+        gone.is_empty(),
+        "files the map names that do not exist: {gone:?}"
+    );
 }

@@ -70,7 +70,7 @@ fn served_scores_equal_the_in_process_teachers() {
     let tok = tokenizer("0123456789+");
     let server = Running::start(teacher.clone(), ServeOptions::new(32));
     let remote = Remote::connect(options(server.url()), &tok, student.vocab_size()).unwrap();
-    let local = External::<A>::new(teacher, &tok, &student, &tok).unwrap();
+    let local = External::new(teacher, &tok, &student, &tok).unwrap();
     let b = batch();
     for support in [
         TeacherSupport::SampledToken,
@@ -728,7 +728,7 @@ fn many_clients_on_a_queue_of_one_all_get_their_scores() {
     limits.batch_rows = 2;
     let server = Running::start(teacher.clone(), limits);
     let student = Llama::<A>::init(&config(), 4, &Default::default());
-    let local = External::<A>::new(teacher, &tok, &student, &tok).unwrap();
+    let local = External::new(teacher, &tok, &student, &tok).unwrap();
     let request = Request::new(TeacherSupport::TopK(3), 1.0).unwrap();
     let expected = log_probs(local.outputs(&student, &batch(), &request).unwrap());
     // Eight clients at once: the queue turns most away with 503 + Retry-After, and each
@@ -792,7 +792,7 @@ fn an_opd_run_with_the_served_teacher_takes_the_steps_of_the_same_teacher_in_pro
     let student = Llama::<A>::init(&config(), 4, &Default::default());
     let server = Running::start(teacher.clone(), ServeOptions::new(32));
     let remote = Remote::connect(options(server.url()), &tok, student.vocab_size()).unwrap();
-    let local = External::<A>::new(teacher, &tok, &student, &tok).unwrap();
+    let local = External::new(teacher, &tok, &student, &tok).unwrap();
     let (served, here) = (
         opd_losses(Box::new(remote), 4),
         opd_losses(Box::new(local), 4),

@@ -76,7 +76,7 @@ pub use error::{PolicyError, Result, SequenceError};
 pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, LoraTarget};
 pub use model::Llama;
-pub use policy::Policy;
+pub use policy::{Adapters, Policy, Trainable};
 pub use safetensors::SaveDtype;
 pub use sequence::SequenceBatch;
 pub use tokenizer::{ChatTokenizer, SpecialTokens};

@@ -16,7 +16,8 @@
 //!   autodiff model where no gradient is wanted: it keeps every activation alive until the
 //!   graph is dropped.
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, backend::Backend, s};
 
 use crate::error::Result;
@@ -116,4 +117,41 @@ impl<B: Backend> Policy<B> for Llama<B> {
     fn hidden_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         self.forward_hidden_cached(ids, cache)
     }
+}
+
+/// LoRA adapters that can be switched off: under LoRA the frozen initial policy is the model
+/// with its adapters off (shared storage, no copy).
+pub trait Adapters: Sized {
+    /// Whether LoRA adapters are attached.
+    fn has_adapters(&self) -> bool;
+
+    /// The same model (shared storage) with its adapters switched on or off; without adapters,
+    /// the model itself.
+    fn with_adapters_enabled(&self, enabled: bool) -> Self;
+}
+
+/// A model opd trains: a [`Policy`] on an autodiff backend with LoRA [`Adapters`], whose copy
+/// without a graph (`AutodiffModule::valid`, what sampling and the teachers run) is a policy
+/// of the inner backend with adapters too. The trainers, methods and teachers reach the student
+/// through this trait only; [`Llama`] is one (every family its configuration covers), and a model
+/// of another kind that implements it trains with every method unchanged.
+pub trait Trainable<B: AutodiffBackend>:
+    Policy<B> + Adapters + AutodiffModule<B, InnerModule = Self::Inner> + Clone + 'static
+{
+    /// The model on the inner backend: `valid()`'s type.
+    type Inner: Policy<B::InnerBackend> + Adapters + Clone + Send + core::fmt::Debug + 'static;
+}
+
+impl<B: Backend> Adapters for Llama<B> {
+    fn has_adapters(&self) -> bool {
+        Llama::has_adapters(self)
+    }
+
+    fn with_adapters_enabled(&self, enabled: bool) -> Self {
+        Llama::with_adapters_enabled(self, enabled)
+    }
+}
+
+impl<B: AutodiffBackend> Trainable<B> for Llama<B> {
+    type Inner = Llama<B::InnerBackend>;
 }

@@ -1,6 +1,6 @@
 //! Accuracy of a model on held-out tasks.
 
-use opd_policy::{ChatTokenizer, Llama, Message};
+use opd_policy::{ChatTokenizer, Message, Policy};
 use opd_rollout::{SamplingParams, generate};
 
 use crate::error::Result;
@@ -28,7 +28,7 @@ pub struct Evaluation {
 /// Samples answers to every task with `params` (greedy: [`SamplingParams::greedy`]) and grades
 /// them. Run it on the inner-backend model (`student.valid()`): no graph is recorded.
 pub fn evaluate<B: burn::tensor::backend::Backend>(
-    model: &Llama<B>,
+    model: &impl Policy<B>,
     tokenizer: &ChatTokenizer,
     environment: &dyn Environment,
     tasks: &[Task],

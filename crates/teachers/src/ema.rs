@@ -1,13 +1,12 @@
 //! The EMA teacher: a slow average of the student's weights.
 
-use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use opd_policy::params::{EmaRate, ema_update_trainable};
-use opd_policy::{Llama, SequenceBatch};
+use opd_policy::{Llama, SequenceBatch, Trainable};
 
 use crate::error::Result;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
+use crate::teacher::{Teacher, TeacherScores, respond};
 
 /// **EMA** teacher: starts as the student and after each optimizer step moves
 /// `θ_T ← (1 − η)·θ_T + η·θ` (SDPO: η = 0.05). After `k` steps,
@@ -17,14 +16,14 @@ use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
 /// `A` and `B`, averaged separately (so the teacher's update is `(ĀB̄)·α/r`, not the average of
 /// the products), and the frozen base stays shared with the student.
 #[derive(Debug, Clone)]
-pub struct Ema<B: AutodiffBackend> {
-    model: InnerLlama<B>,
+pub struct Ema<B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
+    model: M::Inner,
     rate: EmaRate,
 }
 
-impl<B: AutodiffBackend> Ema<B> {
+impl<B: AutodiffBackend, M: Trainable<B>> Ema<B, M> {
     /// An EMA teacher starting at `student`'s current weights.
-    pub fn new(student: &Llama<B>, rate: EmaRate) -> Self {
+    pub fn new(student: &M, rate: EmaRate) -> Self {
         Self {
             model: student.valid(),
             rate,
@@ -32,31 +31,31 @@ impl<B: AutodiffBackend> Ema<B> {
     }
 
     /// The teacher's current weights.
-    pub fn model(&self) -> &InnerLlama<B> {
+    pub fn model(&self) -> &M::Inner {
         &self.model
     }
 }
 
-impl<B: AutodiffBackend> Teacher<B> for Ema<B> {
+impl<B: AutodiffBackend, M: Trainable<B>> Teacher<B, M> for Ema<B, M> {
     fn outputs(
         &self,
-        _student: &Llama<B>,
+        _student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         respond(batch, request, |rows| TeacherScores::of(&self.model, rows))
     }
 
-    fn after_step(&mut self, student: &Llama<B>) -> Result<()> {
+    fn after_step(&mut self, student: &M) -> Result<()> {
         self.model = ema_update_trainable(self.model.clone(), student, self.rate)?;
         Ok(())
     }
 
-    fn moving_weights(&self) -> Option<&InnerLlama<B>> {
+    fn moving_weights(&self) -> Option<&M::Inner> {
         Some(&self.model)
     }
 
-    fn set_moving_weights(&mut self, weights: InnerLlama<B>) {
+    fn set_moving_weights(&mut self, weights: M::Inner) {
         self.model = weights;
     }
 }

@@ -1,29 +1,34 @@
 //! An external teacher: another model with the student's tokenizer (OPD).
 
-use burn::tensor::backend::AutodiffBackend;
-use opd_policy::{ChatTokenizer, Llama, Policy, SequenceBatch};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use opd_policy::{ChatTokenizer, Policy, SequenceBatch, Trainable};
 
 use crate::error::{Result, TeacherError};
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
+use crate::teacher::{Teacher, TeacherScores, respond};
 
 /// **External** teacher: another model, `θ_T` fixed, scoring the student's tokens (OPD). It
 /// must share the student's vocabulary token for token, since it scores the student's ids.
+/// `T` is the teacher's model on the student's inner (no-grad) backend: any [`Policy`], of
+/// the student's family or not.
 #[derive(Debug, Clone)]
-pub struct External<B: AutodiffBackend> {
-    model: InnerLlama<B>,
+pub struct External<T> {
+    model: T,
 }
 
-impl<B: AutodiffBackend> External<B> {
+impl<T> External<T> {
     /// The teacher `model` with its tokenizer, checked against the student's: a different
     /// vocabulary size or any differing token is an error naming both sizes and the first
     /// differing token; different special tokens (BOS, EOS, padding) are a warning.
-    pub fn new(
-        model: InnerLlama<B>,
+    pub fn new<I: Backend, S: Backend>(
+        model: T,
         tokenizer: &ChatTokenizer,
-        student: &Llama<B>,
+        student: &impl Policy<S>,
         student_tokenizer: &ChatTokenizer,
-    ) -> Result<Self> {
+    ) -> Result<Self>
+    where
+        T: Policy<I>,
+    {
         let (teacher_size, student_size) = (model.vocab_size(), student.vocab_size());
         let token = |t: &ChatTokenizer, id: u32| t.id_to_token(id).unwrap_or_default();
         let first_difference = (0..teacher_size.min(student_size) as u32)
@@ -48,10 +53,12 @@ impl<B: AutodiffBackend> External<B> {
     }
 }
 
-impl<B: AutodiffBackend> Teacher<B> for External<B> {
+impl<B: AutodiffBackend, M: Trainable<B>, T: Policy<B::InnerBackend>> Teacher<B, M>
+    for External<T>
+{
     fn outputs(
         &self,
-        _student: &Llama<B>,
+        _student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {

@@ -1,12 +1,13 @@
 //! The student's own weights as teachers: frozen at the start, or current.
 
-use burn::module::AutodiffModule;
+use std::marker::PhantomData;
+
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::{Llama, SequenceBatch};
+use opd_policy::{Adapters, Llama, SequenceBatch, Trainable};
 
 use crate::error::Result;
 use crate::output::{Request, TeacherOutput};
-use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
+use crate::teacher::{Teacher, TeacherScores, respond};
 
 /// **Frozen initial** teacher: `θ_T = θ_0`, the student's weights when the teacher was built
 /// (OPSD's teacher). Without adapters it keeps a snapshot, which shares storage with the
@@ -14,15 +15,17 @@ use crate::teacher::{InnerLlama, Teacher, TeacherScores, respond};
 /// it. With LoRA the base model is frozen anyway: the teacher is the student with its
 /// adapters switched off, and costs nothing.
 #[derive(Debug, Clone)]
-pub struct FrozenInitial<B: AutodiffBackend> {
-    snapshot: Option<InnerLlama<B>>,
+pub struct FrozenInitial<B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
+    snapshot: Option<M::Inner>,
+    backend: PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> FrozenInitial<B> {
+impl<B: AutodiffBackend, M: Trainable<B>> FrozenInitial<B, M> {
     /// The frozen teacher of `student` as it is now.
-    pub fn new(student: &Llama<B>) -> Self {
+    pub fn new(student: &M) -> Self {
         Self {
             snapshot: (!student.has_adapters()).then(|| student.valid()),
+            backend: PhantomData,
         }
     }
 
@@ -32,7 +35,7 @@ impl<B: AutodiffBackend> FrozenInitial<B> {
     }
 
     /// The teacher's model for the student as it is now.
-    pub fn model(&self, student: &Llama<B>) -> InnerLlama<B> {
+    pub fn model(&self, student: &M) -> M::Inner {
         match &self.snapshot {
             Some(model) => model.clone(),
             None => student.valid().with_adapters_enabled(false),
@@ -40,10 +43,10 @@ impl<B: AutodiffBackend> FrozenInitial<B> {
     }
 }
 
-impl<B: AutodiffBackend> Teacher<B> for FrozenInitial<B> {
+impl<B: AutodiffBackend, M: Trainable<B>> Teacher<B, M> for FrozenInitial<B, M> {
     fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
@@ -58,10 +61,10 @@ impl<B: AutodiffBackend> Teacher<B> for FrozenInitial<B> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Current;
 
-impl<B: AutodiffBackend> Teacher<B> for Current {
+impl<B: AutodiffBackend, M: Trainable<B>> Teacher<B, M> for Current {
     fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {

@@ -47,5 +47,5 @@ pub use opd_policy::params::EmaRate;
 pub use output::{Request, TeacherOutput, TeacherSupport};
 pub use privileged::{Conditioned, ConditionedOutput, Privileged, PrivilegedTemplate};
 pub use remote::{Remote, RemoteOptions};
-pub use teacher::{InnerLlama, Teacher};
+pub use teacher::Teacher;
 pub use trust_region::TrustRegion;

@@ -3,10 +3,9 @@
 //! through a template and the model's chat template, followed by the student's exact
 //! response ids.
 
-use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor, TensorData};
-use opd_policy::{ChatTokenizer, Llama, Message, Policy, SequenceBatch};
+use opd_policy::{ChatTokenizer, Message, SequenceBatch, Trainable};
 
 use crate::error::{Result, TeacherError};
 use crate::output::{Request, TeacherOutput};
@@ -177,16 +176,16 @@ impl<T> Conditioned<T> {
     /// with `privileged[b]` available to the teacher. Rows without privileged information keep
     /// the student's context and are masked out. A teacher context that, with its response,
     /// exceeds the model's context is an error naming the row.
-    pub fn outputs<B: AutodiffBackend>(
+    pub fn outputs<B: AutodiffBackend, M: Trainable<B>>(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         questions: &[&str],
         privileged: &[Privileged],
         request: &Request,
     ) -> Result<ConditionedOutput<B>>
     where
-        T: Teacher<B>,
+        T: Teacher<B, M>,
     {
         if questions.len() != batch.len() {
             return Err(TeacherError::InvalidArgument {

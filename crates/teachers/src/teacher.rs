@@ -3,68 +3,67 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use opd_divergences::TeacherTarget;
-use opd_policy::{Llama, Policy, SequenceBatch};
+use opd_policy::{Llama, Policy, SequenceBatch, Trainable};
 use opd_rollout::{ScoreOptions, score_by};
 
 use crate::error::{Result, TeacherError};
 use crate::output::{Request, TeacherOutput, TeacherSupport};
-
-/// The model a teacher runs: the inner (no-grad) backend of the student's.
-pub type InnerLlama<B> = Llama<<B as AutodiffBackend>::InnerBackend>;
 
 /// A teacher scores the student's own responses.
 ///
 /// `batch` holds the contexts the teacher reads (the student's, or privileged ones built with
 /// [`crate::privileged`]) and the student's exact response ids; the output is laid out
 /// `[B, R, ·]` like the student's logits of the same responses. It is computed on the inner
-/// backend (no graph, the fast CPU kernels) and returned as constants.
-pub trait Teacher<B: AutodiffBackend> {
+/// backend (no graph, the fast CPU kernels) and returned as constants. `M` is the student's
+/// model (any [`Trainable`]); a teacher that reads the student's weights (frozen, current, EMA,
+/// trust region) runs `M::Inner`, one with a model of its own runs that.
+pub trait Teacher<B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
     /// The teacher's distribution at every response position of `batch`, in the support and
     /// at the temperature of `request`. `student` is the student as it is now (the current
     /// and trust-region teachers read its weights).
     fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>>;
 
     /// Called after each optimizer step of the student (the EMA teacher moves here).
-    fn after_step(&mut self, _student: &Llama<B>) -> Result<()> {
+    fn after_step(&mut self, _student: &M) -> Result<()> {
         Ok(())
     }
 
     /// The weights this teacher has moved to on its own (the EMA's average), which a
     /// checkpoint must keep; `None` for teachers that are a function of the initial and current
     /// student (frozen, current, trust region) or fixed (an external model).
-    fn moving_weights(&self) -> Option<&InnerLlama<B>> {
+    fn moving_weights(&self) -> Option<&M::Inner> {
         None
     }
 
     /// Puts back weights read from [`Teacher::moving_weights`] (when resuming a run).
-    fn set_moving_weights(&mut self, _weights: InnerLlama<B>) {}
+    fn set_moving_weights(&mut self, _weights: M::Inner) {}
 }
 
 /// A boxed teacher is a teacher: trainers hold `Box<dyn Teacher<B>>` chosen at run time.
-impl<B: AutodiffBackend, T: Teacher<B> + ?Sized> Teacher<B> for Box<T> {
+impl<B: AutodiffBackend, M: Trainable<B>, T: Teacher<B, M> + ?Sized> Teacher<B, M> for Box<T> {
     fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {
         (**self).outputs(student, batch, request)
     }
 
-    fn after_step(&mut self, student: &Llama<B>) -> Result<()> {
+    fn after_step(&mut self, student: &M) -> Result<()> {
         (**self).after_step(student)
     }
 
-    fn moving_weights(&self) -> Option<&InnerLlama<B>> {
+    fn moving_weights(&self) -> Option<&M::Inner> {
         (**self).moving_weights()
     }
 
-    fn set_moving_weights(&mut self, weights: InnerLlama<B>) {
+    fn set_moving_weights(&mut self, weights: M::Inner) {
         (**self).set_moving_weights(weights)
     }
 }
@@ -84,7 +83,7 @@ pub(crate) enum TeacherScores<I: Backend> {
 
 impl<I: Backend> TeacherScores<I> {
     /// `model`'s scores of `rows`.
-    pub fn of(model: &Llama<I>, rows: &SequenceBatch) -> opd_policy::Result<Self> {
+    pub fn of(model: &impl Policy<I>, rows: &SequenceBatch) -> opd_policy::Result<Self> {
         let hidden = model.response_hidden(rows)?;
         Ok(match model.output_head() {
             Some(head) => Self::Hidden { hidden, head },

@@ -1,9 +1,8 @@
 //! The trust-region teacher: logits between a frozen reference and the current student.
 
-use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::{Llama, SequenceBatch};
+use opd_policy::{Llama, SequenceBatch, Trainable};
 
 use crate::error::{Result, TeacherError};
 use crate::frozen::FrozenInitial;
@@ -15,15 +14,15 @@ use crate::teacher::{Teacher, TeacherScores, respond};
 /// α in the role of η). `α = 0` is the frozen teacher, `α = 1` the current one. Two teacher
 /// forwards per call.
 #[derive(Debug, Clone)]
-pub struct TrustRegion<B: AutodiffBackend> {
-    reference: FrozenInitial<B>,
+pub struct TrustRegion<B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
+    reference: FrozenInitial<B, M>,
     alpha: f64,
 }
 
-impl<B: AutodiffBackend> TrustRegion<B> {
+impl<B: AutodiffBackend, M: Trainable<B>> TrustRegion<B, M> {
     /// A trust region around `student` as it is now, with weight `α ∈ [0, 1]` on the current
     /// student.
-    pub fn new(student: &Llama<B>, alpha: f64) -> Result<Self> {
+    pub fn new(student: &M, alpha: f64) -> Result<Self> {
         if !(0.0..=1.0).contains(&alpha) {
             return Err(TeacherError::InvalidArgument {
                 name: "alpha",
@@ -38,10 +37,10 @@ impl<B: AutodiffBackend> TrustRegion<B> {
     }
 }
 
-impl<B: AutodiffBackend> Teacher<B> for TrustRegion<B> {
+impl<B: AutodiffBackend, M: Trainable<B>> Teacher<B, M> for TrustRegion<B, M> {
     fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {

@@ -347,14 +347,14 @@ fn an_external_teacher_with_another_vocabulary_is_refused() {
     let student = tiny(9);
     let device = Default::default();
     let teacher_model = |vocab| Llama::<Flex>::init(&config(vocab, 128), 10, &device);
-    let ok = External::<A>::new(
+    let ok = External::new(
         teacher_model(61),
         &words(61, None),
         &student,
         &words(61, None),
     );
     assert!(ok.is_ok());
-    let err = External::<A>::new(
+    let err = External::new(
         teacher_model(61),
         &words(61, Some(7)),
         &student,
@@ -366,7 +366,7 @@ fn an_external_teacher_with_another_vocabulary_is_refused() {
         text.contains("61 tokens") && text.contains("token 7") && text.contains("x7"),
         "{text}"
     );
-    let err = External::<A>::new(
+    let err = External::new(
         teacher_model(64),
         &words(64, None),
         &student,

@@ -2,7 +2,7 @@
 //! refuse a trainer that could not run.
 
 use opd_divergences::TrainingBackend;
-use opd_policy::{ChatTokenizer, Llama};
+use opd_policy::{ChatTokenizer, Llama, Trainable};
 use opd_tasks::{Environment, Task};
 use opd_teachers::{PrivilegedTemplate, Teacher};
 
@@ -14,22 +14,22 @@ use crate::trainer::Trainer;
 
 /// Builds a [`Trainer`]: the teacher and the privileged template are set here, and
 /// [`TrainerBuilder::build`] refuses a trainer that could not run.
-pub struct TrainerBuilder<B: TrainingBackend> {
+pub struct TrainerBuilder<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: TrainConfig,
-    student: Llama<B>,
+    student: M,
     tokenizer: ChatTokenizer,
     tasks: Vec<Task>,
     environment: Box<dyn Environment>,
-    teachers: Vec<(String, Box<dyn Teacher<B>>)>,
+    teachers: Vec<(String, Box<dyn Teacher<B, M>>)>,
     template: PrivilegedTemplate,
     replica: Option<Replica<B::InnerBackend>>,
 }
 
-impl<B: TrainingBackend> TrainerBuilder<B> {
+impl<B: TrainingBackend, M: Trainable<B>> TrainerBuilder<B, M> {
     /// A builder with no teacher and the default template ([`Trainer::builder`]).
     pub(crate) fn new(
         config: TrainConfig,
-        student: Llama<B>,
+        student: M,
         tokenizer: ChatTokenizer,
         tasks: Vec<Task>,
         environment: Box<dyn Environment>,
@@ -49,13 +49,13 @@ impl<B: TrainingBackend> TrainerBuilder<B> {
     /// The teacher: OPD's teacher model (an [`opd_teachers::External`] model, or any
     /// strategy); for OPSD, SDFT and SDPO, the model that reads the privileged context in
     /// place of the configured self-teacher. SFT and GRPO refuse one.
-    pub fn teacher(self, teacher: impl Teacher<B> + 'static) -> Self {
+    pub fn teacher(self, teacher: impl Teacher<B, M> + 'static) -> Self {
         self.teacher_boxed(Box::new(teacher))
     }
 
     /// [`Self::teacher`] for a teacher chosen at run time: the run's one teacher, named
     /// `teacher`.
-    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B>>) -> Self {
+    pub fn teacher_boxed(mut self, teacher: Box<dyn Teacher<B, M>>) -> Self {
         self.teachers = vec![("teacher".into(), teacher)];
         self
     }
@@ -63,7 +63,11 @@ impl<B: TrainingBackend> TrainerBuilder<B> {
     /// One more OPD teacher, `name`d: each task is scored by the teacher its `teacher` field
     /// names, or by the first one added (multi-teacher distillation, as verl's MOPD and
     /// Tinker's multi-teacher recipe do).
-    pub fn named_teacher(mut self, name: impl Into<String>, teacher: Box<dyn Teacher<B>>) -> Self {
+    pub fn named_teacher(
+        mut self,
+        name: impl Into<String>,
+        teacher: Box<dyn Teacher<B, M>>,
+    ) -> Self {
         self.teachers.push((name.into(), teacher));
         self
     }
@@ -84,7 +88,7 @@ impl<B: TrainingBackend> TrainerBuilder<B> {
 
     /// The trainer; an error for an invalid config, no tasks, a task the method cannot use
     /// (naming it), or a teacher the method cannot run without (OPD) or with (SFT, GRPO).
-    pub fn build(self) -> Result<Trainer<B>> {
+    pub fn build(self) -> Result<Trainer<B, M>> {
         let config = self.config;
         config.validate()?;
         if self.tasks.is_empty() {
@@ -135,16 +139,16 @@ impl<B: TrainingBackend> TrainerBuilder<B> {
     }
 }
 
-impl<B: TrainingBackend> Trainer<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Trainer<B, M> {
     /// A builder of a trainer of `student` (its trainable parameters: all, or only LoRA
     /// adapters) on `tasks`, graded by `environment`.
     pub fn builder(
         config: TrainConfig,
-        student: Llama<B>,
+        student: M,
         tokenizer: ChatTokenizer,
         tasks: Vec<Task>,
         environment: impl Environment + 'static,
-    ) -> TrainerBuilder<B> {
+    ) -> TrainerBuilder<B, M> {
         TrainerBuilder::new(config, student, tokenizer, tasks, Box::new(environment))
     }
 }

@@ -17,6 +17,7 @@
 //! damaged file is an error naming it, never a panic in a decoder.
 
 use opd_divergences::TrainingBackend;
+use opd_policy::Trainable;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -236,7 +237,7 @@ pub fn tokens_spent(dir: impl AsRef<Path>) -> Result<Option<TokensSpent>> {
     Ok(read_state(dir.as_ref())?.tokens_spent)
 }
 
-impl<B: TrainingBackend> Trainer<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Trainer<B, M> {
     /// Saves what [`Trainer::resume`] needs into `dir` (see the [module](self) docs), written
     /// as `dir.tmp` and renamed: `dir` is complete or absent.
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {

@@ -1,10 +1,9 @@
 //! Where a model lives.
 
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::Llama;
 
 /// The device a model's parameters live on.
-pub(crate) fn device_of<B: AutodiffBackend>(model: &Llama<B>) -> B::Device {
+pub(crate) fn device_of<B: AutodiffBackend, M: burn::module::Module<B>>(model: &M) -> B::Device {
     burn::module::Module::devices(model)
         .into_iter()
         .next()

@@ -2,11 +2,10 @@
 //! on replicas that hold the same weights and optimizer state), and of a run's tasks, for a
 //! resumed run to check it draws from the same ones.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::Optimizer;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::Llama;
 
 use opd_tasks::Task;
 
@@ -14,7 +13,7 @@ use crate::state::{OptimizerRecord, StudentOptimizer};
 
 /// CRC-32 of the values of every parameter of `model` that requires a gradient, in module order
 /// (the ids of parameters differ between replicas, their order does not), with their count.
-pub(crate) fn weights<B: AutodiffBackend>(model: &Llama<B>) -> u64 {
+pub(crate) fn weights<B: AutodiffBackend, M: Module<B>>(model: &M) -> u64 {
     struct Hash(crc32fast::Hasher, u64);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Hash {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -34,9 +33,9 @@ pub(crate) fn weights<B: AutodiffBackend>(model: &Llama<B>) -> u64 {
 
 /// CRC-32 of AdamW's state (both moments and the step count of every parameter it holds, in
 /// module order).
-pub(crate) fn optimizer<B: AutodiffBackend>(
-    model: &Llama<B>,
-    optimizer: &StudentOptimizer<B>,
+pub(crate) fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    optimizer: &StudentOptimizer<B, M>,
 ) -> u64 {
     struct Hash<B: AutodiffBackend> {
         record: OptimizerRecord<B>,

@@ -4,7 +4,7 @@
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor, TensorData};
 use opd_divergences::TrainingBackend;
-use opd_policy::{Llama, SequenceBatch};
+use opd_policy::{SequenceBatch, Trainable};
 use opd_tasks::Task;
 
 use crate::config::OutputHead;
@@ -46,9 +46,9 @@ pub(crate) struct RowSplit {
 /// The rows with a response, split into `split.mini_batches` slices; of each slice, this
 /// worker's part (`[r·n/W, (r+1)·n/W)`; all of it for one worker) in micro-batches of
 /// `sizes.micro_batch` rows, each with its method's targets.
-pub(crate) fn prepare<B: TrainingBackend>(
-    method: &dyn Method<B>,
-    student: &Llama<B>,
+pub(crate) fn prepare<B: TrainingBackend, M: Trainable<B>>(
+    method: &dyn Method<B, M>,
+    student: &M,
     rows: &StepRows,
     tasks: &[Task],
     advantages: &[f64],

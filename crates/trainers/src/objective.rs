@@ -2,6 +2,7 @@
 //! and the one place it is matched to build the method.
 
 use opd_divergences::TrainingBackend;
+use opd_policy::Trainable;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -32,11 +33,11 @@ pub enum Objective {
 impl Objective {
     /// The method an objective names; the one place the objective is matched. An error when the
     /// method cannot run: OPD without a teacher, a teacher given to SFT or GRPO.
-    pub(crate) fn method<B: TrainingBackend>(
+    pub(crate) fn method<B: TrainingBackend, M: Trainable<B>>(
         &self,
-        parts: Parts<'_, B>,
-    ) -> Result<Box<dyn Method<B>>> {
-        let no_teacher = |parts: &Parts<'_, B>| match parts.teachers.is_empty() {
+        parts: Parts<'_, B, M>,
+    ) -> Result<Box<dyn Method<B, M>>> {
+        let no_teacher = |parts: &Parts<'_, B, M>| match parts.teachers.is_empty() {
             false => Err(TrainError::Config {
                 field: "teacher",
                 value: "a teacher model".into(),

@@ -1,7 +1,7 @@
 //! The rows a step trains on: the student's samples (or, for SFT, the reference answers),
 //! with what the environment said about each.
 
-use opd_policy::{ChatTokenizer, Llama};
+use opd_policy::{ChatTokenizer, Policy};
 use opd_rollout::{FinishReason, SamplingParams, generate};
 
 use crate::error::{Result, TrainError};
@@ -92,7 +92,7 @@ impl StepRows {
 
 /// `group` samples of the student (on its inner backend, no graph) for each task.
 pub(crate) fn sampled<B: burn::tensor::backend::Backend>(
-    student: &Llama<B>,
+    student: &impl Policy<B>,
     tokenizer: &ChatTokenizer,
     tasks: &[(usize, &Task)],
     sampling: &SamplingConfig,

@@ -3,9 +3,8 @@
 use burn::optim::Optimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::tensor::backend::AutodiffBackend;
-use opd_policy::{FusedAdamW, Llama};
+use opd_policy::{FusedAdamW, Llama, Trainable};
 use opd_tasks::Task;
-use opd_teachers::InnerLlama;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -34,14 +33,15 @@ pub struct RunProgress {
 }
 
 /// The student's optimizer: AdamW, one pass per parameter on the CPU backend.
-pub type StudentOptimizer<B> = OptimizerAdaptor<FusedAdamW, Llama<B>, B>;
+pub type StudentOptimizer<B, M = Llama<B>> = OptimizerAdaptor<FusedAdamW, M, B>;
 
 /// AdamW's state for the student's parameters, as burn records it (the same for burn's own
 /// `AdamW`, so either's checkpoints load).
+/// (the same type for every model: a map from parameter ids).
 pub type OptimizerRecord<B> = <StudentOptimizer<B> as Optimizer<Llama<B>, B>>::Record;
 
 /// A trainer's whole state, borrowed: what a checkpoint saves.
-pub struct TrainerState<'a, B: AutodiffBackend> {
+pub struct TrainerState<'a, B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
     /// The run's settings.
     pub config: &'a TrainConfig,
     /// The tasks the trainer draws from.
@@ -49,21 +49,21 @@ pub struct TrainerState<'a, B: AutodiffBackend> {
     /// Steps, task order, collapse baseline, tokens.
     pub progress: RunProgress,
     /// The student now.
-    pub student: &'a Llama<B>,
+    pub student: &'a M,
     /// AdamW's moments and step counts.
     pub optimizer: OptimizerRecord<B>,
     /// The weights a teacher moved on its own (an EMA's), when it has them.
-    pub teacher: Option<&'a InnerLlama<B>>,
+    pub teacher: Option<&'a M::Inner>,
 }
 
 /// What [`crate::Trainer::restore`] puts back (read from a checkpoint).
-pub struct SavedState<B: AutodiffBackend> {
+pub struct SavedState<B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
     /// Steps, task order, collapse baseline, tokens.
     pub progress: RunProgress,
     /// The student's weights.
-    pub student: Llama<B>,
+    pub student: M,
     /// AdamW's state.
     pub optimizer: OptimizerRecord<B>,
     /// The teacher's own weights, for teachers that have them.
-    pub teacher: Option<InnerLlama<B>>,
+    pub teacher: Option<M::Inner>,
 }

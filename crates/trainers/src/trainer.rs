@@ -6,7 +6,7 @@ use opd_divergences::TrainingBackend;
 use std::time::Instant;
 
 use burn::optim::{GradientsParams, Optimizer};
-use opd_policy::{ChatTokenizer, FusedAdamW, Llama};
+use opd_policy::{ChatTokenizer, FusedAdamW, Llama, Trainable};
 use opd_tasks::{Environment, Task};
 
 use crate::config::{OnNonFinite, TrainConfig};
@@ -45,13 +45,13 @@ pub enum Flow {
 
 /// Trains a student with the method an [`crate::Objective`] names, on tasks graded by an
 /// [`Environment`].
-pub struct Trainer<B: TrainingBackend> {
+pub struct Trainer<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: TrainConfig,
     /// Out only while an optimizer step consumes it.
-    student: Option<Llama<B>>,
+    student: Option<M>,
     tokenizer: ChatTokenizer,
-    optimizer: StudentOptimizer<B>,
-    method: Box<dyn Method<B>>,
+    optimizer: StudentOptimizer<B, M>,
+    method: Box<dyn Method<B, M>>,
     environment: Box<dyn Environment>,
     tasks: Vec<Task>,
     order: TaskOrder,
@@ -66,14 +66,14 @@ pub struct Trainer<B: TrainingBackend> {
     exchange_seconds: f64,
 }
 
-impl<B: TrainingBackend> Trainer<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Trainer<B, M> {
     /// A trainer of a built `method`: AdamW of the config and the seeded task order
     /// ([`crate::TrainerBuilder::build`] has checked everything).
     pub(crate) fn assemble(
         config: TrainConfig,
-        student: Llama<B>,
+        student: M,
         tokenizer: ChatTokenizer,
-        method: Box<dyn Method<B>>,
+        method: Box<dyn Method<B, M>>,
         environment: Box<dyn Environment>,
         tasks: Vec<Task>,
         replica: Option<Replica<B::InnerBackend>>,
@@ -108,7 +108,7 @@ impl<B: TrainingBackend> Trainer<B> {
     /// A trainer without a teacher model or template of its own: every method but OPD.
     pub fn new(
         config: TrainConfig,
-        student: Llama<B>,
+        student: M,
         tokenizer: ChatTokenizer,
         tasks: Vec<Task>,
         environment: impl Environment + 'static,
@@ -117,14 +117,14 @@ impl<B: TrainingBackend> Trainer<B> {
     }
 
     /// The student as it is now.
-    pub fn student(&self) -> &Llama<B> {
+    pub fn student(&self) -> &M {
         self.student
             .as_ref()
             .expect("the student is only out during an optimizer step")
     }
 
     /// The trained student.
-    pub fn into_student(self) -> Llama<B> {
+    pub fn into_student(self) -> M {
         self.student
             .expect("the student is only out during an optimizer step")
     }
@@ -150,7 +150,7 @@ impl<B: TrainingBackend> Trainer<B> {
     }
 
     /// The trainer's whole state, for a checkpoint.
-    pub fn state(&self) -> TrainerState<'_, B> {
+    pub fn state(&self) -> TrainerState<'_, B, M> {
         TrainerState {
             config: &self.config,
             tasks: &self.tasks,
@@ -167,7 +167,7 @@ impl<B: TrainingBackend> Trainer<B> {
     }
 
     /// Puts back a saved state: the next steps are the ones the saved run would have taken.
-    pub fn restore(&mut self, saved: SavedState<B>) {
+    pub fn restore(&mut self, saved: SavedState<B, M>) {
         self.student = Some(saved.student);
         self.optimizer = self.optimizer.clone().load_record(saved.optimizer);
         if let Some(teacher) = saved.teacher {
@@ -399,7 +399,6 @@ impl<B: TrainingBackend> Trainer<B> {
 
     /// The step's rows: the student's samples or the references.
     fn rollouts(&self, rollouts: Rollouts, picked: &[usize]) -> Result<rows::StepRows> {
-        use burn::module::AutodiffModule;
         let tasks: Vec<(usize, &Task)> = picked.iter().map(|&i| (i, &self.tasks[i])).collect();
         match rollouts {
             Rollouts::References => rows::references(&self.tokenizer, &tasks, &*self.environment),

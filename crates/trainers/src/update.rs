@@ -6,7 +6,7 @@ use std::cell::{OnceCell, RefCell};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
-use opd_policy::{Llama, Policy};
+use opd_policy::Trainable;
 
 use crate::error::Result;
 use crate::measure::diagnosis::{Diagnosis, diagnose_formed};
@@ -54,8 +54,8 @@ pub(crate) fn counts<B: TrainingBackend>(mini: &[Micro<B>]) -> Counts {
 /// counts of the whole mini-batch (of every worker's part in a data-parallel run), so
 /// accumulation and sharing change nothing but memory; telemetry from each loss. Empty
 /// gradients when no micro-batch counts a token.
-pub(crate) fn gradients<B: TrainingBackend>(
-    student: &Llama<B>,
+pub(crate) fn gradients<B: TrainingBackend, M: Trainable<B>>(
+    student: &M,
     mini: &[Micro<B>],
     norm: Counts,
     settings: LossSettings,
@@ -86,8 +86,8 @@ pub(crate) fn gradients<B: TrainingBackend>(
 }
 
 /// One micro-batch's share of the mini-batch loss (with graph) and its value.
-fn micro_loss<B: TrainingBackend>(
-    student: &Llama<B>,
+fn micro_loss<B: TrainingBackend, M: Trainable<B>>(
+    student: &M,
     micro: &Micro<B>,
     norm: Counts,
     settings: LossSettings,

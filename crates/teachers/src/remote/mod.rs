@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use opd_divergences::TeacherTarget;
-use opd_policy::{ChatTokenizer, Llama, SequenceBatch};
+use opd_policy::{ChatTokenizer, SequenceBatch, Trainable};
 use protocol::{MAX_FULL_VOCAB, ModelInfo, ScoreRequest, ScoreResponse, Sequence};
 
 use crate::error::{Result, TeacherError};
@@ -294,10 +294,10 @@ impl Client {
 pub const RETRY_AFTER: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(60);
 
-impl<B: AutodiffBackend> Teacher<B> for Remote {
+impl<B: AutodiffBackend, M: Trainable<B>> Teacher<B, M> for Remote {
     fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         batch: &SequenceBatch,
         request: &Request,
     ) -> Result<TeacherOutput<B>> {

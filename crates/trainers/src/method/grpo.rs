@@ -3,7 +3,7 @@
 
 use burn::tensor::Tensor;
 use opd_divergences::TrainingBackend;
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_teachers::{FrozenInitial, Teacher, TeacherSupport};
 use serde::{Deserialize, Serialize};
 
@@ -76,13 +76,13 @@ impl MethodSettings for GrpoConfig {
 }
 
 /// The GRPO method; `reference` is `π_ref` when `kl_beta > 0`.
-pub(crate) struct Grpo<B: TrainingBackend> {
+pub(crate) struct Grpo<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: GrpoConfig,
-    reference: Option<FrozenInitial<B>>,
+    reference: Option<FrozenInitial<B, M>>,
 }
 
-impl<B: TrainingBackend> Grpo<B> {
-    pub fn new(config: GrpoConfig, student: &Llama<B>) -> Self {
+impl<B: TrainingBackend, M: Trainable<B>> Grpo<B, M> {
+    pub fn new(config: GrpoConfig, student: &M) -> Self {
         let reference = (config.kl_beta > 0.0).then(|| FrozenInitial::new(student));
         Self { config, reference }
     }
@@ -113,7 +113,7 @@ impl<B: TrainingBackend> Targets<B> for GrpoTargets<B> {
     }
 }
 
-impl<B: TrainingBackend> Method<B> for Grpo<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for Grpo<B, M> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled {
             group: self.config.group_size,
@@ -128,7 +128,7 @@ impl<B: TrainingBackend> Method<B> for Grpo<B> {
         ))
     }
 
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         let reference = match &self.reference {
             Some(reference) => Some(
                 reference

@@ -32,11 +32,9 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Tensor};
 use opd_divergences::TrainingBackend;
 
-use opd_policy::{ChatTokenizer, Llama, SequenceBatch};
+use opd_policy::{ChatTokenizer, Llama, SequenceBatch, Trainable};
 use opd_tasks::Task;
-use opd_teachers::{
-    InnerLlama, PrivilegedTemplate, Request, Teacher, TeacherOutput, TeacherSupport,
-};
+use opd_teachers::{PrivilegedTemplate, Request, Teacher, TeacherOutput, TeacherSupport};
 
 pub use forward::Forward;
 pub use grpo::GrpoConfig;
@@ -237,7 +235,7 @@ pub trait Targets<B: TrainingBackend> {
 
 /// A training method: what it samples, what it fixes before the first update and its loss.
 /// See the [module](self) docs for the stages.
-pub trait Method<B: TrainingBackend> {
+pub trait Method<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     /// Where the step's rows come from.
     fn rollouts(&self) -> Rollouts;
 
@@ -254,7 +252,7 @@ pub trait Method<B: TrainingBackend> {
 
     /// The constants of one micro-batch, computed before any update: teacher outputs
     /// (no graph), token advantages, `π_ref`'s log-probs, the loss mask.
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>>;
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>>;
 
     /// What the method's loss is a weighted sum of, and its aggregation, when its weights are
     /// fixed before the forward (see [`LinearIn`]); `None` when the loss is not linear in
@@ -264,17 +262,17 @@ pub trait Method<B: TrainingBackend> {
     }
 
     /// Called after each optimizer step (the EMA teacher moves here).
-    fn after_update(&mut self, _student: &Llama<B>) -> Result<()> {
+    fn after_update(&mut self, _student: &M) -> Result<()> {
         Ok(())
     }
 
     /// The weights a teacher moved on its own (the EMA's), which checkpoints keep.
-    fn teacher_weights(&self) -> Option<&InnerLlama<B>> {
+    fn teacher_weights(&self) -> Option<&M::Inner> {
         None
     }
 
     /// Puts back weights saved from [`Method::teacher_weights`].
-    fn set_teacher_weights(&mut self, _weights: InnerLlama<B>) {}
+    fn set_teacher_weights(&mut self, _weights: M::Inner) {}
 
     /// The names of the method's teachers, when it has several (per-teacher metrics).
     fn teacher_names(&self) -> Vec<String> {
@@ -283,15 +281,15 @@ pub trait Method<B: TrainingBackend> {
 }
 
 /// What [`build`] needs besides the objective.
-pub struct Parts<'a, B: AutodiffBackend> {
+pub struct Parts<'a, B: AutodiffBackend, M: Trainable<B> = Llama<B>> {
     /// The student at step 0 (self-teachers and `π_ref` copy it).
-    pub student: &'a Llama<B>,
+    pub student: &'a M,
     /// The student's tokenizer (self-teachers render their privileged prompts with it).
     pub tokenizer: &'a ChatTokenizer,
     /// OPD's teacher models, named (tasks choose theirs by name; the first is the default);
     /// for self-distillation, at most one: the weights that read the privileged context in
     /// place of the configured self-teacher's.
-    pub teachers: Vec<(String, Box<dyn Teacher<B>>)>,
+    pub teachers: Vec<(String, Box<dyn Teacher<B, M>>)>,
     /// The tasks the trainer draws from (OPD routes each to its teacher).
     pub tasks: &'a [Task],
     /// The wording of the self-teacher's privileged prompt.

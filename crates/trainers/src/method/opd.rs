@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use opd_divergences::TrainingBackend;
 use opd_divergences::sampled::Estimator;
 use opd_divergences::{Divergence, DivergenceOptions};
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_teachers::{Current, Teacher, TeacherOutput, TeacherSupport};
 
 use super::opd_config::{OpdConfig, OpdForm, TrustRegionEstimator};
@@ -22,15 +22,15 @@ use opd_divergences::Reduction;
 use opd_divergences::host_values;
 
 /// The OPD method and its teacher models.
-pub(crate) struct Opd<B: TrainingBackend> {
+pub(crate) struct Opd<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: OpdConfig,
-    teachers: Routed<B>,
+    teachers: Routed<B, M>,
 }
 
-impl<B: TrainingBackend> Opd<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Opd<B, M> {
     /// An error without a teacher (OPD cannot run without one), or with tasks routed to a
     /// teacher the run does not have.
-    pub fn new(config: OpdConfig, parts: Parts<'_, B>) -> Result<Self> {
+    pub fn new(config: OpdConfig, parts: Parts<'_, B, M>) -> Result<Self> {
         let teachers = Routed::new(parts.teachers, parts.tasks)?;
         Ok(Self { config, teachers })
     }
@@ -146,7 +146,7 @@ impl<B: TrainingBackend> FormTargets<B> {
     }
 }
 
-impl<B: TrainingBackend> Method<B> for Opd<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for Opd<B, M> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
     }
@@ -170,7 +170,7 @@ impl<B: TrainingBackend> Method<B> for Opd<B> {
         })
     }
 
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         let teacher_of_rows = std::cell::RefCell::new(Vec::new());
         let score = |support| -> Result<TeacherOutput<B>> {
             let request = micro.request(support, 1.0)?;

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use opd_divergences::TrainingBackend;
 use opd_divergences::{Divergence, DivergenceOptions};
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_tasks::Task;
 use opd_teachers::{Privileged, TeacherOutput};
 use serde::{Deserialize, Serialize};
@@ -104,13 +104,13 @@ impl MethodSettings for OpsdConfig {
 }
 
 /// The OPSD method.
-pub(crate) struct Opsd<B: TrainingBackend> {
+pub(crate) struct Opsd<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: OpsdConfig,
-    teacher: SelfTeacher<B>,
+    teacher: SelfTeacher<B, M>,
 }
 
-impl<B: TrainingBackend> Opsd<B> {
-    pub fn new(config: OpsdConfig, parts: Parts<'_, B>) -> Result<Self> {
+impl<B: TrainingBackend, M: Trainable<B>> Opsd<B, M> {
+    pub fn new(config: OpsdConfig, parts: Parts<'_, B, M>) -> Result<Self> {
         let teacher = SelfTeacher::new(config.teacher, parts)?;
         Ok(Self { config, teacher })
     }
@@ -179,7 +179,7 @@ pub(super) fn needs_reference(name: &str, task: &Task) -> Option<String> {
         .then(|| format!("{name} needs a reference solution or demonstration"))
 }
 
-impl<B: TrainingBackend> Method<B> for Opsd<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for Opsd<B, M> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
     }
@@ -194,7 +194,7 @@ impl<B: TrainingBackend> Method<B> for Opsd<B> {
             .then_some((LinearIn::Divergence, c.aggregation))
     }
 
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         let c = &self.config;
         let reference =
             |i| Privileged::Reference(micro.task(i).reference.clone().unwrap_or_default());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
 use opd_divergences::TeacherTarget;
-use opd_policy::{Llama, SequenceBatch};
+use opd_policy::{Llama, SequenceBatch, Trainable};
 use opd_tasks::Task;
 use opd_teachers::{Request, Teacher, TeacherOutput};
 
@@ -15,16 +15,16 @@ use crate::error::{Result, TrainError};
 use opd_divergences::host_values;
 
 /// OPD's teachers and the teacher of each task.
-pub(super) struct Routed<B: TrainingBackend> {
-    teachers: Vec<(String, Box<dyn Teacher<B>>)>,
+pub(super) struct Routed<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
+    teachers: Vec<(String, Box<dyn Teacher<B, M>>)>,
     /// Index into `teachers` of each task's teacher.
     route: Vec<usize>,
 }
 
-impl<B: TrainingBackend> Routed<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Routed<B, M> {
     /// An error without a teacher, with two of one name, or for a task that names a teacher
     /// the run does not have (naming the task).
-    pub fn new(teachers: Vec<(String, Box<dyn Teacher<B>>)>, tasks: &[Task]) -> Result<Self> {
+    pub fn new(teachers: Vec<(String, Box<dyn Teacher<B, M>>)>, tasks: &[Task]) -> Result<Self> {
         if teachers.is_empty() {
             return Err(TrainError::Config {
                 field: "teacher",
@@ -77,7 +77,7 @@ impl<B: TrainingBackend> Routed<B> {
     /// and the teacher of each row (empty with one teacher).
     pub fn outputs(
         &self,
-        student: &Llama<B>,
+        student: &M,
         micro: &MicroBatch<'_, B>,
         request: &Request,
     ) -> Result<(TeacherOutput<B>, Vec<usize>)> {

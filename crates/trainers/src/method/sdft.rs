@@ -3,7 +3,7 @@
 
 use opd_divergences::Divergence;
 use opd_divergences::TrainingBackend;
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_tasks::Task;
 use opd_teachers::Privileged;
 use serde::{Deserialize, Serialize};
@@ -72,19 +72,19 @@ impl MethodSettings for SdftConfig {
 }
 
 /// The SDFT method.
-pub(crate) struct Sdft<B: TrainingBackend> {
+pub(crate) struct Sdft<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: SdftConfig,
-    teacher: SelfTeacher<B>,
+    teacher: SelfTeacher<B, M>,
 }
 
-impl<B: TrainingBackend> Sdft<B> {
-    pub fn new(config: SdftConfig, parts: Parts<'_, B>) -> Result<Self> {
+impl<B: TrainingBackend, M: Trainable<B>> Sdft<B, M> {
+    pub fn new(config: SdftConfig, parts: Parts<'_, B, M>) -> Result<Self> {
         let teacher = SelfTeacher::new(config.teacher, parts)?;
         Ok(Self { config, teacher })
     }
 }
 
-impl<B: TrainingBackend> Method<B> for Sdft<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for Sdft<B, M> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled { group: 1 }
     }
@@ -98,7 +98,7 @@ impl<B: TrainingBackend> Method<B> for Sdft<B> {
         (c.form == DistillForm::Full).then_some((LinearIn::Divergence, c.aggregation))
     }
 
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         let c = &self.config;
         let demonstration =
             |i| Privileged::Demonstration(micro.task(i).reference.clone().unwrap_or_default());

@@ -3,7 +3,7 @@
 
 use opd_divergences::TrainingBackend;
 use opd_divergences::{Divergence, DivergenceOptions, Support};
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_teachers::privileged::sdpo_demonstrations;
 use opd_teachers::{Privileged, TeacherOutput, TeacherSupport};
 use serde::{Deserialize, Serialize};
@@ -107,13 +107,13 @@ impl MethodSettings for SdpoConfig {
 }
 
 /// The SDPO method.
-pub(crate) struct Sdpo<B: TrainingBackend> {
+pub(crate) struct Sdpo<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
     config: SdpoConfig,
-    teacher: SelfTeacher<B>,
+    teacher: SelfTeacher<B, M>,
 }
 
-impl<B: TrainingBackend> Sdpo<B> {
-    pub fn new(config: SdpoConfig, parts: Parts<'_, B>) -> Result<Self> {
+impl<B: TrainingBackend, M: Trainable<B>> Sdpo<B, M> {
+    pub fn new(config: SdpoConfig, parts: Parts<'_, B, M>) -> Result<Self> {
         let teacher = SelfTeacher::new(config.teacher, parts)?;
         Ok(Self { config, teacher })
     }
@@ -158,7 +158,7 @@ impl<B: TrainingBackend> Targets<B> for SdpoTargets<B> {
     }
 }
 
-impl<B: TrainingBackend> Method<B> for Sdpo<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for Sdpo<B, M> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::Sampled {
             group: self.config.group_size,
@@ -171,7 +171,7 @@ impl<B: TrainingBackend> Method<B> for Sdpo<B> {
             .map(|_| group_relative(rewards, self.config.group_size, true))
     }
 
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         let c = &self.config;
         let rows = micro.rows;
         let rewards: Vec<f64> = rows.outcomes.iter().map(|o| o.reward).collect();

@@ -2,10 +2,10 @@
 //! trust region) reading the question with privileged information.
 
 use opd_divergences::TrainingBackend;
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_teachers::{
-    Conditioned, Current, Ema, EmaRate, FrozenInitial, InnerLlama, Privileged, Teacher,
-    TeacherOutput, TeacherSupport, TrustRegion,
+    Conditioned, Current, Ema, EmaRate, FrozenInitial, Privileged, Teacher, TeacherOutput,
+    TeacherSupport, TrustRegion,
 };
 
 use super::{MicroBatch, Parts, Prepared, Targets};
@@ -13,13 +13,13 @@ use crate::error::Result;
 use crate::settings::TeacherWeights;
 
 /// A prompt-conditioned teacher built from the student.
-pub(super) struct SelfTeacher<B: TrainingBackend> {
-    conditioned: Conditioned<Box<dyn Teacher<B>>>,
+pub(super) struct SelfTeacher<B: TrainingBackend, M: Trainable<B> = Llama<B>> {
+    conditioned: Conditioned<Box<dyn Teacher<B, M>>>,
 }
 
-impl<B: TrainingBackend> SelfTeacher<B> {
+impl<B: TrainingBackend, M: Trainable<B>> SelfTeacher<B, M> {
     /// The self-teacher `weights` name, or the teacher `parts` give in its place.
-    pub fn new(weights: TeacherWeights, parts: Parts<'_, B>) -> Result<Self> {
+    pub fn new(weights: TeacherWeights, parts: Parts<'_, B, M>) -> Result<Self> {
         let mut given = parts.teachers.into_iter();
         let teacher = match (given.next(), given.next()) {
             (Some((_, teacher)), None) => teacher,
@@ -46,7 +46,7 @@ impl<B: TrainingBackend> SelfTeacher<B> {
     /// from the output.
     pub fn prepare<T: Targets<B> + 'static>(
         &self,
-        student: &Llama<B>,
+        student: &M,
         micro: &MicroBatch<'_, B>,
         privileged: impl Fn(usize) -> Privileged,
         (support, temperature): (TeacherSupport, f64),
@@ -71,26 +71,26 @@ impl<B: TrainingBackend> SelfTeacher<B> {
     }
 
     /// After an optimizer step: the EMA moves.
-    pub fn after_update(&mut self, student: &Llama<B>) -> Result<()> {
+    pub fn after_update(&mut self, student: &M) -> Result<()> {
         Ok(self.conditioned.teacher.after_step(student)?)
     }
 
     /// The EMA's weights.
-    pub fn weights(&self) -> Option<&InnerLlama<B>> {
+    pub fn weights(&self) -> Option<&M::Inner> {
         self.conditioned.teacher.moving_weights()
     }
 
     /// Puts back the EMA's weights.
-    pub fn set_weights(&mut self, weights: InnerLlama<B>) {
+    pub fn set_weights(&mut self, weights: M::Inner) {
         self.conditioned.teacher.set_moving_weights(weights);
     }
 }
 
 /// The teacher strategy `weights` names, built from the student at step 0.
-fn strategy<B: TrainingBackend>(
+fn strategy<B: TrainingBackend, M: Trainable<B>>(
     weights: TeacherWeights,
-    student: &Llama<B>,
-) -> Result<Box<dyn Teacher<B>>> {
+    student: &M,
+) -> Result<Box<dyn Teacher<B, M>>> {
     Ok(match weights {
         TeacherWeights::FrozenInitial => Box::new(FrozenInitial::new(student)),
         TeacherWeights::Current => Box::new(Current),
@@ -102,15 +102,15 @@ fn strategy<B: TrainingBackend>(
 /// Forwards [`super::Method`]'s teacher hooks to a `SelfTeacher` field named `teacher`.
 macro_rules! self_teacher_hooks {
     () => {
-        fn after_update(&mut self, student: &opd_policy::Llama<B>) -> crate::error::Result<()> {
+        fn after_update(&mut self, student: &M) -> crate::error::Result<()> {
             self.teacher.after_update(student)
         }
 
-        fn teacher_weights(&self) -> Option<&opd_teachers::InnerLlama<B>> {
+        fn teacher_weights(&self) -> Option<&M::Inner> {
             self.teacher.weights()
         }
 
-        fn set_teacher_weights(&mut self, weights: opd_teachers::InnerLlama<B>) {
+        fn set_teacher_weights(&mut self, weights: M::Inner) {
             self.teacher.set_weights(weights)
         }
     };

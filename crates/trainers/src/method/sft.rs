@@ -1,7 +1,7 @@
 //! SFT: `ℓ_t = −log p_θ(y*_t | x, y*_<t)` on the tasks' reference answers, token mean.
 
 use opd_divergences::TrainingBackend;
-use opd_policy::Llama;
+use opd_policy::Trainable;
 use opd_tasks::Task;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +42,7 @@ impl<B: TrainingBackend> Targets<B> for Nll {
     }
 }
 
-impl<B: TrainingBackend> Method<B> for Sft {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for Sft {
     fn rollouts(&self) -> Rollouts {
         Rollouts::References
     }
@@ -57,7 +57,7 @@ impl<B: TrainingBackend> Method<B> for Sft {
             .then(|| "sft needs a reference solution or demonstration".into())
     }
 
-    fn targets(&self, _student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, _student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         Ok(Prepared::on_responses(micro, Nll))
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 use opd_divergences::TrainingBackend;
-use opd_policy::Llama;
+use opd_policy::{Llama, Trainable};
 use opd_teachers::{FrozenInitial, Teacher, TeacherSupport};
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +40,9 @@ impl MethodSettings for SftKlConfig {
     }
 }
 
-pub(super) struct SftKl<B: TrainingBackend> {
+pub(super) struct SftKl<B: TrainingBackend, M: Trainable<B>> {
     weight: f64,
-    initial: FrozenInitial<B>,
+    initial: FrozenInitial<B, M>,
 }
 
 struct SftKlTargets<B: TrainingBackend> {
@@ -61,12 +61,12 @@ impl<B: TrainingBackend> Targets<B> for SftKlTargets<B> {
     }
 }
 
-impl<B: TrainingBackend> Method<B> for SftKl<B> {
+impl<B: TrainingBackend, M: Trainable<B>> Method<B, M> for SftKl<B, M> {
     fn rollouts(&self) -> Rollouts {
         Rollouts::References
     }
 
-    fn targets(&self, student: &Llama<B>, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
+    fn targets(&self, student: &M, micro: &MicroBatch<'_, B>) -> Result<Prepared<B>> {
         let request = micro.request(TeacherSupport::SampledToken, 1.0)?;
         let initial = self.initial.outputs(student, micro.batch, &request)?;
         let targets = SftKlTargets {
