@@ -133,8 +133,8 @@ impl<B: Backend> KvCache<B> {
 
     /// Writes layer `layer`'s keys and values `[B, KV, T, hd]` of the next `T` slots and
     /// returns views of all its filled slots, `[B, KV, len + T, hd]` each. Call once per
-    /// layer, then [`Self::advance`] by `T`.
-    pub(crate) fn append(
+    /// layer, then [`Self::advance`] by `T` (a model of any family keeps its state here).
+    pub fn append(
         &mut self,
         layer: usize,
         keys: Tensor<B, 4>,
@@ -177,7 +177,8 @@ impl<B: Backend> KvCache<B> {
         filled
     }
 
-    pub(crate) fn advance(&mut self, tokens: usize) {
+    /// Counts `tokens` more slots as filled, after every layer's [`Self::append`].
+    pub fn advance(&mut self, tokens: usize) {
         self.len += tokens;
     }
 

@@ -104,15 +104,6 @@ fn grpo_raises_the_reward() {
     assert!(r1 >= r0 + 0.3, "reward {r0:.3} -> {r1:.3}");
 }
 
-/// A teacher that knows the mapping: the copy base after SFT on it.
-fn mapping_teacher() -> Llama<A> {
-    let config = toy_config(Objective::Sft(SftConfig::default()), 40, 1e-2);
-    let mut trainer =
-        Trainer::new(config, copy_base(), tokenizer(), mapping_tasks(), Revealing).unwrap();
-    trainer.train(|_| {}).unwrap();
-    trainer.into_student()
-}
-
 /// OPD from the mapping teacher for `steps` steps, once per rollout seed of `seeds`; asserts
 /// the exact reverse KL at the answer falls to `kl_ratio` of its start and accuracy rises by
 /// `gain` (or reaches the teacher's), both as the mean over the seeds: the sampled-token forms

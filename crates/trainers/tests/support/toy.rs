@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, Flex};
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, backend::Backend};
-use opd_policy::{ChatTokenizer, Llama, LlamaConfig};
+use opd_policy::{ChatTokenizer, Llama, LlamaConfig, Trainable};
 use opd_rollout::{SamplingParams, ScoreOptions, score};
 use opd_tasks::{Environment, Outcome, Task, evaluate};
 use opd_teachers::PrivilegedTemplate;
@@ -141,8 +141,17 @@ pub fn trainable(inner: &Llama<Flex>) -> Llama<A> {
     Llama::<A>::from_inner(inner.clone()).map(&mut RequireGrad)
 }
 
+/// A teacher that knows the mapping: the copy base after SFT on it.
+pub fn mapping_teacher() -> Llama<A> {
+    let config = toy_config(Objective::Sft(SftConfig::default()), 40, 1e-2);
+    let mut trainer =
+        Trainer::new(config, copy_base(), tokenizer(), mapping_tasks(), Revealing).unwrap();
+    trainer.train(|_| {}).unwrap();
+    trainer.into_student()
+}
+
 /// Accuracy on the mapping task: `n` samples per question at temperature 1.
-pub fn accuracy(model: &Llama<A>, n: usize, seed: u64) -> f64 {
+pub fn accuracy(model: &impl Trainable<A>, n: usize, seed: u64) -> f64 {
     let params = SamplingParams {
         n,
         max_new_tokens: 4,
@@ -189,12 +198,16 @@ pub fn nll(model: &Llama<A>, tasks: &[Task]) -> f64 {
 
 /// `KL(p_S ‖ p_T)` at the first answer position of `tasks`, in float64 from both models' full
 /// distributions (independent of the trainer's metrics).
-pub fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>, tasks: &[opd_tasks::Task]) -> f64 {
+pub fn answer_reverse_kl(
+    student: &impl Trainable<A>,
+    teacher: &impl Trainable<A>,
+    tasks: &[opd_tasks::Task],
+) -> f64 {
     use burn::backend::Flex;
     use burn::tensor::{Int, Tensor, TensorData, s};
     use opd_policy::Policy;
     let tok = tokenizer();
-    let last = |model: &Llama<A>, ids: &[u32]| -> Vec<f64> {
+    fn last(model: &impl Trainable<A>, ids: &[u32]) -> Vec<f64> {
         let input = Tensor::<Flex, 2, Int>::from_data(
             TensorData::new(
                 ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
@@ -213,7 +226,7 @@ pub fn answer_reverse_kl(student: &Llama<A>, teacher: &Llama<A>, tasks: &[opd_ta
         let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let lse = max + v.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
         v.iter().map(|z| z - lse).collect()
-    };
+    }
     let kls: Vec<f64> = tasks
         .iter()
         .map(|task| {
