@@ -18,7 +18,8 @@
 //! of `docs/results.md` comes from these files.
 //!
 //! A seed `s` sets the trainer's seed (task order, sampling) and the LoRA adapters' seed; the
-//! model, data, held-out questions and budget are the same for every arm.
+//! model, data, held-out questions and budget are the same for every arm (an arm may stop at
+//! a budget of its own: `forgetting`'s SFT stopped at OPD's new-task gain).
 
 mod experiments;
 mod facts;
@@ -34,7 +35,7 @@ use opd_cli::plot::{Curves, write_curves};
 use opd_cli::record::Record;
 
 use experiments::{NAMES, Target, experiment};
-use report::{Goal, paired, plot, table};
+use report::{Goal, diagnostics, paired, plot, table};
 use runs::{Finished, OUTCOMES, RUNS, accuracy_on, finished, with_budget};
 
 const MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -75,7 +76,7 @@ fn main() {
         .old_tasks
         .iter()
         .map(|old| {
-            let cache = Path::new(RUNS).join(format!("base-old-task-{}.txt", old.name));
+            let cache = Path::new(RUNS).join(old.cache_name("base-old-task"));
             (old.name, accuracy_on(Path::new(MODEL), &old.tasks, &cache))
         })
         .collect();
@@ -83,6 +84,7 @@ fn main() {
     for arm in &experiment.arms {
         let mut arm_runs = Vec::new();
         for seed in 0..seeds {
+            let budget = arm.budget.unwrap_or(budget);
             let slug = format!("{}-{budget}-s{seed}", slug(arm.label));
             let dir = Path::new(RUNS).join(&slug);
             let config = with_budget(
@@ -94,7 +96,7 @@ fn main() {
             );
             let mut run = finished(&format!("{} seed {seed}", arm.label), &config);
             for old in &experiment.old_tasks {
-                let cache = dir.join(format!("old-task-{}.txt", old.name));
+                let cache = dir.join(old.cache_name("old-task"));
                 let after = accuracy_on(&dir.join("final"), &old.tasks, &cache);
                 run.old_tasks.push(after);
             }
@@ -147,7 +149,8 @@ fn main() {
         }
     });
     let command = format!("cargo run --release --example results -- {name} {seeds} {budget}");
-    let table = table(&command, goal.as_ref(), &old, &results) + &paired(&results);
+    let table =
+        table(&command, goal.as_ref(), &old, &results) + &paired(&results) + &diagnostics(&results);
     std::fs::write(out.join("table.md"), &table).expect("table.md");
     println!("\n{table}");
     plot(&out.join("curves"), &results).expect("the curves");

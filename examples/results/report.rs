@@ -82,8 +82,8 @@ pub fn table(command: &str, goal: Option<&Goal>, old: &[(&str, f64)], results: &
         text += &format!(" {name} after (mean ± sd) | per seed |");
         columns += 2;
     }
-    text += " entropy (first → last steps) | divergence to the teacher | top-k overlap | shared mass, teacher | collapse warnings (runs) |\n";
-    columns += 5;
+    text += " entropy (first → last steps) | divergence to the teacher | teacher entropy | top-k overlap | shared mass, teacher | collapse warnings (runs) |\n";
+    columns += 6;
     text += &format!("|{}\n", "---|".repeat(columns));
     for (label, runs) in results {
         let accuracy: Vec<f64> = runs.iter().map(Finished::final_accuracy).collect();
@@ -116,9 +116,10 @@ pub fn table(command: &str, goal: Option<&Goal>, old: &[(&str, f64)], results: &
             .filter(|r| r.steps().any(|m| !m.warnings.is_empty()))
             .count();
         text += &format!(
-            " {} | {} | {} | {} | {warned} of {} |\n",
+            " {} | {} | {} | {} | {} | {warned} of {} |\n",
             arrow(first_and_last(runs, |m| Some(m.entropy)), 2),
             arrow(first_and_last(runs, |m| m.divergence_mean), 3),
+            arrow(first_and_last(runs, |m| m.teacher_entropy), 2),
             arrow(first_and_last(runs, |m| m.topk_overlap), 2),
             arrow(first_and_last(runs, |m| m.shared_mass_teacher), 3),
             runs.len()
@@ -295,6 +296,78 @@ pub fn paired(results: &Results) -> String {
             answered(runs),
             mcnemar(right_wrong, wrong_right),
         );
+    }
+    text
+}
+
+/// The diagnostics of each run at step 0 (before any update: the same for every arm of a seed
+/// that starts alike) and over its last three steps, per seed, with the mean ± sd over seeds and
+/// Welch's t of each arm's last-steps values against the first arm's: for telling a working run
+/// from a failing one by what it logs.
+pub fn diagnostics(results: &Results) -> String {
+    type Metric = fn(&opd_trainers::StepMetrics) -> Option<f64>;
+    let metrics: [(&str, Metric); 4] = [
+        ("shared mass, teacher", |m| m.shared_mass_teacher),
+        ("top-k overlap", |m| m.topk_overlap),
+        ("teacher entropy", |m| m.teacher_entropy),
+        ("student entropy", |m| Some(m.entropy)),
+    ];
+    let Some((first, base)) = results.first() else {
+        return String::new();
+    };
+    let mut text = format!(
+        "\nThe diagnostics at step 0 and over each run's last three steps (per seed; mean ± sd \
+         over seeds), and Welch's t of the last steps against {first}.\n\n\
+         | diagnostic | arm | step 0 (per seed) | last 3 steps (per seed) | mean ± sd | Welch t (df), p |\n\
+         |---|---|---|---|---|---|\n"
+    );
+    let ends = |runs: &[Finished], f: Metric| -> Option<(Vec<f64>, Vec<f64>)> {
+        let series: Vec<Vec<f64>> = runs
+            .iter()
+            .map(|r| r.steps().filter_map(f).filter(|v| v.is_finite()).collect())
+            .collect();
+        if series.iter().any(|s: &Vec<f64>| s.is_empty()) {
+            return None;
+        }
+        let start = series.iter().map(|s| s[0]).collect();
+        let end = series
+            .iter()
+            .map(|s| {
+                let n = s.len().min(3);
+                s[s.len() - n..].iter().sum::<f64>() / n as f64
+            })
+            .collect();
+        Some((start, end))
+    };
+    let list = |values: &[f64]| {
+        values
+            .iter()
+            .map(|v| format!("{v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, f) in metrics {
+        let Some((_, base_end)) = ends(base, f) else {
+            continue;
+        };
+        for (label, runs) in results {
+            let Some((start, end)) = ends(runs, f) else {
+                continue;
+            };
+            let (mean, sd) = mean_sd(&end);
+            let test = match label == first {
+                true => "–".to_string(),
+                false => {
+                    let (t, df, p) = welch(&base_end, &end);
+                    format!("{t:.2} ({df:.1}), {p:.3}")
+                }
+            };
+            text += &format!(
+                "| {name} | {label} | {} | {} | {mean:.3} ± {sd:.3} | {test} |\n",
+                list(&start),
+                list(&end)
+            );
+        }
     }
     text
 }

@@ -48,7 +48,7 @@
 //! ```
 
 pub use opd_divergences::{Divergence, Reduction, TrainingBackend};
-pub use opd_policy::{ChatTokenizer, Llama, LlamaConfig, LoraConfig, LoraTarget, load};
+pub use opd_policy::{ChatTokenizer, Llama, LlamaConfig, LoraConfig, LoraTarget, Trainable, load};
 pub use opd_tasks::{Environment, ExactAnswer, MathAnswer, Outcome, Task};
 pub use opd_teachers::{External, Teacher};
 
