@@ -23,6 +23,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -50,16 +51,13 @@ def with_seed(text, seed, out_dir):
 
 def path_in(text, section, key):
     """`key`'s string value in `[section]` of a run file."""
-    current = None
-    for line in text.splitlines():
-        header = re.match(r"^\[([^\]]+)\]", line)
-        if header:
-            current = header.group(1)
-        elif current == section:
-            found = re.match(rf'^{key}\s*=\s*"([^"]*)"', line)
-            if found:
-                return found.group(1)
-    raise SystemExit(f"the run file has no [{section}] {key}")
+    table = tomllib.loads(text)
+    for part in section.split("."):
+        table = table.get(part, {})
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise SystemExit(f"the run file has no [{section}] {key}")
+    return value
 
 
 def timed(cmd, cwd, env):
