@@ -16,28 +16,36 @@ pub struct Goal {
     pub text: String,
 }
 
+/// Steps averaged at each end of a run.
+const EDGE: usize = 3;
+
+/// The finite values of `f(step)` over a run's steps.
+fn series(run: &Finished, f: impl Fn(&opd_trainers::StepMetrics) -> Option<f64>) -> Vec<f64> {
+    run.steps()
+        .filter_map(f)
+        .filter(|v| v.is_finite())
+        .collect()
+}
+
+/// The mean of the first and of the last `EDGE` of `values` (not empty).
+fn edges(values: &[f64]) -> (f64, f64) {
+    let n = values.len().min(EDGE);
+    let mean = |part: &[f64]| part.iter().sum::<f64>() / n as f64;
+    (mean(&values[..n]), mean(&values[values.len() - n..]))
+}
+
 /// `f(step)` averaged over the first and over the last `EDGE` steps of each run, then over the
 /// runs; `None` when no step has it.
 fn first_and_last(
     runs: &[Finished],
     f: impl Fn(&opd_trainers::StepMetrics) -> Option<f64>,
 ) -> Option<(f64, f64)> {
-    const EDGE: usize = 3;
-    let mut firsts = Vec::new();
-    let mut lasts = Vec::new();
-    for run in runs {
-        let values: Vec<f64> = run
-            .steps()
-            .filter_map(&f)
-            .filter(|v| v.is_finite())
-            .collect();
-        if values.is_empty() {
-            continue;
-        }
-        let n = values.len().min(EDGE);
-        firsts.push(values[..n].iter().sum::<f64>() / n as f64);
-        lasts.push(values[values.len() - n..].iter().sum::<f64>() / n as f64);
-    }
+    let (firsts, lasts): (Vec<f64>, Vec<f64>) = runs
+        .iter()
+        .map(|run| series(run, &f))
+        .filter(|values| !values.is_empty())
+        .map(|values| edges(&values))
+        .unzip();
     (!firsts.is_empty()).then(|| (mean_sd(&firsts).0, mean_sd(&lasts).0))
 }
 
@@ -322,21 +330,12 @@ pub fn diagnostics(results: &Results) -> String {
          |---|---|---|---|---|---|\n"
     );
     let ends = |runs: &[Finished], f: Metric| -> Option<(Vec<f64>, Vec<f64>)> {
-        let series: Vec<Vec<f64>> = runs
-            .iter()
-            .map(|r| r.steps().filter_map(f).filter(|v| v.is_finite()).collect())
-            .collect();
-        if series.iter().any(|s: &Vec<f64>| s.is_empty()) {
+        let all: Vec<Vec<f64>> = runs.iter().map(|r| series(r, f)).collect();
+        if all.iter().any(Vec::is_empty) {
             return None;
         }
-        let start = series.iter().map(|s| s[0]).collect();
-        let end = series
-            .iter()
-            .map(|s| {
-                let n = s.len().min(3);
-                s[s.len() - n..].iter().sum::<f64>() / n as f64
-            })
-            .collect();
+        let start = all.iter().map(|s| s[0]).collect();
+        let end = all.iter().map(|s| edges(s).1).collect();
         Some((start, end))
     };
     let list = |values: &[f64]| {

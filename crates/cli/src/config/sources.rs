@@ -30,21 +30,23 @@ impl Weights {
         }
     }
 
-    /// From a table's `path` and `scratch` keys (`what` names the table in the error).
+    /// From a table's `path` and `scratch` keys (`what` names the table in the error, `or`
+    /// what else it may hold in their place).
     fn from_keys(
         path: Option<PathBuf>,
         scratch: Option<ScratchModel>,
         what: &str,
+        or: Option<&str>,
     ) -> Result<Self, String> {
+        const PATH: &str = "`path` (a .gguf file or a Hugging Face folder)";
         match (path, scratch) {
-            (Some(_), Some(_)) => Err(format!(
-                "`{what}` has both `path` and `scratch`: choose one"
-            )),
+            (Some(_), Some(_)) => Err(format!("{what} has both `path` and `scratch`: choose one")),
             (Some(path), None) => Ok(Self::File(path)),
             (None, Some(scratch)) => scratch.check().map(|()| Self::Scratch(scratch)),
-            (None, None) => Err(format!(
-                "`{what}` needs `path` (a .gguf file or a Hugging Face folder) or `scratch`"
-            )),
+            (None, None) => Err(match or {
+                None => format!("{what} needs {PATH} or `scratch`"),
+                Some(or) => format!("{what} needs {PATH}, `scratch` or {or}"),
+            }),
         }
     }
 
@@ -87,7 +89,7 @@ impl TryFrom<ModelKeys> for ModelSource {
 
     fn try_from(keys: ModelKeys) -> Result<Self, String> {
         Ok(Self {
-            weights: Weights::from_keys(keys.path, keys.scratch, "model")?,
+            weights: Weights::from_keys(keys.path, keys.scratch, "`model`", None)?,
             lora: keys.lora,
         })
     }
@@ -200,14 +202,15 @@ impl TryFrom<TeacherKeys> for TeacherSource {
                 || keys.served_model.is_some()
                 || keys.protocol != ServedProtocol::Opd;
             if served {
-                return Err("`token`, `timeout_seconds`, `wait_seconds`, `max_answer_mib`,                             `protocol` and `served_model` are for a served teacher (`url`)"
+                return Err("`token`, `timeout_seconds`, `wait_seconds`, `max_answer_mib`, `protocol` and `served_model` are for a served teacher (`url`)"
                     .into());
             }
-            if keys.path.is_none() && keys.scratch.is_none() {
-                return Err("a teacher needs `path` (a .gguf file or a Hugging Face folder),                             `scratch` or `url` (a server, `opd serve`)"
-                    .into());
-            }
-            let weights = Weights::from_keys(keys.path, keys.scratch, "teacher")?;
+            let weights = Weights::from_keys(
+                keys.path,
+                keys.scratch,
+                "a teacher",
+                Some("`url` (a server, `opd serve`)"),
+            )?;
             return Ok(Self {
                 name: keys.name,
                 from: TeacherFrom::Weights(weights),
