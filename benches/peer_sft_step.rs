@@ -17,7 +17,8 @@
 //! tokens and random weights (151936: Qwen3's vocabulary), for the memory of a large head.
 //!
 //! With `OPD_LORA_RANK=r` in the environment, only LoRA adapters of rank `r` on every
-//! projection train (the head stays frozen).
+//! projection train (the head stays frozen); with `OPD_FROZEN_PRECISION=bf16` too, the frozen
+//! base weights of the projections are kept in bf16 (`Llama::with_frozen_precision`).
 //!
 //! usage: peer_sft_step BATCH SEQ_LEN [STEPS] [fused|logits] [VOCAB]
 
@@ -69,6 +70,12 @@ fn main() {
             targets: LoraTarget::ALL.to_vec(),
             seed: 0,
         });
+        if let Ok(precision) = std::env::var("OPD_FROZEN_PRECISION") {
+            let precision = precision
+                .parse()
+                .expect("OPD_FROZEN_PRECISION is f32 or bf16");
+            model = model.with_frozen_precision(precision);
+        }
     }
     let vocab = model.vocab_size();
     let rows: Vec<Vec<u32>> = (0..batch).map(|b| row(b, len, vocab)).collect();

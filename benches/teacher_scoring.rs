@@ -5,7 +5,9 @@
 //!   (sampled-token log-probs and full logits) on the no-grad fast path, against the same
 //!   forward on the autodiff model for `AUTODIFF_BATCH` of those rows (what scoring costs when
 //!   the student's graph-recording model is used instead; at batch 8 × 556 tokens its
-//!   activations exceed 24 GB). Best of 2 runs each; response tokens per second.
+//!   activations exceed 24 GB). Best of 2 runs each; response tokens per second. With
+//!   `OPD_FROZEN_PRECISION=bf16` the model's linear layers are kept in bf16
+//!   (`Llama::with_frozen_precision`).
 //! - `teacher_scoring memory full|lora teacher|none`: the student takes 2 AdamW steps (so its
 //!   weights leave the checkpoint's), with a frozen teacher alive or not, then the teacher
 //!   scores; prints the resident memory at the end and its peak. The teacher's cost is the
@@ -106,7 +108,13 @@ fn main() {
         opd_policy::load::<A>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
     let number = |i: usize| args[i].parse::<usize>().expect("a number");
     match args[0].as_str() {
-        "speed" => speed(&student, number(1), number(2), number(3), number(4)),
+        "speed" => {
+            let student = match std::env::var("OPD_FROZEN_PRECISION") {
+                Ok(p) => student.with_frozen_precision(p.parse().expect("f32 or bf16")),
+                Err(_) => student,
+            };
+            speed(&student, number(1), number(2), number(3), number(4))
+        }
         "memory" => memory(student, args[1] == "lora", args[2] == "teacher"),
         other => panic!("unknown mode {other}: speed or memory"),
     }

@@ -52,13 +52,15 @@ def main():
         out = model(sequence[:, :-1], logits_to_keep=response).logits
         return out
 
+    autocast = os.environ.get("AUTOCAST") == "bf16"
+
     def sampled():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             z = logits()
             torch.log_softmax(z, -1).gather(-1, targets.unsqueeze(-1))
 
     def full():
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits()
 
     sampled_s = best(sampled)

@@ -6,7 +6,10 @@ one warm-up step), the loss before any update, tokens/s (B·T per step) and the 
 memory.
 
 usage: python3 benches/peer/sft_step.py BATCH SEQ_LEN THREADS [STEPS]
-With PROFILE=1 in the environment, one more step runs under torch.profiler and its ten largest
+With LORA_RANK=r in the environment only LoRA adapters of rank r (alpha 32, every projection,
+through peft) train, as `OPD_LORA_RANK` in the Rust bench; with AUTOCAST=bf16 the forward runs
+under `torch.autocast("cpu", dtype=torch.bfloat16)` (what a PyTorch user switches on for bf16
+products; the backward follows the forward's dtypes). With PROFILE=1 in the environment, one more step runs under torch.profiler and its ten largest
 ops by self CPU time go to stderr.
 Needs `pip install torch transformers gguf`.
 """
@@ -33,15 +36,24 @@ def main():
     steps = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(MODELS, gguf_file=GGUF, torch_dtype=torch.float32)
+    rank = int(os.environ.get("LORA_RANK", "0"))
+    if rank:
+        from peft import LoraConfig, get_peft_model
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=32, lora_dropout=0.0,
+                                                 target_modules=targets))
+    autocast = os.environ.get("AUTOCAST") == "bf16"
     model.train()
     vocab = model.config.vocab_size
     ids = torch.tensor([row(b, length, vocab) for b in range(batch)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=1e-4)  # burn's default
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, weight_decay=1e-4)  # burn's default
     forward = backward = optim = 0.0
     loss_value = 0.0
     for step in range(steps + 1):
         started = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
         t_forward = time.perf_counter() - started
         started = time.perf_counter()
         loss.backward()

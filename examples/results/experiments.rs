@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use opd_cli::RunConfig;
-use opd_cli::config::{ArithmeticData, DataConfig, TeacherFrom, TeacherSource, Weights};
+use opd_cli::config::{ArithmeticData, DataConfig, TeacherFrom, TeacherSource};
 use opd_cli::setup::splits;
 use opd_tasks::Task;
 use opd_tasks::data::{Arithmetic, Operation};
@@ -113,7 +113,7 @@ fn sft_teacher() -> (std::path::PathBuf, f64) {
 fn with_teacher(mut config: RunConfig, path: &Path) -> RunConfig {
     config.teacher = Some(TeacherSource {
         name: None,
-        from: TeacherFrom::Weights(Weights::File(path.to_path_buf())),
+        from: TeacherFrom::file(path),
     });
     config
 }

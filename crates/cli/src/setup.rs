@@ -17,14 +17,17 @@ use crate::config::{
 use crate::error::{CliError, Result};
 
 /// The model and tokenizer of `source` (a file or folder, or a seeded scratch model), with
-/// LoRA adapters attached when it asks for them.
+/// LoRA adapters attached when it asks for them and its frozen bases kept in the precision
+/// it names.
 pub fn load_model<B: Backend>(
     source: &ModelSource,
     device: &B::Device,
 ) -> Result<(Llama<B>, ChatTokenizer)> {
     let (model, tokenizer) = load_weights(&source.weights, device)?;
     let model = match &source.lora {
-        Some(lora) => model.with_lora(lora),
+        Some(lora) => model
+            .with_lora(lora)
+            .with_frozen_precision(source.frozen_precision),
         None => model,
     };
     Ok((model, tokenizer))
@@ -197,8 +200,9 @@ pub fn load_teacher<B: TrainingBackend>(
 ) -> Result<Box<dyn Teacher<B>>> {
     let error = opd_trainers::TrainError::from;
     match &source.from {
-        TeacherFrom::Weights(weights) => {
+        TeacherFrom::Weights { weights, precision } => {
             let (teacher, teacher_tokenizer) = load_weights::<B::InnerBackend>(weights, device)?;
+            let teacher = teacher.with_frozen_precision(*precision);
             let external = External::new(teacher, &teacher_tokenizer, student, tokenizer);
             Ok(Box::new(external.map_err(error)?))
         }

@@ -102,7 +102,7 @@ fn bad_run_files_name_the_key_and_the_file() {
 }
 
 /// A LoRA run ends with its merged model saved: the path every SmolLM2 run file takes
-/// (adapters trained under autodiff, merged, written).
+/// (adapters trained under autodiff, merged, written), here with its frozen bases in bf16.
 #[test]
 fn a_lora_run_saves_its_merged_model() {
     let folder = tempfile::tempdir().unwrap();
@@ -110,6 +110,7 @@ fn a_lora_run_saves_its_merged_model() {
         r#"
 [model]
 lora = {{ rank = 2, alpha = 4.0, targets = ["q_proj", "v_proj", "up_proj"] }}
+frozen_precision = "bf16"
 
 {TINY_MODEL}
 
@@ -141,5 +142,8 @@ objective = {{ method = "grpo", group_size = 2 }}
     let final_dir = folder.path().join("lora/final");
     assert!(final_dir.join("model.safetensors").exists());
     let loaded = opd_policy::load::<burn::backend::Flex>(&final_dir, &Default::default());
-    assert!(loaded.is_ok_and(|(model, _)| model.layers[0].self_attn.q_proj.lora.is_none()));
+    let (model, _) = loaded.unwrap();
+    let q = &model.layers[0].self_attn.q_proj;
+    assert!(q.lora.is_none());
+    assert_eq!(q.base.weight.val().dtype(), burn::tensor::DType::F32);
 }

@@ -35,6 +35,8 @@ mod attention;
 mod attention_blocks;
 #[cfg(feature = "flex")]
 mod attention_grad;
+#[cfg(feature = "flex")]
+mod bf16_products;
 pub mod characters;
 pub mod chat;
 pub mod checkpoint;
@@ -44,6 +46,9 @@ mod ema_mix;
 pub mod error;
 #[cfg(feature = "flex")]
 mod flex_tensor;
+pub mod frozen;
+#[cfg(feature = "flex")]
+mod frozen_product;
 pub mod gguf;
 mod kv_cache;
 mod load_gguf;
@@ -73,6 +78,7 @@ pub use chat::{ChatTemplate, Message};
 pub use checkpoint::{load, save};
 pub use config::{Architecture, Llama3RopeScaling, LlamaConfig};
 pub use error::{PolicyError, Result, SequenceError};
+pub use frozen::FrozenPrecision;
 pub use kv_cache::KvCache;
 pub use lora::{LoraConfig, LoraTarget};
 pub use model::Llama;

@@ -13,6 +13,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LlamaConfig;
+use crate::frozen::FrozenPrecision;
 
 /// The linear layers of a decoder block that can carry an adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -183,6 +184,24 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
+    /// The same layer with its base weight kept in `precision` and frozen (the base of a LoRA
+    /// layer, or any layer of a teacher), a new leaf without a graph; a layer whose weight is
+    /// already in `precision` is returned as it is.
+    pub fn with_frozen_precision(self, precision: FrozenPrecision) -> Self {
+        if self.base.weight.val().dtype() == precision.dtype() {
+            return self;
+        }
+        let weight = crate::frozen::convert(self.base.weight.val(), precision).detach();
+        let base = Linear {
+            weight: Param::from_tensor(weight),
+            bias: self.base.bias,
+        };
+        Self {
+            base: base.no_grad(),
+            lora: self.lora,
+        }
+    }
+
     /// Switches the adapter on or off (no effect without one).
     pub fn set_enabled(&mut self, enabled: bool) {
         if let Some(lora) = &mut self.lora {
@@ -197,7 +216,8 @@ impl<B: Backend> LoraLinear<B> {
         match self.lora {
             Some(lora) if lora.enabled => {
                 let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
-                let weight = (self.base.weight.val() + delta).detach();
+                let base = crate::frozen::convert(self.base.weight.val(), FrozenPrecision::F32);
+                let weight = (base + delta).detach();
                 Self::new(Linear {
                     weight: Param::from_tensor(weight),
                     bias: self.base.bias,

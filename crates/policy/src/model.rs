@@ -15,6 +15,7 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::frozen::FrozenPrecision;
 use crate::kv_cache::{KvCache, SlotLayout};
 use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::rope::RopeTables;
@@ -322,6 +323,20 @@ impl<B: Backend> Llama<B> {
             for (_, linear) in block.projections_mut() {
                 let taken = std::mem::replace(linear, LoraLinear::new(linear.base.clone()));
                 *linear = taken.merge();
+            }
+        }
+        self
+    }
+
+    /// The same model with the base weights of its linear layers kept in `precision` and
+    /// frozen: for a LoRA student (whose bases do not train) or a teacher. The embedding, the
+    /// tied output head and the norms stay f32; layers already in `precision` are left as they
+    /// are (so `F32` changes nothing in an f32 model).
+    pub fn with_frozen_precision(mut self, precision: FrozenPrecision) -> Self {
+        for block in &mut self.layers {
+            for (_, linear) in block.projections_mut() {
+                let taken = std::mem::replace(linear, LoraLinear::new(linear.base.clone()));
+                *linear = taken.with_frozen_precision(precision);
             }
         }
         self

@@ -22,8 +22,17 @@ use burn::prelude::*;
 /// broadcasts of each weight row. Either way each row of `y` is computed the same whatever the
 /// other rows are, so batching does not change it. With the `openblas`
 /// feature, other CPU f32 products go to OpenBLAS's `sgemm`; everything else goes to
-/// [`Tensor::matmul`].
+/// [`Tensor::matmul`]. A frozen bf16 weight ([`crate::frozen`]) takes the bf16 kernels on the
+/// CPU backend, and is widened to `x`'s dtype for any other backend or layout.
 pub fn matmul_weight<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::frozen_product::try_product(&x, &weight) {
+        return y;
+    }
+    let weight = match weight.dtype() == x.dtype() {
+        true => weight,
+        false => weight.cast(x.dtype()),
+    };
     #[cfg(all(feature = "flex", target_arch = "x86_64"))]
     if let Some(y) = flex::try_rows(&x, &weight) {
         return y;

@@ -241,34 +241,47 @@ fn opsd_lowers_its_jsd_and_raises_accuracy() {
     assert!(last.topk_overlap.is_some() && last.teacher_entropy.is_some());
 }
 
+/// With LoRA only the adapters train, against the adapters-off teacher; the same holds, with
+/// the same margins, when the frozen bases are kept in bf16 (`with_frozen_precision`).
 #[test]
 fn opsd_with_lora_trains_only_the_adapters_against_the_adapters_off_teacher() {
-    let base = copy_base();
-    let embedding = |m: &Llama<A>| m.embed_tokens.weight.val().into_data();
-    let frozen = embedding(&base);
-    let lora = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        targets: LoraTarget::ALL.to_vec(),
-        seed: 0,
-    };
-    let Distilled {
-        student,
-        before,
-        after,
-        d0,
-        d1,
-        ..
-    } = self_distill(
-        base.with_lora(&lora),
-        Objective::Opsd(OpsdConfig::default()),
-        30,
-        1e-2,
-        "opsd-lora",
-    );
-    assert_eq!(embedding(&student), frozen, "the base weights never move");
-    assert!(after >= before + 0.5, "accuracy {before:.3} -> {after:.3}");
-    assert!(d1 < 0.5 * d0, "JSD {d0:.3} -> {d1:.3}");
+    for precision in [FrozenPrecision::F32, FrozenPrecision::Bf16] {
+        let base = copy_base();
+        let embedding = |m: &Llama<A>| m.embed_tokens.weight.val().into_data();
+        let frozen = embedding(&base);
+        let lora = LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets: LoraTarget::ALL.to_vec(),
+            seed: 0,
+        };
+        let Distilled {
+            student,
+            before,
+            after,
+            d0,
+            d1,
+            ..
+        } = self_distill(
+            base.with_lora(&lora).with_frozen_precision(precision),
+            Objective::Opsd(OpsdConfig::default()),
+            30,
+            1e-2,
+            "opsd-lora",
+        );
+        let what = precision.name();
+        assert_eq!(
+            embedding(&student),
+            frozen,
+            "{what}: the base weights never move"
+        );
+        assert!(
+            after >= before + 0.5,
+            "{what}: accuracy {before:.3} -> {after:.3}"
+        );
+        assert!(d1 < 0.5 * d0, "{what}: JSD {d0:.3} -> {d1:.3}");
+        eprintln!("{what}: accuracy {before:.3} -> {after:.3}, JSD {d0:.3} -> {d1:.3}");
+    }
 }
 
 #[test]
@@ -309,7 +322,7 @@ fn sdpo_raises_the_reward_from_feedback() {
 }
 
 use burn::module::AutodiffModule;
-use opd_policy::{Llama, LoraConfig, LoraTarget};
+use opd_policy::{FrozenPrecision, Llama, LoraConfig, LoraTarget};
 use opd_teachers::External;
 use opd_trainers::{
     GrpoConfig, OpdConfig, OpdForm, OpsdConfig, SdftConfig, SdpoConfig, StepMetrics, TeacherWeights,

@@ -338,10 +338,7 @@ objective = { method = "grpo", group_size = 4 }
                    [[teachers]]\nname = \"code\"\npath = \"code.gguf\"\n";
         let run = with(two).unwrap();
         assert_eq!(run.teachers.len(), 2);
-        assert_eq!(
-            run.teachers[1].from,
-            TeacherFrom::Weights(Weights::File("code.gguf".into()))
-        );
+        assert_eq!(run.teachers[1].from, TeacherFrom::file("code.gguf"));
         let error = with(&two.replace("\"code\"\npath", "\"math\"\npath")).unwrap_err();
         assert!(error.contains("teachers[1].name"), "{error}");
         let error = with("[[teachers]]\nurl = \"http://h:1\"\n").unwrap_err();

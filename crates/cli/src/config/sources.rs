@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use opd_policy::{Architecture, LlamaConfig, LoraConfig};
+use opd_policy::{Architecture, FrozenPrecision, LlamaConfig, LoraConfig};
 use opd_tasks::data::Arithmetic;
 use opd_teachers::RemoteOptions;
 use opd_teachers::remote::Protocol;
@@ -67,6 +67,8 @@ pub struct ModelSource {
     pub weights: Weights,
     /// Train LoRA adapters of this rank and scale on these layers, the base frozen.
     pub lora: Option<LoraConfig>,
+    /// How the frozen base weights of the linear layers are kept (only with `lora`).
+    pub frozen_precision: FrozenPrecision,
 }
 
 /// `[model]` as written.
@@ -82,15 +84,30 @@ struct ModelKeys {
     /// LoRA adapters' rank, scale and layers.
     #[serde(default)]
     lora: Option<LoraConfig>,
+    /// `"f32"` (default) or `"bf16"`: how the linear layers' frozen base weights are kept.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    frozen_precision: FrozenPrecision,
+}
+
+fn is_f32(precision: &FrozenPrecision) -> bool {
+    *precision == FrozenPrecision::F32
 }
 
 impl TryFrom<ModelKeys> for ModelSource {
     type Error = String;
 
     fn try_from(keys: ModelKeys) -> Result<Self, String> {
+        if keys.lora.is_none() && keys.frozen_precision != FrozenPrecision::F32 {
+            return Err(format!(
+                "`frozen_precision` = \"{}\" is for frozen weights, and without `[model.lora]` \
+                 every weight of the student trains: add LoRA adapters or remove the key",
+                keys.frozen_precision.name()
+            ));
+        }
         Ok(Self {
             weights: Weights::from_keys(keys.path, keys.scratch, "`model`", None)?,
             lora: keys.lora,
+            frozen_precision: keys.frozen_precision,
         })
     }
 }
@@ -102,6 +119,7 @@ impl From<ModelSource> for ModelKeys {
             path,
             scratch,
             lora: source.lora,
+            frozen_precision: source.frozen_precision,
         }
     }
 }
@@ -122,7 +140,7 @@ impl TeacherSource {
     /// model or a server.
     pub fn file(&self) -> Option<&Path> {
         match &self.from {
-            TeacherFrom::Weights(weights) => weights.file(),
+            TeacherFrom::Weights { weights, .. } => weights.file(),
             TeacherFrom::Server(_) => None,
         }
     }
@@ -131,11 +149,27 @@ impl TeacherSource {
 /// Where a teacher's scores come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TeacherFrom {
-    /// A model loaded into the trainer (frozen, no LoRA).
-    Weights(Weights),
+    /// A model loaded into the trainer (frozen, no LoRA), its linear layers' weights kept in
+    /// `precision`.
+    Weights {
+        /// Where the weights come from.
+        weights: Weights,
+        /// How the linear layers' weights are kept.
+        precision: FrozenPrecision,
+    },
     /// A scoring server; the token, when the run file gives none, is the environment's
     /// `OPD_TEACHER_TOKEN` at load time.
     Server(RemoteOptions),
+}
+
+impl TeacherFrom {
+    /// A teacher loaded from the file or folder `path`, its weights in f32.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::Weights {
+            weights: Weights::File(path.into()),
+            precision: FrozenPrecision::F32,
+        }
+    }
 }
 
 /// The protocol of a served teacher, as the run file spells it.
@@ -162,6 +196,9 @@ struct TeacherKeys {
     /// A model initialized from a seed on a character vocabulary.
     #[serde(default)]
     scratch: Option<ScratchModel>,
+    /// `"f32"` (default) or `"bf16"`: how a loaded teacher's linear layers' weights are kept.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    frozen_precision: FrozenPrecision,
     /// A scoring server (`http://HOST:PORT`, `opd serve`).
     #[serde(default)]
     url: Option<String>,
@@ -213,11 +250,21 @@ impl TryFrom<TeacherKeys> for TeacherSource {
             )?;
             return Ok(Self {
                 name: keys.name,
-                from: TeacherFrom::Weights(weights),
+                from: TeacherFrom::Weights {
+                    weights,
+                    precision: keys.frozen_precision,
+                },
             });
         };
         if keys.path.is_some() || keys.scratch.is_some() {
             return Err("a teacher has `url` and a model (`path` or `scratch`): choose one".into());
+        }
+        if keys.frozen_precision != FrozenPrecision::F32 {
+            return Err(
+                "`frozen_precision` is for a teacher loaded here (`path`): a server keeps \
+                 its own weights (`opd serve --frozen-precision`)"
+                    .into(),
+            );
         }
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
@@ -266,12 +313,13 @@ impl From<TeacherSource> for TeacherKeys {
     fn from(source: TeacherSource) -> Self {
         let name = source.name;
         match source.from {
-            TeacherFrom::Weights(weights) => {
+            TeacherFrom::Weights { weights, precision } => {
                 let (path, scratch) = weights.into_keys();
                 Self {
                     name,
                     path,
                     scratch,
+                    frozen_precision: precision,
                     ..Self::default()
                 }
             }
@@ -517,11 +565,43 @@ mod tests {
         }
         let error = teacher("url = \"http://h:1\"\nserved_model = \"m\"").unwrap_err();
         assert!(error.contains("vllm"), "{error}");
+        let error = model("path = \"m.gguf\"\nfrozen_precision = \"bf16\"").unwrap_err();
+        assert!(error.contains("without `[model.lora]`"), "{error}");
+        let error = model("path = \"m.gguf\"\nfrozen_precision = \"f16\"").unwrap_err();
+        assert!(
+            error.contains("frozen_precision") || error.contains("f16"),
+            "{error}"
+        );
+        let error = teacher("url = \"http://h:1\"\nfrozen_precision = \"bf16\"").unwrap_err();
+        assert!(error.contains("opd serve --frozen-precision"), "{error}");
         let data = |text: &str| toml::from_str::<DataConfig>(text).map_err(|e| e.to_string());
         let error = data("test = \"t.jsonl\"").unwrap_err();
         assert!(error.contains("needs `train`"), "{error}");
         let error = data("train = \"t.jsonl\"\n[arithmetic]\nmax_operand = 3").unwrap_err();
         assert!(error.contains("drop `data.train`"), "{error}");
+    }
+
+    /// `frozen_precision` is read into the sources and written back only when it is not the
+    /// default, so run files without it read and write as before.
+    #[test]
+    fn frozen_precision_round_trips_and_f32_is_not_written() {
+        let text = "path = \"m.gguf\"\nfrozen_precision = \"bf16\"\n\n[lora]\nrank = 4\nalpha = 8.0\ntargets = [\"q_proj\"]\n";
+        let source: ModelSource = toml::from_str(text).unwrap();
+        assert_eq!(source.frozen_precision, FrozenPrecision::Bf16);
+        let written = toml::to_string(&source).unwrap();
+        assert_eq!(toml::from_str::<ModelSource>(&written).unwrap(), source);
+        let source = teacher("path = \"t.gguf\"\nfrozen_precision = \"bf16\"").unwrap();
+        let TeacherFrom::Weights { precision, .. } = &source.from else {
+            panic!("{source:?}")
+        };
+        assert_eq!(*precision, FrozenPrecision::Bf16);
+        assert_eq!(teacher(&toml::to_string(&source).unwrap()).unwrap(), source);
+        let plain = teacher("path = \"t.gguf\"").unwrap();
+        assert!(
+            !toml::to_string(&plain)
+                .unwrap()
+                .contains("frozen_precision")
+        );
     }
 
     /// A served teacher is read into the client's own options (defaults filled in), written
