@@ -30,6 +30,11 @@ fn main() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
     let (model, mut tokenizer) =
         opd_policy::load::<Flex>(format!("{root}{MODEL}"), &Default::default()).expect("SmolLM2");
+    // `OPD_FROZEN_PRECISION=bf16`: the linear layers' weights in bf16.
+    let model = match std::env::var("OPD_FROZEN_PRECISION") {
+        Ok(p) => model.with_frozen_precision(p.parse().expect("f32 or bf16")),
+        Err(_) => model,
+    };
     // Every row generates exactly `new_tokens`, as transformers' `min_new_tokens` does.
     tokenizer.special.eos.clear();
     let text = tokenizer
