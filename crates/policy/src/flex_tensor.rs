@@ -53,13 +53,18 @@ pub fn from_flex<B: Backend, const D: usize>(flex: FlexTensor) -> Option<Tensor<
 
 /// The autodiff primitive under `t`, when `B` is `Autodiff<Flex>` and `t` holds f32 values.
 pub fn to_autodiff_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<AutodiffFlex> {
+    autodiff_primitive(t).filter(|ad| ad.primitive.dtype() == DType::F32)
+}
+
+/// The autodiff primitive under `t` whatever its dtype, when `B` is `Autodiff<Flex>`.
+pub fn autodiff_primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<AutodiffFlex> {
     let TensorPrimitive::Float(primitive) = t.into_primitive() else {
         return None;
     };
-    let ad = *(Box::new(primitive) as Box<dyn Any>)
+    (Box::new(primitive) as Box<dyn Any>)
         .downcast::<AutodiffFlex>()
-        .ok()?;
-    (ad.primitive.dtype() == DType::F32).then_some(ad)
+        .ok()
+        .map(|ad| *ad)
 }
 
 /// A tensor of `B` around an `Autodiff<Flex>` primitive, when `B` is `Autodiff<Flex>`.

@@ -15,12 +15,12 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, TensorData, TensorMetadata};
 use half::bf16;
 
 use crate::bf16_products;
 use crate::flex_tensor::{
-    AutodiffFlex, flex_values, from_autodiff_flex, from_f32, into_flex, is_transposed_view,
+    autodiff_primitive, flex_values, from_autodiff_flex, from_f32, into_flex, is_transposed_view,
     to_autodiff_flex, to_flex,
 };
 
@@ -49,26 +49,10 @@ fn rows(weight: &FlexTensor) -> Option<&[bf16]> {
 /// On `Flex`: the forward kernel, no graph.
 fn plain<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let x_flex = to_flex(x.clone())?;
-    let w_flex = flex_weight(weight)?;
+    let w_flex = into_flex(weight.clone()).ok()?;
     let ([m, k], [_, n]) = (x.dims(), weight.dims());
     let y = bf16_products::forward(&flex_values(&x_flex), m, k, rows(&w_flex)?, n);
     from_f32(y, [m, n])
-}
-
-/// The `flex` tensor of a weight on `Flex`, whatever its dtype.
-fn flex_weight<B: Backend>(weight: &Tensor<B, 2>) -> Option<FlexTensor> {
-    into_flex(weight.clone()).ok()
-}
-
-/// The inner `flex` tensor of a weight on `Autodiff<Flex>`, whatever its dtype.
-fn autodiff_weight<B: Backend>(weight: &Tensor<B, 2>) -> Option<FlexTensor> {
-    let TensorPrimitive::Float(primitive) = weight.clone().into_primitive() else {
-        return None;
-    };
-    let ad = *(Box::new(primitive) as Box<dyn std::any::Any>)
-        .downcast::<AutodiffFlex>()
-        .ok()?;
-    Some(ad.primitive)
 }
 
 /// What the backward needs: the weight (shared, not copied) and the product's sizes.
@@ -101,7 +85,7 @@ impl Backward<Flex, 1> for FrozenProductBackward {
 /// On `Autodiff<Flex>`: the forward kernel as one node with parent `x`.
 fn tracked<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let x_ad = to_autodiff_flex(x.clone())?;
-    let w_flex = autodiff_weight(weight)?;
+    let w_flex = autodiff_primitive(weight.clone())?.primitive;
     let ([m, k], [_, n]) = (x.dims(), weight.dims());
     let y = bf16_products::forward(&flex_values(&x_ad.primitive), m, k, rows(&w_flex)?, n);
     let y = FlexTensor::from_data(TensorData::new(y, [m, n]));
